@@ -1,0 +1,1 @@
+"""Pure logic. Never imports feast, redis, bytewax or click (checked by import-linter)."""

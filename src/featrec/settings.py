@@ -1,0 +1,119 @@
+"""Settings: one frozen object, read once at the entry point and passed down.
+
+Every field can be set with a ``FEATREC_*`` environment variable (name in the table below);
+nothing reads the environment at import time. Secrets (the Redis password) only ever come from
+the environment and are never written to disk.
+
+=============================  =================================  ==========================
+variable                       meaning                            default
+=============================  =================================  ==========================
+FEATREC_HOME                   local data: event log, dead        ``.featrec``
+                               letters, recovery store
+FEATREC_REPO                   the Feast repo                     ``feature_repo``
+FEATREC_ONLINE_STORE           ``sqlite`` (embedded) or ``redis`` ``sqlite``
+FEATREC_REDIS_URL              redis-py URL (``redis://``,        ``redis://127.0.0.1:6379/0``
+                               ``rediss://`` for TLS)
+FEATREC_STREAM                 Redis stream of raw events         ``featrec:events``
+FEATREC_DEAD_LETTER_STREAM     Redis stream of refused events     ``featrec:deadletters``
+FEATREC_WRITER                 ``fast`` or ``feast``              ``fast``
+FEATREC_BATCH_MAX_ROWS         micro-batch size bound             ``1000``
+FEATREC_BATCH_DEADLINE_MS      micro-batch latency bound          ``20``
+FEATREC_SESSION_GAP_S          inactivity gap (event time)        ``1800``
+FEATREC_ALLOWED_LATENESS_S     out-of-order tolerance             ``300``
+FEATREC_STATE_TTL_S            system-time GC of idle sessions    the gap
+=============================  =================================  ==========================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from featrec.core.sessions import SessionPolicy
+from featrec.errors import ConfigError
+
+ONLINE_STORES = ("sqlite", "redis")
+WRITERS = ("fast", "feast")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = Path(".featrec")
+    repo: Path = Path("feature_repo")
+    online_store: str = "sqlite"
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    stream: str = "featrec:events"
+    dead_letter_stream: str = "featrec:deadletters"
+    writer: str = "fast"
+    batch_max_rows: int = 1000
+    batch_deadline_ms: float = 20.0
+    session_gap_s: float = 1800.0
+    allowed_lateness_s: float = 300.0
+    state_ttl_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.online_store not in ONLINE_STORES:
+            raise ConfigError(
+                f"online store must be one of {', '.join(ONLINE_STORES)}, got {self.online_store!r}"
+            )
+        if self.writer not in WRITERS:
+            raise ConfigError(f"writer must be one of {', '.join(WRITERS)}, got {self.writer!r}")
+        if self.batch_max_rows < 1:
+            raise ConfigError(f"batch max rows must be >= 1, got {self.batch_max_rows}")
+        if not self.batch_deadline_ms > 0:
+            raise ConfigError(f"batch deadline must be > 0 ms, got {self.batch_deadline_ms}")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("FEATREC_REDIS_URL must start with redis://, rediss:// or unix://")
+        self.session_policy  # noqa: B018 - validates gap and lateness early
+
+    @property
+    def session_policy(self) -> SessionPolicy:
+        return SessionPolicy(gap_s=self.session_gap_s, allowed_lateness_s=self.allowed_lateness_s)
+
+    @property
+    def state_ttl(self) -> float:
+        """Seconds of system time after which an idle session's state is discarded."""
+        return self.state_ttl_s if self.state_ttl_s is not None else self.session_gap_s
+
+    @property
+    def event_log_dir(self) -> Path:
+        return self.home / "events"
+
+    @property
+    def dead_letter_file(self) -> Path:
+        return self.home / "deadletters.jsonl"
+
+    @property
+    def recovery_dir(self) -> Path:
+        return self.home / "recovery"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build settings from ``FEATREC_*`` variables, then apply explicit overrides."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f"FEATREC_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(f.name, raw, f.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _convert(name: str, raw: str, type_: Any) -> Any:
+    text = str(type_)
+    try:
+        if "Path" in text:
+            return Path(raw)
+        if text.startswith("int"):
+            return int(raw)
+        if text.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"FEATREC_{name.upper()}={raw!r} is not a number") from None
+    return raw
