@@ -5,7 +5,7 @@
     FeatrecError                 base: anything featrec raises on purpose
     ├── ConfigError              a setting or CLI argument is wrong (how to fix it is in the message)
     ├── InvalidEvent             an event failed validation (``field`` and ``reason``)
-    ├── StoreError               the online/offline store failed (Feast or Redis errors, translated)
+    ├── StoreError               the store failed (Feast or Redis errors, translated)
     │   └── StoreUnavailable     the store cannot be reached at all
     └── NotFound                 a requested entity has no data
 

@@ -104,6 +104,15 @@ class Settings:
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
+    def to_env(self) -> dict[str, str]:
+        """The ``FEATREC_*`` variables that rebuild these settings in a child process."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                env[f"FEATREC_{f.name.upper()}"] = str(value)
+        return env
+
 
 def _convert(name: str, raw: str, type_: Any) -> Any:
     text = str(type_)

@@ -87,7 +87,9 @@ def _loads(payload: str | Mapping[str, Any]) -> Any:
     try:
         return json.loads(payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidEvent("json", f"invalid JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+        raise InvalidEvent(
+            "json", f"invalid JSON: {exc.msg if hasattr(exc, 'msg') else exc}"
+        ) from None
 
 
 def _decode_featrec(payload: str | Mapping[str, Any]) -> Event:

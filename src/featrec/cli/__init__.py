@@ -1,0 +1,335 @@
+"""The ``featrec`` command line: a thin entry point over the adapters and dataflows.
+
+Settings are built once from ``FEATREC_*`` variables (see :mod:`featrec.settings`) and handed to
+every command through click's context. Any :class:`~featrec.errors.FeatrecError` becomes a
+one-line message and exit status 1; a bad argument is click's usage error (status 2).
+Feast is imported lazily, inside the commands that need it (``import feast`` takes seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from featrec.cli.launch import launch_flow
+from featrec.errors import ConfigError, FeatrecError, NotFound
+from featrec.settings import Settings
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+class _Group(click.Group):
+    """Turns featrec errors into one-line messages with a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FeatrecError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="featrec")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """featrec: real-time recommendations from streaming session features.
+
+    Configure with FEATREC_* environment variables (FEATREC_ONLINE_STORE=redis,
+    FEATREC_REDIS_URL=redis://..., FEATREC_HOME=...). Run `featrec demo` to see it work.
+    """
+    try:
+        ctx.obj = Settings.from_env(os.environ)
+    except FeatrecError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@pass_settings
+def init(settings: Settings) -> None:
+    """Create the local directories and apply the Feast repo."""
+    from featrec.adapters.feast_repo import apply_repo
+
+    for path in (settings.home, settings.event_log_dir, settings.home / "status"):
+        path.mkdir(parents=True, exist_ok=True)
+    click.echo(f"featrec home: {settings.home}")
+    click.echo(f"applying Feast repo {settings.repo} (online store: {settings.online_store}) ...")
+    for line in apply_repo(settings):
+        click.echo(f"  {line}")
+
+
+@main.command()
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output file: .jsonl, .csv or .parquet (featrec schema).",
+)
+@click.option("--events", "n_events", type=click.IntRange(1), default=100_000, show_default=True)
+@click.option(
+    "--users",
+    "n_users",
+    type=click.IntRange(1),
+    default=None,
+    help="Distinct returning users (default: scales with --events).",
+)
+@click.option(
+    "--items",
+    "n_items",
+    type=click.IntRange(10),
+    default=None,
+    help="Catalogue size (default: scales with --events).",
+)
+@click.option(
+    "--concurrent",
+    "concurrent_sessions",
+    type=click.IntRange(1),
+    default=None,
+    help="Sessions open at the same time (default: scales with --events).",
+)
+@click.option("--seed", type=int, default=7, show_default=True)
+@pass_settings
+def generate(
+    settings: Settings,
+    out: Path,
+    n_events: int,
+    n_users: int | None,
+    n_items: int | None,
+    concurrent_sessions: int | None,
+    seed: int,
+) -> None:
+    """Write synthetic shop traffic (returning users, funnel, power-law popularity)."""
+    from featrec.adapters.event_files import write_events
+    from featrec.core.generator import GeneratorConfig
+    from featrec.core.generator import generate as generate_events
+
+    overrides = {"n_users": n_users, "n_items": n_items, "concurrent_sessions": concurrent_sessions}
+    config = GeneratorConfig(
+        n_events=n_events, seed=seed, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with click.progressbar(length=n_events, label=f"generating {out}") as bar:
+        written = write_events(out, _progress(generate_events(config), bar))
+    click.echo(f"wrote {written:,} events to {out}")
+
+
+def _progress(events: Iterator[Any], bar: Any, every: int = 10_000) -> Iterator[Any]:
+    for i, event in enumerate(events, 1):
+        if i % every == 0:
+            bar.update(every)
+        yield event
+
+
+@main.group()
+def run() -> None:
+    """Launch a dataflow through bytewax's runner."""
+
+
+@run.command("sessions")
+@click.option(
+    "--source",
+    required=True,
+    help="An event file (.jsonl .csv .parquet, OTTO jsonl, session-rec .txt) or 'redis'.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["featrec", "otto", "session-rec"]),
+    default=None,
+    help="Input format (default: from the file name).",
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Replay pace: 0 = as fast as possible, N = recorded pace x N.",
+)
+@click.option(
+    "--recovery-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Bytewax recovery store: state survives a crash and resumes.",
+)
+@click.option(
+    "--snapshot-interval",
+    type=click.FloatRange(0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds between recovery snapshots.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Bytewax processes (a cluster on this host).",
+)
+@pass_settings
+def run_sessions(
+    settings: Settings,
+    source: str,
+    fmt: str | None,
+    speed: float,
+    recovery_dir: Path | None,
+    snapshot_interval: float,
+    processes: int,
+) -> None:
+    """Sessions dataflow: events -> session features -> online store (+ event log)."""
+    if source != "redis" and not Path(source).is_file():
+        raise ConfigError(f"--source {source!r} is neither 'redis' nor an existing file")
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "FEATREC_SOURCE": source,
+        "FEATREC_REPLAY_SPEED": str(speed),
+    }
+    if fmt:
+        env["FEATREC_SOURCE_FORMAT"] = fmt
+    code = launch_flow(
+        "dataflows.sessions:flow()",
+        env,
+        processes=processes,
+        recovery_dir=recovery_dir,
+        snapshot_interval=snapshot_interval,
+    )
+    if code != 0:
+        raise click.ClickException(f"the sessions dataflow exited with status {code}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["featrec", "otto", "session-rec"]),
+    default=None,
+    help="Input format (default: from the file name).",
+)
+@click.option("--stream", default=None, help="Stream key (default: FEATREC_STREAM).")
+@pass_settings
+def publish(settings: Settings, file: Path, fmt: str | None, stream: str | None) -> None:
+    """Send a file's events to the Redis event stream (XADD)."""
+    from featrec.adapters.event_files import read_events
+    from featrec.adapters.redis_streams import publish as publish_events
+    from featrec.core.events import Event
+
+    rejected: list[Any] = []
+
+    def valid() -> Iterator[Event]:
+        for item in read_events(file, fmt):
+            if isinstance(item, Event):
+                yield item
+            else:
+                rejected.append(item)
+
+    n = publish_events(settings.redis_url, stream or settings.stream, valid())
+    click.echo(f"published {n:,} events to {stream or settings.stream}")
+    if rejected:
+        click.echo(
+            f"{len(rejected):,} invalid records not published, first: "
+            f"{rejected[0].origin}: {rejected[0].reason}",
+            err=True,
+        )
+
+
+@main.command()
+@click.argument("session_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_settings
+def features(settings: Settings, session_id: str, as_json: bool) -> None:
+    """Show a session's features, read through Feast."""
+    from featrec.adapters.feast_repo import open_store
+    from featrec.adapters.online_reader import FeastOnlineReader
+    from featrec.core.catalog import SESSION_FEATURES
+
+    reader = FeastOnlineReader(open_store(settings))
+    [row] = reader.read(SESSION_FEATURES.name, [session_id])
+    if row is None:
+        raise NotFound(
+            f"no features for session {session_id!r} in the {settings.online_store} store"
+        )
+    if as_json:
+        click.echo(json.dumps(dict(row), default=str, sort_keys=True))
+        return
+    for name in SESSION_FEATURES.feature_names:
+        click.echo(f"{name:>18}  {row.get(name)!r}")
+
+
+@main.command()
+@pass_settings
+def status(settings: Settings) -> None:
+    """Store, stream, dead letters and the last write of each running flow."""
+    click.echo(f"online store   {settings.online_store} (repo {settings.repo})")
+    if settings.online_store == "redis" or settings.stream:
+        _redis_status(settings)
+    n_dead = _count_lines(settings.dead_letter_file)
+    click.echo(f"dead letters   {n_dead:,} in {settings.dead_letter_file}")
+    for path, info in _flow_status(settings.home / "status"):
+        last = info.get("last_write_at")
+        when = datetime.fromtimestamp(last, tz=UTC).isoformat() if last else "never"
+        click.echo(
+            f"flow {path.stem:<12} events {info.get('events_in', 0):,}  "
+            f"dead letters {info.get('dead_letters', 0):,}  rows written "
+            f"{info.get('rows_written', 0):,}  last write {when}"
+        )
+
+
+def _redis_status(settings: Settings) -> None:
+    from featrec.adapters import redis_streams
+
+    try:
+        length = redis_streams.stream_length(settings.redis_url, settings.stream)
+        dead = redis_streams.stream_length(settings.redis_url, settings.dead_letter_stream)
+    except FeatrecError as exc:
+        click.echo(f"redis          unreachable ({exc})")
+        return
+    click.echo(f"event stream   {settings.stream}: {length:,} entries")
+    click.echo(f"dead-letter    {settings.dead_letter_stream}: {dead:,} entries")
+
+
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return sum(1 for _ in f)
+
+
+def _flow_status(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            out.append((path, json.loads(path.read_text())))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+@main.command()
+@click.option("--events", "n_events", type=click.IntRange(100), default=3000, show_default=True)
+@click.option(
+    "--speed",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Replay pace, recorded pace x N (default: the replay lasts ~20 s).",
+)
+@click.option(
+    "--watch",
+    "n_watch",
+    type=click.IntRange(1, 10),
+    default=3,
+    show_default=True,
+    help="Sessions to follow live.",
+)
+@pass_settings
+def demo(settings: Settings, n_events: int, speed: float | None, n_watch: int) -> None:
+    """Generate traffic, replay it through the sessions dataflow, watch features change."""
+    from featrec.cli.demo import run_demo
+
+    run_demo(settings, n_events=n_events, speed=speed, n_watch=n_watch, echo=click.echo)

@@ -1,0 +1,103 @@
+"""Launching dataflows through bytewax's own runner (``python -m bytewax.run``).
+
+featrec never imports bytewax outside ``dataflows/``: the CLI starts the runner as child
+processes, one per bytewax process of the cluster, and passes settings as ``FEATREC_*``
+environment variables.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on the loopback interface."""
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
+
+
+def flow_command(
+    target: str,
+    *,
+    recovery_dir: Path | None = None,
+    snapshot_interval: float = 5.0,
+) -> list[str]:
+    """The runner's argument list (without the cluster options)."""
+    args = [sys.executable, "-m", "bytewax.run", target]
+    if recovery_dir is not None:
+        # -b 0: keep no older snapshots than needed; the recovery store is for resuming.
+        args += ["-r", str(recovery_dir), "-s", str(snapshot_interval), "-b", "0"]
+    return args
+
+
+def start_flow(
+    target: str,
+    env: dict[str, str],
+    *,
+    processes: int = 1,
+    recovery_dir: Path | None = None,
+    snapshot_interval: float = 5.0,
+) -> list[subprocess.Popen[bytes]]:
+    """Start the flow's processes and return them (the caller waits or stops them)."""
+    if recovery_dir is not None:
+        ensure_recovery_store(recovery_dir, partitions=max(4, processes))
+    args = flow_command(target, recovery_dir=recovery_dir, snapshot_interval=snapshot_interval)
+    if processes == 1:
+        return [subprocess.Popen(args, env=env)]
+    addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
+    return [
+        subprocess.Popen([*args, "-i", str(i), "-a", addresses], env=env) for i in range(processes)
+    ]
+
+
+def wait_all(procs: list[subprocess.Popen[bytes]]) -> int:
+    """Wait for every process; Ctrl-C is passed on. Returns the first non-zero status, or 0."""
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        codes = [p.wait() for p in procs]
+    return next((c for c in codes if c != 0), 0)
+
+
+def launch_flow(
+    target: str,
+    env: dict[str, str],
+    *,
+    processes: int = 1,
+    recovery_dir: Path | None = None,
+    snapshot_interval: float = 5.0,
+) -> int:
+    """Run the flow to completion (or Ctrl-C) and return its exit status."""
+    return wait_all(
+        start_flow(
+            target,
+            env,
+            processes=processes,
+            recovery_dir=recovery_dir,
+            snapshot_interval=snapshot_interval,
+        )
+    )
+
+
+def ensure_recovery_store(recovery_dir: Path, partitions: int) -> None:
+    """Create bytewax's recovery partitions once (``python -m bytewax.recovery DIR N``)."""
+    if recovery_dir.is_dir() and any(recovery_dir.glob("*.sqlite3")):
+        return
+    recovery_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "bytewax.recovery", str(recovery_dir), str(partitions)],
+        check=True,
+    )
