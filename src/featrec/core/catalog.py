@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from featrec.core.events import KNOWN_TYPES
+
 
 class Dtype(StrEnum):
     """Value types a feature may have (mapped onto Feast types by the adapter)."""
@@ -91,12 +93,49 @@ SESSION_FEATURES: Final = View(
         Feature(
             "version",
             Dtype.INT64,
-            "State version: +1 on every accepted event, never reset; a cache key for serving.",
+            "State version: strictly increases with every accepted event (a µs event-time "
+            "clock, never reset); the Feast event timestamp and a cache key for serving.",
         ),
     ),
 )
 
 SESSION_SERVICE: Final = "session_v1"
 
+#: How many neighbours an ``item_neighbours`` row carries by default (heaviest first).
+NEIGHBOURS_K: Final = 50
+
+ITEM_NEIGHBOURS: Final = View(
+    name="item_neighbours",
+    entity=ITEM,
+    description="Co-visitation neighbours of an item, decayed in event time (item signals flow).",
+    features=(
+        Feature("neighbour_ids", Dtype.STRING_LIST, "Neighbour item ids, heaviest first."),
+        Feature(
+            "neighbour_weights",
+            Dtype.FLOAT64_LIST,
+            "Decayed co-visitation weights, aligned with neighbour_ids.",
+        ),
+        Feature("as_of_s", Dtype.FLOAT64, "Unix seconds the weights are decayed to."),
+    ),
+)
+
+#: Event types with their own trending score column.
+TRENDING_TYPES: Final = KNOWN_TYPES
+
+ITEM_TRENDING: Final = View(
+    name="item_trending",
+    entity=ITEM,
+    description="Decayed popularity of an item per event type (item signals flow).",
+    features=(
+        *(
+            Feature(f"trend_{t}", Dtype.FLOAT64, f"Decayed count of {t} events.")
+            for t in TRENDING_TYPES
+        ),
+        Feature("trend_score", Dtype.FLOAT64, "Type-weighted sum of the decayed counts."),
+        Feature("category", Dtype.STRING, "Newest known category of the item."),
+        Feature("as_of_s", Dtype.FLOAT64, "Unix seconds the scores are decayed to."),
+    ),
+)
+
 #: Every view featrec writes, by name.
-VIEWS: Final = {v.name: v for v in (SESSION_FEATURES,)}
+VIEWS: Final = {v.name: v for v in (SESSION_FEATURES, ITEM_NEIGHBOURS, ITEM_TRENDING)}

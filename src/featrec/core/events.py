@@ -162,7 +162,10 @@ def _optional_identifier(raw: Mapping[str, Any], field: str) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise InvalidEvent(field, f"must be a string or integer, got {type(value).__name__}")
-    text = str(value)
+    try:
+        text = str(value)
+    except ValueError:  # an int beyond str()'s digit limit
+        raise InvalidEvent(field, f"longer than {MAX_ID_LENGTH} characters") from None
     if len(text) > MAX_ID_LENGTH:
         raise InvalidEvent(field, f"longer than {MAX_ID_LENGTH} characters")
     if not text.isprintable() or text != text.strip():
@@ -189,6 +192,8 @@ def _price(value: object) -> float | None:
         raise InvalidEvent("price", f"must be a number, got {type(value).__name__}")
     try:
         price = float(value)
+    except OverflowError:  # an int beyond float range
+        price = math.inf
     except ValueError:
         raise InvalidEvent("price", f"{_preview(value)} is not a number") from None
     if not math.isfinite(price) or not 0 <= price <= MAX_PRICE:
@@ -203,15 +208,24 @@ def _quantity(value: object) -> int | None:
         raise InvalidEvent("quantity", "must be an integer, not a boolean")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    # isdecimal, not isdigit: int() refuses digits such as "³".
+    if isinstance(value, str) and value.strip().isdecimal():
+        try:
+            value = int(value)
+        except ValueError:  # beyond int()'s digit limit, so out of range anyway
+            raise InvalidEvent(
+                "quantity", f"{_preview(value)} is not in [1, {MAX_QUANTITY}]"
+            ) from None
     if not isinstance(value, int):
         raise InvalidEvent("quantity", f"{_preview(value)} is not an integer")
     if not 1 <= value <= MAX_QUANTITY:
-        raise InvalidEvent("quantity", f"{value} is not in [1, {MAX_QUANTITY}]")
+        raise InvalidEvent("quantity", f"{_preview(value)} is not in [1, {MAX_QUANTITY}]")
     return value
 
 
 def _preview(value: object, limit: int = 40) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond repr()'s digit limit
+        return f"<{type(value).__name__} too long to show>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

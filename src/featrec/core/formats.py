@@ -86,7 +86,8 @@ def _loads(payload: str | Mapping[str, Any]) -> Any:
         return payload
     try:
         return json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    # ValueError: JSONDecodeError, and integers beyond int()'s digit limit.
+    except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidEvent(
             "json", f"invalid JSON: {exc.msg if hasattr(exc, 'msg') else exc}"
         ) from None
@@ -114,7 +115,11 @@ def _decode_otto(record: RawRecord) -> list[Event | DeadLetter]:
             ts_ms = ev.get("ts")
             if isinstance(ts_ms, bool) or not isinstance(ts_ms, int | float):
                 raise InvalidEvent("ts", f"[{i}] must be unix milliseconds")
-            if not math.isfinite(ts_ms):
+            try:
+                seconds = ts_ms / 1000.0
+            except OverflowError:  # an int beyond float range
+                seconds = math.inf
+            if not math.isfinite(seconds):
                 raise InvalidEvent("ts", f"[{i}] must be finite")
             out.append(
                 event_from_mapping(
@@ -123,7 +128,7 @@ def _decode_otto(record: RawRecord) -> list[Event | DeadLetter]:
                         "session_id": str(session),
                         "item_id": ev.get("aid"),
                         "type": ev.get("type"),
-                        "ts": ts_ms / 1000.0,
+                        "ts": seconds,
                     }
                 )
             )
@@ -134,6 +139,7 @@ def _decode_otto(record: RawRecord) -> list[Event | DeadLetter]:
 
 def _decode_session_rec(record: RawRecord) -> Event:
     payload = record.payload
+    cols: list[Any]
     if isinstance(payload, Mapping):
         cols = [payload.get("SessionId"), payload.get("ItemId"), payload.get("Time")]
     else:

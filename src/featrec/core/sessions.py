@@ -17,6 +17,8 @@ Policy for time (all in event time, never wall-clock):
 - **Late events** older than that are rejected (``Outcome.LATE``); the dataflow dead-letters
   them with the reason, so every drop is counted.
 - Ties in time are broken by arrival order: the later arrival counts as newer.
+- ``user_id`` is that of the newest event (in that order) that carries one; a new session
+  under the same ``session_id`` keeps it until one of its own events carries a user.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class SessionState:
     last_category: str | None = None
     last_price: float | None = None
     cart_value: float = 0.0
+    #: (event time in µs, arrival sequence) of the event ``user_id`` was taken from.
+    user_key: tuple[int, int] = (0, 0)
 
     def copy(self) -> SessionState:
         """An independent copy (the set and list are the only mutable members)."""
@@ -96,6 +100,7 @@ class SessionState:
             last_category=self.last_category,
             last_price=self.last_price,
             cart_value=self.cart_value,
+            user_key=self.user_key,
         )
 
 
@@ -117,8 +122,9 @@ def fold(state: SessionState, event: Event, policy: SessionPolicy) -> Outcome:
     # The version is an event-time clock in µs that also counts events, so it strictly
     # increases per session even across a reset or a restart after the state was discarded.
     state.version = max(state.version + 1, ts)
-    if event.user_id is not None:
+    if event.user_id is not None and (ts, state.version) > state.user_key:
         state.user_id = event.user_id
+        state.user_key = (ts, state.version)
     if state.n_events == 0:
         state.started_us = state.last_us = ts
     state.n_events += 1
@@ -173,8 +179,12 @@ def session_row(state: SessionState, ingested_at: float | None = None) -> Featur
 
 
 def _reset(state: SessionState) -> None:
-    version, session_id, user_id = state.version, state.session_id, state.user_id
-    fresh = SessionState(session_id=session_id, user_id=user_id, version=version)
+    fresh = SessionState(
+        session_id=state.session_id,
+        user_id=state.user_id,
+        version=state.version,
+        user_key=state.user_key,
+    )
     for name in SessionState.__slots__:
         setattr(state, name, getattr(fresh, name))
 
