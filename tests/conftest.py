@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _feast_fixtures import *  # noqa: F403
 from redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 ::
 
     FeatrecError                 base: anything featrec raises on purpose
-    ├── ConfigError              a setting or CLI argument is wrong (how to fix it is in the message)
+    ├── ConfigError              a setting or argument is wrong (the message says how to fix it)
     ├── InvalidEvent             an event failed validation (``field`` and ``reason``)
     ├── StoreError               the store failed (Feast or Redis errors, translated)
     │   └── StoreUnavailable     the store cannot be reached at all

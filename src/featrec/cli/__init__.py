@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -77,21 +78,21 @@ def init(settings: Settings) -> None:
     "n_users",
     type=click.IntRange(1),
     default=None,
-    help="Distinct returning users (default: scales with --events).",
+    help="Distinct returning users (default: the generator's).",
 )
 @click.option(
     "--items",
     "n_items",
     type=click.IntRange(10),
     default=None,
-    help="Catalogue size (default: scales with --events).",
+    help="Catalogue size (default: the generator's).",
 )
 @click.option(
     "--concurrent",
     "concurrent_sessions",
     type=click.IntRange(1),
     default=None,
-    help="Sessions open at the same time (default: scales with --events).",
+    help="Sessions open at the same time (default: the generator's).",
 )
 @click.option("--seed", type=int, default=7, show_default=True)
 @pass_settings
@@ -109,9 +110,14 @@ def generate(
     from featrec.core.generator import GeneratorConfig
     from featrec.core.generator import generate as generate_events
 
-    overrides = {"n_users": n_users, "n_items": n_items, "concurrent_sessions": concurrent_sessions}
-    config = GeneratorConfig(
-        n_events=n_events, seed=seed, **{k: v for k, v in overrides.items() if v is not None}
+    overrides: dict[str, Any] = {
+        "n_users": n_users,
+        "n_items": n_items,
+        "concurrent_sessions": concurrent_sessions,
+    }
+    config = replace(
+        GeneratorConfig(n_events=n_events, seed=seed),
+        **{k: v for k, v in overrides.items() if v is not None},
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     with click.progressbar(length=n_events, label=f"generating {out}") as bar:

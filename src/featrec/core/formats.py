@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
+
 from featrec.core.events import CLICK, Event, event_from_mapping, parse_timestamp, parse_type
 from featrec.errors import InvalidEvent
 
@@ -81,9 +83,17 @@ def dead_letter(record: RawRecord, reason: str) -> DeadLetter:
     return DeadLetter(origin=record.origin, reason=reason, payload=payload)
 
 
-def _loads(payload: str | Mapping[str, Any]) -> Any:
+def _loads(payload: str | Mapping[str, Any], *, fast: bool = False) -> Any:
     if not isinstance(payload, str):
         return payload
+    if fast:
+        # orjson is ~4x faster (one line per event, so it matters); it refuses some input json
+        # accepts (NaN literals, deep nesting), so json decides those and words the reason.
+        # It reads integers beyond 64 bits as floats, which validation then refuses as ids.
+        try:
+            return orjson.loads(payload)
+        except (ValueError, UnicodeError):
+            pass
     try:
         return json.loads(payload)
     # ValueError: JSONDecodeError, and integers beyond int()'s digit limit.
@@ -94,7 +104,7 @@ def _loads(payload: str | Mapping[str, Any]) -> Any:
 
 
 def _decode_featrec(payload: str | Mapping[str, Any]) -> Event:
-    return event_from_mapping(_loads(payload))
+    return event_from_mapping(_loads(payload, fast=True))
 
 
 def _decode_otto(record: RawRecord) -> list[Event | DeadLetter]:

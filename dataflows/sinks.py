@@ -1,0 +1,231 @@
+"""Bytewax sinks: feature rows to the online store, dead letters, the event log.
+
+All are ``DynamicSink``\\ s (one partition per worker, no resume state). None buffers across
+``write_batch`` calls: anything buffered there would be lost by ``kill -9`` after its epoch
+was committed. Batching happens upstream in :mod:`dataflows.batching`, whose state is
+recovered. Output is at-least-once; the writers are idempotent (overwrite by key with a
+version guard; the event log is deduplicated on read).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from itertools import chain
+from pathlib import Path
+from typing import Final, TypeVar
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from dataflows import metrics
+from dataflows.metrics import FlowStats
+from featrec.adapters.event_log import EventLogWriter
+from featrec.adapters.flow_status import status_path, write_status
+from featrec.adapters.redis_streams import append_dead_letters, connect
+from featrec.core.events import Event
+from featrec.core.formats import DeadLetter
+from featrec.core.ports import FeatureWriter
+from featrec.core.rows import FeatureRow, newest_per_key
+from featrec.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WriterFactory = Callable[[], FeatureWriter]
+
+#: Seconds between two status-file updates of one process (the last one is written on close).
+STATUS_INTERVAL_S: Final = 1.0
+
+
+def retry_unavailable(
+    action: Callable[[], T], what: str, max_backoff_s: float, on_retry: Callable[[], None]
+) -> T:
+    """Run ``action`` until it does not raise ``StoreUnavailable`` (capped exponential backoff).
+
+    Blocking here is deliberate: it is the flow's backpressure during an outage, and nothing
+    is dropped. Any other error propagates (the flow stops; recovery resumes it).
+    """
+    delay = 0.05
+    attempt = 0
+    while True:
+        try:
+            return action()
+        except StoreUnavailable as exc:
+            attempt += 1
+            on_retry()
+            log.warning("%s: %s; retry %d in %.2f s", what, exc, attempt, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, max_backoff_s)
+
+
+class FeatureSink(DynamicSink[list[FeatureRow]]):
+    """Writes micro-batches of feature rows, newest row per entity, through a writer.
+
+    Each worker opens its own writer from ``writer_factory``. When ``status_home`` is given,
+    the process's :class:`~dataflows.metrics.FlowStats` go to
+    ``<status_home>/status/<flow>-w<worker>.json`` after writes (written by the process's
+    lowest worker index only, so the files of a cluster add up).
+    """
+
+    def __init__(
+        self,
+        writer_factory: WriterFactory,
+        *,
+        stats: FlowStats | None = None,
+        status_home: Path | None = None,
+        flow_name: str = "sessions",
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.writer_factory = writer_factory
+        self.stats = stats if stats is not None else FlowStats()
+        self.status_home = status_home
+        self.flow_name = flow_name
+        self.max_backoff_s = max_backoff_s
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _FeatureSinkPartition:
+        with self.stats.lock:
+            self.stats.sink_workers.add(worker_index)
+        return _FeatureSinkPartition(self, worker_index)
+
+
+class _FeatureSinkPartition(StatelessSinkPartition[list[FeatureRow]]):
+    def __init__(self, sink: FeatureSink, worker_index: int) -> None:
+        self.sink = sink
+        self.worker_index = worker_index
+        self.writer = sink.writer_factory()
+        self.status_written_at = 0.0
+
+    def write_batch(self, items: list[list[FeatureRow]]) -> None:
+        rows = newest_per_key(chain.from_iterable(items))
+        if not rows:
+            return
+        written = retry_unavailable(
+            lambda: self.writer.write(rows),
+            f"writing {len(rows)} feature rows",
+            self.sink.max_backoff_s,
+            metrics.STORE_RETRIES.inc,
+        )
+        done = time.time()
+        metrics.ROWS_WRITTEN.inc(written)
+        observe = metrics.FRESHNESS.observe
+        for row in rows:
+            if row.ingested_at:
+                observe(max(done - row.ingested_at, 0.0))
+        self.sink.stats.wrote(written, done)
+        if done - self.status_written_at >= STATUS_INTERVAL_S:
+            self.write_status(done)
+
+    def write_status(self, now: float) -> None:
+        home = self.sink.status_home
+        if home is None or self.worker_index != min(self.sink.stats.sink_workers):
+            return
+        status = {
+            "flow": self.sink.flow_name,
+            "worker": self.worker_index,
+            "pid": os.getpid(),
+            "updated_at": now,
+            **self.sink.stats.as_dict(),
+        }
+        write_status(status_path(home, self.sink.flow_name, self.worker_index), status)
+        self.status_written_at = now
+
+    def close(self) -> None:
+        self.write_status(time.time())
+        self.writer.close()
+
+
+def dead_letter_record(letter: DeadLetter, at: datetime | None = None) -> dict[str, str]:
+    """A dead letter as stored: ``origin``, ``reason``, ``payload`` and ``at`` (ISO UTC)."""
+    out = letter.to_dict()
+    out["at"] = (at or datetime.now(UTC)).isoformat()
+    return out
+
+
+class DeadLetterSink(DynamicSink[DeadLetter]):
+    """Keeps refused records: JSON lines appended to a file, or entries of a Redis stream.
+
+    Give exactly one of ``file`` or (``redis_url`` and ``stream``).
+    """
+
+    def __init__(
+        self,
+        *,
+        file: Path | None = None,
+        redis_url: str | None = None,
+        stream: str | None = None,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        if (file is None) == (redis_url is None or stream is None):
+            raise ValueError("give either file or redis_url and stream")
+        self.file = file
+        self.redis_url = redis_url
+        self.stream = stream
+        self.max_backoff_s = max_backoff_s
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> StatelessSinkPartition[DeadLetter]:
+        if self.file is not None:
+            return _DeadLetterFilePartition(self.file)
+        assert self.redis_url is not None and self.stream is not None
+        return _DeadLetterStreamPartition(self.redis_url, self.stream, self.max_backoff_s)
+
+
+class _DeadLetterFilePartition(StatelessSinkPartition[DeadLetter]):
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+
+    def write_batch(self, items: list[DeadLetter]) -> None:
+        at = datetime.now(UTC)
+        text = "".join(json.dumps(dead_letter_record(d, at)) + "\n" for d in items)
+        # One write() of an O_APPEND file: lines of concurrent workers never interleave.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, text.encode("utf-8", "surrogateescape"))
+        finally:
+            os.close(fd)
+
+
+class _DeadLetterStreamPartition(StatelessSinkPartition[DeadLetter]):
+    def __init__(self, redis_url: str, stream: str, max_backoff_s: float) -> None:
+        self.client = connect(redis_url)
+        self.stream = stream
+        self.max_backoff_s = max_backoff_s
+
+    def write_batch(self, items: list[DeadLetter]) -> None:
+        at = datetime.now(UTC)
+        letters = [dead_letter_record(d, at) for d in items]
+        retry_unavailable(
+            lambda: append_dead_letters(self.client, self.stream, letters),
+            f"writing {len(letters)} dead letters",
+            self.max_backoff_s,
+            metrics.STORE_RETRIES.inc,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class EventLogSink(DynamicSink[list[Event]]):
+    """Appends batches of events to the Parquet event log (one file per batch and date)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _EventLogPartition:
+        return _EventLogPartition(EventLogWriter(self.directory, f"w{worker_index}"))
+
+
+class _EventLogPartition(StatelessSinkPartition[list[Event]]):
+    def __init__(self, writer: EventLogWriter) -> None:
+        self.writer = writer
+
+    def write_batch(self, items: list[list[Event]]) -> None:
+        events = list(chain.from_iterable(items))
+        if events:
+            self.writer.write(events)

@@ -1,0 +1,285 @@
+"""Bytewax sources of raw records: file replay and Redis Streams.
+
+Both are ``FixedPartitionedSource``\\ s whose snapshot is the read position, so a dataflow run
+with a recovery store resumes exactly after the last record of the last committed epoch.
+Neither blocks in ``next_batch``: when nothing is due they return ``[]`` and say when to come
+back through ``next_awake``.
+
+Both emit :class:`~featrec.core.formats.RawRecord` objects, or a
+:class:`~featrec.core.formats.DeadLetter` when a record is broken at the transport level (a CSV
+row with the wrong number of columns, a stream entry without the ``e`` field).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, TypeAlias
+
+import redis
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from dataflows import metrics
+from featrec.adapters.raw_files import FilePosition, RawFileReader, record_time
+from featrec.adapters.redis_streams import EVENT_FIELD, connect, stream_id_ms
+from featrec.core.formats import DeadLetter, RawRecord
+from featrec.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SourceItem: TypeAlias = RawRecord | DeadLetter
+
+#: Records per ``next_batch`` of a file partition.
+FILE_BATCH: Final = 1000
+#: Longest a paced partition sleeps before it is polled again (see ``_PacedFilePartition``).
+MAX_IDLE_S: Final = 0.5
+
+
+class FileReplaySource(FixedPartitionedSource[SourceItem, FilePosition]):
+    """Replays event files, one partition per file (see :mod:`featrec.adapters.raw_files`).
+
+    ``speed`` = 0 replays as fast as possible; ``speed`` > 0 replays at the recorded pace of
+    the events' own timestamps times ``speed`` (2 = twice as fast). Out-of-order records are
+    due at once. Every file is checked when the source is built, so a wrong header fails the
+    flow before it starts.
+    """
+
+    def __init__(self, paths: Sequence[Path | str], fmt: str | None = None, speed: float = 0.0):
+        if not paths:
+            raise ConfigError("no source files given")
+        if not speed >= 0:
+            raise ConfigError(f"replay speed must be >= 0 (0 = as fast as possible), got {speed}")
+        self.paths = [str(p) for p in paths]
+        if len(set(self.paths)) != len(self.paths):
+            raise ConfigError(f"a source file is listed twice: {self.paths}")
+        self.fmt = fmt
+        self.speed = speed
+        for path in self.paths:
+            RawFileReader(path, fmt).close()
+
+    def list_parts(self) -> list[str]:
+        return list(self.paths)
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: FilePosition | None
+    ) -> StatefulSourcePartition[SourceItem, FilePosition]:
+        position = FilePosition(*resume_state) if resume_state is not None else None
+        reader = RawFileReader(for_part, self.fmt, position)
+        if self.speed > 0:
+            return _PacedFilePartition(reader, self.speed)
+        return _FilePartition(reader)
+
+
+class _FilePartition(StatefulSourcePartition[SourceItem, FilePosition]):
+    def __init__(self, reader: RawFileReader) -> None:
+        self.reader = reader
+
+    def next_batch(self) -> list[SourceItem]:
+        if self.reader.exhausted:
+            raise StopIteration
+        return self.reader.read(FILE_BATCH, time.time())
+
+    def snapshot(self) -> FilePosition:
+        return self.reader.position
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class _PacedFilePartition(StatefulSourcePartition[SourceItem, FilePosition]):
+    """Emits each record when its recorded time, scaled by ``speed``, has come.
+
+    The replay clock starts at the first record (or the first after a resume): a record with
+    event time ``t`` is due at ``start_wall + (t - start_t) / speed``.
+    """
+
+    def __init__(self, reader: RawFileReader, speed: float) -> None:
+        self.reader = reader
+        self.speed = speed
+        self.position = reader.position
+        self.pending: SourceItem | None = None
+        self.pending_position = self.position
+        self.pending_due = 0.0
+        self.start: tuple[float, float] | None = None
+        self.wake: datetime | None = None
+
+    def next_batch(self) -> list[SourceItem]:
+        out: list[SourceItem] = []
+        now = time.time()
+        while len(out) < FILE_BATCH:
+            if self.pending is None and not self._peek(now):
+                if not out:
+                    raise StopIteration
+                break
+            if self.pending_due > now:
+                # Wake at least every MAX_IDLE_S: bytewax closes epochs (and snapshots)
+                # only when the input is activated, so a long wait would delay recovery.
+                self.wake = datetime.fromtimestamp(min(self.pending_due, now + MAX_IDLE_S), UTC)
+                return out
+            assert self.pending is not None
+            item = self.pending
+            if isinstance(item, RawRecord):
+                item = RawRecord(item.fmt, item.origin, item.payload, now)
+            out.append(item)
+            self.position = self.pending_position
+            self.pending = None
+        self.wake = None
+        return out
+
+    def _peek(self, now: float) -> bool:
+        batch = self.reader.read(1, now)
+        if not batch:
+            return False
+        self.pending = batch[0]
+        self.pending_position = self.reader.position
+        t = record_time(self.pending) if isinstance(self.pending, RawRecord) else None
+        if t is None:
+            self.pending_due = now
+        elif self.start is None:
+            self.start = (now, t)
+            self.pending_due = now
+        else:
+            wall0, t0 = self.start
+            self.pending_due = wall0 + (t - t0) / self.speed
+        return True
+
+    def next_awake(self) -> datetime | None:
+        return self.wake
+
+    def snapshot(self) -> FilePosition:
+        return self.position
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    """Recovery state of a stream partition: the id of the last entry emitted."""
+
+    last_id: str
+
+
+class RedisStreamSource(FixedPartitionedSource[SourceItem, StreamPosition]):
+    """Reads featrec events from Redis Streams, one partition per stream key.
+
+    Entries carry the event JSON in field ``e``; ``ingested_at`` is the XADD time from the
+    entry id, so freshness is measured from the moment the event reached the bus. Reads use
+    ``XREAD COUNT`` without ``BLOCK``; when caught up the partition sleeps ``idle_ms`` through
+    ``next_awake``. Connection errors are retried inside the partition with capped exponential
+    backoff (counted in ``featrec_source_retries``); the position is kept, nothing is skipped.
+    ``stop_when_caught_up`` ends the partition once it has read everything (for draining a
+    stream in batch jobs and tests); by default the source never ends.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        streams: Sequence[str],
+        batch_size: int = 1000,
+        *,
+        start_id: str = "0-0",
+        idle_ms: float = 5.0,
+        max_backoff_s: float = 5.0,
+        stop_when_caught_up: bool = False,
+    ) -> None:
+        if not streams:
+            raise ConfigError("no Redis stream given")
+        if batch_size < 1:
+            raise ConfigError(f"stream batch size must be >= 1, got {batch_size}")
+        self.redis_url = redis_url
+        self.streams = list(dict.fromkeys(streams))
+        self.batch_size = batch_size
+        self.start_id = start_id
+        self.idle = timedelta(milliseconds=idle_ms)
+        self.max_backoff_s = max_backoff_s
+        self.stop_when_caught_up = stop_when_caught_up
+
+    def list_parts(self) -> list[str]:
+        return list(self.streams)
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: StreamPosition | None
+    ) -> StatefulSourcePartition[SourceItem, StreamPosition]:
+        last_id = resume_state.last_id if resume_state is not None else self.start_id
+        return _StreamPartition(self, for_part, last_id)
+
+
+class _StreamPartition(StatefulSourcePartition[SourceItem, StreamPosition]):
+    def __init__(self, source: RedisStreamSource, stream: str, last_id: str) -> None:
+        self.source = source
+        self.stream = stream
+        self.last_id = last_id
+        # A short socket timeout: a hung server must not stall the worker for long.
+        self.client = connect(source.redis_url, timeout_s=1.0)
+        self.wake: datetime | None = None
+        self.backoff_s = 0.0
+        self.retries = 0
+
+    def next_batch(self) -> list[SourceItem]:
+        try:
+            reply: Any = self.client.xread(
+                {self.stream: self.last_id}, count=self.source.batch_size
+            )
+        except redis.exceptions.AuthenticationError as exc:
+            # Retrying cannot fix a wrong password: stop the flow with a clear message.
+            raise ConfigError(
+                f"stream {self.stream}: {exc} (check the password in FEATREC_REDIS_URL)"
+            ) from exc
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            self._back_off(exc)
+            return []
+        if self.backoff_s:
+            log.warning(
+                "stream %s: Redis reachable again after %d retries", self.stream, self.retries
+            )
+            self.backoff_s = 0.0
+        entries = reply[0][1] if reply else []
+        if not entries:
+            if self.source.stop_when_caught_up:
+                raise StopIteration
+            self.wake = datetime.now(UTC) + self.source.idle
+            return []
+        self.wake = None
+        out: list[SourceItem] = []
+        stream = self.stream
+        for entry_id, fields in entries:
+            sid = entry_id.decode("ascii")
+            origin = f"{stream}:{sid}"
+            raw = fields.get(b"e")
+            if raw is None:
+                names = sorted(k.decode("utf-8", "replace") for k in fields)
+                reason = f"entry: no field {EVENT_FIELD!r} (fields: {names})"
+                out.append(DeadLetter(origin, reason, repr(fields)[:4096]))
+            else:
+                text = raw.decode("utf-8", "surrogateescape")
+                out.append(RawRecord("featrec", origin, text, stream_id_ms(sid) / 1000.0))
+        self.last_id = entries[-1][0].decode("ascii")
+        return out
+
+    def _back_off(self, exc: Exception) -> None:
+        self.retries += 1
+        metrics.SOURCE_RETRIES.labels(stream=self.stream).inc()
+        self.backoff_s = min(max(self.backoff_s * 2, 0.01), self.source.max_backoff_s)
+        if self.retries == 1 or self.backoff_s >= self.source.max_backoff_s:
+            log.warning(
+                "stream %s: Redis unreachable (%s); retry %d in %.2f s",
+                self.stream,
+                exc,
+                self.retries,
+                self.backoff_s,
+            )
+        self.wake = datetime.now(UTC) + timedelta(seconds=self.backoff_s)
+
+    def next_awake(self) -> datetime | None:
+        return self.wake
+
+    def snapshot(self) -> StreamPosition:
+        return StreamPosition(self.last_id)
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,12 @@
+"""Feature services: the named, versioned feature sets that models and `feast serve` ask for."""
+
+from feast import FeatureService
+from featrec_views import FEATURE_VIEWS
+
+from featrec.core import catalog
+
+session_v1 = FeatureService(
+    name=catalog.SESSION_SERVICE,
+    features=[FEATURE_VIEWS[catalog.SESSION_FEATURES.name]],
+    description="In-session features for ranking.",
+)
