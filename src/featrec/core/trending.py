@@ -34,7 +34,12 @@ from featrec.core.rows import FeatureRow, micros
 from featrec.errors import ConfigError
 
 _HOUR: Final = 3600.0
-DEFAULT_HALF_LIVES_S: Final = {VIEW: 6 * _HOUR, CLICK: 6 * _HOUR, CART: 12 * _HOUR, PURCHASE: 24 * _HOUR}
+DEFAULT_HALF_LIVES_S: Final = {
+    VIEW: 6 * _HOUR,
+    CLICK: 6 * _HOUR,
+    CART: 12 * _HOUR,
+    PURCHASE: 24 * _HOUR,
+}
 DEFAULT_TREND_WEIGHTS: Final = {VIEW: 1.0, CLICK: 1.0, CART: 3.0, PURCHASE: 6.0}
 
 #: The board never prunes below this many items (pruning a small board is not worth it).
@@ -88,7 +93,10 @@ class ItemTrend:
     def counts_at(self, config: TrendingConfig, now_us: int | None = None) -> dict[str, float]:
         """Every type's counter decayed to ``now_us`` (default: the item's newest event)."""
         now = self.last_us if now_us is None else now_us
-        return {t: _decayed(c, now - self.last_us, config.half_life_us(t)) for t, c in self.counts.items()}
+        return {
+            t: _decayed(c, now - self.last_us, config.half_life_us(t))
+            for t, c in self.counts.items()
+        }
 
     def score(
         self, config: TrendingConfig, now_us: int | None = None, event_type: str | None = None
@@ -207,7 +215,7 @@ def bootstrap(
 
 
 def _decayed(count: float, elapsed_us: float, half_life_us: float) -> float:
-    return count * 2.0 ** -(elapsed_us / half_life_us)
+    return count * float(2.0 ** -(elapsed_us / half_life_us))
 
 
 def _best_first(entry: tuple[str, float]) -> tuple[float, str]:
