@@ -140,8 +140,11 @@ def run() -> None:
 @run.command("sessions")
 @click.option(
     "--source",
+    "sources",
     required=True,
-    help="An event file (.jsonl .csv .parquet, OTTO jsonl, session-rec .txt) or 'redis'.",
+    multiple=True,
+    help="An event file (.jsonl .csv .parquet, OTTO jsonl, session-rec .txt) or 'redis'. "
+    "Repeat for several files (one partition each, shared among processes).",
 )
 @click.option(
     "--format",
@@ -180,7 +183,7 @@ def run() -> None:
 @pass_settings
 def run_sessions(
     settings: Settings,
-    source: str,
+    sources: tuple[str, ...],
     fmt: str | None,
     speed: float,
     recovery_dir: Path | None,
@@ -188,12 +191,15 @@ def run_sessions(
     processes: int,
 ) -> None:
     """Sessions dataflow: events -> session features -> online store (+ event log)."""
-    if source != "redis" and not Path(source).is_file():
-        raise ConfigError(f"--source {source!r} is neither 'redis' nor an existing file")
+    if "redis" in sources and len(sources) > 1:
+        raise ConfigError("--source redis reads the stream; do not mix it with files")
+    for source in sources:
+        if source != "redis" and not Path(source).is_file():
+            raise ConfigError(f"--source {source!r} is neither 'redis' nor an existing file")
     env = {
         **os.environ,
         **settings.to_env(),
-        "FEATREC_SOURCE": source,
+        "FEATREC_SOURCE": os.pathsep.join(sources),
         "FEATREC_REPLAY_SPEED": str(speed),
     }
     if fmt:
