@@ -178,14 +178,14 @@ def replay(path: Path, settings: Settings, writer: str) -> tuple[float, float]:
 class TimingWriter:
     """Wraps a real writer; records, per written row, now minus the row's ``ingested_at``."""
 
-    def __init__(self, inner: FeatureWriter, samples: list[float]) -> None:
+    def __init__(self, inner: FeatureWriter, samples: list[tuple[float, float]]) -> None:
         self.inner = inner
         self.samples = samples
 
     def write(self, rows: Sequence[FeatureRow]) -> int:
         n = self.inner.write(rows)
         done = time.time()
-        self.samples.extend(done - r.ingested_at for r in rows if r.ingested_at)
+        self.samples.extend((r.ingested_at, done - r.ingested_at) for r in rows if r.ingested_at)
         return n
 
     def close(self) -> None:
@@ -257,8 +257,10 @@ def read_events(path: Path, limit: int) -> list[Event]:
 def freshness(path: Path, settings: Settings, url: str, rate: int, seconds: float) -> None:
     """Publish at a steady rate while the flow runs; percentiles of event->readable."""
     total = int(rate * seconds)
-    events = read_events(path, total)
-    samples: list[float] = []
+    warmup = 500
+    events = read_events(path, total + warmup)
+    samples: list[tuple[float, float]] = []
+    steady_from: list[float] = []
     s = settings.with_(stream="bench:events")
     flow = build_flow(
         BoundedStream(RedisStreamSource(url, [s.stream], batch_size=1000), len(events)),
@@ -269,10 +271,16 @@ def freshness(path: Path, settings: Settings, url: str, rate: int, seconds: floa
     )
 
     def produce() -> None:
+        # Warm up first (flow start-up, connections), then publish at a steady rate and
+        # count only events published from then on.
+        publish(url, s.stream, events[:warmup])
+        while not samples:
+            time.sleep(0.01)
+        steady_from.append(time.time() - 0.001)  # stream ids have millisecond resolution
         chunk = max(1, rate // 200)  # 200 pipelined XADD bursts per second
         start = time.perf_counter()
-        for i in range(0, len(events), chunk):
-            due = start + i / rate
+        for i in range(warmup, len(events), chunk):
+            due = start + (i - warmup) / rate
             pause = due - time.perf_counter()
             if pause > 0:
                 time.sleep(pause)
