@@ -43,6 +43,7 @@ from bytewax.outputs import Sink
 
 from dataflows import metrics
 from dataflows.batching import micro_batch, shard_chunks
+from dataflows.gc_tuning import tune_gc
 from dataflows.metrics import FlowStats
 from dataflows.sinks import DeadLetterSink, EventLogSink, FeatureSink, WriterFactory
 from dataflows.sources import FileReplaySource, RedisStreamSource, SourceItem
@@ -301,6 +302,7 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
     dead-letter stream when the source is Redis, else to ``<home>/deadletters.jsonl``.
     """
     env = os.environ if environ is None else environ
+    tune_gc()
     settings = Settings.from_env(env)
     source = source_from_env(env, settings)
     dead: DeadLetterSink
