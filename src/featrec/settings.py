@@ -21,6 +21,11 @@ FEATREC_BATCH_DEADLINE_MS      micro-batch latency bound          ``20``
 FEATREC_SESSION_GAP_S          inactivity gap (event time)        ``1800``
 FEATREC_ALLOWED_LATENESS_S     out-of-order tolerance             ``300``
 FEATREC_STATE_TTL_S            system-time GC of idle sessions    the gap
+FEATREC_ITEM_WRITE_INTERVAL_S  item signals: least system time    ``5``
+                               between two rows of one item
+FEATREC_ITEM_IDLE_S            item signals: system time before   ``600``
+                               an idle item's state is checked
+                               (dropped once negligible)
 =============================  =================================  ==========================
 """
 
@@ -52,6 +57,8 @@ class Settings:
     session_gap_s: float = 1800.0
     allowed_lateness_s: float = 300.0
     state_ttl_s: float | None = None
+    item_write_interval_s: float = 5.0
+    item_idle_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.online_store not in ONLINE_STORES:
@@ -66,6 +73,12 @@ class Settings:
             raise ConfigError(f"batch deadline must be > 0 ms, got {self.batch_deadline_ms}")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("FEATREC_REDIS_URL must start with redis://, rediss:// or unix://")
+        if not self.item_write_interval_s >= 0:
+            raise ConfigError(
+                f"item write interval must be >= 0 s, got {self.item_write_interval_s}"
+            )
+        if not self.item_idle_s > 0:
+            raise ConfigError(f"item idle time must be > 0 s, got {self.item_idle_s}")
         self.session_policy  # noqa: B018 - validates gap and lateness early
 
     @property

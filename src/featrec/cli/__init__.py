@@ -281,8 +281,8 @@ def status(settings: Settings) -> None:
     click.echo(f"online store   {settings.online_store} (repo {settings.repo})")
     if settings.online_store == "redis" or settings.stream:
         _redis_status(settings)
-    n_dead = _count_lines(settings.dead_letter_file)
-    click.echo(f"dead letters   {n_dead:,} in {settings.dead_letter_file}")
+    for path in sorted({settings.dead_letter_file, *settings.home.glob("deadletters*.jsonl")}):
+        click.echo(f"dead letters   {_count_lines(path):,} in {path}")
     for path, info in _flow_status(settings.home / "status"):
         last = info.get("last_write_at")
         when = datetime.fromtimestamp(last, tz=UTC).isoformat() if last else "never"
@@ -345,3 +345,14 @@ def demo(settings: Settings, n_events: int, speed: float | None, n_watch: int) -
     from featrec.cli.demo import run_demo
 
     run_demo(settings, n_events=n_events, speed=speed, n_watch=n_watch, echo=click.echo)
+
+
+def _register_subcommands() -> None:
+    """Commands that live in their own modules (imported here: they import nothing heavy)."""
+    from featrec.cli.items import items, run_items
+
+    main.add_command(items)
+    run.add_command(run_items)
+
+
+_register_subcommands()

@@ -1,0 +1,309 @@
+"""The item signals dataflow: raw records -> co-visitation neighbours and trending -> store.
+
+Steps (ids in quotes)::
+
+    "input" -> "decode" -> "split" --events--> "key_sessions" -> "pairs" -> "shard_pairs"
+                              |                 (recent items per session; pair updates)
+                              |         -> "neighbours" (sketch per anchor) ---------------+
+                              |--events--> "key_items" -> "trending" -> "split_trends"     |
+                              |                (trend per item)  |rows     |trends         |
+                              |                                  |         v               |
+                              |                                  |   "key_board" -> "board"|
+                              |                                  v     (trending lists)    v
+                              |        "all_rows" -> "shard_rows" -> "batch_rows" -> "unkey_rows"
+                              |                  -> "write" (feature store)
+                              +--dead letters--> "dead_letters"
+
+The logic is in :mod:`dataflows.item_logic` (rate limit, order, bounded memory) and in the core.
+``python -m bytewax.run "dataflows.items:flow()"`` runs it; ``featrec run items`` launches that.
+
+**Step ids are the recovery schema** (state lives under ``pairs``, ``neighbours``,
+``trending``, ``board``, ``batch_rows`` and the input position under ``input``): add steps
+freely, rename only together with a fresh recovery store. Do not share a recovery store with
+the sessions flow.
+
+Semantics as in the sessions flow: state is exactly-once under recovery, output at-least-once
+and idempotent (rows carry strictly increasing versions). Every refused record (undecodable,
+invalid, or with an item id reserved for the trending lists) reaches the dead-letter sink.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Final, TypeAlias, TypeGuard, TypeVar, cast
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.operators import KeyedStream
+from bytewax.outputs import Sink
+
+from dataflows import item_metrics
+from dataflows.batching import micro_batch, shard_chunks
+from dataflows.gc_tuning import tune_gc
+from dataflows.item_logic import (
+    BoardLogic,
+    BoardState,
+    EventClock,
+    EventPairs,
+    NeighbourLogic,
+    PairChunk,
+    PairLogic,
+    Sequenced,
+    Throttled,
+    TrendLogic,
+    TrendOutput,
+    TrendUpdate,
+)
+from dataflows.metrics import FlowStats, reason_field
+from dataflows.sessions import open_online_writer, source_from_env
+from dataflows.sinks import DeadLetterSink, FeatureSink, WriterFactory
+from dataflows.sources import RedisStreamSource, SourceItem
+from featrec.app.item_signals import (
+    TRENDING_KEY,
+    ItemSignalsConfig,
+    is_reserved,
+    reserved_reason,
+)
+from featrec.core.covisit import NeighbourSketch, PairUpdate, RecentItems
+from featrec.core.events import Event
+from featrec.core.formats import DeadLetter, decode
+from featrec.core.rows import FeatureRow, micros
+from featrec.core.trending import ItemTrend
+from featrec.errors import ConfigError
+from featrec.settings import Settings
+
+FLOW_ID: Final = "featrec_items"
+#: Keys the row batches are sharded over (so several workers share them).
+DEFAULT_SHARDS: Final = 4
+#: Where a file-fed flow's dead letters go, under the featrec home.
+DEAD_LETTER_FILE: Final = "deadletters-items.jsonl"
+#: Suffix of the Redis dead-letter stream of a stream-fed flow (after the sessions' stream).
+DEAD_LETTER_STREAM_SUFFIX: Final = ":items"
+
+K = TypeVar("K")
+Decoded: TypeAlias = Sequenced | DeadLetter
+
+
+def decode_batch(
+    records: list[SourceItem], seq: Iterator[int], clock: EventClock, stats: FlowStats
+) -> list[Decoded]:
+    """Decode a source batch; each event gets the next arrival sequence number, and the
+    process's event clock moves to the newest event time."""
+    out: list[Decoded] = []
+    letters: list[DeadLetter] = []
+    newest: datetime | None = None
+    for record in records:
+        if isinstance(record, DeadLetter):
+            out.append(record)
+            letters.append(record)
+            continue
+        at, origin = record.ingested_at, record.origin
+        for item in decode(record):
+            if isinstance(item, Event) and not is_reserved(item.item_id):
+                out.append(Sequenced(next(seq), item, at))
+                if newest is None or item.ts > newest:
+                    newest = item.ts
+                continue
+            letter = item if isinstance(item, DeadLetter) else _reserved_letter(item, origin)
+            out.append(letter)
+            letters.append(letter)
+    n_events = len(out) - len(letters)
+    if newest is not None:
+        clock.advance(micros(newest))
+    if n_events:
+        item_metrics.EVENTS_IN.inc(n_events)
+    for letter in letters:
+        item_metrics.REFUSED.labels(field=reason_field(letter.reason)).inc()
+    stats.add(events_in=n_events, dead_letters=len(letters))
+    return out
+
+
+def _reserved_letter(event: Event, origin: str) -> DeadLetter:
+    payload = json.dumps(event.to_dict(), separators=(",", ":"))
+    return DeadLetter(origin, reserved_reason(event.item_id), payload)
+
+
+def group_by(
+    key: Callable[[Sequenced], str], batch: list[Sequenced]
+) -> list[tuple[str, list[Sequenced]]]:
+    """One ``(key, events)`` chunk per key of a batch, arrival order kept: keyed routing is
+    paid per chunk, not per event."""
+    groups: dict[str, list[Sequenced]] = {}
+    for arrival in batch:
+        k = key(arrival)
+        group = groups.get(k)
+        if group is None:
+            groups[k] = [arrival]
+        else:
+            group.append(arrival)
+    return list(groups.items())
+
+
+def group_pairs(kvs: list[tuple[str, EventPairs]]) -> list[tuple[str, PairChunk]]:
+    """Regroup the session step's pair updates by anchor, in arrival order of their events
+    (the session step emits its keys in key order; the sequence number restores the order)."""
+    made = sorted((m for _, m in kvs), key=_seq_of)
+    groups: dict[str, list[PairUpdate]] = {}
+    newest = 0.0
+    n_updates = 0
+    for event_pairs in made:
+        newest = max(newest, event_pairs.ingested_at)
+        n_updates += len(event_pairs.updates)
+        for update in event_pairs.updates:
+            group = groups.get(update.anchor)
+            if group is None:
+                groups[update.anchor] = [update]
+            else:
+                group.append(update)
+    if n_updates:
+        item_metrics.PAIR_UPDATES.inc(n_updates)
+    return [(anchor, PairChunk(newest, updates)) for anchor, updates in groups.items()]
+
+
+def add_item_signals(
+    arrivals: Stream[Sequenced],
+    settings: Settings,
+    config: ItemSignalsConfig,
+    clock: EventClock,
+) -> KeyedStream[FeatureRow]:
+    """Add the item signal steps to ``arrivals``' flow; returns the rows to write (keyed by
+    entity, rate-limited per key)."""
+    interval = timedelta(seconds=settings.item_write_interval_s)
+    idle = timedelta(seconds=settings.item_idle_s)
+    # A session buffer must live at least as long as its items can still pair.
+    ttl = timedelta(seconds=max(settings.state_ttl, config.covisit.window_s))
+    if ttl <= timedelta(0):
+        raise ConfigError(f"state TTL must be positive, got {settings.state_ttl} s")
+
+    def pairs_builder(resume: RecentItems | None) -> PairLogic:
+        return PairLogic(config, ttl, resume)
+
+    def neighbours_builder(resume: Throttled[NeighbourSketch] | None) -> NeighbourLogic:
+        return NeighbourLogic(config, interval, idle, clock, resume)
+
+    def trending_builder(resume: Throttled[ItemTrend] | None) -> TrendLogic:
+        return TrendLogic(config, interval, idle, clock, resume)
+
+    def board_builder(resume: Throttled[BoardState] | None) -> BoardLogic:
+        return BoardLogic(config, interval, idle, resume)
+
+    def is_row(kv: tuple[str, TrendOutput]) -> TypeGuard[tuple[str, FeatureRow]]:
+        return isinstance(kv[1], FeatureRow)
+
+    def to_board(kvs: list[tuple[str, TrendUpdate]]) -> list[tuple[str, list[TrendUpdate]]]:
+        return [(TRENDING_KEY, [update for _, update in kvs])]
+
+    by_session = op.flat_map_batch("key_sessions", arrivals, partial(group_by, _session_of))
+    made = op.stateful_batch("pairs", by_session, pairs_builder)
+    by_anchor = op.flat_map_batch("shard_pairs", made, group_pairs)
+    neighbour_rows = op.stateful_batch("neighbours", by_anchor, neighbours_builder)
+
+    by_item = op.flat_map_batch("key_items", arrivals, partial(group_by, _item_of))
+    trends = op.stateful_batch("trending", by_item, trending_builder)
+    split = op.branch("split_trends", trends, is_row)
+    trend_rows = split.trues
+    updates = cast(KeyedStream[TrendUpdate], split.falses)
+    board_rows = op.stateful_batch(
+        "board", op.flat_map_batch("key_board", updates, to_board), board_builder
+    )
+    return op.merge("all_rows", neighbour_rows, trend_rows, board_rows)
+
+
+def build_flow(
+    source: Source[SourceItem],
+    settings: Settings,
+    *,
+    writer_factory: WriterFactory,
+    dead_letter_sink: Sink[DeadLetter],
+    config: ItemSignalsConfig | None = None,
+    shards: int = DEFAULT_SHARDS,
+    status_home: Path | None = None,
+    stats: FlowStats | None = None,
+    clock: EventClock | None = None,
+) -> Dataflow:
+    """The item signals dataflow over ``source``, writing rows through ``writer_factory()``.
+
+    ``config`` defaults to :meth:`ItemSignalsConfig.from_settings`; ``status_home`` enables
+    the status file ``<home>/status/items-w<N>.json``.
+    """
+    if shards < 1:
+        raise ConfigError(f"shards must be >= 1, got {shards}")
+    config = config if config is not None else ItemSignalsConfig.from_settings(settings)
+    stats = stats if stats is not None else FlowStats()
+    clock = clock if clock is not None else EventClock()
+    deadline = timedelta(milliseconds=settings.batch_deadline_ms)
+    seq = itertools.count()
+
+    def is_arrival(item: Decoded) -> TypeGuard[Sequenced]:
+        return isinstance(item, Sequenced)
+
+    def shard_rows(kvs: list[tuple[str, FeatureRow]]) -> list[tuple[str, list[FeatureRow]]]:
+        return shard_chunks((row for _, row in kvs), _row_key, shards)
+
+    flow = Dataflow(FLOW_ID)
+    records = op.input("input", flow, source)
+    decoded = op.flat_map_batch(
+        "decode", records, partial(decode_batch, seq=seq, clock=clock, stats=stats)
+    )
+    split = op.branch("split", decoded, is_arrival)
+    rows = add_item_signals(split.trues, settings, config, clock)
+    op.output("dead_letters", cast(Stream[DeadLetter], split.falses), dead_letter_sink)
+
+    chunks = op.flat_map_batch("shard_rows", rows, shard_rows)
+    batches = micro_batch("batch_rows", chunks, settings.batch_max_rows, deadline)
+    sink = FeatureSink(writer_factory, stats=stats, status_home=status_home, flow_name="items")
+    op.output("write", op.key_rm("unkey_rows", batches), sink)
+    return flow
+
+
+def _seq_of(made: EventPairs) -> int:
+    return made.seq
+
+
+def _session_of(arrival: Sequenced) -> str:
+    return arrival.event.session_id
+
+
+def _item_of(arrival: Sequenced) -> str:
+    return arrival.event.item_id
+
+
+def _row_key(row: FeatureRow) -> str:
+    return row.key
+
+
+def dead_letter_sink(settings: Settings, source: Source[SourceItem]) -> DeadLetterSink:
+    """The flow's own dead letters (the sessions flow reports the same bad records in its
+    own): ``<dead-letter stream>:items`` for a Redis source, else
+    ``<home>/deadletters-items.jsonl``."""
+    if isinstance(source, RedisStreamSource):
+        stream = settings.dead_letter_stream + DEAD_LETTER_STREAM_SUFFIX
+        return DeadLetterSink(redis_url=settings.redis_url, stream=stream)
+    return DeadLetterSink(file=settings.home / DEAD_LETTER_FILE)
+
+
+def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
+    """Factory for ``python -m bytewax.run "dataflows.items:flow()"``.
+
+    Settings and the source come from the same ``FEATREC_*`` variables as the sessions flow
+    (``FEATREC_SOURCE``, ``FEATREC_SOURCE_FORMAT``, ``FEATREC_REPLAY_SPEED``).
+    """
+    env = os.environ if environ is None else environ
+    tune_gc()
+    settings = Settings.from_env(env)
+    source = source_from_env(env, settings)
+    factory: WriterFactory = partial(open_online_writer, settings)
+    return build_flow(
+        source,
+        settings,
+        writer_factory=factory,
+        dead_letter_sink=dead_letter_sink(settings, source),
+        status_home=settings.home,
+    )

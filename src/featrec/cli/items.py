@@ -1,0 +1,301 @@
+"""``featrec items ...`` and ``featrec run items``: item signals from the command line.
+
+- :data:`items` (a click group): ``similar ITEM_ID``, ``trending [--category C]`` (both read
+  through stock Feast) and ``bootstrap`` (the batch computation over past events, written to
+  the online store).
+- :data:`run_items` (a click command, registered as ``featrec run items``): launches
+  ``dataflows.items:flow()`` through bytewax's runner, with the options of ``run sessions``.
+
+Both work inside ``featrec`` (settings from the parent context) and on their own (settings from
+``FEATREC_*``). A :class:`~featrec.errors.FeatrecError` becomes a one-line message and exit 1.
+Feast is imported inside the commands that need it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import click
+
+from featrec.app import item_signals
+from featrec.app.item_signals import (
+    ItemSignalsConfig,
+    is_reserved,
+    reserved_reason,
+    trending_key,
+    write_rows,
+)
+from featrec.cli.launch import launch_flow
+from featrec.core.catalog import ITEM_NEIGHBOURS
+from featrec.core.events import Event
+from featrec.core.formats import DeadLetter
+from featrec.errors import ConfigError, FeatrecError, NotFound
+from featrec.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FLOW_TARGET: Final = "dataflows.items:flow()"
+INPUT_FORMATS: Final = ("featrec", "otto", "session-rec")
+
+
+def _settings(ctx: click.Context) -> Settings:
+    found = ctx.find_object(Settings)
+    if found is not None:
+        return found
+    try:
+        settings = Settings.from_env(os.environ)
+    except FeatrecError as exc:
+        raise click.ClickException(str(exc)) from exc
+    ctx.obj = settings
+    return settings
+
+
+def with_settings(command: F) -> F:
+    """Pass the context's :class:`Settings` (built from the environment when there is none)
+    as the first argument, and turn featrec errors into one-line click errors."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        settings = _settings(click.get_current_context())
+        try:
+            return command(settings, *args, **kwargs)
+        except FeatrecError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def items() -> None:
+    """Item signals: co-visitation neighbours and trending items.
+
+    Written by `featrec run items` (streaming) or `featrec items bootstrap` (from history),
+    read back through Feast.
+    """
+
+
+def _read_list(settings: Settings, key: str) -> Mapping[str, object] | None:
+    from featrec.adapters.feast_repo import open_store
+    from featrec.adapters.online_reader import FeastOnlineReader
+
+    [row] = FeastOnlineReader(open_store(settings)).read(ITEM_NEIGHBOURS.name, [key])
+    return row
+
+
+def _echo_list(
+    title: str, row: Mapping[str, object], k: int, as_json: bool, extra: dict[str, Any]
+) -> None:
+    ids = list(_sequence(row.get("neighbour_ids")))[:k]
+    weights = list(_sequence(row.get("neighbour_weights")))[:k]
+    as_of = row.get("as_of_s")
+    if as_json:
+        entries = [{"item_id": i, "weight": w} for i, w in zip(ids, weights, strict=True)]
+        click.echo(json.dumps({**extra, "as_of_s": as_of, "items": entries}, sort_keys=True))
+        return
+    when = (
+        datetime.fromtimestamp(float(as_of), tz=UTC).isoformat()
+        if isinstance(as_of, int | float)
+        else "unknown"
+    )
+    click.echo(f"{title} (weights as of {when})")
+    if not ids:
+        click.echo("  (empty)")
+    for rank, (item, weight) in enumerate(zip(ids, weights, strict=True), start=1):
+        click.echo(f"{rank:>4}  {item:<24} {weight:.6g}")
+
+
+def _sequence(value: object) -> Iterable[Any]:
+    return value if isinstance(value, list | tuple) else ()
+
+
+@items.command()
+@click.argument("item_id")
+@click.option("--k", type=click.IntRange(1), default=20, show_default=True, help="How many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_settings
+def similar(settings: Settings, item_id: str, k: int, as_json: bool) -> None:
+    """The co-visitation neighbours of ITEM_ID, heaviest first."""
+    if is_reserved(item_id):
+        raise ConfigError(f"{item_id!r} is a trending list key: use `featrec items trending`")
+    row = _read_list(settings, item_id)
+    if row is None:
+        raise NotFound(
+            f"no neighbours for item {item_id!r} in the {settings.online_store} store "
+            "(run `featrec run items` or `featrec items bootstrap` first)"
+        )
+    _echo_list(f"neighbours of {item_id}", row, k, as_json, {"item_id": item_id})
+
+
+@items.command()
+@click.option("--category", default=None, help="One category's list (default: all items).")
+@click.option("--k", type=click.IntRange(1), default=20, show_default=True, help="How many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_settings
+def trending(settings: Settings, category: str | None, k: int, as_json: bool) -> None:
+    """Trending items (decayed, type-weighted popularity), best first."""
+    row = _read_list(settings, trending_key(category))
+    scope = "all items" if category is None else f"category {category!r}"
+    if row is None:
+        raise NotFound(
+            f"no trending list for {scope} in the {settings.online_store} store "
+            "(run `featrec run items` or `featrec items bootstrap` first)"
+        )
+    _echo_list(f"trending, {scope}", row, k, as_json, {"category": category})
+
+
+@items.command()
+@click.option(
+    "--source",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="An event file (.jsonl .csv .parquet, OTTO jsonl, session-rec .txt).",
+)
+@click.option("--from-log", is_flag=True, help="Read the event log (FEATREC_HOME/events).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(INPUT_FORMATS),
+    default=None,
+    help="Input format of --source (default: from the file name).",
+)
+@with_settings
+def bootstrap(settings: Settings, source: Path | None, from_log: bool, fmt: str | None) -> None:
+    """Compute neighbours and trending from past events and write them to the online store.
+
+    The same computation as the streaming flow: on the events a flow has seen, in the same
+    order, the rows are the flow's. Rows never replace newer ones already stored.
+    """
+    if (source is None) == (not from_log):
+        raise click.UsageError("give exactly one of --source FILE or --from-log")
+    if from_log and fmt is not None:
+        raise click.UsageError("--format applies to --source only")
+    refused: list[DeadLetter] = []
+    if source is not None:
+        if not source.is_file():
+            raise ConfigError(f"--source {str(source)!r} is not an existing file")
+        from featrec.adapters.event_files import read_events
+
+        history: Iterator[Event | DeadLetter] = read_events(source, fmt)
+        where = str(source)
+    else:
+        from featrec.adapters.event_history import events_from_log
+
+        history = events_from_log(settings.event_log_dir)
+        where = f"the event log {settings.event_log_dir}"
+
+    config = ItemSignalsConfig.from_settings(settings)
+    signals = item_signals.bootstrap(_valid(history, refused), config)
+    if signals.n_events == 0:
+        raise NotFound(f"no valid events in {where}")
+    rows = signals.rows()
+
+    from featrec.adapters.online_writers import open_writer
+
+    writer = open_writer(settings)
+    try:
+        written = write_rows(writer, rows)
+    finally:
+        writer.close()
+    n_lists = len(rows) - len(signals.index.sketches) - len(signals.board.items)
+    click.echo(
+        f"bootstrapped from {signals.n_events:,} events in {where}: "
+        f"{len(signals.index.sketches):,} neighbour lists, {len(signals.board.items):,} "
+        f"trending items, {n_lists:,} trending lists; wrote {written:,} of {len(rows):,} rows "
+        f"({len(rows) - written:,} not newer than the {settings.online_store} store's)"
+    )
+    if refused:
+        click.echo(
+            f"{len(refused):,} records skipped, first: {refused[0].origin}: {refused[0].reason}",
+            err=True,
+        )
+
+
+def _valid(history: Iterable[Event | DeadLetter], refused: list[DeadLetter]) -> Iterator[Event]:
+    """The events the flow would take; everything else goes to ``refused`` (as the flow's
+    dead letters)."""
+    for item in history:
+        if isinstance(item, DeadLetter):
+            refused.append(item)
+        elif is_reserved(item.item_id):
+            payload = json.dumps(item.to_dict(), separators=(",", ":"))
+            refused.append(DeadLetter(item.event_id, reserved_reason(item.item_id), payload))
+        else:
+            yield item
+
+
+@click.command("items")
+@click.option(
+    "--source",
+    required=True,
+    help="An event file (.jsonl .csv .parquet, OTTO jsonl, session-rec .txt) or 'redis'.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(INPUT_FORMATS),
+    default=None,
+    help="Input format (default: from the file name).",
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Replay pace: 0 = as fast as possible, N = recorded pace x N.",
+)
+@click.option(
+    "--recovery-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Bytewax recovery store (not the sessions flow's): state survives a crash.",
+)
+@click.option(
+    "--snapshot-interval",
+    type=click.FloatRange(0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds between recovery snapshots.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Bytewax processes (a cluster on this host).",
+)
+@with_settings
+def run_items(
+    settings: Settings,
+    source: str,
+    fmt: str | None,
+    speed: float,
+    recovery_dir: Path | None,
+    snapshot_interval: float,
+    processes: int,
+) -> None:
+    """Item signals dataflow: events -> neighbours and trending -> online store."""
+    if source != "redis" and not Path(source).is_file():
+        raise ConfigError(f"--source {source!r} is neither 'redis' nor an existing file")
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "FEATREC_SOURCE": source,
+        "FEATREC_REPLAY_SPEED": str(speed),
+    }
+    if fmt:
+        env["FEATREC_SOURCE_FORMAT"] = fmt
+    code = launch_flow(
+        FLOW_TARGET,
+        env,
+        processes=processes,
+        recovery_dir=recovery_dir,
+        snapshot_interval=snapshot_interval,
+    )
+    if code != 0:
+        raise click.ClickException(f"the item signals dataflow exited with status {code}")
