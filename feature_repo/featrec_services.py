@@ -10,3 +10,9 @@ session_v1 = FeatureService(
     features=[FEATURE_VIEWS[catalog.SESSION_FEATURES.name]],
     description="In-session features for ranking.",
 )
+
+long_term_v1 = FeatureService(
+    name=catalog.LONG_TERM_SERVICE,
+    features=[FEATURE_VIEWS[name] for name in catalog.BATCH_VIEWS],
+    description="Long-term user and item features (daily batch snapshots) for ranking.",
+)

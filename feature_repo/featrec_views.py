@@ -2,15 +2,19 @@
 
 Each view is fed by a PushSource (the stream writes to the online store) backed by a Parquet
 FileSource ``<repo>/data/<view>.parquet`` (the offline copy for training sets and materialization).
+Batch views (``catalog.BATCH_VIEWS``) read a directory ``<repo>/data/<view>/`` of daily snapshot
+files instead (see :mod:`featrec.adapters.snapshots`).
 """
 
 from datetime import timedelta
 from pathlib import Path
 
 from feast import FeatureView, FileSource, PushSource
+from feast.data_format import ParquetFormat
 from featrec_entities import ENTITIES
 
 from featrec.adapters.feast_types import EVENT_TIMESTAMP, feast_schema
+from featrec.adapters.snapshots import snapshot_dir
 from featrec.core import catalog
 
 # Bounds point-in-time joins and materialization only: Feast does not apply ttl to online
@@ -24,12 +28,22 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 def _feature_view(view: catalog.View) -> FeatureView:
-    batch = FileSource(
-        name=f"{view.name}_batch",
-        path=str(DATA / f"{view.name}.parquet"),
-        timestamp_field=EVENT_TIMESTAMP,
-        description=f"Offline copy of {view.name}.",
-    )
+    if view.name in catalog.BATCH_VIEWS:
+        batch = FileSource(
+            name=f"{view.name}_batch",
+            path=str(snapshot_dir(DATA, view.name)),
+            # A directory has no .parquet suffix to tell Feast the format.
+            file_format=ParquetFormat(),
+            timestamp_field=EVENT_TIMESTAMP,
+            description=f"Daily snapshots of {view.name} (featrec batch run).",
+        )
+    else:
+        batch = FileSource(
+            name=f"{view.name}_batch",
+            path=str(DATA / f"{view.name}.parquet"),
+            timestamp_field=EVENT_TIMESTAMP,
+            description=f"Offline copy of {view.name}.",
+        )
     return FeatureView(
         name=view.name,
         entities=[ENTITIES[view.entity.name]],

@@ -31,6 +31,7 @@ from featrec.adapters.online_writers import (
     RedisLayoutWriter,
     open_writer,
 )
+from featrec.adapters.snapshots import EMPTY_SNAPSHOT
 from featrec.core import catalog
 from featrec.core.catalog import Dtype, Entity, Feature, View
 from featrec.core.rows import FeatureRow
@@ -164,6 +165,8 @@ def test_apply_creates_empty_batch_sources_and_is_repeatable(sqlite_settings: Se
     assert not any(name.startswith("featrec_") for name in sys.modules)
     for view in catalog.VIEWS.values():
         parquet = sqlite_settings.repo / "data" / f"{view.name}.parquet"
+        if view.name in catalog.BATCH_VIEWS:  # a directory of daily snapshots
+            parquet = sqlite_settings.repo / "data" / view.name / EMPTY_SNAPSHOT
         assert pq.read_schema(parquet).equals(arrow_schema(view))
     # A batch source with data is left alone; applying again changes nothing.
     parquet = sqlite_settings.repo / "data" / f"{catalog.SESSION_FEATURES.name}.parquet"

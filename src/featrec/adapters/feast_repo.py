@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis.exceptions
 
+from featrec.adapters.snapshots import EMPTY_SNAPSHOT
 from featrec.core import catalog
 from featrec.errors import ConfigError, FeatrecError, StoreError, StoreUnavailable
 
@@ -228,6 +229,8 @@ def apply_repo(settings: Settings) -> list[str]:
         source = view.batch_source
         if isinstance(source, FileSource) and view.name in catalog.VIEWS:
             path = Path(FileSource.get_uri_for_file_path(repo, source.path))
+            if view.name in catalog.BATCH_VIEWS:  # a directory of daily snapshots
+                path = path / EMPTY_SNAPSHOT
             if not path.exists():
                 _write_empty_parquet(path, catalog.VIEWS[view.name])
     project = store.config.project

@@ -137,5 +137,114 @@ ITEM_TRENDING: Final = View(
     ),
 )
 
+#: Trailing windows, in days, of the batch count features (``n_<type>_<days>d``).
+BATCH_WINDOWS_DAYS: Final = (1, 7, 30, 90)
+#: Trailing window, in days, of the batch shares, averages and rates named ``..._90d``.
+LONG_WINDOW_DAYS: Final = 90
+#: Trailing window, in days, of an item's conversion rate.
+CONVERSION_WINDOW_DAYS: Final = 30
+TOP_CATEGORIES_N: Final = 3
+RECENT_PURCHASES_N: Final = 10
+
+
+def count_feature(event_type: str, days: int) -> str:
+    """Name of the batch feature counting ``event_type`` events over the trailing ``days``."""
+    return f"n_{event_type}_{days}d"
+
+
+def _count_features(whose: str) -> tuple[Feature, ...]:
+    return tuple(
+        Feature(
+            count_feature(t, days),
+            Dtype.INT64,
+            f"{t.capitalize()} events {whose} in the {days} days before the snapshot.",
+        )
+        for t in KNOWN_TYPES
+        for days in BATCH_WINDOWS_DAYS
+    )
+
+
+# Batch views are daily snapshots computed from the event log by `featrec batch run --as-of T`:
+# each row describes the entity from the events strictly before T and carries T as its event
+# timestamp, so a point-in-time join at time t only sees snapshots computed from events < t.
+USER_FEATURES: Final = View(
+    name="user_features",
+    entity=USER,
+    description="Long-term user features: daily snapshots computed from the event log.",
+    features=(
+        *_count_features("of the user"),
+        Feature("n_sessions_90d", Dtype.INT64, "Sessions with an event in the last 90 days."),
+        Feature(
+            "top_categories",
+            Dtype.STRING_LIST,
+            f"Up to {TOP_CATEGORIES_N} categories with the most events in the last 90 days, "
+            "most first (ties by name).",
+        ),
+        Feature(
+            "top_category_shares",
+            Dtype.FLOAT64_LIST,
+            "Share of the last 90 days' events with a category, per top category (aligned).",
+        ),
+        Feature("days_since_last_event", Dtype.FLOAT64, "Days from the newest event to T."),
+        Feature(
+            "days_since_last_purchase",
+            Dtype.FLOAT64,
+            "Days from the newest purchase to T (null if none).",
+        ),
+        Feature(
+            "avg_price_viewed_90d",
+            Dtype.FLOAT64,
+            "Mean price of viewed items in the last 90 days (null if none).",
+        ),
+        Feature(
+            "avg_price_bought_90d",
+            Dtype.FLOAT64,
+            "Mean price of purchase events in the last 90 days (null if none).",
+        ),
+        Feature(
+            "purchase_rate_90d",
+            Dtype.FLOAT64,
+            "Share of the last 90 days' sessions with a purchase (null if no session).",
+        ),
+        Feature(
+            "repeat_purchase_rate",
+            Dtype.FLOAT64,
+            "Share of the distinct items ever bought that were bought in two or more sessions "
+            "(null if nothing bought).",
+        ),
+        Feature(
+            "recent_purchases",
+            Dtype.STRING_LIST,
+            f"Up to {RECENT_PURCHASES_N} distinct items bought, most recently bought first.",
+        ),
+    ),
+)
+
+ITEM_FEATURES: Final = View(
+    name="item_features",
+    entity=ITEM,
+    description="Long-term item features: daily snapshots computed from the event log.",
+    features=(
+        *_count_features("on the item"),
+        Feature(
+            "conversion_rate_30d",
+            Dtype.FLOAT64,
+            "Purchase events per view event in the last 30 days (null without views).",
+        ),
+        Feature("price", Dtype.FLOAT64, "Price on the newest event that carries one."),
+        Feature("category", Dtype.STRING, "Category on the newest event that carries one."),
+        Feature("first_seen_s", Dtype.FLOAT64, "Unix seconds of the item's first event."),
+        Feature("days_since_first_seen", Dtype.FLOAT64, "Days from the first event to T."),
+    ),
+)
+
+#: Views computed by the batch job (daily snapshots), by name.
+BATCH_VIEWS: Final = {v.name: v for v in (USER_FEATURES, ITEM_FEATURES)}
+
+LONG_TERM_SERVICE: Final = "long_term_v1"
+
 #: Every view featrec writes, by name.
-VIEWS: Final = {v.name: v for v in (SESSION_FEATURES, ITEM_NEIGHBOURS, ITEM_TRENDING)}
+VIEWS: Final = {
+    v.name: v
+    for v in (SESSION_FEATURES, ITEM_NEIGHBOURS, ITEM_TRENDING, USER_FEATURES, ITEM_FEATURES)
+}

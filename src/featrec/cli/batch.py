@@ -1,0 +1,391 @@
+"""The batch path on the command line: ``log import``, ``batch run``, ``materialize``,
+``dataset build``.
+
+Click objects to register on the main group: :data:`log_group`, :data:`batch_group`,
+:data:`materialize_command`, :data:`dataset_group`. Each finds the :class:`~featrec.settings.
+Settings` in click's context (built once by ``featrec``'s main group) or, invoked on its own,
+builds them from ``FEATREC_*``. Any :class:`~featrec.errors.FeatrecError` becomes a one-line
+message and exit status 1. Feast is imported only by the commands that need it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from featrec.core import catalog
+from featrec.errors import ConfigError, FeatrecError
+from featrec.settings import Settings
+
+
+class _Translating:
+    """Turns featrec errors into one-line messages with a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)  # type: ignore[misc]
+        except FeatrecError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+class _Group(_Translating, click.Group):
+    pass
+
+
+class _Command(_Translating, click.Command):
+    pass
+
+
+def _settings(ctx: click.Context) -> Settings:
+    found = ctx.find_object(Settings)
+    if found is not None:
+        return found
+    settings = Settings.from_env(os.environ)
+    ctx.obj = settings
+    return settings
+
+
+class _ClickProgress:
+    """:class:`featrec.core.progress.Progress` drawn with click: a message per stage, a bar
+    for stages of known size."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def stage(self, message: str, total: int | None = None) -> None:
+        self.close()
+        if total is None:
+            click.echo(message)
+        else:
+            self._bar = click.progressbar(length=total, label=message)
+            self._bar.__enter__()
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+def _day(ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
+    from featrec.core.snapshot_days import parse_day
+
+    if value is None:
+        return None
+    try:
+        return parse_day(value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
+
+
+def _instant(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    from featrec.core.events import parse_timestamp
+
+    if value is None:
+        return None
+    try:
+        return parse_timestamp(value)
+    except FeatrecError as e:
+        raise click.BadParameter(f"{value!r}: {e}", ctx, param) from None
+
+
+def _views(values: Sequence[str]) -> list[str]:
+    return list(values) if values else list(catalog.BATCH_VIEWS)
+
+
+# -- featrec log ------------------------------------------------------------------------------
+
+
+@click.group("log", cls=_Group)
+def log_group() -> None:
+    """The event log (Parquet, partitioned by day): the offline record of every event."""
+
+
+@log_group.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv", "parquet", "featrec", "otto", "session-rec"]),
+    default=None,
+    help="Input format (default: from the file name).",
+)
+@click.pass_context
+def log_import(ctx: click.Context, file: Path, fmt: str | None) -> None:
+    """Add FILE's events to the event log; events already logged (same event_id) are skipped,
+    so importing twice changes nothing. Invalid records go to the dead-letter file."""
+    from featrec.adapters.event_files import read_events
+    from featrec.adapters.log_import import import_events
+
+    settings = _settings(ctx)
+    with click.progressbar(length=_estimate_records(file), label=f"importing {file}") as bar:
+        result = import_events(
+            settings.event_log_dir,
+            read_events(file, fmt),
+            dead_letter_file=settings.dead_letter_file,
+            on_progress=bar.update,
+        )
+    click.echo(
+        f"imported {result.imported:,} of {result.read:,} valid events into "
+        f"{settings.event_log_dir} ({result.duplicates:,} already logged or repeated)"
+    )
+    if result.dead_letters:
+        first = result.first_dead_letter
+        where = f", first: {first.origin}: {first.reason}" if first is not None else ""
+        click.echo(
+            f"{result.dead_letters:,} invalid records written to "
+            f"{settings.dead_letter_file}{where}",
+            err=True,
+        )
+
+
+def _estimate_records(path: Path) -> int:
+    """Records in an event file, for the progress bar: Parquet rows, else lines."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return int(pq.read_metadata(path).num_rows)
+        except (OSError, ValueError):
+            return 1
+    lines = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            lines += chunk.count(b"\n")
+    return max(lines, 1)
+
+
+# -- featrec batch ----------------------------------------------------------------------------
+
+
+@click.group("batch", cls=_Group)
+def batch_group() -> None:
+    """Batch features computed from the event log (daily snapshots for Feast)."""
+
+
+@batch_group.command("run")
+@click.option(
+    "--as-of",
+    "as_of",
+    callback=_day,
+    default=None,
+    help="Snapshot date YYYY-MM-DD: features of the events before its 00:00 UTC "
+    "(default: the day after the newest logged event, at most today).",
+)
+@click.option(
+    "--since",
+    callback=_day,
+    default=None,
+    help="Also write every daily snapshot from this date to --as-of (a backfill).",
+)
+@click.option(
+    "--view",
+    "views",
+    multiple=True,
+    type=click.Choice(list(catalog.BATCH_VIEWS)),
+    help="Only this view (repeatable; default: all batch views).",
+)
+@click.pass_context
+def batch_run(
+    ctx: click.Context, as_of: date | None, since: date | None, views: tuple[str, ...]
+) -> None:
+    """Compute user and item features with DuckDB and write them as Parquet snapshots in
+    the Feast repo's data/ (re-running a date replaces its snapshot)."""
+    from featrec.adapters.batch_job import plan_batch, run_batch
+    from featrec.adapters.duckdb_features import EventLogDB
+
+    settings = _settings(ctx)
+    started = time.perf_counter()
+    with EventLogDB(settings.event_log_dir, temp_dir=settings.home / "tmp" / "duckdb") as db:
+        plan = plan_batch(db, as_of, since, datetime.now(UTC))
+        if plan.n_events == 0:
+            click.echo(f"the event log {settings.event_log_dir} is empty: snapshots will be empty")
+        chosen = _views(views)
+        loaded = time.perf_counter() - started
+        click.echo(f"loaded {plan.n_events:,} events in {loaded:.1f} s")
+        total = len(plan.days) * len(chosen)
+        with click.progressbar(length=total, label="writing snapshots") as bar:
+            written = run_batch(
+                db,
+                settings.repo.resolve() / "data",
+                plan.days,
+                views=chosen,
+                on_snapshot=lambda _: bar.update(1),
+            )
+    for snap in written[-len(chosen) :]:
+        click.echo(f"{snap.view} as of {snap.as_of.isoformat()}: {snap.rows:,} rows -> {snap.path}")
+    click.echo(
+        f"wrote {len(written)} snapshots ({len(plan.days)} day"
+        f"{'s' if len(plan.days) != 1 else ''}) in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+
+
+# -- featrec materialize ----------------------------------------------------------------------
+
+
+@click.command("materialize", cls=_Command)
+@click.option(
+    "--start",
+    callback=_instant,
+    default=None,
+    help="Interval start (ISO-8601 or YYYY-MM-DD, UTC; default 2000-01-01). Not with "
+    "--incremental.",
+)
+@click.option("--end", callback=_instant, default=None, help="Interval end (default: now).")
+@click.option(
+    "--incremental",
+    is_flag=True,
+    help="Start where the last materialization of each view ended (Feast's rule).",
+)
+@click.option(
+    "--fast",
+    is_flag=True,
+    help="Write with featrec's bulk writer instead of Feast's engine (same rows, same "
+    "format, same registry bookkeeping).",
+)
+@click.option(
+    "--view",
+    "views",
+    multiple=True,
+    type=click.Choice(list(catalog.VIEWS)),
+    help="Only this view (repeatable; default: the batch views).",
+)
+@click.pass_context
+def materialize_command(
+    ctx: click.Context,
+    start: datetime | None,
+    end: datetime | None,
+    incremental: bool,
+    fast: bool,
+    views: tuple[str, ...],
+) -> None:
+    """Load the newest offline values of each view into the online store."""
+    from featrec.adapters.feast_repo import open_store
+    from featrec.adapters.materialize import materialize
+    from featrec.core.events import MIN_TS
+
+    if incremental and start is not None:
+        raise click.UsageError("--start and --incremental exclude each other")
+    settings = _settings(ctx)
+    store = open_store(settings)
+    end = end or datetime.now(UTC)
+    begin = None if incremental else (start or MIN_TS)
+    chosen = _views(views)
+    with click.progressbar(length=len(chosen), label="materializing") as bar:
+        done = []
+        for name in chosen:
+            done += materialize(
+                store, [name], end=end, start=begin, incremental=incremental, fast=fast
+            )
+            bar.update(1)
+    for run in done:
+        rows = "" if run.rows is None else f": {run.rows:,} rows, {run.written:,} written"
+        rate = (
+            f", {run.rows / run.seconds:,.0f} rows/s"
+            if run.rows is not None and run.seconds > 0
+            else ""
+        )
+        click.echo(
+            f"{run.view} {run.start.isoformat()} .. {run.end.isoformat()} "
+            f"({'fast' if fast else 'stock engine'}){rows} in {run.seconds:.1f} s{rate}"
+        )
+
+
+# -- featrec dataset --------------------------------------------------------------------------
+
+
+@click.group("dataset", cls=_Group)
+def dataset_group() -> None:
+    """Training sets for the ranker, point-in-time correct."""
+
+
+@dataset_group.command("build")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Output Parquet file (default: $FEATREC_HOME/datasets/training.parquet).",
+)
+@click.option("--since", callback=_day, default=None, help="First day of prediction points.")
+@click.option("--until", callback=_day, default=None, help="Last day of prediction points.")
+@click.option(
+    "--max-points",
+    type=click.IntRange(1),
+    default=None,
+    help="Sample at most this many prediction points (seeded, uniform).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--session-items",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="Candidates from the session's own items.",
+)
+@click.option(
+    "--popular",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="Candidates from the most popular items as of the prediction time.",
+)
+@click.option(
+    "--keep-repeats",
+    is_flag=True,
+    help="Every event is a prediction point (default: only where the next item differs).",
+)
+@click.pass_context
+def dataset_build(
+    ctx: click.Context,
+    out: Path | None,
+    since: date | None,
+    until: date | None,
+    max_points: int | None,
+    seed: int,
+    session_items: int,
+    popular: int,
+    keep_repeats: bool,
+) -> None:
+    """Label the log's prediction points (1 = the item that came next) over generated
+    candidates and join user and item features as of each point (Feast, DuckDB store)."""
+    from featrec.adapters.feast_repo import open_store
+    from featrec.adapters.training_sets import build_training_set
+    from featrec.core.candidate_generation import default_generator
+
+    settings = _settings(ctx)
+    if since is not None and until is not None and since > until:
+        raise click.UsageError(f"--since {since} is after --until {until}")
+    target = out or settings.home / "datasets" / "training.parquet"
+    started = time.perf_counter()
+    progress = _ClickProgress()
+    try:
+        result = build_training_set(
+            open_store(settings),
+            settings.event_log_dir,
+            target,
+            generator=default_generator(session_items, popular),
+            collapse_repeats=not keep_repeats,
+            since=since,
+            until=until,
+            max_points=max_points,
+            seed=seed,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    recall = result.points_with_target / result.points
+    click.echo(
+        f"wrote {result.rows:,} examples for {result.points:,} prediction points to "
+        f"{result.path} in {time.perf_counter() - started:.1f} s (next item among the "
+        f"candidates at {recall:.1%} of points)"
+    )
