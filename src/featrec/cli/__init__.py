@@ -18,8 +18,8 @@ from typing import Any
 
 import click
 
-from featrec.cli.launch import launch_flow
-from featrec.errors import ConfigError, FeatrecError, NotFound
+from featrec.cli.launch import INPUT_FORMATS, flow_options, run_flow
+from featrec.errors import FeatrecError, NotFound
 from featrec.settings import Settings
 
 pass_settings = click.make_pass_decorator(Settings)
@@ -138,81 +138,11 @@ def run() -> None:
 
 
 @run.command("sessions")
-@click.option(
-    "--source",
-    "sources",
-    required=True,
-    multiple=True,
-    help="An event file (.jsonl .csv .parquet, OTTO jsonl, session-rec .txt) or 'redis'. "
-    "Repeat for several files (one partition each, shared among processes).",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["featrec", "otto", "session-rec"]),
-    default=None,
-    help="Input format (default: from the file name).",
-)
-@click.option(
-    "--speed",
-    type=click.FloatRange(0),
-    default=0.0,
-    show_default=True,
-    help="Replay pace: 0 = as fast as possible, N = recorded pace x N.",
-)
-@click.option(
-    "--recovery-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Bytewax recovery store: state survives a crash and resumes.",
-)
-@click.option(
-    "--snapshot-interval",
-    type=click.FloatRange(0.1),
-    default=5.0,
-    show_default=True,
-    help="Seconds between recovery snapshots.",
-)
-@click.option(
-    "--processes",
-    type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    help="Bytewax processes (a cluster on this host).",
-)
+@flow_options
 @pass_settings
-def run_sessions(
-    settings: Settings,
-    sources: tuple[str, ...],
-    fmt: str | None,
-    speed: float,
-    recovery_dir: Path | None,
-    snapshot_interval: float,
-    processes: int,
-) -> None:
+def run_sessions(settings: Settings, /, **options: Any) -> None:
     """Sessions dataflow: events -> session features -> online store (+ event log)."""
-    if "redis" in sources and len(sources) > 1:
-        raise ConfigError("--source redis reads the stream; do not mix it with files")
-    for source in sources:
-        if source != "redis" and not Path(source).is_file():
-            raise ConfigError(f"--source {source!r} is neither 'redis' nor an existing file")
-    env = {
-        **os.environ,
-        **settings.to_env(),
-        "FEATREC_SOURCE": os.pathsep.join(sources),
-        "FEATREC_REPLAY_SPEED": str(speed),
-    }
-    if fmt:
-        env["FEATREC_SOURCE_FORMAT"] = fmt
-    code = launch_flow(
-        "dataflows.sessions:flow()",
-        env,
-        processes=processes,
-        recovery_dir=recovery_dir,
-        snapshot_interval=snapshot_interval,
-    )
-    if code != 0:
-        raise click.ClickException(f"the sessions dataflow exited with status {code}")
+    run_flow("dataflows.sessions:flow()", settings, **options)
 
 
 @main.command()
@@ -220,7 +150,7 @@ def run_sessions(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["featrec", "otto", "session-rec"]),
+    type=click.Choice(INPUT_FORMATS),
     default=None,
     help="Input format (default: from the file name).",
 )

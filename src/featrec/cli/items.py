@@ -31,7 +31,7 @@ from featrec.app.item_signals import (
     trending_key,
     write_rows,
 )
-from featrec.cli.launch import launch_flow
+from featrec.cli.launch import INPUT_FORMATS, flow_options, run_flow
 from featrec.core.catalog import ITEM_NEIGHBOURS
 from featrec.core.events import Event
 from featrec.core.formats import DeadLetter
@@ -41,7 +41,6 @@ from featrec.settings import Settings
 F = TypeVar("F", bound=Callable[..., Any])
 
 FLOW_TARGET: Final = "dataflows.items:flow()"
-INPUT_FORMATS: Final = ("featrec", "otto", "session-rec")
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -230,72 +229,11 @@ def _valid(history: Iterable[Event | DeadLetter], refused: list[DeadLetter]) -> 
 
 
 @click.command("items")
-@click.option(
-    "--source",
-    required=True,
-    help="An event file (.jsonl .csv .parquet, OTTO jsonl, session-rec .txt) or 'redis'.",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(INPUT_FORMATS),
-    default=None,
-    help="Input format (default: from the file name).",
-)
-@click.option(
-    "--speed",
-    type=click.FloatRange(0),
-    default=0.0,
-    show_default=True,
-    help="Replay pace: 0 = as fast as possible, N = recorded pace x N.",
-)
-@click.option(
-    "--recovery-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Bytewax recovery store (not the sessions flow's): state survives a crash.",
-)
-@click.option(
-    "--snapshot-interval",
-    type=click.FloatRange(0.1),
-    default=5.0,
-    show_default=True,
-    help="Seconds between recovery snapshots.",
-)
-@click.option(
-    "--processes",
-    type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    help="Bytewax processes (a cluster on this host).",
-)
+@flow_options
 @with_settings
-def run_items(
-    settings: Settings,
-    source: str,
-    fmt: str | None,
-    speed: float,
-    recovery_dir: Path | None,
-    snapshot_interval: float,
-    processes: int,
-) -> None:
-    """Item signals dataflow: events -> neighbours and trending -> online store."""
-    if source != "redis" and not Path(source).is_file():
-        raise ConfigError(f"--source {source!r} is neither 'redis' nor an existing file")
-    env = {
-        **os.environ,
-        **settings.to_env(),
-        "FEATREC_SOURCE": source,
-        "FEATREC_REPLAY_SPEED": str(speed),
-    }
-    if fmt:
-        env["FEATREC_SOURCE_FORMAT"] = fmt
-    code = launch_flow(
-        FLOW_TARGET,
-        env,
-        processes=processes,
-        recovery_dir=recovery_dir,
-        snapshot_interval=snapshot_interval,
-    )
-    if code != 0:
-        raise click.ClickException(f"the item signals dataflow exited with status {code}")
+def run_items(settings: Settings, /, **options: Any) -> None:
+    """Item signals dataflow: events -> neighbours and trending -> online store.
+
+    Give it its own --recovery-dir (not the sessions flow's).
+    """
+    run_flow(FLOW_TARGET, settings, **options)

@@ -7,12 +7,20 @@ environment variables.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from featrec.errors import ConfigError
+from featrec.settings import Settings
 
 
 def free_ports(n: int) -> list[int]:
@@ -101,3 +109,95 @@ def ensure_recovery_store(recovery_dir: Path, partitions: int) -> None:
         [sys.executable, "-m", "bytewax.recovery", str(recovery_dir), str(partitions)],
         check=True,
     )
+
+
+INPUT_FORMATS = ("featrec", "otto", "session-rec")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def flow_options(command: F) -> F:
+    """The options every ``featrec run <flow>`` command takes (see :func:`run_flow`)."""
+    options = [
+        click.option(
+            "--source",
+            "sources",
+            required=True,
+            multiple=True,
+            help="An event file (.jsonl .csv .parquet, OTTO jsonl, session-rec .txt) or "
+            "'redis'. Repeat for several files (one partition each, shared among processes).",
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(INPUT_FORMATS),
+            default=None,
+            help="Input format (default: from the file name).",
+        ),
+        click.option(
+            "--speed",
+            type=click.FloatRange(0),
+            default=0.0,
+            show_default=True,
+            help="Replay pace: 0 = as fast as possible, N = recorded pace x N.",
+        ),
+        click.option(
+            "--recovery-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="This flow's bytewax recovery store: state survives a crash and resumes.",
+        ),
+        click.option(
+            "--snapshot-interval",
+            type=click.FloatRange(0.1),
+            default=5.0,
+            show_default=True,
+            help="Seconds between recovery snapshots.",
+        ),
+        click.option(
+            "--processes",
+            type=click.IntRange(1, 64),
+            default=1,
+            show_default=True,
+            help="Bytewax processes (a cluster on this host).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def run_flow(
+    target: str,
+    settings: Settings,
+    *,
+    sources: tuple[str, ...],
+    fmt: str | None,
+    speed: float,
+    recovery_dir: Path | None,
+    snapshot_interval: float,
+    processes: int,
+) -> None:
+    """Check the sources, launch ``target`` with settings in the environment, wait for it."""
+    if "redis" in sources and len(sources) > 1:
+        raise ConfigError("--source redis reads the stream; do not mix it with files")
+    for source in sources:
+        if source != "redis" and not Path(source).is_file():
+            raise ConfigError(f"--source {source!r} is neither 'redis' nor an existing file")
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "FEATREC_SOURCE": os.pathsep.join(sources),
+        "FEATREC_REPLAY_SPEED": str(speed),
+    }
+    if fmt:
+        env["FEATREC_SOURCE_FORMAT"] = fmt
+    code = launch_flow(
+        target,
+        env,
+        processes=processes,
+        recovery_dir=recovery_dir,
+        snapshot_interval=snapshot_interval,
+    )
+    if code != 0:
+        raise click.ClickException(f"the dataflow {target} exited with status {code}")
