@@ -281,10 +281,11 @@ def _register_subcommands() -> None:
     """Commands that live in their own modules (imported here: they import nothing heavy)."""
     from featrec.cli.batch import batch_group, dataset_group, log_group, materialize_command
     from featrec.cli.items import items, run_items
+    from featrec.cli.train import train
 
     main.add_command(items)
     run.add_command(run_items)
-    for command in (log_group, batch_group, materialize_command, dataset_group):
+    for command in (log_group, batch_group, materialize_command, dataset_group, train):
         main.add_command(command)
 
 

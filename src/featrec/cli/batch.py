@@ -344,6 +344,15 @@ def dataset_group() -> None:
     is_flag=True,
     help="Every event is a prediction point (default: only where the next item differs).",
 )
+@click.option(
+    "--candidates",
+    type=click.Choice(["serving", "simple"]),
+    default="serving",
+    show_default=True,
+    help="serving: the recommender's own candidates (co-visitation, session, history, "
+    "trending, popular), learned from the past only, so training sees what serving ranks; "
+    "simple: the session's items + popular items (--session-items, --popular).",
+)
 @click.pass_context
 def dataset_build(
     ctx: click.Context,
@@ -355,14 +364,19 @@ def dataset_build(
     session_items: int,
     popular: int,
     keep_repeats: bool,
+    candidates: str,
 ) -> None:
     """Label the log's prediction points (1 = the item that came next) over generated
     candidates and join user and item features as of each point (Feast, DuckDB store)."""
     from featrec.adapters.feast_repo import open_store
     from featrec.adapters.training_sets import build_training_set
-    from featrec.core.candidate_generation import default_generator
+    from featrec.core.candidate_generation import CandidateGenerator, default_generator
+    from featrec.core.candidates import SignalCandidates
 
     settings = _settings(ctx)
+    generator: CandidateGenerator = (
+        SignalCandidates() if candidates == "serving" else default_generator(session_items, popular)
+    )
     if since is not None and until is not None and since > until:
         raise click.UsageError(f"--since {since} is after --until {until}")
     target = out or settings.home / "datasets" / "training.parquet"
@@ -373,7 +387,7 @@ def dataset_build(
             open_store(settings),
             settings.event_log_dir,
             target,
-            generator=default_generator(session_items, popular),
+            generator=generator,
             collapse_repeats=not keep_repeats,
             since=since,
             until=until,

@@ -1,0 +1,503 @@
+"""Training the ranker: replay the event log, compute each prediction point's ranking
+features as serving would, fit, and measure against the candidate order on a time split.
+
+Input is a list of :class:`LabelledPoint`: from a ``featrec dataset build`` table
+(:func:`points_from_table`: its candidates, labels and Feast point-in-time user and item
+features), or straight from events (:func:`points_from_events`: candidates generated here,
+no long-term features). :func:`replay_features` walks the events in time order and, at each
+point, after folding the point's own event, has what the online store would hold then:
+
+- the ``session_features`` row (:func:`featrec.core.sessions.fold`),
+- the co-visitation lists, trending lists, ``item_trending`` rows and purchase histories
+  (:class:`~featrec.core.candidates.SignalCandidates` observing every event),
+
+and computes :func:`~featrec.core.ranking.ranking_matrix` for the point's candidates. The
+sources and source scores of a candidate are those :func:`~featrec.core.candidates.generate`
+gives it there; a dataset built with another generator still trains, but its candidates that
+serving would not propose carry no sources (``candidate_coverage`` says how many).
+
+:func:`fit_ranker` splits the points by time (the newest ``holdout`` share is held out),
+fits on the rest and reports HR@K / MRR@K of the model's order against the candidate order
+on the held-out points (a point whose next item is not a candidate is a miss for both).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from featrec.core.candidate_generation import PredictionContext
+from featrec.core.candidates import (
+    DEFAULT_CONFIG,
+    Candidate,
+    CandidateConfig,
+    InMemorySignals,
+    SignalCandidates,
+)
+from featrec.core.catalog import ITEM_FEATURES, USER_FEATURES
+from featrec.core.events import Event
+from featrec.core.metrics import hit_rate_at_k, mrr_at_k
+from featrec.core.ranking import RANKING_FEATURES, Ranker, item_row, ranking_matrix
+from featrec.core.rows import micros
+from featrec.core.sessions import SessionPolicy, SessionState, fold, session_row
+from featrec.core.training_examples import next_item_targets
+from featrec.core.trending import trending_row
+from featrec.errors import ConfigError
+
+Row = Mapping[str, object]
+
+#: Columns a training-set table must have (``featrec dataset build`` writes them).
+DATASET_COLUMNS = (
+    "point_id",
+    "session_id",
+    "user_id",
+    "event_timestamp",
+    "position",
+    "item_id",
+    "candidate_rank",
+    "label",
+)
+USER_PREFIX = f"{USER_FEATURES.name}__"
+ITEM_PREFIX = f"{ITEM_FEATURES.name}__"
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledPoint:
+    """One prediction point: the ``position``-th event of ``session_id`` (1-based), at
+    ``at``. ``items`` are its candidates in candidate order (``None``: generate them) and
+    ``target`` the item that came next. ``user_row`` / ``item_rows`` are the long-term
+    (``user_features`` / ``item_features``) rows as of ``at``."""
+
+    point_id: int
+    session_id: str
+    position: int
+    at: datetime
+    user_id: str | None
+    target: str | None
+    items: tuple[str, ...] | None = None
+    user_row: Row | None = None
+    item_rows: Mapping[str, Row | None] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class FeatureSet:
+    """Ranking features of every (point, candidate): row ``i`` belongs to point
+    ``group[i]`` (an index into ``points``); ``y`` is 1 for the next item."""
+
+    X: npt.NDArray[np.float64]
+    y: npt.NDArray[np.int64]
+    group: npt.NDArray[np.int64]
+    #: The candidate of each row.
+    item_ids: list[str]
+    points: list[LabelledPoint]
+    #: Rows whose candidate the serving generator also proposes, out of all rows.
+    candidate_coverage: float
+
+    def point_slices(self) -> list[slice]:
+        """The rows of each point (rows of a point are contiguous, in candidate order)."""
+        bounds = np.flatnonzero(np.diff(self.group)) + 1
+        starts = [0, *bounds.tolist()]
+        ends = [*bounds.tolist(), len(self.group)]
+        return [slice(a, b) for a, b in zip(starts, ends, strict=True)]
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingConfig:
+    """Ranker parameters, the time split and the candidates generated at each point."""
+
+    holdout: float = 0.2
+    k: int = 20
+    #: Negatives kept per training point (seeded sample; all positives are kept). Fitting
+    #: time grows with rows, and most negatives of a point say the same thing.
+    negatives_per_point: int | None = 20
+    learning_rate: float = 0.1
+    max_iter: int = 100
+    max_leaf_nodes: int = 31
+    min_samples_leaf: int = 40
+    l2_regularization: float = 1.0
+    random_state: int = 0
+    candidates: CandidateConfig = DEFAULT_CONFIG
+    session_policy: SessionPolicy = field(default_factory=SessionPolicy)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.holdout < 1:
+            raise ConfigError(f"holdout must be in [0, 1), got {self.holdout}")
+        if self.k < 1:
+            raise ConfigError(f"k must be >= 1, got {self.k}")
+        if self.negatives_per_point is not None and self.negatives_per_point < 1:
+            raise ConfigError(
+                f"negatives_per_point must be >= 1 or None, got {self.negatives_per_point}"
+            )
+
+    def ranker(self) -> Ranker:
+        return Ranker(
+            feature_names=RANKING_FEATURES,
+            learning_rate=self.learning_rate,
+            max_iter=self.max_iter,
+            max_leaf_nodes=self.max_leaf_nodes,
+            min_samples_leaf=self.min_samples_leaf,
+            l2_regularization=self.l2_regularization,
+            random_state=self.random_state,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingResult:
+    ranker: Ranker
+    metrics: dict[str, float]
+
+
+# -- points -----------------------------------------------------------------------------------
+
+
+def points_from_events(
+    events: Sequence[Event],
+    *,
+    collapse_repeats: bool = True,
+    max_points: int | None = None,
+    since: datetime | None = None,
+    seed: int = 0,
+) -> list[LabelledPoint]:
+    """Prediction points of ``events`` (time order) whose candidates the replay generates;
+    a seeded uniform sample of at most ``max_points`` of those at or after ``since``."""
+    targets = next_item_targets(events, collapse_repeats)
+    seen: dict[str, int] = {}
+    user: dict[str, str | None] = {}
+    chosen: list[tuple[int, str, int, datetime, str | None, str]] = []
+    for i, (event, target) in enumerate(zip(events, targets, strict=True)):
+        seen[event.session_id] = seen.get(event.session_id, 0) + 1
+        if event.user_id is not None:
+            user[event.session_id] = event.user_id
+        if target is not None and (since is None or event.ts >= since):
+            chosen.append(
+                (
+                    i,
+                    event.session_id,
+                    seen[event.session_id],
+                    event.ts,
+                    user.get(event.session_id),
+                    target,
+                )
+            )
+    if max_points is not None:
+        if max_points < 1:
+            raise ConfigError(f"max points must be >= 1, got {max_points}")
+        if len(chosen) > max_points:
+            chosen = sorted(random.Random(seed).sample(chosen, max_points))
+    return [
+        LabelledPoint(n, session, position, at, user_id, target)
+        for n, (_, session, position, at, user_id, target) in enumerate(chosen)
+    ]
+
+
+def points_from_table(table: Any) -> list[LabelledPoint]:
+    """The points of a ``featrec dataset build`` table (a ``pyarrow.Table``), with their
+    candidates, labels and long-term rows (columns ``user_features__*``, ``item_features__*``)."""
+    missing = [c for c in DATASET_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ConfigError(
+            f"the training set lacks column(s) {', '.join(missing)}: build it with "
+            "`featrec dataset build`"
+        )
+    if table.num_rows == 0:
+        raise ConfigError("the training set is empty: build it with `featrec dataset build`")
+    cols = {name: table.column(name).to_pylist() for name in DATASET_COLUMNS}
+    user_cols = _prefixed(table, USER_PREFIX)
+    item_cols = _prefixed(table, ITEM_PREFIX)
+    order = sorted(
+        range(table.num_rows), key=lambda i: (cols["point_id"][i], cols["candidate_rank"][i])
+    )
+    points: list[LabelledPoint] = []
+    i = 0
+    while i < len(order):
+        first = order[i]
+        pid = cols["point_id"][first]
+        j = i
+        while j < len(order) and cols["point_id"][order[j]] == pid:
+            j += 1
+        rows = order[i:j]
+        items = tuple(cols["item_id"][r] for r in rows)
+        if len(set(items)) != len(items):
+            raise ConfigError(f"training set point {pid} lists a candidate twice")
+        positives = [cols["item_id"][r] for r in rows if cols["label"][r] == 1]
+        if len(positives) > 1:
+            raise ConfigError(f"training set point {pid} has {len(positives)} positive labels")
+        points.append(
+            LabelledPoint(
+                point_id=pid,
+                session_id=cols["session_id"][first],
+                position=cols["position"][first],
+                at=cols["event_timestamp"][first],
+                user_id=cols["user_id"][first],
+                target=positives[0] if positives else None,
+                items=items,
+                user_row=_row(user_cols, first),
+                item_rows={cols["item_id"][r]: _row(item_cols, r) for r in rows},
+            )
+        )
+        i = j
+    return points
+
+
+def _prefixed(table: Any, prefix: str) -> dict[str, list[Any]]:
+    return {
+        name[len(prefix) :]: table.column(name).to_pylist()
+        for name in table.column_names
+        if name.startswith(prefix)
+    }
+
+
+def _row(columns: Mapping[str, list[Any]], i: int) -> dict[str, object] | None:
+    """One entity's features at row ``i``, ``None`` when every value is null (no snapshot)."""
+    values = {name: column[i] for name, column in columns.items()}
+    return values if any(v is not None for v in values.values()) else None
+
+
+# -- replay -----------------------------------------------------------------------------------
+
+
+def replay_features(
+    events: Sequence[Event],
+    points: Sequence[LabelledPoint],
+    *,
+    candidates: CandidateConfig = DEFAULT_CONFIG,
+    session_policy: SessionPolicy | None = None,
+    learn_until: datetime | None = None,
+    learns: Callable[[Event], bool] | None = None,
+    on_point: Callable[[], None] | None = None,
+) -> FeatureSet:
+    """Ranking features of every point's candidates, computed by replaying ``events``.
+
+    ``events`` must be in time order and contain every point's event. With ``learn_until``,
+    the signals (co-visitation, trending, histories) stop learning at that time while
+    sessions keep folding; with ``learns``, they learn only from the events it accepts (the
+    protocols of frozen-index benchmarks).
+    """
+    policy = session_policy or SessionPolicy()
+    wanted: dict[tuple[str, int], LabelledPoint] = {}
+    for p in points:
+        key = (p.session_id, p.position)
+        if key in wanted:
+            raise ConfigError(f"two points at event {p.position} of session {p.session_id!r}")
+        wanted[key] = p
+    generator = SignalCandidates(candidates, InMemorySignals())
+    board = generator.signals.board
+    trending_rows: dict[str, tuple[int, Row]] = {}
+    sessions: dict[str, tuple[SessionState, list[str], list[str]]] = {}
+    blocks: list[npt.NDArray[np.float64]] = []
+    labels: list[int] = []
+    groups: list[int] = []
+    item_ids: list[str] = []
+    done: list[LabelledPoint] = []
+    covered = total = 0
+    previous: datetime | None = None
+    for event in events:
+        if previous is not None and event.ts < previous:
+            raise ConfigError(f"events out of time order at {event.event_id}")
+        previous = event.ts
+        if (learn_until is None or event.ts < learn_until) and (learns is None or learns(event)):
+            generator.observe(event)
+        state, items, types = sessions.setdefault(
+            event.session_id, (SessionState(event.session_id), [], [])
+        )
+        fold(state, event, policy)
+        items.append(event.item_id)
+        types.append(event.type)
+        point = wanted.pop((event.session_id, len(items)), None)
+        if point is None:
+            continue
+        session = session_row(state).values
+        context = PredictionContext(
+            event.session_id, point.user_id, event.ts, tuple(items), tuple(types)
+        )
+        proposed = {c.item_id: c for c in generator.generate(context)}
+        if point.items is None:
+            pool = list(proposed.values())
+        else:
+            pool = [proposed.get(item) or Candidate(item, (), {}) for item in point.items]
+            covered += sum(item in proposed for item in point.items)
+        total += len(pool)
+        rows: dict[str, Row | None] = {}
+        for c in pool:
+            trend = board.items.get(c.item_id)
+            trending: Row | None = None
+            if trend is not None:
+                cached = trending_rows.get(c.item_id)
+                if cached is None or cached[0] != trend.version:
+                    values = trending_row(c.item_id, trend, board.config).values
+                    cached = trending_rows[c.item_id] = (trend.version, values)
+                trending = cached[1]
+            rows[c.item_id] = item_row(point.item_rows.get(c.item_id), trending)
+        now_s = micros(event.ts) / 1_000_000
+        blocks.append(ranking_matrix(pool, session, point.user_row, rows, now_s))
+        labels.extend(int(c.item_id == point.target) for c in pool)
+        groups.extend([len(done)] * len(pool))
+        item_ids.extend(c.item_id for c in pool)
+        done.append(point)
+        if on_point is not None:
+            on_point()
+    if wanted:
+        session_id, position = next(iter(wanted))
+        raise ConfigError(
+            f"{len(wanted)} point(s) have no event in the log, e.g. event {position} of "
+            f"session {session_id!r}: train on the log the training set was built from"
+        )
+    width = len(RANKING_FEATURES)
+    return FeatureSet(
+        X=np.vstack(blocks) if blocks else np.empty((0, width), dtype=np.float64),
+        y=np.asarray(labels, dtype=np.int64),
+        group=np.asarray(groups, dtype=np.int64),
+        item_ids=item_ids,
+        points=done,
+        candidate_coverage=covered / total if total and any(p.items for p in done) else 1.0,
+    )
+
+
+# -- fit and evaluate -------------------------------------------------------------------------
+
+
+def split_by_time(features: FeatureSet, holdout: float) -> tuple[list[int], list[int]]:
+    """Point indexes before and after the time split (the newest ``holdout`` share held
+    out; points at the same time stay on one side)."""
+    order = sorted(range(len(features.points)), key=lambda i: (features.points[i].at, i))
+    n_test = math.floor(len(order) * holdout)
+    if n_test == 0:
+        return order, []
+    cut = len(order) - n_test
+    boundary = features.points[order[cut]].at
+    while cut > 0 and features.points[order[cut - 1]].at == boundary:
+        cut -= 1
+    return order[:cut], order[cut:]
+
+
+def _rows_of(features: FeatureSet, point_indexes: Sequence[int]) -> npt.NDArray[np.bool_]:
+    chosen = np.zeros(len(features.points), dtype=bool)
+    chosen[list(point_indexes)] = True
+    mask: npt.NDArray[np.bool_] = chosen[features.group]
+    return mask
+
+
+def sample_negatives(
+    features: FeatureSet, rows: npt.NDArray[np.bool_], per_point: int | None, seed: int
+) -> npt.NDArray[np.bool_]:
+    """``rows`` keeping every positive and at most ``per_point`` negatives per point."""
+    if per_point is None:
+        return rows
+    rng = np.random.default_rng(seed)
+    keep: npt.NDArray[np.bool_] = rows & (features.y == 1)
+    for part in features.point_slices():
+        negatives = np.flatnonzero(rows[part] & (features.y[part] == 0)) + part.start
+        if len(negatives) > per_point:
+            negatives = rng.choice(negatives, per_point, replace=False)
+        keep[negatives] = True
+    return keep
+
+
+def ranked_lists(
+    features: FeatureSet, point_indexes: Sequence[int], scores: npt.NDArray[np.float64] | None
+) -> Iterator[tuple[list[str], str]]:
+    """Per point: its candidates best first (by ``scores``, ties in candidate order; ``None``:
+    candidate order) and its target (``""`` when unknown)."""
+    slices = features.point_slices()
+    for i in point_indexes:
+        rows = slices[i]
+        names = features.item_ids[rows]
+        if scores is None:
+            ranked = names
+        else:
+            part = scores[rows]
+            order = sorted(range(len(names)), key=lambda j: (-part[j], j))
+            ranked = [names[j] for j in order]
+        yield ranked, features.points[i].target or ""
+
+
+def evaluate(
+    features: FeatureSet,
+    point_indexes: Sequence[int],
+    scores: npt.NDArray[np.float64] | None,
+    k: int,
+) -> dict[str, float]:
+    """HR@k and MRR@k over the points (a target outside the candidates is a miss)."""
+    lists, targets = [], []
+    for ranked, target in ranked_lists(features, point_indexes, scores):
+        lists.append(ranked)
+        targets.append(target)
+    if not targets:
+        return {}
+    return {f"hr@{k}": hit_rate_at_k(lists, targets, k), f"mrr@{k}": mrr_at_k(lists, targets, k)}
+
+
+def fit_ranker(
+    features: FeatureSet,
+    config: TrainingConfig,
+    split: tuple[Sequence[int], Sequence[int]] | None = None,
+) -> TrainingResult:
+    """Fit on the points before the time split; measure on the held-out ones. ``split``
+    gives the (train, held-out) point indexes instead (e.g. a benchmark's own protocol)."""
+    train_idx, test_idx = split if split is not None else split_by_time(features, config.holdout)
+    train_rows = sample_negatives(
+        features, _rows_of(features, train_idx), config.negatives_per_point, config.random_state
+    )
+    y_train = features.y[train_rows]
+    if y_train.sum() == 0 or y_train.sum() == len(y_train):
+        raise ConfigError(
+            "the training points need both positive and negative examples: with no next "
+            "item among the candidates there is nothing to learn"
+        )
+    ranker = config.ranker().fit(features.X[train_rows], y_train)
+    metrics: dict[str, float] = {
+        "points": float(len(features.points)),
+        "train_points": float(len(train_idx)),
+        "holdout_points": float(len(test_idx)),
+        "rows": float(len(features.y)),
+        "train_rows": float(train_rows.sum()),
+        "positive_rate": float(features.y.mean()) if len(features.y) else 0.0,
+        "candidate_recall": _recall(features),
+        "candidate_coverage": features.candidate_coverage,
+    }
+    if test_idx:
+        # Bulk scoring may use every core; the stored model keeps its one-thread default.
+        threads = ranker.prediction_threads
+        ranker.set_params(prediction_threads=None)
+        scores = ranker.score_candidates(features.X)
+        ranker.set_params(prediction_threads=threads)
+        k = config.k
+        for name, value in evaluate(features, test_idx, None, k).items():
+            metrics[f"holdout_candidate_order_{name}"] = value
+        for name, value in evaluate(features, test_idx, scores, k).items():
+            metrics[f"holdout_model_{name}"] = value
+    return TrainingResult(ranker, metrics)
+
+
+def _recall(features: FeatureSet) -> float:
+    if not features.points:
+        return 0.0
+    hits = np.zeros(len(features.points), dtype=bool)
+    hits[features.group[features.y == 1]] = True
+    return float(hits.mean())
+
+
+def train(
+    events: Sequence[Event],
+    points: Sequence[LabelledPoint],
+    config: TrainingConfig = TrainingConfig(),
+    on_point: Callable[[], None] | None = None,
+) -> TrainingResult:
+    """Replay ``events`` for ``points``' features, then :func:`fit_ranker`."""
+    if not points:
+        raise ConfigError("no prediction points to train on")
+    features = replay_features(
+        events,
+        points,
+        candidates=config.candidates,
+        session_policy=config.session_policy,
+        on_point=on_point,
+    )
+    return fit_ranker(features, config)
