@@ -281,11 +281,21 @@ def _register_subcommands() -> None:
     """Commands that live in their own modules (imported here: they import nothing heavy)."""
     from featrec.cli.batch import batch_group, dataset_group, log_group, materialize_command
     from featrec.cli.items import items, run_items
+    from featrec.cli.serve import explain, recommend, serve
     from featrec.cli.train import train
 
     main.add_command(items)
     run.add_command(run_items)
-    for command in (log_group, batch_group, materialize_command, dataset_group, train):
+    for command in (
+        log_group,
+        batch_group,
+        materialize_command,
+        dataset_group,
+        train,
+        recommend,
+        explain,
+        serve,
+    ):
         main.add_command(command)
 
 

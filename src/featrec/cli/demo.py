@@ -3,7 +3,8 @@
 Everything is the production path on the embedded default: the sessions dataflow runs under
 ``python -m bytewax.run``, writes the Feast online store (SQLite unless FEATREC_ONLINE_STORE
 says otherwise), and this process reads the features back through stock Feast while the replay
-is running.
+is running. It ends with a live session (:mod:`featrec.cli.live_session`): events one by one,
+recommendations updating with their reasons, and the fallback once the events stop.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 
 from featrec.cli.launch import start_flow, wait_all
+from featrec.cli.live_session import run_live_session
 from featrec.core.catalog import SESSION_FEATURES
 from featrec.core.events import Event
 from featrec.errors import FeatrecError
@@ -40,7 +42,7 @@ def run_demo(
 
     demo_dir = settings.home / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
-    echo(f"1/4 applying the Feast repo {settings.repo} ({settings.online_store} online store)")
+    echo(f"1/5 applying the Feast repo {settings.repo} ({settings.online_store} online store)")
     apply_repo(settings)
 
     events = list(generate(GeneratorConfig(n_events=n_events, seed=42)))
@@ -50,7 +52,7 @@ def run_demo(
     pace = speed if speed else max(1.0, span / TARGET_REPLAY_S)
     watched = _pick_sessions(events, n_watch)
     echo(
-        f"2/4 generated {len(events):,} events ({span / 60:.0f} min of shop time) -> {path}; "
+        f"2/5 generated {len(events):,} events ({span / 60:.0f} min of shop time) -> {path}; "
         f"replaying at {pace:.0f}x"
     )
 
@@ -61,7 +63,7 @@ def run_demo(
         "FEATREC_REPLAY_SPEED": str(pace),
     }
     procs = start_flow("dataflows.sessions:flow()", env)
-    echo(f"3/4 sessions dataflow started; following sessions {', '.join(watched)}")
+    echo(f"3/5 sessions dataflow started; following sessions {', '.join(watched)}")
     reader = FeastOnlineReader(open_store(settings))
     seen: dict[str, object] = {}
     try:
@@ -73,7 +75,7 @@ def run_demo(
     _show_changes(reader.read(SESSION_FEATURES.name, watched), watched, seen, echo)
     if code != 0:
         raise FeatrecError(f"the sessions dataflow exited with status {code}")
-    echo("4/4 done. The same values through stock Feast, without featrec:")
+    echo("4/5 replay done. The same values through stock Feast, without featrec:")
     echo(
         "    from feast import FeatureStore\n"
         f"    FeatureStore(repo_path={str(settings.repo)!r}).get_online_features(\n"
@@ -82,6 +84,7 @@ def run_demo(
         f"        entity_rows=[{{'session_id': {watched[0]!r}}}]).to_dict()"
     )
     echo("    featrec status   # counts, dead letters, last write")
+    run_live_session(settings, events, echo)
 
 
 def _pick_sessions(events: list[Event], n: int) -> list[str]:

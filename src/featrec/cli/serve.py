@@ -1,0 +1,316 @@
+"""``featrec recommend``, ``featrec explain`` and ``featrec serve``: the serving path from the
+command line.
+
+Three click commands (registered by :mod:`featrec.cli`); each also works on its own, with
+settings from ``FEATREC_*`` (see :func:`featrec.cli.items.with_settings`). The scoring stack
+(numpy, scikit-learn, Feast) is imported inside the commands, so registering them is cheap.
+``serve`` runs the HTTP app under uvicorn through its import string (the app builds its
+recommender from the environment, so ``--workers N`` processes each build their own).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from featrec.app.serving_config import MAX_K, REQUEST_LOGS, ServingConfig
+from featrec.cli.items import with_settings
+from featrec.settings import Settings
+
+if TYPE_CHECKING:
+    from featrec.adapters.serving import ServingOptions
+    from featrec.app.explain import Explanation
+    from featrec.app.recommend import Recommendation
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_DEFAULTS = ServingConfig()
+#: The uvicorn factory of the HTTP app.
+APP_FACTORY = "featrec.server.main:app_from_env"
+
+
+def serving_options(command: F) -> F:
+    """The options every serving command shares."""
+    for option in reversed(
+        [
+            click.option(
+                "--model",
+                default="auto",
+                show_default=True,
+                help="Model version under FEATREC_HOME/models, 'latest', 'auto' (latest if "
+                "any) or 'none' (score by candidate order).",
+            ),
+            click.option(
+                "--request-log",
+                type=click.Choice(REQUEST_LOGS),
+                default="sqlite",
+                show_default=True,
+                help="Where requests are logged: FEATREC_HOME/requests.db or Redis.",
+            ),
+            click.option(
+                "--max-session-age",
+                type=click.FloatRange(0),
+                default=_DEFAULTS.max_session_age_s,
+                show_default=True,
+                help="Seconds after which session features count as stale (degraded answer).",
+            ),
+            click.option(
+                "--candidates",
+                type=click.IntRange(1, 5000),
+                default=_DEFAULTS.candidates.max_total,
+                show_default=True,
+                help="Candidates scored per request (topped up with popular items).",
+            ),
+            click.option(
+                "--item-cache",
+                type=click.FloatRange(0),
+                default=_DEFAULTS.item_cache_s,
+                show_default=True,
+                help="Seconds item rows and lists may be cached (bounded staleness).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _options(
+    model: str, request_log: str, max_session_age: float, candidates: int, item_cache: float
+) -> ServingOptions:
+    from featrec.adapters.serving import ServingOptions, pool_config
+
+    config = ServingConfig(max_session_age_s=max_session_age, item_cache_s=item_cache)
+    if candidates != config.candidates.max_total:
+        config = replace(config, candidates=pool_config(candidates))
+    return ServingOptions(request_log=request_log, model=model, config=config)
+
+
+@click.command()
+@click.argument("session_id")
+@click.option("--user", "user_id", default=None, help="The shopper (default: the session's).")
+@click.option("--k", type=click.IntRange(1, MAX_K), default=20, show_default=True)
+@click.option(
+    "--shown", default=None, help="Comma-separated items the shopper sees now, best first."
+)
+@serving_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_settings
+def recommend(
+    settings: Settings,
+    session_id: str,
+    user_id: str | None,
+    k: int,
+    shown: str | None,
+    model: str,
+    request_log: str,
+    max_session_age: float,
+    candidates: int,
+    item_cache: float,
+    as_json: bool,
+) -> None:
+    """Recommend K items for SESSION_ID now, with scores and reasons."""
+    from featrec.adapters.serving import open_recommender
+
+    options = _options(model, request_log, max_session_age, candidates, item_cache)
+    recommender = open_recommender(settings, options)
+    try:
+        shown_list = [s.strip() for s in shown.split(",")] if shown is not None else None
+        answer = recommender.recommend(session_id, user_id, k, shown_list)
+    finally:
+        recommender.log.close()
+    if as_json:
+        click.echo(json.dumps(answer.to_dict(), sort_keys=True))
+        return
+    for line in format_recommendation(answer):
+        click.echo(line)
+
+
+def format_recommendation(answer: Recommendation) -> list[str]:
+    """The lines ``featrec recommend`` prints."""
+    scorer = answer.scorer + (f" {answer.model_version}" if answer.model_version else "")
+    lines = [
+        f"request {answer.request_id}  session {answer.session_id}  user {answer.user_id or '-'}"
+        f"  version {answer.session_version or '-'}  scorer {scorer}"
+        + ("  (cached)" if answer.cached else "")
+    ]
+    if answer.degraded:
+        lines.append(f"DEGRADED: {answer.degraded_reason}")
+    if not answer.logged:
+        lines.append("warning: the request log could not record this answer")
+    if not answer.items:
+        lines.append("  (no items)")
+    for item in answer.items:
+        lines.append(
+            f"{item.rank:>4}  {item.item_id:<20} {item.score:>9.4f}  {'; '.join(item.reasons)}"
+        )
+    return lines
+
+
+@click.command()
+@click.argument("request_id")
+@click.option(
+    "--request-log",
+    type=click.Choice(REQUEST_LOGS),
+    default="sqlite",
+    show_default=True,
+    help="Where the request was logged.",
+)
+@click.option("--all", "show_all", is_flag=True, help="Also the candidates that were not kept.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_settings
+def explain(
+    settings: Settings, request_id: str, request_log: str, show_all: bool, as_json: bool
+) -> None:
+    """Re-score REQUEST_ID from the request log and show why each item is there.
+
+    Exits with status 1 if the re-scored list differs from the logged one.
+    """
+    from featrec.adapters.serving import model_loader, open_request_log
+    from featrec.app.explain import explain_request
+
+    log = open_request_log(settings, request_log)
+    load = model_loader(settings)
+    try:
+        explanation = explain_request(log, lambda v: load(v or ""), request_id)
+    finally:
+        log.close()
+    if as_json:
+        click.echo(json.dumps(explanation_dict(explanation), sort_keys=True))
+    else:
+        for line in format_explanation(explanation, show_all=show_all):
+            click.echo(line)
+    if not explanation.reproduced:
+        raise click.ClickException(
+            "the log does not reproduce: " + "; ".join(explanation.mismatches)
+        )
+
+
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="microseconds")
+
+
+def format_explanation(explanation: Explanation, *, show_all: bool = False) -> list[str]:
+    """The lines ``featrec explain`` prints."""
+    e = explanation
+    scorer = e.scorer + (f" {e.model_version}" if e.model_version else "")
+    lines = [
+        f"request {e.request_id} at {_when(e.created_at_s)} (scored as of {_when(e.now_s)})",
+        f"session {e.session_id}  user {e.user_id or '-'}  scorer {scorer}",
+    ]
+    if e.degraded_reason:
+        lines.append(f"DEGRADED: {e.degraded_reason}")
+    lines.extend(f"note: {note}" for note in e.notes)
+    n = len(e.items)
+    lines.append(
+        f"reproduced from the log: {n} raw scores bit for bit, the same list"
+        if e.reproduced
+        else "NOT reproduced: " + "; ".join(e.mismatches)
+    )
+    lines.append("features used (event time they were written with):")
+    counts: dict[str, int] = {}
+    for logged in e.rows:
+        if logged.view.startswith("item_"):
+            counts[logged.view] = counts.get(logged.view, 0) + (logged.row is not None)
+            continue
+        when = _when(logged.row.ts_us / 1e6) if logged.row is not None else "no row"
+        lines.append(f"  {logged.view:<17} {logged.key:<20} {when}")
+    for view, count in sorted(counts.items()):
+        lines.append(f"  {view:<17} {count} item rows")
+    lines.append(f"{'rank':>4}  {'item':<20} {'score':>9} {'raw':>9}  why")
+    for item in e.items:
+        if not item.kept and not show_all:
+            continue
+        rank = str(item.rank) if item.rank is not None else "-"
+        lines.append(
+            f"{rank:>4}  {item.item_id:<20} {item.score:>9.4f} {item.raw_score:>9.4f}  "
+            + "; ".join(item.reasons)
+        )
+    hidden = sum(1 for item in e.items if not item.kept)
+    if hidden and not show_all:
+        lines.append(f"      ({hidden} candidates not kept: --all shows them and why)")
+    return lines
+
+
+def explanation_dict(e: Explanation) -> dict[str, Any]:
+    return {
+        "request_id": e.request_id,
+        "session_id": e.session_id,
+        "user_id": e.user_id,
+        "created_at_s": e.created_at_s,
+        "now_s": e.now_s,
+        "degraded_reason": e.degraded_reason,
+        "notes": list(e.notes),
+        "scorer": e.scorer,
+        "model_version": e.model_version,
+        "reproduced": e.reproduced,
+        "mismatches": list(e.mismatches),
+        "rows": [
+            {
+                "view": r.view,
+                "key": r.key,
+                "ts_us": r.row.ts_us if r.row is not None else None,
+                "values": dict(r.row.values) if r.row is not None else None,
+            }
+            for r in e.rows
+        ],
+        "items": [
+            {
+                "item_id": i.item_id,
+                "rank": i.rank,
+                "kept": i.kept,
+                "score": i.score,
+                "raw_score": i.raw_score,
+                "sources": list(i.sources),
+                "source_scores": dict(i.source_scores),
+                "reasons": list(i.reasons),
+            }
+            for i in e.items
+        ],
+    }
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@serving_options
+@with_settings
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int,
+    model: str,
+    request_log: str,
+    max_session_age: float,
+    candidates: int,
+    item_cache: float,
+) -> None:
+    """Serve recommendations over HTTP: POST /recommend, GET /health, GET /metrics, /docs."""
+    import uvicorn
+
+    from featrec.adapters.serving import load_model
+
+    options = _options(model, request_log, max_session_age, candidates, item_cache)
+    load_model(settings, options.model)  # a bad --model fails here, in one line
+    os.environ.update(settings.to_env())
+    os.environ.update(options.to_env())
+    click.echo(
+        f"featrec serving on http://{host}:{port} ({settings.online_store} store, model "
+        f"{options.model}, request log {options.request_log}); OpenAPI at /docs"
+    )
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
