@@ -26,11 +26,7 @@ import os
 import random
 import resource
 import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
@@ -38,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import redis
+from _redis import redis_server
 
 from featrec.adapters.batch_job import run_batch
 from featrec.adapters.duckdb_features import EventLogDB
@@ -73,29 +69,6 @@ def fresh_repo(path: Path, **settings: Any) -> Settings:
     s = Settings(home=path.parent / "home", repo=path, **settings)
     apply_repo(s)
     return s
-
-
-@contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    args += ["--appendonly", "no", "--dir", str(workdir), "--logfile", str(workdir / "r.log")]
-    proc = subprocess.Popen(args)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = redis.Redis.from_url(url)
-        for _ in range(500):
-            try:
-                client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.02)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 # -- generate -------------------------------------------------------------------------------

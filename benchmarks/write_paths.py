@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import redis
+from _redis import redis_server
 
 from featrec.adapters import feast_wire
 from featrec.adapters.feast_repo import apply_repo, open_store
@@ -35,29 +33,6 @@ from featrec.settings import Settings
 
 REPO_SOURCE = Path(__file__).resolve().parents[1] / "feature_repo"
 BASE_VERSION = 1_700_000_000_000_000
-
-
-@contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    args += ["--appendonly", "no", "--dir", str(workdir), "--logfile", str(workdir / "r.log")]
-    proc = subprocess.Popen(args)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = redis.Redis.from_url(url)
-        for _ in range(500):
-            try:
-                client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.02)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def session_row(i: int, key: str, version: int) -> FeatureRow:

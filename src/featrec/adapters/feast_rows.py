@@ -13,11 +13,12 @@ store reports PRESENT for entities it never saw), and Feast's SQLite store keeps
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from featrec.adapters.feast_repo import translate_store_errors
+from featrec.adapters.online_reader import view_columns
 from featrec.core.serving_ports import Found, StampedRow, Wanted
 from featrec.errors import ConfigError
 
@@ -95,21 +96,14 @@ class FeastRowReader:
         """Join key and feature names of a view, from the registry (cached)."""
         cached = self._views.get(view)
         if cached is None:
-            fv: Any = self._store.get_feature_view(view)
-            join_keys = [column.name for column in fv.entity_columns]
-            if len(join_keys) != 1:
-                raise ConfigError(
-                    f"feature view {view!r} has join keys {join_keys}: the reader reads views "
-                    "on exactly one entity"
-                )
-            names = [f.name for f in fv.features]
+            join_key, names = view_columns(self._store, view)
             chosen = self._features.get(view)
             if chosen is not None:
                 unknown = sorted(set(chosen) - set(names))
                 if unknown:
                     raise ConfigError(f"feature view {view!r} has no features {unknown}")
                 names = list(chosen)
-            cached = self._views[view] = (join_keys[0], names)
+            cached = self._views[view] = (join_key, names)
         return cached
 
 

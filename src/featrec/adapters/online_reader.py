@@ -81,12 +81,17 @@ class FeastOnlineReader:
         """Join key and feature names of a view, from the registry (cached)."""
         cached = self._views.get(view)
         if cached is None:
-            fv: Any = self._store.get_feature_view(view)
-            join_keys = [column.name for column in fv.entity_columns]
-            if len(join_keys) != 1:
-                raise ConfigError(
-                    f"feature view {view!r} has join keys {join_keys}: the reader reads views "
-                    "on exactly one entity"
-                )
-            cached = self._views[view] = (join_keys[0], [f.name for f in fv.features])
+            cached = self._views[view] = view_columns(self._store, view)
         return cached
+
+
+def view_columns(store: Any, view: str) -> tuple[str, list[str]]:
+    """The join key and feature names of a single-entity view, from the registry."""
+    fv: Any = store.get_feature_view(view)
+    join_keys = [column.name for column in fv.entity_columns]
+    if len(join_keys) != 1:
+        raise ConfigError(
+            f"feature view {view!r} has join keys {join_keys}: the reader reads views "
+            "on exactly one entity"
+        )
+    return join_keys[0], [f.name for f in fv.features]
