@@ -178,14 +178,7 @@ def _write_redis(
         config.project,
         key_ttl_seconds=config.online_store.key_ttl_seconds,
     )
-    written = 0
-    step = 100_000
-    for begin in range(0, table.num_rows, step):
-        chunk = table.slice(begin, step)
-        written += writer.write_table(view, chunk)
-        if on_rows is not None:
-            on_rows(view.name, chunk.num_rows)
-    return written
+    return _write_in_chunks(writer, view, table, on_rows)
 
 
 def _write_sqlite(
@@ -204,14 +197,7 @@ def _write_sqlite(
         return _write_sqlite_rows(store, view, table, on_rows)
     online: Any = store._get_provider().online_store
     writer = SqliteBulkWriter(online._get_conn(config), compute_table_id(config.project, fv))
-    written = 0
-    step = 100_000
-    for begin in range(0, table.num_rows, step):
-        chunk = table.slice(begin, step)
-        written += writer.write_table(view, chunk)
-        if on_rows is not None:
-            on_rows(view.name, chunk.num_rows)
-    return written
+    return _write_in_chunks(writer, view, table, on_rows)
 
 
 def _write_sqlite_rows(
@@ -249,3 +235,20 @@ def _write_sqlite_rows(
 def _check_tz(value: datetime, name: str) -> None:
     if value.tzinfo is None:
         raise ConfigError(f"{name} time must be tz-aware, got {value.isoformat()}")
+
+
+def _write_in_chunks(
+    writer: Any,
+    view: catalog.View,
+    table: pa.Table,
+    on_rows: Callable[[str, int], None] | None,
+    step: int = 100_000,
+) -> int:
+    """Write ``table`` with a bulk writer in slices of ``step`` rows, reporting progress."""
+    written = 0
+    for begin in range(0, table.num_rows, step):
+        chunk = table.slice(begin, step)
+        written += writer.write_table(view, chunk)
+        if on_rows is not None:
+            on_rows(view.name, chunk.num_rows)
+    return written

@@ -70,16 +70,7 @@ class RedisBulkWriter:
     def write_table(self, view: View, table: pa.Table, chunk_rows: int = CHUNK_ROWS) -> int:
         """Write the newest row per key of ``table`` if it is newer than the stored one;
         returns how many rows were written."""
-        missing = [
-            c
-            for c in (view.entity.join_key, *view.feature_names, EVENT_TIMESTAMP)
-            if c not in table.column_names
-        ]
-        if missing:
-            raise ConfigError(f"{view.name} rows lack columns {missing}")
-        if table.column(EVENT_TIMESTAMP).null_count:
-            raise ConfigError(f"{view.name} rows with a null {EVENT_TIMESTAMP}")
-        table = newest_per_key(table, view.entity.join_key)
+        table = checked_newest_rows(view, table)
         written = 0
         pending: list[Future[None]] = []
         with (
@@ -176,6 +167,21 @@ class RedisBulkWriter:
         missed = int((self._stored_ns(conn, view, keys) < micros * 1000).sum())
         if missed:
             raise StoreError(f"{missed} of {len(keys)} {view.name} rows were not written")
+
+
+def checked_newest_rows(view: View, table: pa.Table) -> pa.Table:
+    """``table`` reduced to the newest row per key, after checking it has every column of
+    ``view`` and an event timestamp on every row (ConfigError otherwise)."""
+    missing = [
+        c
+        for c in (view.entity.join_key, *view.feature_names, EVENT_TIMESTAMP)
+        if c not in table.column_names
+    ]
+    if missing:
+        raise ConfigError(f"{view.name} rows lack columns {missing}")
+    if table.column(EVENT_TIMESTAMP).null_count:
+        raise ConfigError(f"{view.name} rows with a null {EVENT_TIMESTAMP}")
+    return newest_per_key(table, view.entity.join_key)
 
 
 def newest_per_key(table: pa.Table, join_key: str) -> pa.Table:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from featrec.adapters import feast_wire_arrow
 from featrec.adapters.feast_repo import translate_store_errors
-from featrec.adapters.redis_bulk_writer import EVENT_TIMESTAMP, newest_per_key
+from featrec.adapters.redis_bulk_writer import EVENT_TIMESTAMP, checked_newest_rows
 from featrec.core.catalog import Dtype, View
 from featrec.errors import ConfigError
 
@@ -63,16 +63,7 @@ class SqliteBulkWriter:
     def write_table(self, view: View, table: pa.Table, chunk_rows: int = CHUNK_ROWS) -> int:
         """Write the newest row per key of ``table`` where it is newer than the stored one;
         returns how many entities were written."""
-        missing = [
-            c
-            for c in (view.entity.join_key, *view.feature_names, EVENT_TIMESTAMP)
-            if c not in table.column_names
-        ]
-        if missing:
-            raise ConfigError(f"{view.name} rows lack columns {missing}")
-        if table.column(EVENT_TIMESTAMP).null_count:
-            raise ConfigError(f"{view.name} rows with a null {EVENT_TIMESTAMP}")
-        table = newest_per_key(table, view.entity.join_key)
+        table = checked_newest_rows(view, table)
         written = 0
         with translate_store_errors(f"writing {view.name} to SQLite"):
             for start in range(0, table.num_rows, chunk_rows):
