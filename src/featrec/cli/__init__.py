@@ -280,6 +280,7 @@ def demo(settings: Settings, n_events: int, speed: float | None, n_watch: int) -
 def _register_subcommands() -> None:
     """Commands that live in their own modules (imported here: they import nothing heavy)."""
     from featrec.cli.batch import batch_group, dataset_group, log_group, materialize_command
+    from featrec.cli.evaluate import evaluate
     from featrec.cli.items import items, run_items
     from featrec.cli.serve import explain, recommend, serve
     from featrec.cli.train import train
@@ -295,6 +296,7 @@ def _register_subcommands() -> None:
         recommend,
         explain,
         serve,
+        evaluate,
     ):
         main.add_command(command)
 
