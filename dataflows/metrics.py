@@ -34,6 +34,23 @@ STORE_RETRIES: Final = Counter(
     "featrec_store_retries",
     "Writes retried because a store (online store, dead-letter stream) was unreachable.",
 )
+STORE_UP: Final = Gauge(
+    "featrec_store_up",
+    "1 while the flow's writes to a store succeed, 0 from the first failed write until one "
+    "succeeds again (``store``: online, dead_letters).",
+    ["store"],
+)
+STORE_OUTAGES: Final = Counter(
+    "featrec_store_outages",
+    "Outages of a store seen by the flow's writers: runs of failed writes (counted when the "
+    "first write fails).",
+    ["store"],
+)
+STORE_DOWN_SECONDS: Final = Counter(
+    "featrec_store_down_seconds",
+    "Seconds the flow's writers waited for an unreachable store (grows during an outage).",
+    ["store"],
+)
 SOURCE_RETRIES: Final = Counter(
     "featrec_source_retries", "Reads retried because the event bus was unreachable.", ["stream"]
 )

@@ -39,27 +39,52 @@ WriterFactory = Callable[[], FeatureWriter]
 
 #: Seconds between two status-file updates of one process (the last one is written on close).
 STATUS_INTERVAL_S: Final = 1.0
+#: Longest wait between two write attempts while a store is unreachable (the flow notices a
+#: recovered store at most this late).
+MAX_BACKOFF_S: Final = 5.0
 
 
 def retry_unavailable(
-    action: Callable[[], T], what: str, max_backoff_s: float, on_retry: Callable[[], None]
+    action: Callable[[], T], what: str, max_backoff_s: float, store: str = "online"
 ) -> T:
     """Run ``action`` until it does not raise ``StoreUnavailable`` (capped exponential backoff).
 
     Blocking here is deliberate: it is the flow's backpressure during an outage, and nothing
-    is dropped. Any other error propagates (the flow stops; recovery resumes it).
+    is dropped. Any other error propagates (the flow stops; recovery resumes it). The outage
+    is visible in the metrics while it lasts (``featrec_store_up{store=...}`` = 0, retries and
+    down seconds growing) and its end is logged with its length.
     """
     delay = 0.05
     attempt = 0
+    down_since = mark = 0.0
     while True:
         try:
-            return action()
+            result = action()
         except StoreUnavailable as exc:
+            now = time.monotonic()
+            if attempt == 0:
+                down_since = mark = now
+                metrics.STORE_UP.labels(store=store).set(0)
+                metrics.STORE_OUTAGES.labels(store=store).inc()
             attempt += 1
-            on_retry()
+            metrics.STORE_RETRIES.inc()
+            metrics.STORE_DOWN_SECONDS.labels(store=store).inc(now - mark)
+            mark = now
             log.warning("%s: %s; retry %d in %.2f s", what, exc, attempt, delay)
             time.sleep(delay)
             delay = min(delay * 2, max_backoff_s)
+            continue
+        if attempt:
+            now = time.monotonic()
+            metrics.STORE_DOWN_SECONDS.labels(store=store).inc(now - mark)
+            log.warning(
+                "%s: store reachable again after %d retries (%.1f s)",
+                what,
+                attempt,
+                now - down_since,
+            )
+        metrics.STORE_UP.labels(store=store).set(1)
+        return result
 
 
 class FeatureSink(DynamicSink[list[FeatureRow]]):
@@ -78,7 +103,7 @@ class FeatureSink(DynamicSink[list[FeatureRow]]):
         stats: FlowStats | None = None,
         status_home: Path | None = None,
         flow_name: str = "sessions",
-        max_backoff_s: float = 5.0,
+        max_backoff_s: float = MAX_BACKOFF_S,
     ) -> None:
         self.writer_factory = writer_factory
         self.stats = stats if stats is not None else FlowStats()
@@ -107,7 +132,6 @@ class _FeatureSinkPartition(StatelessSinkPartition[list[FeatureRow]]):
             lambda: self.writer.write(rows),
             f"writing {len(rows)} feature rows",
             self.sink.max_backoff_s,
-            metrics.STORE_RETRIES.inc,
         )
         done = time.time()
         metrics.ROWS_WRITTEN.inc(written)
@@ -157,7 +181,7 @@ class DeadLetterSink(DynamicSink[DeadLetter]):
         file: Path | None = None,
         redis_url: str | None = None,
         stream: str | None = None,
-        max_backoff_s: float = 5.0,
+        max_backoff_s: float = MAX_BACKOFF_S,
     ) -> None:
         if (file is None) == (redis_url is None or stream is None):
             raise ValueError("give either file or redis_url and stream")
@@ -204,7 +228,7 @@ class _DeadLetterStreamPartition(StatelessSinkPartition[DeadLetter]):
             lambda: append_dead_letters(self.client, self.stream, letters),
             f"writing {len(letters)} dead letters",
             self.max_backoff_s,
-            metrics.STORE_RETRIES.inc,
+            store="dead_letters",
         )
 
     def close(self) -> None:

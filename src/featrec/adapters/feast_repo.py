@@ -27,6 +27,7 @@ import redis.exceptions
 from featrec.adapters.snapshots import EMPTY_SNAPSHOT
 from featrec.core import catalog
 from featrec.errors import ConfigError, FeatrecError, StoreError, StoreUnavailable
+from featrec.settings import redact_url
 
 if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
@@ -51,12 +52,14 @@ def feast_redis_connection(url: str) -> str:
     """
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"Redis URL must start with redis://, rediss:// or unix://, got {url!r}")
+        raise ConfigError(
+            f"Redis URL must start with redis://, rediss:// or unix://, got {redact_url(url)!r}"
+        )
     options = dict(parse_qsl(parts.query))
     params: list[tuple[str, str]] = []
     if parts.scheme == "unix":
         if not parts.path:
-            raise ConfigError(f"unix Redis URL has no socket path: {url!r}")
+            raise ConfigError(f"unix Redis URL has no socket path: {redact_url(url)!r}")
         node = "localhost:6379"
         params.append(("unix_socket_path", parts.path))
         db = options.pop("db", "0")
@@ -70,7 +73,7 @@ def feast_redis_connection(url: str) -> str:
         try:
             port = parts.port or 6379
         except ValueError:
-            raise ConfigError(f"Redis URL has an invalid port: {url!r}") from None
+            raise ConfigError(f"Redis URL has an invalid port: {redact_url(url)!r}") from None
         node = f"{host}:{port}"
         db = parts.path.lstrip("/") or options.pop("db", "0")
         options.pop("db", None)

@@ -12,7 +12,8 @@ temporary name and renamed into place, so a reader never sees half an artifact.
 3. the model file's sha256 must equal the manifest's ``artifact_sha256`` (a tampered or
    truncated file is refused);
 4. the file is read with ``skops`` (no pickle), and only if every type it holds that skops
-   does not trust by default is in :data:`ALLOWED_TYPES`;
+   does not trust by default is in :data:`ALLOWED_TYPES` (a file that is not a skops archive,
+   such as a pickle renamed ``model.skops``, is refused before anything in it is read);
 5. the manifest's feature list must equal the list the caller scores with
    (:data:`~featrec.core.ranking.RANKING_FEATURES`): a mismatch is a
    :class:`~featrec.errors.ConfigError` naming the missing, extra or moved features.
@@ -25,6 +26,7 @@ import json
 import os
 import shutil
 import stat
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -249,7 +251,12 @@ def load_model(
             "retrain or restore it)"
         )
     check_features(manifest.features, features, where)
-    untrusted = [t for t in sio.get_untrusted_types(data=data) if t not in ALLOWED_TYPES]
+    try:
+        held = sio.get_untrusted_types(data=data)
+    except (zipfile.BadZipFile, KeyError, ValueError) as e:
+        # A pickle (or anything else) renamed to model.skops: read nothing from it.
+        raise ConfigError(f"refusing {model_path}: it is not a skops file ({e})") from None
+    untrusted = [t for t in held if t not in ALLOWED_TYPES]
     if untrusted:
         raise ConfigError(
             f"refusing {model_path}: it holds types featrec does not allow: {', '.join(untrusted)}"

@@ -44,7 +44,9 @@ def flow_command(
     args = [sys.executable, "-m", "bytewax.run", target]
     if recovery_dir is not None:
         # -b 0: keep no older snapshots than needed; the recovery store is for resuming.
-        args += ["-r", str(recovery_dir), "-s", str(snapshot_interval), "-b", "0"]
+        # bytewax's runner takes whole seconds ("5.0" is refused): round, at least 1.
+        seconds = max(1, round(snapshot_interval))
+        args += ["-r", str(recovery_dir), "-s", str(seconds), "-b", "0"]
     return args
 
 
@@ -152,7 +154,7 @@ def flow_options(command: F) -> F:
             type=click.FloatRange(0.1),
             default=5.0,
             show_default=True,
-            help="Seconds between recovery snapshots.",
+            help="Seconds between recovery snapshots (rounded to whole seconds).",
         ),
         click.option(
             "--processes",
