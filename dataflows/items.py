@@ -62,7 +62,13 @@ from dataflows.item_logic import (
     TrendUpdate,
 )
 from dataflows.metrics import FlowStats, reason_field
-from dataflows.sessions import open_online_writer, source_from_env
+from dataflows.sessions import (
+    FORGOTTEN,
+    DenySource,
+    open_deny_watcher,
+    open_online_writer,
+    source_from_env,
+)
 from dataflows.sinks import DeadLetterSink, FeatureSink, WriterFactory
 from dataflows.sources import RedisStreamSource, SourceItem
 from featrec.app.item_signals import (
@@ -74,6 +80,7 @@ from featrec.app.item_signals import (
 from featrec.core.covisit import NeighbourSketch, PairUpdate, RecentItems
 from featrec.core.events import Event
 from featrec.core.formats import DeadLetter, decode
+from featrec.core.privacy import EMPTY, is_denied
 from featrec.core.rows import FeatureRow, micros
 from featrec.core.trending import ItemTrend
 from featrec.errors import ConfigError
@@ -92,13 +99,21 @@ Decoded: TypeAlias = Sequenced | DeadLetter
 
 
 def decode_batch(
-    records: list[SourceItem], seq: Iterator[int], clock: EventClock, stats: FlowStats
+    records: list[SourceItem],
+    seq: Iterator[int],
+    clock: EventClock,
+    stats: FlowStats,
+    deny: DenySource | None = None,
 ) -> list[Decoded]:
     """Decode a source batch; each event gets the next arrival sequence number, and the
-    process's event clock moves to the newest event time."""
+    process's event clock moves to the newest event time. Events of forgotten users or
+    sessions are dropped and counted (``featrec_forgotten_events{what="item event"}``), as
+    the sessions flow drops them: a replay of old history must not re-add their pairs."""
     out: list[Decoded] = []
     letters: list[DeadLetter] = []
     newest: datetime | None = None
+    denied = deny.current() if deny is not None else EMPTY
+    n_dropped = 0
     for record in records:
         if isinstance(record, DeadLetter):
             out.append(record)
@@ -106,6 +121,9 @@ def decode_batch(
             continue
         at, origin = record.ingested_at, record.origin
         for item in decode(record):
+            if isinstance(item, Event) and denied and is_denied(item, denied):
+                n_dropped += 1
+                continue
             if isinstance(item, Event) and not is_reserved(item.item_id):
                 out.append(Sequenced(next(seq), item, at))
                 if newest is None or item.ts > newest:
@@ -115,6 +133,8 @@ def decode_batch(
             out.append(letter)
             letters.append(letter)
     n_events = len(out) - len(letters)
+    if n_dropped:
+        FORGOTTEN.labels(what="item event").inc(n_dropped)
     if newest is not None:
         clock.advance(micros(newest))
     if n_events:
@@ -227,11 +247,13 @@ def build_flow(
     status_home: Path | None = None,
     stats: FlowStats | None = None,
     clock: EventClock | None = None,
+    deny: DenySource | None = None,
 ) -> Dataflow:
     """The item signals dataflow over ``source``, writing rows through ``writer_factory()``.
 
     ``config`` defaults to :meth:`ItemSignalsConfig.from_settings`; ``status_home`` enables
-    the status file ``<home>/status/items-w<N>.json``.
+    the status file ``<home>/status/items-w<N>.json``; ``deny`` gives the deny-list of
+    forgotten users (default: nothing denied).
     """
     if shards < 1:
         raise ConfigError(f"shards must be >= 1, got {shards}")
@@ -250,7 +272,7 @@ def build_flow(
     flow = Dataflow(FLOW_ID)
     records = op.input("input", flow, source)
     decoded = op.flat_map_batch(
-        "decode", records, partial(decode_batch, seq=seq, clock=clock, stats=stats)
+        "decode", records, partial(decode_batch, seq=seq, clock=clock, stats=stats, deny=deny)
     )
     split = op.branch("split", decoded, is_arrival)
     rows = add_item_signals(split.trues, settings, config, clock)
@@ -285,7 +307,7 @@ def dead_letter_sink(settings: Settings, source: Source[SourceItem]) -> DeadLett
     ``<home>/deadletters-items.jsonl``."""
     if isinstance(source, RedisStreamSource):
         stream = settings.dead_letter_stream + DEAD_LETTER_STREAM_SUFFIX
-        return DeadLetterSink(redis_url=settings.redis_url, stream=stream)
+        return DeadLetterSink(redis_url=settings.stream_url, stream=stream)
     return DeadLetterSink(file=settings.home / DEAD_LETTER_FILE)
 
 
@@ -306,4 +328,5 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
         writer_factory=factory,
         dead_letter_sink=dead_letter_sink(settings, source),
         status_home=settings.home,
+        deny=open_deny_watcher(settings),
     )

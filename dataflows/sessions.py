@@ -18,6 +18,13 @@ Steps (ids in quotes)::
 removing one makes a recovery store written by the old flow unusable. Add steps freely;
 rename only together with a fresh recovery store.
 
+Forgetting (:mod:`featrec.core.privacy`): events of a forgotten user or session are dropped at
+"decode" and counted in ``featrec_forgotten_events`` (not dead-lettered: that would keep them);
+rows of such sessions are dropped before "shard_rows" (a row computed just before the forget).
+A tombstone record reloads the deny-list at once and reaches each named session's "session"
+state through "key_session", which then discards it; state resumed from a recovery snapshot
+for a denied session is discarded at its first timer.
+
 Semantics: session state is exactly-once under recovery; output is at-least-once, made
 idempotent by the writers' version guard and the event log's dedup on read. Every refused
 record (undecodable, invalid, or later than the allowed lateness) reaches the dead-letter sink
@@ -33,13 +40,14 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Final, NamedTuple, TypeAlias, TypeGuard, cast
+from typing import Final, NamedTuple, Protocol, TypeAlias, TypeGuard, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.outputs import Sink
+from prometheus_client import Counter
 
 from dataflows import metrics
 from dataflows.batching import micro_batch, shard_chunks
@@ -48,11 +56,19 @@ from dataflows.metrics import FlowStats
 from dataflows.sinks import DeadLetterSink, EventLogSink, FeatureSink, WriterFactory
 from dataflows.sources import FileReplaySource, RedisStreamSource, SourceItem
 from featrec.core.events import Event
-from featrec.core.formats import DeadLetter, decode
+from featrec.core.formats import DeadLetter, RawRecord, decode
 from featrec.core.ports import FeatureWriter
+from featrec.core.privacy import (
+    EMPTY,
+    TOMBSTONE_FORMAT,
+    DenySet,
+    is_denied,
+    is_denied_payload,
+    parse_tombstone,
+)
 from featrec.core.rows import FeatureRow
 from featrec.core.sessions import Outcome, SessionPolicy, SessionState, fold, new_state, session_row
-from featrec.errors import ConfigError
+from featrec.errors import ConfigError, InvalidEvent
 from featrec.settings import Settings
 
 FLOW_ID: Final = "featrec_sessions"
@@ -64,6 +80,12 @@ DEFAULT_SHARDS: Final = 16
 EVENT_LOG_MAX_ROWS: Final = 20_000
 EVENT_LOG_DEADLINE: Final = timedelta(seconds=5)
 
+FORGOTTEN: Final = Counter(
+    "featrec_forgotten_events",
+    "Events and rows dropped by the sessions dataflow because their user or session was forgotten.",
+    ["what"],
+)
+
 
 class Arrival(NamedTuple):
     """A decoded event, with when it entered featrec and where it came from."""
@@ -73,10 +95,35 @@ class Arrival(NamedTuple):
     origin: str
 
 
+class Forget(NamedTuple):
+    """A tombstone for one session: its live state must be discarded."""
+
+    session_id: str
+
+
+class DenySource(Protocol):
+    """Gives the current deny-list (:class:`featrec.adapters.deny_list.DenyWatcher`)."""
+
+    def current(self) -> DenySet: ...
+
+    def refresh(self) -> DenySet: ...
+
+
+class NothingDenied:
+    """A :class:`DenySource` for flows run without a deny-list (tests, benchmarks)."""
+
+    def current(self) -> DenySet:
+        return EMPTY
+
+    def refresh(self) -> DenySet:
+        return EMPTY
+
+
+SessionInput: TypeAlias = Arrival | Forget
 SessionOutput: TypeAlias = FeatureRow | DeadLetter
 
 
-class SessionLogic(StatefulBatchLogic[Arrival, SessionOutput, SessionState]):
+class SessionLogic(StatefulBatchLogic[SessionInput, SessionOutput, SessionState]):
     """Wraps :func:`featrec.core.sessions.fold` for one session key.
 
     A ``StatefulBatchLogic`` (the batch form of ``StatefulLogic``): bytewax hands over all of
@@ -87,6 +134,10 @@ class SessionLogic(StatefulBatchLogic[Arrival, SessionOutput, SessionState]):
 
     The system-time timer (``ttl`` after the key's last activity) discards the state:
     event-time gaps are the fold's business, the timer only bounds memory.
+
+    A :class:`Forget` discards the state at once. State resumed for a session that is denied
+    by then (its tombstone was lost with a crash) is discarded at the first timer, which is
+    set to now.
     """
 
     def __init__(
@@ -95,15 +146,26 @@ class SessionLogic(StatefulBatchLogic[Arrival, SessionOutput, SessionState]):
         ttl: timedelta,
         stats: FlowStats,
         resume: SessionState | None = None,
+        deny: DenySet = EMPTY,
     ) -> None:
         self.policy = policy
         self.ttl = ttl
         self.stats = stats
         self.state = resume.copy() if resume is not None else None
+        self.forgotten = resume is not None and (
+            deny.contains("session", resume.session_id) or deny.contains("user", resume.user_id)
+        )
         self.live = True
         metrics.LIVE_SESSIONS.inc()
 
-    def on_batch(self, values: list[Arrival]) -> tuple[Iterable[SessionOutput], bool]:
+    def on_batch(self, values: list[SessionInput]) -> tuple[Iterable[SessionOutput], bool]:
+        if self.forgotten or any(isinstance(v, Forget) for v in values):
+            FORGOTTEN.labels(what="session state").inc()
+            self._leave()
+            return (), StatefulBatchLogic.DISCARD
+        return self._fold(cast(list[Arrival], values))
+
+    def _fold(self, values: list[Arrival]) -> tuple[Iterable[SessionOutput], bool]:
         state = self.state
         if state is None:
             state = self.state = new_state(values[0].event.session_id)
@@ -124,6 +186,8 @@ class SessionLogic(StatefulBatchLogic[Arrival, SessionOutput, SessionState]):
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[SessionOutput], bool]:
+        if self.forgotten:
+            FORGOTTEN.labels(what="session state").inc()
         self._leave()
         return (), StatefulBatchLogic.DISCARD
 
@@ -136,6 +200,8 @@ class SessionLogic(StatefulBatchLogic[Arrival, SessionOutput, SessionState]):
     def notify_at(self) -> datetime:
         # Called after each activation of the key (not per item, and not while the key is
         # idle): now + ttl is the deadline measured from the key's last activity.
+        if self.forgotten:
+            return datetime.now(UTC)
         return datetime.now(UTC) + self.ttl
 
     def snapshot(self) -> SessionState:
@@ -158,30 +224,63 @@ class SessionLogic(StatefulBatchLogic[Arrival, SessionOutput, SessionState]):
         return DeadLetter(value.origin, reason, payload)
 
 
-def decode_batch(records: list[SourceItem], stats: FlowStats) -> list[Arrival | DeadLetter]:
-    """Decode a source batch; events carry their record's ``ingested_at`` and origin."""
-    out: list[Arrival | DeadLetter] = []
+Decoded: TypeAlias = Arrival | Forget | DeadLetter
+
+
+def decode_batch(
+    records: list[SourceItem], stats: FlowStats, deny: DenySource | None = None
+) -> list[Decoded]:
+    """Decode a source batch; events carry their record's ``ingested_at`` and origin.
+
+    Events of forgotten users or sessions are dropped (counted); a tombstone reloads the
+    deny-list and becomes one :class:`Forget` per session it names.
+    """
+    deny = deny if deny is not None else NothingDenied()
+    denied = deny.current()
+    out: list[Decoded] = []
     letters: list[DeadLetter] = []
-    n_events = 0
+    n_events = n_dropped = 0
     for record in records:
         if isinstance(record, DeadLetter):
             out.append(record)
             letters.append(record)
             continue
+        if record.fmt == TOMBSTONE_FORMAT:
+            denied = deny.refresh()
+            out.extend(_forgets(record, letters))
+            continue
         at, origin = record.ingested_at, record.origin
         for item in decode(record):
             if isinstance(item, Event):
+                if denied and is_denied(item, denied):
+                    n_dropped += 1
+                    continue
                 out.append(Arrival(item, at, origin))
                 n_events += 1
+            elif denied and is_denied_payload(item.payload, denied):
+                n_dropped += 1
             else:
                 out.append(item)
                 letters.append(item)
     if n_events:
         metrics.EVENTS_IN.inc(n_events)
+    if n_dropped:
+        FORGOTTEN.labels(what="event").inc(n_dropped)
     if letters:
         metrics.count_dead_letters(letters)
     stats.add(events_in=n_events, dead_letters=len(letters))
     return out
+
+
+def _forgets(record: RawRecord, letters: list[DeadLetter]) -> list[Decoded]:
+    """A tombstone's sessions; a malformed tombstone is a dead letter (it holds no event)."""
+    assert isinstance(record.payload, str)
+    try:
+        return [Forget(s) for s in parse_tombstone(record.payload)]
+    except InvalidEvent as exc:
+        letter = DeadLetter(record.origin, str(exc), record.payload[:4096])
+        letters.append(letter)
+        return [letter]
 
 
 def build_flow(
@@ -194,12 +293,15 @@ def build_flow(
     shards: int = DEFAULT_SHARDS,
     status_home: Path | None = None,
     stats: FlowStats | None = None,
+    deny: DenySource | None = None,
 ) -> Dataflow:
     """The sessions dataflow over ``source``, writing rows through ``writer_factory()``.
 
     ``event_log_sink`` receives lists of events (batched here, so a sink never buffers).
     ``status_home`` enables the status file (see :class:`dataflows.sinks.FeatureSink`).
+    ``deny`` gives the deny-list of forgotten users (default: nothing denied).
     """
+    deny_source: DenySource = deny if deny is not None else NothingDenied()
     if shards < 1:
         raise ConfigError(f"shards must be >= 1, got {shards}")
     stats = stats if stats is not None else FlowStats()
@@ -210,27 +312,30 @@ def build_flow(
     deadline = timedelta(milliseconds=settings.batch_deadline_ms)
 
     def session_builder(resume: SessionState | None) -> SessionLogic:
-        return SessionLogic(policy, ttl, stats, resume)
+        denied = deny_source.current() if resume is not None else EMPTY
+        return SessionLogic(policy, ttl, stats, resume, denied)
 
-    def is_arrival(item: Arrival | DeadLetter) -> TypeGuard[Arrival]:
-        return isinstance(item, Arrival)
+    def is_input(item: Decoded) -> TypeGuard[SessionInput]:
+        return isinstance(item, Arrival | Forget)
 
     def is_row(kv: tuple[str, SessionOutput]) -> TypeGuard[tuple[str, FeatureRow]]:
         return isinstance(kv[1], FeatureRow)
 
     def shard_rows(kvs: list[tuple[str, FeatureRow]]) -> list[tuple[str, list[FeatureRow]]]:
-        return shard_chunks((row for _, row in kvs), _row_key, shards)
+        return shard_chunks(_allowed_rows(kvs, deny_source.current()), _row_key, shards)
 
     turns = itertools.count()
 
-    def shard_events(arrivals: list[Arrival]) -> list[tuple[str, list[Event]]]:
+    def shard_events(inputs: list[SessionInput]) -> list[tuple[str, list[Event]]]:
         # The event log needs no per-session order: one chunk per activation, shards in turn.
-        return [(str(next(turns) % shards), [a.event for a in arrivals])]
+        events = [a.event for a in inputs if isinstance(a, Arrival)]
+        return [(str(next(turns) % shards), events)] if events else []
 
     flow = Dataflow(FLOW_ID)
     records = op.input("input", flow, source)
-    decoded = op.flat_map_batch("decode", records, partial(decode_batch, stats=stats))
-    split = op.branch("split", decoded, is_arrival)
+    decode = partial(decode_batch, stats=stats, deny=deny_source)
+    decoded = op.flat_map_batch("decode", records, decode)
+    split = op.branch("split", decoded, is_input)
     arrivals = split.trues
     # A branch narrows only its true side; the false side holds exactly the other type.
     bad = cast(Stream[DeadLetter], split.falses)
@@ -253,8 +358,27 @@ def build_flow(
     return flow
 
 
-def _session_key(arrival: Arrival) -> str:
-    return arrival.event.session_id
+def _session_key(item: SessionInput) -> str:
+    return item.event.session_id if isinstance(item, Arrival) else item.session_id
+
+
+def _allowed_rows(kvs: list[tuple[str, FeatureRow]], denied: DenySet) -> list[FeatureRow]:
+    rows = [row for _, row in kvs]
+    if not denied:
+        return rows
+    kept = [
+        row
+        for row in rows
+        if not denied.contains("session", row.key) and not denied.contains("user", _user_of(row))
+    ]
+    if len(kept) < len(rows):
+        FORGOTTEN.labels(what="row").inc(len(rows) - len(kept))
+    return kept
+
+
+def _user_of(row: FeatureRow) -> str | None:
+    user = row.values.get("user_id")
+    return user if isinstance(user, str) else None
 
 
 def _row_key(row: FeatureRow) -> str:
@@ -265,9 +389,12 @@ def _value(kv: tuple[str, DeadLetter]) -> DeadLetter:
     return kv[1]
 
 
-def source_from_env(environ: Mapping[str, str], settings: Settings) -> Source[SourceItem]:
+def source_from_env(
+    environ: Mapping[str, str], settings: Settings, *, tombstones: bool = False
+) -> Source[SourceItem]:
     """The source named by ``FEATREC_SOURCE`` (file paths joined by ``os.pathsep``, or
-    ``redis``), ``FEATREC_SOURCE_FORMAT`` and ``FEATREC_REPLAY_SPEED``."""
+    ``redis``), ``FEATREC_SOURCE_FORMAT`` and ``FEATREC_REPLAY_SPEED``. ``tombstones``: a
+    stream source emits (and then deletes) tombstones rather than skipping them."""
     spec = environ.get("FEATREC_SOURCE", "").strip()
     if not spec:
         raise ConfigError(
@@ -276,7 +403,9 @@ def source_from_env(environ: Mapping[str, str], settings: Settings) -> Source[So
         )
     if spec == "redis":
         streams = [s.strip() for s in settings.stream.split(",") if s.strip()]
-        return RedisStreamSource(settings.redis_url, streams, batch_size=1000)
+        return RedisStreamSource(
+            settings.stream_url, streams, batch_size=1000, tombstones=tombstones
+        )
     fmt = environ.get("FEATREC_SOURCE_FORMAT", "").strip() or None
     raw_speed = environ.get("FEATREC_REPLAY_SPEED", "").strip() or "0"
     try:
@@ -304,10 +433,10 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
     env = os.environ if environ is None else environ
     tune_gc()
     settings = Settings.from_env(env)
-    source = source_from_env(env, settings)
+    source = source_from_env(env, settings, tombstones=True)
     dead: DeadLetterSink
     if isinstance(source, RedisStreamSource):
-        dead = DeadLetterSink(redis_url=settings.redis_url, stream=settings.dead_letter_stream)
+        dead = DeadLetterSink(redis_url=settings.stream_url, stream=settings.dead_letter_stream)
     else:
         dead = DeadLetterSink(file=settings.dead_letter_file)
     factory: Callable[[], FeatureWriter] = partial(open_online_writer, settings)
@@ -318,4 +447,12 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
         dead_letter_sink=dead,
         event_log_sink=EventLogSink(settings.event_log_dir),
         status_home=settings.home,
+        deny=open_deny_watcher(settings),
     )
+
+
+def open_deny_watcher(settings: Settings) -> DenySource:
+    """The deny-list stores ``settings`` use, watched for changes."""
+    from featrec.adapters.deny_list import DenyWatcher, stores_for
+
+    return DenyWatcher(stores_for(settings))

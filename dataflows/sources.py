@@ -8,6 +8,11 @@ back through ``next_awake``.
 Both emit :class:`~featrec.core.formats.RawRecord` objects, or a
 :class:`~featrec.core.formats.DeadLetter` when a record is broken at the transport level (a CSV
 row with the wrong number of columns, a stream entry without the ``e`` field).
+
+A stream entry with a ``forget`` field is a tombstone (see :mod:`featrec.core.privacy`): a
+source built with ``tombstones=True`` (the sessions flow's) emits it as a raw record of format
+``tombstone`` and deletes it from the stream once its read position has moved past it (it names
+the forgotten user's sessions, so it must not stay on the bus); any other source skips it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataflows import metrics
 from featrec.adapters.raw_files import FilePosition, RawFileReader, record_time
 from featrec.adapters.redis_streams import EVENT_FIELD, connect, stream_id_ms
 from featrec.core.formats import DeadLetter, RawRecord
+from featrec.core.privacy import TOMBSTONE_FIELD, TOMBSTONE_FORMAT
 from featrec.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -186,6 +192,7 @@ class RedisStreamSource(FixedPartitionedSource[SourceItem, StreamPosition]):
         idle_ms: float = 5.0,
         max_backoff_s: float = 5.0,
         stop_when_caught_up: bool = False,
+        tombstones: bool = False,
     ) -> None:
         if not streams:
             raise ConfigError("no Redis stream given")
@@ -198,6 +205,7 @@ class RedisStreamSource(FixedPartitionedSource[SourceItem, StreamPosition]):
         self.idle = timedelta(milliseconds=idle_ms)
         self.max_backoff_s = max_backoff_s
         self.stop_when_caught_up = stop_when_caught_up
+        self.tombstones = tombstones
 
     def list_parts(self) -> list[str]:
         return list(self.streams)
@@ -219,6 +227,8 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, StreamPosition]):
         self.wake: datetime | None = None
         self.backoff_s = 0.0
         self.retries = 0
+        #: Ids of tombstones read and not yet deleted from the stream.
+        self.read_tombstones: list[str] = []
 
     def next_batch(self) -> list[SourceItem]:
         try:
@@ -251,7 +261,14 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, StreamPosition]):
             sid = entry_id.decode("ascii")
             origin = f"{stream}:{sid}"
             raw = fields.get(b"e")
-            if raw is None:
+            control = fields.get(TOMBSTONE_FIELD.encode())
+            if control is not None:
+                if self.source.tombstones:
+                    text = control.decode("utf-8", "surrogateescape")
+                    at = stream_id_ms(sid) / 1000.0
+                    out.append(RawRecord(TOMBSTONE_FORMAT, origin, text, at))
+                    self.read_tombstones.append(sid)
+            elif raw is None:
                 names = sorted(k.decode("utf-8", "replace") for k in fields)
                 reason = f"entry: no field {EVENT_FIELD!r} (fields: {names})"
                 out.append(DeadLetter(origin, reason, repr(fields)[:4096]))
@@ -279,7 +296,22 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, StreamPosition]):
         return self.wake
 
     def snapshot(self) -> StreamPosition:
+        self._delete_tombstones()
         return StreamPosition(self.last_id)
 
+    def _delete_tombstones(self) -> None:
+        """XDEL the tombstones read so far. Done at a snapshot, when the position past them is
+        being saved; should a crash lose that snapshot, the resumed session state is still
+        dropped: the dataflow discards resumed state of a denied session."""
+        if not self.read_tombstones:
+            return
+        try:
+            self.client.xdel(self.stream, *self.read_tombstones)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            log.warning("stream %s: tombstones not deleted yet (%s)", self.stream, exc)
+            return
+        self.read_tombstones = []
+
     def close(self) -> None:
+        self._delete_tombstones()
         self.client.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from dataflows.item_logic import (
 )
 from dataflows.items import FLOW_ID, build_flow, dead_letter_sink, flow
 from dataflows.metrics import FlowStats
+from dataflows.sessions import FORGOTTEN
 from dataflows.sinks import DeadLetterSink
 from dataflows.sources import FileReplaySource, RedisStreamSource
 from featrec.app.item_signals import (
@@ -45,6 +47,7 @@ from featrec.core.events import Event
 from featrec.core.formats import DeadLetter, RawRecord
 from featrec.core.generator import GeneratorConfig, generate
 from featrec.core.ports import InMemoryFeatureStore
+from featrec.core.privacy import DenyList, DenySet, new_salt
 from featrec.core.rows import FeatureRow
 from featrec.settings import Settings
 
@@ -486,3 +489,42 @@ def test_step_ids_are_stable(otto_sample: Path, tmp_path: Path) -> None:
         "key_items", "trending", "split_trends", "key_board", "board", "all_rows",
         "dead_letters", "shard_rows", "batch_rows", "unkey_rows", "write",
     ]  # fmt: skip
+
+
+# -- forgotten users -------------------------------------------------------------------------
+
+
+class StaticDeny:
+    """A deny source that never changes (the flow's is a :class:`DenyWatcher` on the stores)."""
+
+    def __init__(self, denied: DenySet) -> None:
+        self.denied = denied
+
+    def current(self) -> DenySet:
+        return self.denied
+
+    def refresh(self) -> DenySet:
+        return self.denied
+
+
+def test_events_of_a_forgotten_user_add_no_pairs_and_no_trend(tmp_path: Path) -> None:
+    # u1 alone ever went from X to Y; everybody else goes from A to B.
+    events = [
+        ev(0, "s-u1", "X", 0),
+        ev(1, "s-u1", "Y", 10),
+        *(ev(2 + i, f"s{i}", "A" if i % 2 == 0 else "B", 20 + i) for i in range(20)),
+    ]
+    events = [replace(e, user_id="u1") if e.session_id == "s-u1" else e for e in events]
+    denied = DenySet((DenyList(new_salt()).add("u1"),))
+    store = InMemoryFeatureStore()
+    before = FORGOTTEN.labels(what="item event")._value.get()
+    run_flow(
+        TestingSource(records(events)),
+        Settings(home=tmp_path),
+        store,
+        deny=StaticDeny(denied),
+    )
+    assert FORGOTTEN.labels(what="item event")._value.get() - before == 2
+    assert store.read(ITEM_NEIGHBOURS.name, ["X", "Y"]) == [None, None]
+    assert store.read(ITEM_TRENDING.name, ["X", "Y"]) == [None, None]
+    assert store.read(ITEM_TRENDING.name, ["A"])[0] is not None  # everybody else counts

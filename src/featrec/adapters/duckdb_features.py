@@ -7,6 +7,10 @@ the catalog's descriptions (:data:`featrec.core.catalog.USER_FEATURES` and ``ITE
 ``tests/test_batch_features.py`` checks every value against a plain-Python recomputation.
 
 All bounds are integers computed in Python and inlined: no time-zone arithmetic in SQL.
+
+Events of forgotten users and sessions (the deny-list next to the log, see
+:mod:`featrec.adapters.deny_list`) are removed as the log is loaded, so a snapshot never
+describes them even if an old copy of their events found its way back into the log.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pyarrow as pa
 from featrec.adapters.event_log import event_log_files
 from featrec.core import catalog
 from featrec.core.events import KNOWN_TYPES, PURCHASE, VIEW
+from featrec.core.privacy import DenySet
 from featrec.core.rows import micros
 from featrec.core.snapshot_days import DAY_US, window_start_us
 from featrec.errors import ConfigError
@@ -134,7 +139,9 @@ class EventLogDB:
     """The event log in an in-process DuckDB database, ready for snapshot queries.
 
     ``temp_dir`` is where DuckDB spills when the log outgrows memory; ``threads`` bounds its
-    parallelism (default: DuckDB's, one per core).
+    parallelism (default: DuckDB's, one per core). ``deny`` is the deny-list of forgotten
+    users (default: the one guarding ``log_dir``); :attr:`forgotten` counts the events it
+    removed.
     """
 
     def __init__(
@@ -143,6 +150,7 @@ class EventLogDB:
         *,
         temp_dir: Path | str | None = None,
         threads: int | None = None,
+        deny: DenySet | None = None,
     ) -> None:
         self._con = duckdb.connect()
         self._con.execute("SET TimeZone = 'UTC'")
@@ -166,6 +174,40 @@ class EventLogDB:
             "user_id, item_id, type, epoch_us(ts) AS t, price, category "
             f"FROM {source}"
         )
+        if deny is None:
+            from featrec.adapters.deny_list import load_log_deny_set
+
+            deny = load_log_deny_set(log_dir)
+        self.forgotten = self._drop_denied(deny) if deny else 0
+
+    def _drop_denied(self, deny: DenySet) -> int:
+        """Delete the events of denied users, and the anonymous events of denied sessions.
+
+        The ids are hashed in Python (keyed BLAKE2b has no SQL twin), once per distinct id.
+        """
+        users = self._distinct("SELECT DISTINCT user_id FROM events WHERE user_id IS NOT NULL")
+        sessions = self._distinct("SELECT DISTINCT session_id FROM events WHERE user_id IS NULL")
+        denied_users = pa.table(
+            {"id": pa.array([u for u in users if deny.contains("user", u)], pa.string())}
+        )
+        denied_sessions = pa.table(
+            {"id": pa.array([s for s in sessions if deny.contains("session", s)], pa.string())}
+        )
+        if not denied_users.num_rows and not denied_sessions.num_rows:
+            return 0
+        before = self.count()
+        self._con.register("denied_users", denied_users)
+        self._con.register("denied_sessions", denied_sessions)
+        self._con.execute(
+            "DELETE FROM events WHERE user_id IN (SELECT id FROM denied_users) "
+            "OR session_id IN (SELECT id FROM denied_sessions)"
+        )
+        self._con.unregister("denied_users")
+        self._con.unregister("denied_sessions")
+        return before - self.count()
+
+    def _distinct(self, sql: str) -> list[str]:
+        return [str(v) for v in self._con.execute(sql).to_arrow_table().column(0).to_pylist()]
 
     def count(self) -> int:
         """Events in the log (after deduplication)."""

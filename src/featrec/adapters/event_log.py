@@ -8,6 +8,9 @@ half-written file.
 
 The dataflow's output is at-least-once (bytewax recovery replays the last epoch), so the log
 may hold an event twice; :func:`read_event_log` deduplicates by ``event_id``.
+
+Forgetting a user (:func:`remove_events`) rewrites only the files holding their events, each
+replaced atomically by a copy without them (a file left empty is deleted).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Final
@@ -107,3 +110,41 @@ def read_event_log(directory: Path | str) -> pa.Table:
     table = table.drop_columns(["_row"])
     order = pc.sort_indices(table, sort_keys=[("ts", "ascending"), ("event_id", "ascending")])
     return table.take(order)
+
+
+def sessions_of_user(directory: Path | str, user_id: str) -> set[str]:
+    """Every session id the log records for ``user_id``."""
+    found: set[str] = set()
+    for path in event_log_files(directory):
+        table = pq.read_table(path, columns=["session_id", "user_id"])
+        mine = table.filter(pc.equal(table["user_id"], user_id))
+        found.update(mine["session_id"].to_pylist())
+    return found
+
+
+def remove_events(
+    directory: Path | str, user_id: str, session_ids: Collection[str]
+) -> tuple[int, int]:
+    """Rewrite the log without the events of ``user_id`` or of ``session_ids``; returns
+    ``(events removed, files rewritten)``."""
+    removed = files = 0
+    sessions = pa.array(sorted(session_ids), pa.string())
+    for path in event_log_files(directory):
+        table = pq.read_table(path, schema=EVENT_SCHEMA)
+        drop = pc.or_(
+            pc.fill_null(pc.equal(table["user_id"], user_id), False),
+            pc.is_in(table["session_id"], value_set=sessions),
+        )
+        n = pc.sum(drop).as_py() or 0
+        if not n:
+            continue
+        kept = table.filter(pc.invert(drop))
+        if kept.num_rows:
+            tmp = path.with_name(f".{path.name}.tmp")
+            pq.write_table(kept, tmp)
+            os.replace(tmp, path)
+        else:
+            path.unlink()
+        removed += n
+        files += 1
+    return removed, files

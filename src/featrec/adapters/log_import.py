@@ -8,6 +8,10 @@ second time; an import that died halfway is finished by running it again.
 
 Refused records are appended to the dead-letter file (JSON lines: origin, reason, payload, at),
 as the dataflow does, and counted in the result: nothing is dropped silently.
+
+Events of forgotten users or sessions (the deny-list guarding the log, see
+:mod:`featrec.adapters.deny_list`) are not imported, only counted (``forgotten``): importing an
+old copy of the log cannot bring a forgotten user back.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from featrec.adapters.duckdb_features import sql_file_list, sql_string
 from featrec.adapters.event_log import EVENT_SCHEMA, event_log_files, events_to_table
 from featrec.core.events import Event
 from featrec.core.formats import DeadLetter
+from featrec.core.privacy import DenySet, is_denied_payload, keep_allowed
 from featrec.core.snapshot_days import DAY_US
 
 #: Events staged per Parquet row group (and held in memory while staging).
@@ -41,7 +46,8 @@ _EPOCH_DAY: Final = date(1970, 1, 1)
 @dataclass(frozen=True, slots=True)
 class ImportResult:
     """``read`` valid events, of which ``imported`` were new; ``duplicates`` were already
-    logged or repeated in the file; ``dead_letters`` records were refused."""
+    logged or repeated in the file; ``dead_letters`` records were refused; ``forgotten``
+    events (not in ``read``) belong to forgotten users or sessions and were skipped."""
 
     read: int
     imported: int
@@ -49,6 +55,7 @@ class ImportResult:
     dead_letters: int
     first_dead_letter: DeadLetter | None
     files: list[Path]
+    forgotten: int = 0
 
 
 def import_events(
@@ -57,23 +64,30 @@ def import_events(
     *,
     dead_letter_file: Path | None = None,
     on_progress: Callable[[int], None] | None = None,
+    deny: DenySet | None = None,
 ) -> ImportResult:
     """Add the events of ``records`` that the log does not hold yet; see the module doc.
 
     ``on_progress(n)`` is called as records are staged (n records since the last call).
+    ``deny`` defaults to the deny-list guarding ``log_dir``.
     """
     log = Path(log_dir)
     log.mkdir(parents=True, exist_ok=True)
+    if deny is None:
+        from featrec.adapters.deny_list import load_log_deny_set
+
+        deny = load_log_deny_set(log)
     staging = log / f".import-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
         staged = staging / "incoming.parquet"
-        read, n_dead, first_dead = _stage(records, staged, dead_letter_file, on_progress)
+        staged_counts = _stage(records, staged, dead_letter_file, on_progress, deny)
+        read, n_dead, first_dead, forgotten = staged_counts
         files = _write_new(log, staged, staging / "out") if read else []
         imported = sum(pq.read_metadata(f).num_rows for f in files)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ImportResult(read, imported, read - imported, n_dead, first_dead, files)
+    return ImportResult(read, imported, read - imported, n_dead, first_dead, files, forgotten)
 
 
 def _stage(
@@ -81,15 +95,21 @@ def _stage(
     path: Path,
     dead_letter_file: Path | None,
     on_progress: Callable[[int], None] | None,
-) -> tuple[int, int, DeadLetter | None]:
+    deny: DenySet,
+) -> tuple[int, int, DeadLetter | None, int]:
     schema = EVENT_SCHEMA.append(pa.field("_seq", pa.int64(), nullable=False))
-    read = n_dead = 0
+    read = n_dead = forgotten = 0
     first_dead: DeadLetter | None = None
     iterator = iter(records)
     with pq.ParquetWriter(path, schema) as writer:
         while chunk := list(itertools.islice(iterator, STAGE_ROWS)):
-            events = [r for r in chunk if isinstance(r, Event)]
+            events, dropped = keep_allowed([r for r in chunk if isinstance(r, Event)], deny)
+            forgotten += dropped
             dead = [r for r in chunk if isinstance(r, DeadLetter)]
+            if deny:
+                allowed = [d for d in dead if not is_denied_payload(d.payload, deny)]
+                forgotten += len(dead) - len(allowed)
+                dead = allowed
             if dead:
                 first_dead = first_dead or dead[0]
                 n_dead += len(dead)
@@ -102,7 +122,7 @@ def _stage(
                 read += len(events)
             if on_progress is not None:
                 on_progress(len(chunk))
-    return read, n_dead, first_dead
+    return read, n_dead, first_dead, forgotten
 
 
 def _write_new(log: Path, staged: Path, out: Path) -> list[Path]:

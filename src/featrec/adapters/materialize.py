@@ -15,6 +15,10 @@ engine). ``fast=True`` does what that engine does with a faster write:
    records it, so ``materialize-incremental`` (stock or fast) continues where this run ended.
 
 Either way stock ``get_online_features`` reads the values (tests check it on both stores).
+
+With a ``deny`` list (forgotten users, :mod:`featrec.core.privacy`), rows of denied users and
+sessions never stay in the online store: the fast path drops them before writing; after the
+stock engine (which cannot filter) they are found in the pulled rows and deleted.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import pyarrow as pa
 
 from featrec.adapters.feast_repo import translate_store_errors
 from featrec.core import catalog
+from featrec.core.privacy import DenySet, Kind
 from featrec.core.rows import FeatureRow
 from featrec.errors import ConfigError
 
@@ -62,8 +67,10 @@ def materialize(
     fast: bool = False,
     now: datetime | None = None,
     on_rows: Callable[[str, int], None] | None = None,
+    deny: DenySet | None = None,
 ) -> list[Materialized]:
-    """Materialize ``views`` (see the module doc); ``on_rows(view, n)`` reports progress."""
+    """Materialize ``views`` (see the module doc); ``on_rows(view, n)`` reports progress;
+    ``deny``: forgotten users and sessions, never written."""
     if incremental == (start is not None):
         raise ConfigError("give a start time, or incremental=True, not both (nor neither)")
     _check_tz(end, "end")
@@ -89,11 +96,14 @@ def materialize(
             rows: int | None = None
             written: int | None = None
             if fast:
-                rows, written = _materialize_fast(store, fv, begin, end, on_rows)
-            elif incremental:
-                store.materialize_incremental(end_date=end, feature_views=[name])
+                rows, written = _materialize_fast(store, fv, begin, end, on_rows, deny)
             else:
-                store.materialize(start_date=begin, end_date=end, feature_views=[name])
+                if incremental:
+                    store.materialize_incremental(end_date=end, feature_views=[name])
+                else:
+                    store.materialize(start_date=begin, end_date=end, feature_views=[name])
+                if deny:
+                    _delete_denied(store, fv, begin, end, deny)
             done.append(Materialized(name, begin, end, rows, written, time.perf_counter() - t0))
     return done
 
@@ -142,6 +152,7 @@ def _materialize_fast(
     start: datetime,
     end: datetime,
     on_rows: Callable[[str, int], None] | None,
+    deny: DenySet | None = None,
 ) -> tuple[int, int]:
     view = catalog.VIEWS[fv.name]
     registered = {f.name for f in fv.features}
@@ -151,6 +162,8 @@ def _materialize_fast(
             f"catalog {sorted(view.feature_names)}: apply the feature repo again"
         )
     table = pull_latest(store, fv, start, end)
+    if deny:
+        table = _without_denied(table, view, deny)
     kind = store.config.online_store.type
     if kind == "redis":
         written = _write_redis(store, view, table, on_rows)
@@ -230,6 +243,45 @@ def _write_sqlite_rows(
         if on_rows is not None:
             on_rows(view.name, batch.num_rows)
     return written
+
+
+#: Entities whose rows describe one person, and the deny-list kind of their keys.
+_PERSONAL: Final[dict[str, Kind]] = {catalog.USER.name: "user", catalog.SESSION.name: "session"}
+
+
+def _denied_mask(table: pa.Table, view: catalog.View, deny: DenySet) -> list[bool]:
+    """Per row: is its entity, or the user a session row names, forgotten?"""
+    kind = _PERSONAL.get(view.entity.name)
+    if kind is None:
+        return [False] * table.num_rows
+    keys = table.column(view.entity.join_key).to_pylist()
+    mask = [deny.contains(kind, k) for k in keys]
+    if kind == "session" and "user_id" in table.column_names:
+        users = table.column("user_id").to_pylist()
+        mask = [m or deny.contains("user", u) for m, u in zip(mask, users, strict=True)]
+    return mask
+
+
+def _without_denied(table: pa.Table, view: catalog.View, deny: DenySet) -> pa.Table:
+    mask = _denied_mask(table, view, deny)
+    return table.filter(pa.array([not m for m in mask])) if any(mask) else table
+
+
+def _delete_denied(
+    store: FeatureStore, fv: Any, start: datetime, end: datetime, deny: DenySet
+) -> int:
+    """After the stock engine: delete the online rows of denied entities it just wrote."""
+    view = catalog.VIEWS[fv.name]
+    if view.entity.name not in _PERSONAL:
+        return 0
+    from featrec.adapters.online_delete import OnlineRows
+
+    table = pull_latest(store, fv, start, end)
+    mask = _denied_mask(table, view, deny)
+    keys = [
+        k for k, m in zip(table.column(view.entity.join_key).to_pylist(), mask, strict=True) if m
+    ]
+    return OnlineRows(store).delete(view.name, keys) if keys else 0
 
 
 def _check_tz(value: datetime, name: str) -> None:

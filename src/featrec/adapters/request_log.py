@@ -12,20 +12,26 @@ costs the size of its candidates and scores, not of its features. JSON keeps flo
 - :class:`BackgroundRequestLog`: either of them written from a thread of its own, in batches,
   so the request path only queues a record (serving uses it).
 
-Store errors become :mod:`featrec.errors` (the recommender counts a failed append and still
-answers).
+``iter_records`` lists the entries without their feature rows (the A/B analysis reads the
+bodies: arm, session, time, recommended items). Store errors become :mod:`featrec.errors`
+(the recommender counts a failed append and still answers).
+
+Forgetting a user: ``sessions_of`` finds the sessions the log ties to a user; ``forget``
+deletes every entry naming the user or one of those sessions, with the session and user
+feature rows they logged (item rows hold no one's data).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 import redis
@@ -40,6 +46,8 @@ _MEMO_SIZE = 200_000
 #: A row's ttl is this times the entry ttl and it is rewritten after half an entry ttl, so it
 #: always outlives the entries written while it was remembered as stored.
 _ROW_TTL_FACTOR = 1.5
+#: Entries read per page (SQLite query, Redis SCAN + MGET) when iterating the log.
+_PAGE = 1000
 
 
 def _dumps(value: object) -> bytes:
@@ -112,8 +120,45 @@ def _entry_from_json(data: bytes, rows: dict[str, bytes | None]) -> RequestRecor
     return RequestRecord(raw["request_id"], raw["created_at_s"], raw["body"], logged)
 
 
+def _body_only(data: bytes) -> RequestRecord:
+    """An entry without its feature rows (they are not read)."""
+    raw = orjson.loads(data)
+    return RequestRecord(raw["request_id"], raw["created_at_s"], raw["body"], [])
+
+
 def _refs(data: bytes) -> list[str]:
     return [ref for _, _, ref in orjson.loads(data)["rows"] if ref is not None]
+
+
+#: Views whose logged rows describe one person: they go with the entry when forgetting.
+_PERSONAL_VIEWS = {"session_features": "session", "user_features": "user"}
+
+
+def _names(data: bytes, user_id: str, session_ids: Collection[str]) -> bool:
+    """Whether an entry is about ``user_id`` or one of ``session_ids``."""
+    body = orjson.loads(data)["body"]
+    return body.get("user_id") == user_id or body.get("session_id") in session_ids
+
+
+def _personal_refs(data: bytes, user_id: str, session_ids: Collection[str]) -> list[str]:
+    """Digests of the entry's logged rows of ``user_id`` or of ``session_ids``."""
+    out = []
+    for view, key, ref in orjson.loads(data)["rows"]:
+        kind = _PERSONAL_VIEWS.get(view)
+        if ref is not None and (
+            (kind == "user" and key == user_id) or (kind == "session" and key in session_ids)
+        ):
+            out.append(ref)
+    return out
+
+
+def _sessions_named(entries: Iterable[bytes], user_id: str) -> set[str]:
+    found: set[str] = set()
+    for data in entries:
+        body = orjson.loads(data)["body"]
+        if body.get("user_id") == user_id and isinstance(body.get("session_id"), str):
+            found.add(body["session_id"])
+    return found
 
 
 class SqliteRequestLog:
@@ -196,6 +241,25 @@ class SqliteRequestLog:
                 )
         return _entry_from_json(found[0], rows)
 
+    def iter_records(self, since_s: float | None = None) -> Iterator[RequestRecord]:
+        """Every entry created at or after ``since_s`` (all if None), oldest first, *without*
+        its feature rows (``rows`` is empty: an analysis of outcomes reads bodies only).
+        Pages of :data:`_PAGE` entries; entries appended meanwhile may or may not be seen."""
+        after: tuple[float, str] = (-math.inf if since_s is None else since_s, "")
+        while True:
+            with self._lock, translate_store_errors("reading the request log"):
+                page = self._db.execute(
+                    "SELECT request_id, created_at_s, entry FROM requests "
+                    "WHERE created_at_s > ? OR (created_at_s = ? AND request_id >= ?) "
+                    "ORDER BY created_at_s, request_id LIMIT ?",
+                    (after[0], after[0], after[1], _PAGE + 1),
+                ).fetchall()
+            for row in page[:_PAGE]:
+                yield _body_only(row[2])
+            if len(page) <= _PAGE:
+                return
+            after = (page[_PAGE][1], page[_PAGE][0])
+
     def prune(self, older_than_s: float) -> int:
         """Delete entries created before ``older_than_s`` (unix seconds) and the rows no
         remaining entry refers to; returns how many entries were deleted."""
@@ -217,6 +281,40 @@ class SqliteRequestLog:
                 raise
             self._digests = _RowDigests()
         return int(n)
+
+    def sessions_of(self, user_id: str) -> set[str]:
+        """Session ids of the entries that name ``user_id`` (a full scan)."""
+        with self._lock, translate_store_errors("scanning the request log"):
+            entries = [e for (e,) in self._db.execute("SELECT entry FROM requests")]
+        return _sessions_named(entries, user_id)
+
+    def forget(self, user_id: str, session_ids: Collection[str]) -> int:
+        """Delete the entries naming ``user_id`` or one of ``session_ids``, then every row no
+        remaining entry refers to; returns how many entries were deleted."""
+        sessions = set(session_ids)
+        with self._lock, translate_store_errors("forgetting in the request log"):
+            self._db.execute("BEGIN")
+            try:
+                doomed = [
+                    (request_id,)
+                    for request_id, entry in self._db.execute(
+                        "SELECT request_id, entry FROM requests"
+                    ).fetchall()
+                    if _names(entry, user_id, sessions)
+                ]
+                self._db.executemany("DELETE FROM requests WHERE request_id = ?", doomed)
+                used: set[str] = set()
+                for (entry,) in self._db.execute("SELECT entry FROM requests"):
+                    used.update(_refs(entry))
+                stored = [d for (d,) in self._db.execute("SELECT digest FROM feature_rows")]
+                unused = [(d,) for d in stored if d not in used]
+                self._db.executemany("DELETE FROM feature_rows WHERE digest = ?", unused)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._digests = _RowDigests()
+        return len(doomed)
 
     def close(self) -> None:
         with self._lock:
@@ -292,6 +390,57 @@ class RedisRequestLog:
             values = self._client.execute_command("MGET", *map(self._row_key, refs)) if refs else []
         return _entry_from_json(data, dict(zip(refs, values, strict=True)))
 
+    def iter_records(self, since_s: float | None = None) -> Iterator[RequestRecord]:
+        """Every entry (not yet expired) created at or after ``since_s``, *without* its feature
+        rows (``rows`` is empty), in no particular order: a ``SCAN`` over the entry keys."""
+        pattern = self._prefix + b"req:*"
+        cursor = 0
+        while True:
+            with translate_store_errors("reading the request log from Redis"):
+                cursor, keys = self._client.execute_command(
+                    "SCAN", cursor, "MATCH", pattern, "COUNT", _PAGE
+                )
+                entries = self._client.execute_command("MGET", *keys) if keys else []
+            for entry in entries:
+                if entry is None:  # expired between SCAN and MGET
+                    continue
+                record = _body_only(entry)
+                if since_s is None or record.created_at_s >= since_s:
+                    yield record
+            if int(cursor) == 0:
+                return
+
+    def _entries(self) -> Iterator[tuple[bytes, bytes]]:
+        """``(key, entry)`` of every entry not yet expired (SCAN, then MGET per page)."""
+        keys = list(self._client.scan_iter(match=self._prefix + b"req:*", count=_PAGE))
+        for start in range(0, len(keys), _PAGE):
+            chunk = keys[start : start + _PAGE]
+            values = self._client.execute_command("MGET", *chunk)
+            yield from ((k, v) for k, v in zip(chunk, values, strict=True) if v is not None)
+
+    def sessions_of(self, user_id: str) -> set[str]:
+        """Session ids of the entries that name ``user_id`` (scans every entry)."""
+        with translate_store_errors("scanning the request log in Redis"):
+            return _sessions_named((entry for _, entry in self._entries()), user_id)
+
+    def forget(self, user_id: str, session_ids: Collection[str]) -> int:
+        """Delete the entries naming ``user_id`` or one of ``session_ids`` and the session and
+        user rows they logged; returns how many entries were deleted."""
+        sessions = set(session_ids)
+        entries: list[bytes] = []
+        rows: set[bytes] = set()
+        with translate_store_errors("forgetting in the request log in Redis"):
+            for key, entry in self._entries():
+                if _names(entry, user_id, sessions):
+                    entries.append(key)
+                    rows.update(map(self._row_key, _personal_refs(entry, user_id, sessions)))
+            doomed = [*entries, *rows]
+            for start in range(0, len(doomed), _PAGE):
+                self._client.execute_command("DEL", *doomed[start : start + _PAGE])
+        with self._lock:
+            self._digests = _RowDigests()
+        return len(entries)
+
     def close(self) -> None:
         if self._owns_client:
             self._client.close()
@@ -351,6 +500,13 @@ class BackgroundRequestLog:
     def get(self, request_id: str) -> RequestRecord | None:
         self.flush()
         return self.inner.get(request_id)
+
+    def iter_records(self, since_s: float | None = None) -> Iterator[RequestRecord]:
+        """The inner log's :meth:`SqliteRequestLog.iter_records` (or Redis's), after the
+        records queued so far are written."""
+        self.flush()
+        inner: Any = self.inner
+        return cast(Iterator[RequestRecord], inner.iter_records(since_s))
 
     def close(self) -> None:
         if not self._closed:

@@ -8,18 +8,21 @@ the newest snapshot not after the entity row's time. ``empty.parquet`` (written 
 keeps the directory readable before the first batch run.
 
 Files appear atomically (written under a dot-name, then renamed); re-running a date replaces
-its file, so a batch run is idempotent.
+its file, so a batch run is idempotent. Forgetting a user rewrites the files holding their rows
+the same way (:func:`remove_rows`).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from featrec.errors import ConfigError
@@ -70,3 +73,23 @@ def list_snapshots(directory: Path | str) -> list[tuple[datetime, Path]]:
             as_of = datetime.strptime(match.group(1), _STAMP).replace(tzinfo=UTC)
             found.append((as_of, path))
     return sorted(found)
+
+
+def remove_rows(path: Path | str, column: str, keys: Collection[str]) -> int:
+    """Rewrite the Parquet file ``path`` without the rows whose ``column`` is in ``keys``
+    (atomically, schema kept); returns how many rows were removed (0: file untouched)."""
+    path = Path(path)
+    if not keys or column not in pq.read_schema(path).names:
+        return 0
+    table = pq.read_table(path)
+    values = pa.array(sorted(keys), table.schema.field(column).type)
+    drop = pc.fill_null(pc.is_in(table[column], value_set=values), False)
+    n = int(pc.sum(drop).as_py() or 0)
+    if n:
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            pq.write_table(table.filter(pc.invert(drop)), tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return n

@@ -171,7 +171,7 @@ def publish(settings: Settings, file: Path, fmt: str | None, stream: str | None)
             else:
                 rejected.append(item)
 
-    n = publish_events(settings.redis_url, stream or settings.stream, valid())
+    n = publish_events(settings.stream_url, stream or settings.stream, valid())
     click.echo(f"published {n:,} events to {stream or settings.stream}")
     if rejected:
         click.echo(
@@ -227,8 +227,8 @@ def _redis_status(settings: Settings) -> None:
     from featrec.adapters import redis_streams
 
     try:
-        length = redis_streams.stream_length(settings.redis_url, settings.stream)
-        dead = redis_streams.stream_length(settings.redis_url, settings.dead_letter_stream)
+        length = redis_streams.stream_length(settings.stream_url, settings.stream)
+        dead = redis_streams.stream_length(settings.stream_url, settings.dead_letter_stream)
     except FeatrecError as exc:
         click.echo(f"redis          unreachable ({exc})")
         return
@@ -281,6 +281,7 @@ def _register_subcommands() -> None:
     """Commands that live in their own modules (imported here: they import nothing heavy)."""
     from featrec.cli.batch import batch_group, dataset_group, log_group, materialize_command
     from featrec.cli.evaluate import evaluate
+    from featrec.cli.forget import forget
     from featrec.cli.items import items, run_items
     from featrec.cli.serve import explain, recommend, serve
     from featrec.cli.train import train
@@ -296,6 +297,7 @@ def _register_subcommands() -> None:
         recommend,
         explain,
         serve,
+        forget,
         evaluate,
     ):
         main.add_command(command)

@@ -138,6 +138,8 @@ def log_import(ctx: click.Context, file: Path, fmt: str | None) -> None:
         f"imported {result.imported:,} of {result.read:,} valid events into "
         f"{settings.event_log_dir} ({result.duplicates:,} already logged or repeated)"
     )
+    if result.forgotten:
+        click.echo(f"{result.forgotten:,} events of forgotten users skipped")
     if result.dead_letters:
         first = result.first_dead_letter
         where = f", first: {first.origin}: {first.reason}" if first is not None else ""
@@ -270,6 +272,7 @@ def materialize_command(
     views: tuple[str, ...],
 ) -> None:
     """Load the newest offline values of each view into the online store."""
+    from featrec.adapters.deny_list import load_deny_set, stores_for
     from featrec.adapters.feast_repo import open_store
     from featrec.adapters.materialize import materialize
     from featrec.core.events import MIN_TS
@@ -278,6 +281,7 @@ def materialize_command(
         raise click.UsageError("--start and --incremental exclude each other")
     settings = _settings(ctx)
     store = open_store(settings)
+    deny = load_deny_set(stores_for(settings))
     end = end or datetime.now(UTC)
     begin = None if incremental else (start or MIN_TS)
     chosen = _views(views)
@@ -285,7 +289,13 @@ def materialize_command(
         done = []
         for name in chosen:
             done += materialize(
-                store, [name], end=end, start=begin, incremental=incremental, fast=fast
+                store,
+                [name],
+                end=end,
+                start=begin,
+                incremental=incremental,
+                fast=fast,
+                deny=deny,
             )
             bar.update(1)
     for run in done:
