@@ -11,11 +11,13 @@ import pytest
 
 from featrec.core.events import (
     KNOWN_TYPES,
+    MAX_FUTURE_SKEW_S,
     MAX_ID_LENGTH,
     MAX_PRICE,
     MAX_QUANTITY,
     MAX_TEXT_LENGTH,
     Event,
+    check_not_ahead,
     event_from_mapping,
     parse_timestamp,
     parse_type,
@@ -247,6 +249,17 @@ def test_timestamp_bounds_are_inclusive_below_exclusive_above() -> None:
     assert parse_timestamp("2000-01-01T00:00:00Z") == datetime(2000, 1, 1, tzinfo=UTC)
     last = parse_timestamp("2099-12-31T23:59:59.999999Z")
     assert last == datetime(2100, 1, 1, tzinfo=UTC) - timedelta(microseconds=1)
+
+
+def test_an_event_may_be_ahead_of_its_ingestion_by_at_most_the_skew() -> None:
+    event = build()
+    at = event.ts.timestamp()
+    assert check_not_ahead(event, at - MAX_FUTURE_SKEW_S) is event
+    assert check_not_ahead(event, at + 3600) is event  # the past is the fold's business
+    with pytest.raises(InvalidEvent) as info:
+        check_not_ahead(event, at - MAX_FUTURE_SKEW_S - 1)
+    assert info.value.field == "ts"
+    assert "is 301 s ahead of its ingestion time" in info.value.reason
 
 
 # -- price -----------------------------------------------------------------------------------

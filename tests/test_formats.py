@@ -88,7 +88,8 @@ def test_featrec_mapping_payload_equals_the_line() -> None:
         (FEATREC_LINE.replace('"hats"', '"hats\\u0000"'), "category: contains control"),
         (FEATREC_LINE.replace('"user_id"', '"userid"'), "userid: unknown field"),
         (FEATREC_LINE.replace("12.5", "1" * 5000), "json: invalid JSON"),  # int digit limit
-        ("[" * 100_000, "payload: nested too deeply"),
+        ("[" * 10_000, "payload: nested too deeply"),
+        ("[" * 100_000, "json: a line of 100000 characters (an event has at most 16384)"),
     ],
 )
 def test_featrec_dead_letters_name_the_problem(payload: str, reason: str) -> None:
@@ -103,6 +104,65 @@ def test_unknown_format_is_a_dead_letter() -> None:
     letter = dead("xml", "<event/>")
     assert letter.reason == "format: unknown format 'xml'"
     assert letter.to_dict() == {"origin": "test:1", "reason": letter.reason, "payload": "<event/>"}
+
+
+# -- events from the future --------------------------------------------------------------------
+
+INGESTED_AT = datetime(2024, 5, 1, 10, 0, tzinfo=UTC).timestamp()  # FEATREC_LINE's ts
+
+
+@pytest.mark.parametrize("fmt", ["featrec", "session-rec", "otto"])
+@pytest.mark.parametrize(
+    "ahead_s, refused", [(-86_400.0, False), (0.0, False), (300.0, False), (300.001, True)]
+)
+def test_events_ahead_of_their_ingestion_by_more_than_the_skew_are_refused(
+    fmt: str, ahead_s: float, refused: bool
+) -> None:
+    ts = INGESTED_AT + ahead_s
+    otto_event = {"aid": 1, "ts": ts * 1000, "type": "clicks"}
+    payload = {
+        "featrec": json.dumps({**json.loads(FEATREC_LINE), "ts": ts}),
+        "session-rec": f"3\t214716935\t{ts}",
+        "otto": json.dumps({"session": 5, "events": [otto_event]}),
+    }[fmt]
+    [out] = decode(RawRecord(fmt, "f:1", payload, INGESTED_AT))
+    if not refused:
+        assert isinstance(out, Event) and out.ts.timestamp() == pytest.approx(ts)
+        return
+    assert isinstance(out, DeadLetter) and out.origin == "f:1"
+    assert out.reason.startswith("ts: 2024-05-01T10:05:00.001") and out.reason.endswith(
+        "is 300 s ahead of its ingestion time (2024-05-01T10:00:00+00:00); "
+        "at most 300 s of clock skew is allowed"
+    ), out.reason
+
+
+def test_the_skew_is_checked_only_against_a_wall_clock_ingestion_time() -> None:
+    """Records built without an ingestion time (0, or a placeholder before 2000) skip it."""
+    far = json.dumps({**json.loads(FEATREC_LINE), "ts": "2099-01-01T00:00:00Z"})
+    for unset in (0.0, 1.0, datetime(1999, 12, 31, tzinfo=UTC).timestamp()):
+        assert isinstance(one_at(far, unset), Event)
+    assert isinstance(one_at(far, datetime(2000, 1, 1, tzinfo=UTC).timestamp()), DeadLetter)
+
+
+def test_the_skew_refuses_one_event_of_an_otto_session_and_keeps_the_others() -> None:
+    line = json.dumps(
+        {
+            "session": 5,
+            "events": [
+                {"aid": 1, "ts": INGESTED_AT * 1000, "type": "clicks"},
+                {"aid": 2, "ts": (INGESTED_AT + 3600) * 1000, "type": "clicks"},
+                {"aid": 3, "ts": (INGESTED_AT + 60) * 1000, "type": "carts"},
+            ],
+        }
+    )
+    out = decode(RawRecord("otto", "o:1", line, INGESTED_AT))
+    assert [type(o).__name__ for o in out] == ["Event", "DeadLetter", "Event"]
+    assert isinstance(out[1], DeadLetter) and "3600 s ahead" in out[1].reason
+
+
+def one_at(payload: str, ingested_at: float) -> Event | DeadLetter:
+    [out] = decode(RawRecord("featrec", "f:1", payload, ingested_at))
+    return out
 
 
 # -- dead letter payloads ---------------------------------------------------------------------

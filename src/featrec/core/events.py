@@ -6,6 +6,12 @@ An :class:`Event` is immutable and always valid: every constructor path goes thr
 Event types are extensible: ``view``, ``click``, ``cart`` and ``purchase`` are known and carry
 meaning in features and weights; any other lower-case identifier (``wishlist``, ``search``) is
 accepted and counted only in totals.
+
+Time has two bounds. Absolute: 2000..2100 (outside is a bug, not data). Relative to the wall
+clock: an event may be at most :data:`MAX_FUTURE_SKEW_S` ahead of the time it entered featrec
+(:func:`check_not_ahead`, applied by :func:`featrec.core.formats.decode`), because one event
+from the future would poison its session: the session's genuine next events would all look
+late, and its row version (an event-time clock) would outrank every later row in the store.
 """
 
 from __future__ import annotations
@@ -44,6 +50,10 @@ MAX_PRICE: Final = 1e9
 #: Timestamps outside [MIN_TS, MAX_TS] are rejected (before 2000 or after 2100 is a bug, not data).
 MIN_TS: Final = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_TS: Final = datetime(2100, 1, 1, tzinfo=UTC)
+#: How far an event may be ahead of its ingestion time (producer clock skew). Equal to the
+#: default allowed lateness: an event this far ahead still leaves the session's genuine next
+#: events inside the lateness window.
+MAX_FUTURE_SKEW_S: Final = 300.0
 
 _TYPE_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _FIELDS: Final = frozenset(
@@ -147,6 +157,20 @@ def parse_timestamp(value: object) -> datetime:
     if not MIN_TS <= ts < MAX_TS:
         raise InvalidEvent("ts", f"{ts.isoformat()} is outside 2000..2100")
     return ts
+
+
+def check_not_ahead(event: Event, ingested_at: float) -> Event:
+    """``event`` if its time is at most :data:`MAX_FUTURE_SKEW_S` after ``ingested_at`` (unix
+    seconds, the wall clock when it entered featrec); else :class:`InvalidEvent` on ``ts``."""
+    ahead = event.ts.timestamp() - ingested_at
+    if ahead > MAX_FUTURE_SKEW_S:
+        received = datetime.fromtimestamp(ingested_at, UTC).isoformat()
+        raise InvalidEvent(
+            "ts",
+            f"{event.ts.isoformat()} is {ahead:.0f} s ahead of its ingestion time ({received}); "
+            f"at most {MAX_FUTURE_SKEW_S:g} s of clock skew is allowed",
+        )
+    return event
 
 
 def _identifier(raw: Mapping[str, Any], field: str) -> str:

@@ -24,13 +24,26 @@ from typing import Any, Final
 
 import orjson
 
-from featrec.core.events import CLICK, Event, event_from_mapping, parse_timestamp, parse_type
+from featrec.core.events import (
+    CLICK,
+    MIN_TS,
+    Event,
+    check_not_ahead,
+    event_from_mapping,
+    parse_timestamp,
+    parse_type,
+)
 from featrec.errors import InvalidEvent
 
 FORMATS: Final = ("featrec", "otto", "session-rec")
 
 #: Longest raw record kept verbatim in a dead letter; longer ones are truncated (and say so).
 MAX_DEAD_LETTER_PAYLOAD: Final = 4096
+#: Longest featrec JSON line decoded: a valid event is well under 2 KB (ids of at most 128
+#: characters, a category of at most 256), so longer lines are refused before parsing.
+MAX_EVENT_CHARS: Final = 16_384
+#: Ingestion times before this are not wall-clock readings (unset, or a test's placeholder).
+_WALL_CLOCK_FROM: Final = MIN_TS.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +69,25 @@ class DeadLetter:
 
 
 def decode(record: RawRecord) -> list[Event | DeadLetter]:
-    """Decode one raw record; never raises."""
+    """Decode one raw record; never raises.
+
+    When the record carries its ingestion time (``ingested_at`` on the wall clock, i.e. after
+    2000; sources always set it, hand-built test records may leave it 0), events more than
+    :data:`~featrec.core.events.MAX_FUTURE_SKEW_S` ahead of it are refused.
+    """
+    out = _decode(record)
+    if record.ingested_at < _WALL_CLOCK_FROM:
+        return out
+    for i, item in enumerate(out):
+        if isinstance(item, Event):
+            try:
+                check_not_ahead(item, record.ingested_at)
+            except InvalidEvent as exc:
+                out[i] = dead_letter(record, str(exc))
+    return out
+
+
+def _decode(record: RawRecord) -> list[Event | DeadLetter]:
     try:
         if record.fmt == "featrec":
             return [_decode_featrec(record.payload)]
@@ -104,6 +135,10 @@ def _loads(payload: str | Mapping[str, Any], *, fast: bool = False) -> Any:
 
 
 def _decode_featrec(payload: str | Mapping[str, Any]) -> Event:
+    if isinstance(payload, str) and len(payload) > MAX_EVENT_CHARS:
+        raise InvalidEvent(
+            "json", f"a line of {len(payload)} characters (an event has at most {MAX_EVENT_CHARS})"
+        )
     return event_from_mapping(_loads(payload, fast=True))
 
 
