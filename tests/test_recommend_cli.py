@@ -16,8 +16,12 @@ from click.testing import CliRunner
 
 from featrec.adapters.model_store import models_dir, save_model
 from featrec.adapters.online_writers import RedisLayoutWriter
+from featrec.adapters.serving import ServingOptions, options_from_env
+from featrec.app.serving_config import ServingConfig
 from featrec.cli.serve import explain, recommend
+from featrec.core.experiments import ArmConfig, Experiment, assign
 from featrec.core.ranking import RANKING_FEATURES, Ranker
+from featrec.errors import ConfigError
 
 # The world's rows are from 2023: serve them as fresh.
 FRESH = ["--max-session-age", "1e12"]
@@ -103,3 +107,58 @@ def test_recommend_text_output_and_errors(env: dict[str, str]) -> None:
     assert unknown.exit_code == 1 and "'nope' is not in the request log" in unknown.output
     bad_k = runner.invoke(recommend, ["s1", "--k", "0"], env=env)
     assert bad_k.exit_code == 2
+
+
+def test_recommend_in_an_experiment_and_explain_it(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    arms = ["--experiment", "e", "--arms", "pop=1:fallback,order=1", "--salt", "x"]
+    seen = {}
+    for unit in ("u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"):
+        result = runner.invoke(
+            recommend, ["s1", "--user", unit, "--k", "5", "--json", *arms, *FRESH], env=env
+        )
+        assert result.exit_code == 0, result.output
+        answer = json.loads(result.output)
+        assert answer["experiment"] == "e"
+        expected = assign(Experiment("e", "x", {"pop": 1, "order": 1}), unit)
+        assert answer["arm"] == expected
+        assert answer["scorer"] == {"pop": "fallback", "order": "candidate-order"}[expected]
+        seen[expected] = answer["request_id"]
+        explained = runner.invoke(explain, [answer["request_id"], "--json"], env=env)
+        assert explained.exit_code == 0, explained.output
+        data = json.loads(explained.output)
+        assert data["reproduced"] is True and (data["experiment"], data["arm"]) == ("e", expected)
+    assert set(seen) == {"pop", "order"}
+    text = runner.invoke(recommend, ["s1", "--user", "u1", *arms, *FRESH], env=env)
+    assert "  arm e/" in text.output.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arms", "a=1,b=1"], "--arms and --salt need --experiment NAME"),
+        (["--experiment", "e"], "--experiment needs --arms"),
+        (["--experiment", "e", "--arms", "a=1"], "at least two arms"),
+        (["--experiment", "e", "--arms", "a=1:magic,b=1"], "arm scorer must be one of"),
+        (["--experiment", "e", "--arms", "a=1,b=1", "--unit", "device"], "'device' is not one of"),
+    ],
+)
+def test_bad_experiment_options_are_usage_errors(
+    env: dict[str, str], args: list[str], message: str
+) -> None:
+    result = CliRunner().invoke(recommend, ["s1", *args], env=env)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_serve_hands_the_experiment_to_its_workers() -> None:
+    experiment = Experiment(
+        "e", "salt", {"a": 1, "b": 3}, unit="session", configs={"b": ArmConfig(model_version="v2")}
+    )
+    options = ServingOptions(config=ServingConfig(experiment=experiment))
+    again = options_from_env(options.to_env())
+    assert again.config.experiment == experiment
+    assert options_from_env(ServingOptions().to_env()).config.experiment is None
+    with pytest.raises(ConfigError, match="FEATREC_SERVE_EXPERIMENT is not valid JSON"):
+        options_from_env({"FEATREC_SERVE_EXPERIMENT": "{"})
+    with pytest.raises(ConfigError, match="unknown experiment keys: colour"):
+        options_from_env({"FEATREC_SERVE_EXPERIMENT": '{"colour": 1}'})

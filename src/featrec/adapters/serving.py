@@ -12,10 +12,13 @@ from ``FEATREC_*`` variables in its own process, see :func:`options_from_env`).
   :mod:`featrec.adapters.model_store` (path, manifest, sha256 and feature list checked):
   ``"auto"`` is the newest version if there is one, ``"none"`` scores by candidate order.
   ``explain`` loads whichever version a logged request used from the same directory.
+- Experiment: ``ServingConfig.experiment`` (an A/B split, see :mod:`featrec.core.experiments`);
+  ``featrec serve`` hands it to the HTTP workers as JSON in :data:`ENV_EXPERIMENT`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping
@@ -32,6 +35,7 @@ from featrec.app.recommend import LoadedModel, ModelLoader, Recommender, Serving
 from featrec.app.serving_config import REQUEST_LOGS
 from featrec.app.serving_steps import SERVED_FEATURES
 from featrec.core.candidates import CandidateConfig
+from featrec.core.experiments import experiment_from_dict
 from featrec.core.serving_ports import Clock, RowReader
 from featrec.errors import ConfigError
 from featrec.settings import Settings
@@ -42,6 +46,8 @@ ENV_REQUEST_LOG = "FEATREC_SERVE_REQUEST_LOG"
 ENV_MAX_SESSION_AGE = "FEATREC_SERVE_MAX_SESSION_AGE_S"
 ENV_ITEM_CACHE = "FEATREC_SERVE_ITEM_CACHE_S"
 ENV_CANDIDATES = "FEATREC_SERVE_CANDIDATES"
+#: The A/B experiment as JSON (:meth:`featrec.core.experiments.Experiment.to_dict`).
+ENV_EXPERIMENT = "FEATREC_SERVE_EXPERIMENT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +67,14 @@ class ServingOptions:
             )
 
     def to_env(self) -> dict[str, str]:
+        experiment = self.config.experiment
         return {
             ENV_REQUEST_LOG: self.request_log,
             ENV_MODEL: self.model,
             ENV_MAX_SESSION_AGE: repr(self.config.max_session_age_s),
             ENV_ITEM_CACHE: repr(self.config.item_cache_s),
             ENV_CANDIDATES: str(self.config.candidates.max_total),
+            ENV_EXPERIMENT: json.dumps(experiment.to_dict()) if experiment is not None else "",
         }
 
 
@@ -103,6 +111,15 @@ def options_from_env(environ: Mapping[str, str]) -> ServingOptions:
             raise ConfigError(f"{ENV_CANDIDATES}={raw!r} is not a positive integer")
         if int(raw) != options.config.candidates.max_total:
             changes["candidates"] = pool_config(int(raw))
+    raw = environ.get(ENV_EXPERIMENT)
+    if raw:
+        try:
+            data = json.loads(raw)
+        except ValueError as e:
+            raise ConfigError(f"{ENV_EXPERIMENT} is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{ENV_EXPERIMENT} must be a JSON object")
+        changes["experiment"] = experiment_from_dict(data)
     if changes:
         options = replace(options, config=replace(options.config, **changes))
     return options

@@ -5,6 +5,8 @@ were read with) and the post-processing inputs from the log entry, runs the same
 post-processing as the request did (:mod:`featrec.app.serving_steps`), and compares: the raw
 scores must be bit-identical and every decision the same, else ``mismatches`` says what
 differs. Each candidate comes back with its sources and the reasons it was kept or not.
+A request of an A/B experiment logged the scorer and model version of its arm, so it is
+re-scored with them like any other.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class Explanation:
     items: tuple[ExplainedItem, ...]
     reproduced: bool
     mismatches: tuple[str, ...]
+    #: The A/B experiment and arm the request was bucketed into (None: no experiment).
+    experiment: str | None = None
+    arm: str | None = None
 
     @property
     def kept(self) -> tuple[ExplainedItem, ...]:
@@ -108,6 +113,7 @@ def explain_request(
         candidates, raw, items, now_s, purchased, body["shown_before"], body["k"], config
     )
     mismatches = compare(body, raw, decisions)
+    experiment = body.get("experiment")  # absent from records logged before experiments
     by_id = {c.item_id: c for c in candidates}
     explained = tuple(
         ExplainedItem(
@@ -136,6 +142,8 @@ def explain_request(
         items=explained,
         reproduced=not mismatches,
         mismatches=tuple(mismatches),
+        experiment=experiment["name"] if experiment else None,
+        arm=experiment["arm"] if experiment else None,
     )
 
 

@@ -25,6 +25,14 @@ One request:
 7. **Log**: the request, candidates, the rows used (with their timestamps), model version, raw
    scores and every rerank decision. :meth:`Recommender.explain` re-scores a logged request from
    the log alone and checks that it gets the same scores, bit for bit, and the same list.
+
+**Experiments.** With ``ServingConfig.experiment`` set, every request is bucketed into an arm
+(:func:`featrec.core.experiments.assign`, by user when known, else by session), before the
+cache: the arm may change the scorer or the model version (a version is loaded once, when the
+recommender is built). A degraded request keeps its arm but scores with the fallback like any
+other (the analysis compares arms as assigned). The answer and the log body carry the
+experiment, the arm and the unit it was bucketed by; ``explain`` re-scores with the logged
+scorer and model version, so it reproduces an arm's answer like any other.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from featrec.app.serving_config import (
 )
 from featrec.app.serving_steps import (
     LOG_SCHEMA,
+    SCORER_MODEL,
     LoadedModel,
     ModelLoader,
     choose_scorer,
@@ -73,6 +82,7 @@ from featrec.core.catalog import (
     SESSION_FEATURES,
     USER_FEATURES,
 )
+from featrec.core.experiments import Experiment, assign
 from featrec.core.ranking import item_row
 from featrec.core.serving_ports import (
     Clock,
@@ -127,6 +137,9 @@ class Recommendation:
     degraded_code: str | None = None
     cached: bool = False
     logged: bool = True
+    #: The A/B experiment and the arm this request was bucketed into (None: no experiment).
+    experiment: str | None = None
+    arm: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -150,6 +163,25 @@ class Health:
 
 #: The session key the health probe reads (it need not exist).
 HEALTH_PROBE_KEY: Final = "__featrec_health__"
+
+
+@dataclass(frozen=True, slots=True)
+class _Arm:
+    """The arm of one request and the unit it was bucketed by."""
+
+    experiment: Experiment
+    name: str
+    unit: str
+    unit_id: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "name": self.experiment.name,
+            "arm": self.name,
+            "control": self.experiment.control_arm,
+            "unit": self.unit,
+            "unit_id": self.unit_id,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +276,27 @@ class Recommender:
         self._counters = threading.Lock()
         self.log_failures = 0
         self.last_log_error: str | None = None
+        self._arm_models: dict[str, LoadedModel] = {}
+        self._arm_models = self._load_arm_models()
+
+    def _load_arm_models(self) -> dict[str, LoadedModel]:
+        """The model of every arm that names a version (loaded now, not on the request path);
+        an arm that scores with "the model" must have one loaded."""
+        experiment = self.config.experiment
+        out: dict[str, LoadedModel] = {}
+        if experiment is None:
+            return out
+        for arm in experiment.arms:
+            config = experiment.config_of(arm)
+            version = config.model_version
+            if version is not None:
+                out[arm] = self._model_for(version)
+            elif config.scorer == SCORER_MODEL and self.model is None:
+                raise ConfigError(
+                    f"arm {arm!r} of experiment {experiment.name!r} scores with the model, but "
+                    "no model is loaded"
+                )
+        return out
 
     # -- recommend ---------------------------------------------------------------------------
 
@@ -259,12 +312,13 @@ class Recommender:
         _check_request(session_id, user_id, k, shown)
         now_s = self._clock()
         context = self._read_context(session_id, user_id, now_s)
+        arm = self._arm_of(session_id, context.user_id)
         code, reason = self._degraded_reason(session_id, context, now_s)
         session = context.session
         version = _session_version(session) if reason is None else None
         cache_key = None
         if version is not None:
-            cache_key = self._cache_key(context, k, shown)
+            cache_key = self._cache_key(context, arm, k, shown)
             hit = self.responses.get(session_id, version, cache_key)
             if hit is not None:
                 return replace(hit, cached=True)
@@ -274,7 +328,7 @@ class Recommender:
         offline = context.failure is not None
         try:
             answer, record = self._answer(
-                session_id, context, code, reason, k, shown, shown_before, now_s, offline
+                session_id, context, arm, code, reason, k, shown, shown_before, now_s, offline
             )
         except StoreError as e:
             # The store failed after the context read: answer again without it.
@@ -282,7 +336,7 @@ class Recommender:
             code, reason = STORE_FAILED, f"online store failed: {e}"
             context = replace(context, failure=e)
             answer, record = self._answer(
-                session_id, context, code, reason, k, shown, shown_before, now_s, True
+                session_id, context, arm, code, reason, k, shown, shown_before, now_s, True
             )
             version = cache_key = None
         answer = replace(answer, logged=self._append(record))
@@ -323,6 +377,13 @@ class Recommender:
                 user = None
         return _Context(session, user, user_id, None, notes, user_read)
 
+    def _arm_of(self, session_id: str, user_id: str | None) -> _Arm | None:
+        experiment = self.config.experiment
+        if experiment is None:
+            return None
+        unit, unit_id = experiment.unit_of(session_id, user_id)
+        return _Arm(experiment, assign(experiment, unit_id), unit, unit_id)
+
     def _store_failed(self, error: StoreError) -> None:
         self._store_error = str(error)
         self._store_down_until = self._monotonic() + self.config.store_retry_s
@@ -343,15 +404,19 @@ class Recommender:
             )
         return None, None
 
-    def _cache_key(self, context: _Context, k: int, shown: Sequence[str] | None) -> tuple[Any, ...]:
+    def _cache_key(
+        self, context: _Context, arm: _Arm | None, k: int, shown: Sequence[str] | None
+    ) -> tuple[Any, ...]:
         user_ts = context.user.ts_us if context.user is not None else None
         model = self.model.version if self.model is not None else None
-        return (context.user_id, user_ts, k, model, None if shown is None else tuple(shown))
+        shown_key = None if shown is None else tuple(shown)
+        return (context.user_id, user_ts, k, model, shown_key, arm.name if arm else None)
 
     def _answer(
         self,
         session_id: str,
         context: _Context,
+        arm: _Arm | None,
         code: str | None,
         reason: str | None,
         k: int,
@@ -384,8 +449,16 @@ class Recommender:
             item: item_row(values_of(f), values_of(t))
             for item, (f, t) in zip(ids, item_rows, strict=True)
         }
-        model = self.model if reason is None else None
-        scorer = choose_scorer(reason, model)
+        override = None
+        model = self.model
+        if arm is not None:
+            override = arm.experiment.config_of(arm.name).effective_scorer
+            model = self._arm_models.get(arm.name, model)
+        if reason is not None:
+            model = None
+        scorer = choose_scorer(reason, model, override)
+        if scorer != SCORER_MODEL:
+            model = None
         raw = score(scorer, model, candidates, session_values, user_values, items, now_s)
         purchased = purchased_items(user_values)
         decisions = post_process(
@@ -410,6 +483,8 @@ class Recommender:
             model_version=model.version if model is not None else None,
             scorer=scorer,
             session_version=version,
+            experiment=arm.experiment.name if arm is not None else None,
+            arm=arm.name if arm is not None else None,
         )
         logged = [
             LoggedRow(SESSION_FEATURES.name, session_id, context.session),
@@ -441,6 +516,7 @@ class Recommender:
             "candidates": [c.to_dict() for c in candidates],
             "raw_scores": [float(s) for s in raw],
             "decisions": [d.to_dict() for d in decisions],
+            "experiment": arm.to_dict() if arm is not None else None,
         }
         return answer, RequestRecord(request_id, self._wall_clock(), body, logged)
 
@@ -485,6 +561,9 @@ class Recommender:
             raise ConfigError("the logged request was scored by a model without a version")
         if self.model is not None and self.model.version == version:
             return self.model
+        for model in self._arm_models.values():
+            if model.version == version:
+                return model
         if self._models is None:
             raise ConfigError(
                 f"the request was scored by model {version!r}, which is not loaded: "

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from featrec.core.candidates import CandidateConfig
+from featrec.core.experiments import Experiment
 from featrec.core.freshness import BATCH_MAX_AGE
 from featrec.core.rerank import RerankConfig
 from featrec.errors import ConfigError
@@ -44,6 +45,9 @@ class ServingConfig:
         default_factory=lambda: RerankConfig(max_per_category=5, stability_window=2)
     )
     cache_sessions: int = 10_000
+    #: An A/B experiment: each request is bucketed into an arm, which may change the scorer
+    #: or the model version (see :mod:`featrec.core.experiments`); None: no experiment.
+    experiment: Experiment | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_session_age_s", "item_cache_s", "store_retry_s"):

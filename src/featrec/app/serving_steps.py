@@ -86,9 +86,17 @@ def candidate_order_scores(n: int) -> Scores:
     return np.asarray([(n - i) / n for i in range(n)], dtype=np.float64)
 
 
-def choose_scorer(reason: str | None, model: LoadedModel | None) -> str:
+def choose_scorer(
+    reason: str | None, model: LoadedModel | None, override: str | None = None
+) -> str:
+    """The scorer of a request: the fallback when degraded (whatever the arm asks), else the
+    arm's ``override`` (an experiment arm), else the model if one is loaded."""
     if reason is not None:
         return SCORER_FALLBACK
+    if override is not None:
+        if override == SCORER_MODEL and model is None:
+            raise ConfigError("the arm scores with the model, but no model is loaded")
+        return override
     return SCORER_MODEL if model is not None else SCORER_ORDER
 
 
