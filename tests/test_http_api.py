@@ -71,6 +71,27 @@ def test_recommend_answers_the_known_list(client: TestClient) -> None:
     assert again["cached"] is True and again["request_id"] == body["request_id"]
 
 
+def test_the_ab_arm_comes_back_and_is_the_bucketing_of_the_user() -> None:
+    from featrec.app.serving_config import ServingConfig
+    from featrec.core.experiments import Experiment, assign
+
+    store = InMemoryFeatureStore()
+    store.write(world_rows())
+    experiment = Experiment("rank-v2", "salt-1", {"control": 1.0, "treatment": 1.0})
+    recommender = Recommender(
+        InMemoryRows(store),
+        InMemoryRequestLog(),
+        config=ServingConfig(experiment=experiment),
+        clock=lambda: NOW_S,
+    )
+    with TestClient(create_app(recommender)) as c:
+        body = c.post("/recommend", json={"session_id": "s1", "user_id": "u1", "k": 5}).json()
+        plain = c.post("/recommend", json={"session_id": "nobody", "k": 3}).json()
+    assert body["experiment"] == "rank-v2"
+    assert body["arm"] == assign(experiment, "u1")
+    assert plain["experiment"] == "rank-v2" and plain["arm"] == assign(experiment, "nobody")
+
+
 def test_degraded_answers_are_200_with_the_reason(client: TestClient) -> None:
     response = client.post("/recommend", json={"session_id": "nobody", "k": 3})
     assert response.status_code == 200
@@ -146,7 +167,8 @@ def test_health_metrics_and_openapi(client: TestClient) -> None:
     request_schema = spec["components"]["schemas"]["RecommendRequest"]
     assert request_schema["properties"]["k"]["maximum"] == 100
     assert request_schema["required"] == ["session_id"]
-    assert set(spec["paths"]) == {"/recommend", "/health", "/metrics"}
+    assert set(spec["paths"]) == {"/recommend", "/health", "/metrics", "/admin/forget/{user_id}"}
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
     assert client.get("/docs").status_code == 200
 
 
@@ -195,6 +217,7 @@ def test_featrec_serve_for_real(tmp_path: Path, redis_url: str) -> None:
         "FEATREC_REPO": str(repo),
         "FEATREC_ONLINE_STORE": "redis",
         "FEATREC_REDIS_URL": redis_url,
+        "FEATREC_ADMIN_TOKEN": "an-admin-token-for-the-test",
     }
     code = "from featrec.cli.serve import serve; serve()"
     args = [sys.executable, "-c", code, "--port", str(port), "--max-session-age", "1e12"]
@@ -221,6 +244,14 @@ def test_featrec_serve_for_real(tmp_path: Path, redis_url: str) -> None:
             assert (
                 metrics(http)[("featrec_recommend_requests_total", (("outcome", "computed"),))] == 1
             )
+            # the admin endpoint, wired to the real forget_user by the app factory
+            assert http.post("/admin/forget/u1").status_code == 401
+            token = {"authorization": "Bearer an-admin-token-for-the-test"}
+            forgot = http.post("/admin/forget/u1", headers=token, timeout=60)
+            assert forgot.status_code == 200, forgot.text
+            assert forgot.json()["user_id"] == "u1" and forgot.json()["forgotten"]["sessions"] >= 1
+            after = http.post("/recommend", json={"session_id": "s1", "k": 5}).json()
+            assert after["degraded"] is True and after["degraded_code"] == "no_session"
         assert (tmp_path / "home" / "requests.db").exists()
     finally:
         proc.terminate()

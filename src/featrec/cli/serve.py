@@ -10,17 +10,21 @@ recommender from the environment, so ``--workers N`` processes each build their 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
+from featrec.app.http_limits import HttpLimits
 from featrec.app.serving_config import MAX_K, REQUEST_LOGS, ServingConfig
 from featrec.cli.items import with_settings
+from featrec.core.experiments import ARM_SCORERS, UNIT_USER, UNITS, Experiment, parse_arms
+from featrec.errors import ConfigError
 from featrec.settings import Settings
 
 if TYPE_CHECKING:
@@ -31,8 +35,12 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 _DEFAULTS = ServingConfig()
+_LIMITS = HttpLimits()
 #: The uvicorn factory of the HTTP app.
 APP_FACTORY = "featrec.server.main:app_from_env"
+#: Enables the admin endpoints (a secret: from the environment only, never a flag). This is
+#: the variable's name, not a token (hence bandit's B105 is silenced on it).
+ENV_ADMIN_TOKEN = "FEATREC_ADMIN_TOKEN"  # nosec B105
 
 
 def serving_options(command: F) -> F:
@@ -80,12 +88,70 @@ def serving_options(command: F) -> F:
     return command
 
 
+def experiment_options(command: F) -> F:
+    """``--experiment NAME --arms control=1,treatment=1:model --salt S --unit user``, passed
+    to the command as one ``experiment`` argument (None without ``--experiment``)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        name, arms = kwargs.pop("experiment_name"), kwargs.pop("arms")
+        salt, unit = kwargs.pop("salt"), kwargs.pop("unit")
+        kwargs["experiment"] = None
+        if name is None:
+            if arms is not None or salt is not None:
+                raise click.UsageError("--arms and --salt need --experiment NAME")
+        elif arms is None:
+            raise click.UsageError("--experiment needs --arms, e.g. control=1,treatment=1:model")
+        else:
+            try:
+                weights, configs = parse_arms(arms)
+                kwargs["experiment"] = Experiment(name, salt or "", weights, unit, configs)
+            except ConfigError as e:
+                raise click.BadParameter(str(e), param_hint="--experiment/--arms") from e
+        return command(*args, **kwargs)
+
+    options = [
+        click.option(
+            "--experiment",
+            "experiment_name",
+            default=None,
+            help="A/B experiment name: bucket each request into an arm (by user, else session).",
+        ),
+        click.option(
+            "--arms",
+            default=None,
+            help="Arms as name=weight[:scorer][@model_version], comma-separated; the first is "
+            f"the control. Scorers: {', '.join(ARM_SCORERS)}.",
+        ),
+        click.option(
+            "--salt", default=None, help="Salt of the bucketing hash (new salt: reshuffle)."
+        ),
+        click.option(
+            "--unit",
+            type=click.Choice(UNITS),
+            default=UNIT_USER,
+            show_default=True,
+            help="Bucket by user (the session when the user is unknown) or by session.",
+        ),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return cast(F, wrapper)
+
+
 def _options(
-    model: str, request_log: str, max_session_age: float, candidates: int, item_cache: float
+    model: str,
+    request_log: str,
+    max_session_age: float,
+    candidates: int,
+    item_cache: float,
+    experiment: Experiment | None = None,
 ) -> ServingOptions:
     from featrec.adapters.serving import ServingOptions, pool_config
 
-    config = ServingConfig(max_session_age_s=max_session_age, item_cache_s=item_cache)
+    config = ServingConfig(
+        max_session_age_s=max_session_age, item_cache_s=item_cache, experiment=experiment
+    )
     if candidates != config.candidates.max_total:
         config = replace(config, candidates=pool_config(candidates))
     return ServingOptions(request_log=request_log, model=model, config=config)
@@ -99,6 +165,7 @@ def _options(
     "--shown", default=None, help="Comma-separated items the shopper sees now, best first."
 )
 @serving_options
+@experiment_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @with_settings
 def recommend(
@@ -112,12 +179,13 @@ def recommend(
     max_session_age: float,
     candidates: int,
     item_cache: float,
+    experiment: Experiment | None,
     as_json: bool,
 ) -> None:
     """Recommend K items for SESSION_ID now, with scores and reasons."""
     from featrec.adapters.serving import open_recommender
 
-    options = _options(model, request_log, max_session_age, candidates, item_cache)
+    options = _options(model, request_log, max_session_age, candidates, item_cache, experiment)
     recommender = open_recommender(settings, options)
     try:
         shown_list = [s.strip() for s in shown.split(",")] if shown is not None else None
@@ -137,6 +205,7 @@ def format_recommendation(answer: Recommendation) -> list[str]:
     lines = [
         f"request {answer.request_id}  session {answer.session_id}  user {answer.user_id or '-'}"
         f"  version {answer.session_version or '-'}  scorer {scorer}"
+        + (f"  arm {answer.experiment}/{answer.arm}" if answer.arm else "")
         + ("  (cached)" if answer.cached else "")
     ]
     if answer.degraded:
@@ -248,6 +317,8 @@ def explanation_dict(e: Explanation) -> dict[str, Any]:
         "notes": list(e.notes),
         "scorer": e.scorer,
         "model_version": e.model_version,
+        "experiment": e.experiment,
+        "arm": e.arm,
         "reproduced": e.reproduced,
         "mismatches": list(e.mismatches),
         "rows": [
@@ -279,31 +350,87 @@ def explanation_dict(e: Explanation) -> dict[str, Any]:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(1),
+    default=_LIMITS.max_body_bytes,
+    show_default=True,
+    help="Larger request bodies are refused (413).",
+)
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(0),
+    default=_LIMITS.rate_per_s,
+    show_default=True,
+    help="Requests/s per client IP and worker before 429 (0: no limit).",
+)
+@click.option(
+    "--rate-burst",
+    type=click.IntRange(1),
+    default=_LIMITS.burst,
+    show_default=True,
+    help="Requests a client may send at once.",
+)
+@click.option(
+    "--max-inflight",
+    type=click.IntRange(0),
+    default=_LIMITS.max_inflight,
+    show_default=True,
+    help="Requests in progress per worker beyond which new ones get 503 at once (shed load); "
+    "0: queue them instead.",
+)
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(1, 64),
+    default=_LIMITS.max_concurrent,
+    show_default=True,
+    help="Recommendations computed at once per worker (the others wait their turn).",
+)
 @serving_options
+@experiment_options
 @with_settings
 def serve(
     settings: Settings,
     host: str,
     port: int,
     workers: int,
+    max_body_bytes: int,
+    rate_limit: float,
+    rate_burst: int,
+    max_inflight: int,
+    max_concurrent: int,
     model: str,
     request_log: str,
     max_session_age: float,
     candidates: int,
     item_cache: float,
+    experiment: Experiment | None,
 ) -> None:
-    """Serve recommendations over HTTP: POST /recommend, GET /health, GET /metrics, /docs."""
+    """Serve recommendations over HTTP: POST /recommend, GET /health, GET /metrics, /docs.
+
+    POST /admin/forget/USER_ID is enabled when FEATREC_ADMIN_TOKEN is set (at least 16
+    characters; callers send it as 'Authorization: Bearer <token>').
+    """
     import uvicorn
 
     from featrec.adapters.serving import load_model
 
-    options = _options(model, request_log, max_session_age, candidates, item_cache)
+    options = _options(model, request_log, max_session_age, candidates, item_cache, experiment)
     load_model(settings, options.model)  # a bad --model fails here, in one line
     os.environ.update(settings.to_env())
     os.environ.update(options.to_env())
+    limits = HttpLimits(
+        max_body_bytes,
+        rate_limit,
+        rate_burst,
+        max_inflight=max_inflight,
+        max_concurrent=max_concurrent,
+    )
+    os.environ.update(limits.to_env())
+    admin = "on" if os.environ.get(ENV_ADMIN_TOKEN, "").strip() else f"off (no {ENV_ADMIN_TOKEN})"
     click.echo(
         f"featrec serving on http://{host}:{port} ({settings.online_store} store, model "
-        f"{options.model}, request log {options.request_log}); OpenAPI at /docs"
+        f"{options.model}, request log {options.request_log}, admin {admin}); OpenAPI at /docs"
     )
     uvicorn.run(
         APP_FACTORY,

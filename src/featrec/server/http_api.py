@@ -1,32 +1,76 @@
-"""The HTTP API: ``POST /recommend``, ``GET /health``, ``GET /metrics``; OpenAPI at ``/docs``.
+"""The HTTP API: ``POST /recommend``, ``GET /health``, ``GET /metrics``,
+``POST /admin/forget/{user_id}``; OpenAPI at ``/docs``.
 
-Input is validated by pydantic with limits (ids up to 256 characters, ``k`` in [1, 100], at
-most 200 ``shown`` items, no unknown fields, no type coercion): bad input is a 422 whose body
-names each offending field. Store trouble is never an error status: the recommender answers
-degraded (``"degraded": true`` and the reason). Metrics live in a registry of their own per
-app (Prometheus text format).
+Every bad request is a 4xx with a JSON ``detail`` that says why, never a 5xx:
+
+- 422: input fails validation (pydantic, with limits: printable ids of up to 256 characters
+  without surrounding whitespace, ``k`` in [1, 100], at most 200 ``shown`` items, no unknown
+  fields, no type coercion); the body names each offending field. The offending values are
+  not echoed back (they may be huge, NaN, or unencodable lone surrogates);
+- 400: a body that cannot be parsed (malformed JSON, bad UTF-8); 415: a body that is not
+  declared as JSON;
+- 413: a body over the size limit; 429: a client over its rate; 503: overloaded, when load
+  shedding is on (see :mod:`featrec.server.limits`);
+- 401: an admin request without the right bearer token; 503: admin disabled (no token set).
+
+Store trouble is never an error status either: the recommender answers degraded
+(``"degraded": true`` and the reason). Metrics live in a registry of their own per app
+(Prometheus text format).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
+import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Annotated, Any
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+import anyio
+import anyio.to_thread
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 
 from featrec.app.recommend import Recommendation, Recommender
 from featrec.app.serving_config import DEGRADED_CODES, MAX_ID_LENGTH, MAX_K, MAX_SHOWN
-from featrec.errors import ConfigError
+from featrec.errors import ConfigError, FeatrecError
+from featrec.server.limits import (
+    BodyLimitMiddleware,
+    HttpLimits,
+    InflightLimitMiddleware,
+    RateLimitMiddleware,
+    TokenBuckets,
+)
 
-Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+#: Forgets a user everywhere and reports what it removed (counts per place).
+Forget = Callable[[str], Mapping[str, object]]
+#: Shortest admin token accepted: a guessable token is worse than none.
+MIN_ADMIN_TOKEN_LENGTH = 16
+
+
+def _printable(value: str) -> str:
+    # The rule event ids follow (featrec.core.events): such an id can never name a session.
+    if not value.isprintable() or value != value.strip():
+        raise ValueError("must be printable, without control characters or surrounding spaces")
+    return value
+
+
+#: The ``Authorization: Bearer`` credentials of an admin request (None when absent).
+BearerCredentials = Annotated[
+    HTTPAuthorizationCredentials | None,
+    Depends(HTTPBearer(auto_error=False, description="The token in FEATREC_ADMIN_TOKEN.")),
+]
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH), AfterValidator(_printable)]
 
 
 class RecommendRequest(BaseModel):
@@ -70,6 +114,10 @@ class RecommendResponse(BaseModel):
     session_version: int | None
     cached: bool = Field(description="Served from the session-version cache.")
     logged: bool = Field(description="Written to the request log (explainable).")
+    experiment: str | None = Field(
+        default=None, description="The A/B experiment the request was bucketed in, if any."
+    )
+    arm: str | None = Field(default=None, description="Its arm (see `featrec evaluate --ab`).")
 
 
 class HealthResponse(BaseModel):
@@ -102,8 +150,28 @@ class _RecommenderCollector(Collector):
         )
 
 
-def create_app(recommender: Recommender) -> FastAPI:
-    """The HTTP app around ``recommender``."""
+def create_app(
+    recommender: Recommender,
+    *,
+    limits: HttpLimits | None = None,
+    forget: Forget | None = None,
+    admin_token: str | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    """The HTTP app around ``recommender``.
+
+    ``forget`` serves ``POST /admin/forget/{user_id}`` to callers that present
+    ``admin_token`` (at least 16 characters) as a bearer token; without both, admin answers
+    503. ``limits``: body size and rate limits (defaults: :class:`HttpLimits`); ``clock``
+    drives the rate limiter's buckets.
+    """
+    limits = limits if limits is not None else HttpLimits()
+    admin_token = admin_token or None
+    if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"the admin token must have at least {MIN_ADMIN_TOKEN_LENGTH} characters "
+            f"(got {len(admin_token)}): generate one, e.g. `openssl rand -hex 32`"
+        )
     registry = CollectorRegistry(auto_describe=True)
     requests = Counter(
         "featrec_recommend_requests",
@@ -123,11 +191,19 @@ def create_app(recommender: Recommender) -> FastAPI:
         buckets=(0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0),
         registry=registry,
     )
+    refused = Counter(
+        "featrec_http_refused",
+        "Requests refused: rate limited, overloaded (shed), or unauthorized (admin).",
+        ["reason"],
+        registry=registry,
+    )
     registry.register(_RecommenderCollector(recommender))
     for outcome in ("computed", "cached", "degraded"):
         requests.labels(outcome)
     for code in DEGRADED_CODES:
         degraded.labels(code)
+    for reason in ("rate_limited", "overloaded", "unauthorized"):
+        refused.labels(reason)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -140,16 +216,38 @@ def create_app(recommender: Recommender) -> FastAPI:
         version="1",
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
+    if limits.max_inflight:
+        app.add_middleware(
+            InflightLimitMiddleware,
+            max_inflight=limits.max_inflight,
+            on_shed=refused.labels("overloaded").inc,
+        )
+    if limits.rate_limited:  # added last: outermost, before the body is looked at
+        buckets = TokenBuckets(limits.rate_per_s, limits.burst, limits.max_clients, clock)
+        app.add_middleware(
+            RateLimitMiddleware, buckets=buckets, on_limited=refused.labels("rate_limited").inc
+        )
+    _add_error_handlers(app)
+    _add_admin_routes(app, forget, admin_token, refused.labels("unauthorized").inc)
 
-    @app.exception_handler(ConfigError)
-    async def config_error(request: Request, exc: ConfigError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
+    # At most this many recommendations are computed at once; the others wait here, in the
+    # event loop, at no cost. Without the bound every queued request took one of anyio's 40
+    # threads, and under overload the threads' fight for the GIL halved the throughput.
+    workers = anyio.CapacityLimiter(limits.max_concurrent)
 
     @app.post("/recommend", response_model=RecommendResponse)
-    def recommend(body: RecommendRequest) -> RecommendResponse:
+    async def recommend(body: RecommendRequest) -> RecommendResponse:
         """The ``k`` best items for the session now, each with its score and reasons."""
         started = time.perf_counter()
-        answer = recommender.recommend(body.session_id, body.user_id, body.k, body.shown)
+        answer = await anyio.to_thread.run_sync(
+            recommender.recommend,
+            body.session_id,
+            body.user_id,
+            body.k,
+            body.shown,
+            limiter=workers,
+        )
         latency.observe(time.perf_counter() - started)
         if answer.degraded:
             requests.labels("degraded").inc()
@@ -180,6 +278,78 @@ def create_app(recommender: Recommender) -> FastAPI:
     return app
 
 
+def _json(status: int, content: object, headers: Mapping[str, str] | None = None) -> Response:
+    # ensure_ascii: a lone surrogate (valid in JSON text, not in UTF-8) stays escaped.
+    body = json.dumps(content, ensure_ascii=True)
+    return Response(body, status, headers=headers, media_type="application/json")
+
+
+def _is_json(request: Request) -> bool:
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        if not _is_json(request) and any(e["loc"][:1] == ("body",) for e in errors):
+            return _json(
+                415, {"detail": "the body must be JSON: send Content-Type: application/json"}
+            )
+        # Not the offending input: it may be large, NaN, or a lone surrogate.
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
+        return _json(422, {"detail": detail})
+
+    @app.exception_handler(ConfigError)
+    async def config_error(request: Request, exc: ConfigError) -> Response:
+        return _json(422, {"detail": str(exc)})
+
+
+class ForgetResponse(BaseModel):
+    user_id: str
+    forgotten: dict[str, Any] = Field(description="What was removed, per place (counts).")
+
+
+def _add_admin_routes(
+    app: FastAPI, forget: Forget | None, token: str | None, on_unauthorized: Callable[[], None]
+) -> None:
+    """``POST /admin/forget/{user_id}``, behind a bearer token compared in constant time."""
+
+    def require_admin(credentials: BearerCredentials) -> None:
+        if token is None or forget is None:
+            raise HTTPException(
+                503, "admin disabled: start the server with FEATREC_ADMIN_TOKEN set"
+            )
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            on_unauthorized()
+            reason = "wrong admin token" if given else "missing 'Authorization: Bearer <token>'"
+            raise HTTPException(401, reason, headers={"WWW-Authenticate": "Bearer"})
+
+    @app.post(
+        "/admin/forget/{user_id}",
+        response_model=ForgetResponse,
+        dependencies=[Depends(require_admin)],
+        tags=["admin"],
+        responses={401: {"description": "No or a wrong bearer token."}, 503: {}},
+    )
+    def forget_user(
+        user_id: Annotated[
+            str, PathParam(min_length=1, max_length=MAX_ID_LENGTH), AfterValidator(_printable)
+        ],
+    ) -> ForgetResponse | Response:
+        """Forget a user everywhere featrec keeps a copy (idempotent: safe to repeat)."""
+        assert forget is not None  # require_admin checked it
+        try:
+            report = forget(user_id)
+        except ConfigError:
+            raise
+        except FeatrecError as exc:
+            return _json(503, {"detail": f"forgetting {user_id!r} failed, retry: {exc}"})
+        return ForgetResponse(user_id=user_id, forgotten=dict(report))
+
+
 def _response(answer: Recommendation) -> RecommendResponse:
     return RecommendResponse(
         request_id=answer.request_id,
@@ -197,4 +367,6 @@ def _response(answer: Recommendation) -> RecommendResponse:
         session_version=answer.session_version,
         cached=answer.cached,
         logged=answer.logged,
+        experiment=answer.experiment,
+        arm=answer.arm,
     )

@@ -1,21 +1,42 @@
 """The factory uvicorn imports: ``uvicorn --factory featrec.server.main:app_from_env``.
 
-Settings come from ``FEATREC_*`` and serving options from ``FEATREC_SERVE_*`` (written by
-``featrec serve``, see :mod:`featrec.adapters.serving`), so any uvicorn or gunicorn setup can
-start the same app.
+Settings come from ``FEATREC_*``, serving options from ``FEATREC_SERVE_*`` (written by
+``featrec serve``, see :mod:`featrec.adapters.serving` and :mod:`featrec.server.limits`), so
+any uvicorn or gunicorn setup can start the same app. The admin endpoints are enabled by
+``FEATREC_ADMIN_TOKEN`` (a secret: only ever from the environment).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from functools import partial
+from typing import Final
 
 from fastapi import FastAPI
 
 from featrec.adapters.serving import open_recommender, options_from_env
+from featrec.app.http_limits import HttpLimits
 from featrec.server.http_api import create_app
 from featrec.settings import Settings
+
+ENV_ADMIN_TOKEN: Final = "FEATREC_ADMIN_TOKEN"
 
 
 def app_from_env() -> FastAPI:
     settings = Settings.from_env(os.environ)
-    return create_app(open_recommender(settings, options_from_env(os.environ)))
+    token = os.environ.get(ENV_ADMIN_TOKEN, "").strip() or None
+    return create_app(
+        open_recommender(settings, options_from_env(os.environ)),
+        limits=HttpLimits.from_env(os.environ),
+        forget=partial(forget_user, settings) if token else None,
+        admin_token=token,
+    )
+
+
+def forget_user(settings: Settings, user_id: str) -> Mapping[str, object]:
+    """:func:`featrec.adapters.forget.forget_user`, imported on first use (it opens Feast)."""
+    from featrec.adapters.forget import forget_user as forget
+
+    report: Mapping[str, object] = forget(settings, user_id).to_dict()
+    return report

@@ -1,0 +1,93 @@
+"""The HTTP API's limits as settings: request body size and the per-client rate limit.
+
+Read by the HTTP app (:mod:`featrec.server.limits` enforces them) from ``FEATREC_SERVE_*``
+variables, which ``featrec serve`` writes from its options:
+
+================================  ==============================================  =========
+variable                          meaning                                         default
+================================  ==============================================  =========
+FEATREC_SERVE_MAX_BODY_BYTES      larger request bodies are refused (413)         65536
+FEATREC_SERVE_RATE_LIMIT          requests/s per client and worker (0: no limit)  200
+FEATREC_SERVE_RATE_BURST          requests a client may send at once              400
+FEATREC_SERVE_MAX_CONCURRENT      recommendations computed at once per worker     4
+FEATREC_SERVE_MAX_INFLIGHT        requests in progress per worker before 503      0 (off)
+================================  ==============================================  =========
+
+Overload: by default a worker computes ``max_concurrent`` recommendations at once and queues
+the others (nothing is refused, latency grows with the queue; the bound keeps the throughput
+at capacity under overload). ``max_inflight`` > 0 sheds instead: a request arriving while that many
+are in progress is answered 503 with ``Retry-After`` at once, so callers can fall back while
+the admitted requests keep their latency (see benchmarks/http_load.py for both, measured).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from featrec.errors import ConfigError
+
+ENV_MAX_BODY: Final = "FEATREC_SERVE_MAX_BODY_BYTES"
+ENV_RATE: Final = "FEATREC_SERVE_RATE_LIMIT"
+ENV_BURST: Final = "FEATREC_SERVE_RATE_BURST"
+ENV_MAX_INFLIGHT: Final = "FEATREC_SERVE_MAX_INFLIGHT"
+ENV_MAX_CONCURRENT: Final = "FEATREC_SERVE_MAX_CONCURRENT"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Body size and rate limits. The defaults leave normal use (and one client at the
+    capacity of a worker, which is well under 200 requests/s) unlimited."""
+
+    max_body_bytes: int = 64 * 1024
+    rate_per_s: float = 200.0
+    burst: int = 400
+    max_clients: int = 100_000
+    max_inflight: int = 0
+    max_concurrent: int = 4
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1:
+            raise ConfigError(f"max body size must be >= 1 byte, got {self.max_body_bytes}")
+        if not (math.isfinite(self.rate_per_s) and self.rate_per_s >= 0):
+            raise ConfigError(f"rate limit must be >= 0 requests/s, got {self.rate_per_s}")
+        if self.burst < 1:
+            raise ConfigError(f"rate burst must be >= 1, got {self.burst}")
+        if self.max_concurrent < 1:
+            raise ConfigError(f"max concurrent must be >= 1, got {self.max_concurrent}")
+        if self.max_inflight < 0:
+            raise ConfigError(f"max in-flight requests must be >= 0, got {self.max_inflight}")
+        if self.max_clients < 1:
+            raise ConfigError(f"max clients must be >= 1, got {self.max_clients}")
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.rate_per_s > 0
+
+    def to_env(self) -> dict[str, str]:
+        return {
+            ENV_MAX_BODY: str(self.max_body_bytes),
+            ENV_RATE: repr(self.rate_per_s),
+            ENV_BURST: str(self.burst),
+            ENV_MAX_INFLIGHT: str(self.max_inflight),
+            ENV_MAX_CONCURRENT: str(self.max_concurrent),
+        }
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> HttpLimits:
+        defaults = cls()
+        try:
+            return cls(
+                max_body_bytes=int(environ.get(ENV_MAX_BODY) or defaults.max_body_bytes),
+                rate_per_s=float(environ.get(ENV_RATE) or defaults.rate_per_s),
+                burst=int(environ.get(ENV_BURST) or defaults.burst),
+                max_inflight=int(environ.get(ENV_MAX_INFLIGHT) or defaults.max_inflight),
+                max_concurrent=int(environ.get(ENV_MAX_CONCURRENT) or defaults.max_concurrent),
+            )
+        except ValueError as exc:
+            raise ConfigError(
+                f"{ENV_MAX_BODY}, {ENV_RATE}, {ENV_BURST}, {ENV_MAX_INFLIGHT} and "
+                f"{ENV_MAX_CONCURRENT} must be numbers: {exc}"
+            ) from None
