@@ -11,11 +11,13 @@ Without ``--feast`` the points come straight from the events and carry no long-t
 ``featrec batch run`` snapshots, a training set built by ``build_training_set`` with the
 serving candidates (Feast point-in-time join, DuckDB offline store), then training.
 
-``--rsc15``: train_tr -> train_valid (../shared/data/README.md). Signals (co-visitation,
-trending) learn from train_tr only and are frozen at its end; the ranker trains on points
-sampled from train_tr's last days (features computed with the signals as they were then)
-and is measured on every train_valid event except each session's last (12,455 points),
-repeats kept. No users, categories or prices exist there.
+``--rsc15``: train_tr -> train_valid (../shared/data/README.md), through the production entry
+point :func:`featrec.app.training.fit_on_events`: the ranker trains on train_tr alone (every
+next-item point after its first 10%, repeats kept, signals replayed as they were at each point
+and learning a session only once it has ended). It is then measured on every train_valid event
+except each session's last (12,455 points, repeats kept), with the signals frozen at the end of
+train_tr, against the candidate order on the same candidates. No users, categories or prices
+exist there.
 
     .venv/bin/python benchmarks/ranker_quality.py
     .venv/bin/python benchmarks/ranker_quality.py --feast
@@ -33,11 +35,15 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from featrec.app.training import (
+    EVENTS_CONFIG,
     FeatureSet,
     LabelledPoint,
     TrainingConfig,
     evaluate,
+    fit_on_events,
     fit_ranker,
     points_from_events,
     points_from_table,
@@ -98,13 +104,16 @@ def generated(args: argparse.Namespace) -> None:
     else:
         # Skip the first 10% of the stream: the signals are still empty there.
         points = points_from_events(
-            events, max_points=args.points, since=events[len(events) // 10].ts, seed=args.seed
+            events,
+            max_points=args.points or 20_000,
+            since=events[len(events) // 10].ts,
+            seed=args.seed,
         )
     t0 = time.perf_counter()
     features = replay_features(events, points)
     seconds["replay"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = fit_ranker(features, TrainingConfig(holdout=0.2, max_iter=args.max_iter))
+    result = fit_ranker(features, TrainingConfig(holdout=0.2, max_iter=args.max_iter or 100))
     seconds["fit"] = time.perf_counter() - t0
     report(features, result.metrics, seconds)
 
@@ -147,7 +156,7 @@ def feast_points(
             root / "training.parquet",
             generator=SignalCandidates(),
             since=events[len(events) // 10].ts.date(),
-            max_points=args.points,
+            max_points=args.points or 20_000,
             seed=args.seed,
         )
         seconds["dataset build"] = time.perf_counter() - t0
@@ -173,42 +182,57 @@ def read_clicks(path: Path, first: int) -> list[Event]:
 
 
 def rsc15(args: argparse.Namespace) -> None:
+    """The production training entry point on train_tr, measured on every train_valid point."""
     t0 = time.perf_counter()
     train = read_clicks(DATA / "yoochoose-clicks-100k_train_tr.txt", 0)
     valid = read_clicks(DATA / "yoochoose-clicks-100k_train_valid.txt", len(train))
-    events = sorted(train + valid, key=lambda e: e.ts)
     train_sessions = {e.session_id for e in train}
     valid_sessions = {e.session_id for e in valid}
     if train_sessions & valid_sessions:
         raise SystemExit("train_tr and train_valid share sessions")
-    all_points = points_from_events(events, collapse_repeats=False)
-    test = [p for p in all_points if p.session_id in valid_sessions]
-    train_candidates = [
-        p
-        for p in all_points
-        if p.session_id in train_sessions and p.at >= train[len(train) // 3].ts
-    ]
-    import random
-
-    chosen = sorted(
-        random.Random(args.seed).sample(train_candidates, min(args.points, len(train_candidates))),
-        key=lambda p: p.point_id,
-    )
-    points = [replace(p, point_id=n) for n, p in enumerate([*chosen, *test])]
     seconds = {"read": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    config = EVENTS_CONFIG
+    if args.max_iter is not None:
+        config = replace(config, max_iter=args.max_iter)
+    fitted = fit_on_events(train, config=config, max_points=args.points, seed=args.seed)
+    seconds["fit_on_events"] = time.perf_counter() - t0
+    m = fitted.metrics
     print(
-        f"train_tr {len(train):,} events, train_valid {len(valid):,}; "
-        f"points: {len(chosen):,} train, {len(test):,} valid"
+        f"train_tr {len(train):,} events -> {int(m['points']):,} training points "
+        f"({int(m['train_rows']):,} rows fitted); train_valid {len(valid):,} events"
     )
+
+    # Signals frozen at the end of train_tr: the valid sessions never update them.
     t0 = time.perf_counter()
-    features = replay_features(events, points, learns=lambda e: e.session_id in train_sessions)
-    seconds["replay"] = time.perf_counter() - t0
-    n_train = len(chosen)
-    split = (list(range(n_train)), list(range(n_train, len(points))))
+    events = sorted(train + valid, key=lambda e: e.ts)
+    test = [
+        replace(p, point_id=n)
+        for n, p in enumerate(
+            p
+            for p in points_from_events(events, collapse_repeats=False)
+            if p.session_id in valid_sessions
+        )
+    ]
+    features = replay_features(events, test, learns=lambda e: e.session_id in train_sessions)
+    seconds["replay valid"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = fit_ranker(features, TrainingConfig(max_iter=args.max_iter), split=split)
-    seconds["fit"] = time.perf_counter() - t0
-    report(features, result.metrics, seconds, split[1])
+    ranker = fitted.ranker
+    ranker.set_params(prediction_threads=None)
+    scores = ranker.score_candidates(features.X)
+    seconds["score"] = time.perf_counter() - t0
+    everything = list(range(len(features.points)))
+    hits = np.zeros(len(features.points), dtype=bool)
+    hits[features.group[features.y == 1]] = True
+    print(
+        f"valid points: {len(test):,}, next item among the candidates at {hits.mean():.4f}, "
+        f"{len(features.y) / max(len(test), 1):.1f} candidates per point"
+    )
+    covisit = features.X[:, RANKING_FEATURES.index("covisit_score")]
+    for name, values in (("candidate order", None), ("covisit only", covisit), ("model", scores)):
+        found = evaluate(features, everything, values, K)
+        print(f"{name:>16}: HR@{K} {found[f'hr@{K}']:.4f}  MRR@{K} {found[f'mrr@{K}']:.4f}")
+    print("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
 
 
 def main() -> None:
@@ -218,8 +242,15 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=5_000)
     parser.add_argument("--concurrent", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--points", type=int, default=20_000, help="points sampled for training")
-    parser.add_argument("--max-iter", type=int, default=100)
+    parser.add_argument(
+        "--points",
+        type=int,
+        default=None,
+        help="points sampled for training (default: generated data 20,000; --rsc15 all)",
+    )
+    parser.add_argument(
+        "--max-iter", type=int, default=None, help="boosting iterations (default: TrainingConfig's)"
+    )
     parser.add_argument("--feast", action="store_true", help="full offline pipeline with Feast")
     parser.add_argument("--rsc15", action="store_true", help="RSC15-100k train_tr -> train_valid")
     args = parser.parse_args()

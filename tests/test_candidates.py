@@ -15,6 +15,7 @@ from featrec.core import covisit, trending
 from featrec.core.candidate_generation import PredictionContext
 from featrec.core.candidates import (
     COVISIT,
+    DETAILS,
     HISTORY,
     POPULAR,
     SESSION,
@@ -92,10 +93,30 @@ def test_known_answer_for_every_source() -> None:
     assert c["X"].sources == (COVISIT, HISTORY)
     assert c["X"].scores == {COVISIT: 1.25, HISTORY: pytest.approx(1 / 3)}
     assert c["A"].sources == (SESSION,) and c["A"].scores == {SESSION: 4.0}
-    # The newest item's own normalised weights, and how many session items list a candidate.
-    assert c["X"].details == {"covisit_last": 1.0, "covisit_anchors": 2.0}
-    assert c["Y"].details == {"covisit_last": 0.5, "covisit_anchors": 1.0}
-    assert c["Z"].details == {"covisit_anchors": 1.0} and c["W"].details == {}
+    # Per anchor (A newest, then B): normalised weight, raw weight and rank in A's list, the
+    # weight from B, the best rank in any list, how many session items list a candidate.
+    assert c["X"].details == {
+        "covisit_last": 1.0,
+        "covisit_last_raw": 2.0,
+        "covisit_last_rank": 1.0,
+        "covisit_second": 1.0,
+        "covisit_best_rank": 1.0,
+        "covisit_anchors": 2.0,
+    }
+    assert c["Y"].details == {
+        "covisit_last": 0.5,
+        "covisit_last_raw": 1.0,
+        "covisit_last_rank": 2.0,
+        "covisit_best_rank": 2.0,
+        "covisit_anchors": 1.0,
+    }
+    assert c["Z"].details == {
+        "covisit_second": 1.0,
+        "covisit_best_rank": 2.0,
+        "covisit_anchors": 1.0,
+    }
+    assert c["W"].details == {}
+    assert {k for cand in got for k in cand.details} == set(DETAILS)
     assert c["B"].base_score == 1.0
     assert c["Z"].sources == (COVISIT, TRENDING) and c["Z"].scores[TRENDING] == 2.0
     assert c["W"].sources == (HISTORY,) and c["W"].score(HISTORY) == 1.0

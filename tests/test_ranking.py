@@ -37,7 +37,12 @@ from featrec.core.ranking import (
 NOW = 1_000_000.0
 HOUR, DAY = 3600.0, 86_400.0
 CANDIDATES = [
-    Candidate("X", (COVISIT,), {COVISIT: 2.0}, {"covisit_last": 0.5, "covisit_anchors": 2.0}),
+    Candidate(
+        "X",
+        (COVISIT,),
+        {COVISIT: 2.0},
+        {"covisit_last": 0.5, "covisit_anchors": 2.0, "covisit_best_rank": 3.0},
+    ),
     Candidate("A", (SESSION,), {SESSION: 4.0}),
     Candidate("T", (TRENDING, HISTORY), {TRENDING: 5.0, HISTORY: 0.5}),
 ]
@@ -120,6 +125,8 @@ def test_known_answer_features() -> None:
         "session_n_carts": 1,
         "session_n_purchases": 0,
         "session_idle_s": 10,
+        "session_repeat_share": 1 / 3,
+        "session_last_run": 1,
         "user_n_sessions_90d": 4,
         "user_views_30d": 7,
         "user_purchase_rate_90d": 0.25,
@@ -135,6 +142,10 @@ def test_known_answer_features() -> None:
             "covisit_score": 2.0,
             "covisit_share": 1.0,
             "covisit_last": 0.5,
+            "covisit_second": 0.0,
+            "covisit_last_raw": 0.0,
+            "covisit_last_rank": math.nan,
+            "covisit_best_rank": 3,
             "covisit_anchors": 2,
             "session_score": 0,
             "history_score": 0,
@@ -144,6 +155,7 @@ def test_known_answer_features() -> None:
             "src_history": 0,
             "n_sources": 1,
             "item_trend_now": trend_x,
+            "item_trend_share": 1.0,
             "item_trend_purchase_share": 0.5,
             "item_views_7d": 5,
             "item_purchases_30d": 1,
@@ -167,9 +179,12 @@ def test_known_answer_features() -> None:
             "base_share": 1.0,
             "covisit_share": 0.0,
             "covisit_last": 0.0,
+            "covisit_second": 0.0,
+            "covisit_best_rank": math.nan,
             "covisit_anchors": 0.0,
             "session_score": 4.0,
             "item_trend_now": math.nan,
+            "item_trend_share": math.nan,
             "price_vs_session": math.log(0.5),
             "same_category": 0,
             "session_position": 1,
@@ -194,6 +209,24 @@ def test_known_answer_features() -> None:
             **session_part,
         },
     )
+
+
+def test_request_relative_popularity_and_the_newest_items_run() -> None:
+    """``item_trend_share`` is the trend over the request's most popular candidate's (so it
+    does not move when every trend decays together); ``session_last_run`` counts the newest
+    item's consecutive repeats."""
+    rows = {
+        "X": {"trend_view": 4.0, "as_of_s": NOW},
+        "A": {"trend_view": 1.0, "as_of_s": NOW},
+    }
+    session = {**SESSION_ROW, "last_items": ["A", "A", "A", "B", "A"], "n_events": 5}
+    now = features(ranking_matrix(CANDIDATES, session, None, rows, NOW), 1)
+    later = features(ranking_matrix(CANDIDATES, session, None, rows, NOW + DAY), 1)
+    assert now["item_trend_share"] == later["item_trend_share"] == 0.25
+    assert later["item_trend_now"] < now["item_trend_now"]
+    assert now["session_last_run"] == 3 and now["session_repeat_share"] == 1 - 2 / 5
+    nothing = ranking_matrix(CANDIDATES, session, None, {}, NOW)
+    assert np.isnan(nothing[:, RANKING_FEATURES.index("item_trend_share")]).all()
 
 
 def test_missing_session_and_user_are_nan_not_zero() -> None:

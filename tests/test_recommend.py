@@ -17,6 +17,7 @@ from featrec.app.recommend import (
 )
 from featrec.core.catalog import LAST_ITEMS_N
 from featrec.core.events import event_from_mapping
+from featrec.core.experiments import ArmConfig, Experiment, assign
 from featrec.core.ports import InMemoryFeatureStore
 from featrec.core.ranking import RANKING_FEATURES, Ranker
 from featrec.core.rerank import RerankConfig
@@ -143,7 +144,7 @@ def toy_model(version: str = "m-test") -> LoadedModel:
     share = RANKING_FEATURES.index("base_share")
     same = RANKING_FEATURES.index("same_category")
     X[:, same] = rng.integers(0, 2, 600)
-    y = ((X[:, share] > 0.6) | (X[:, same] > 0.5) & (X[:, share] > 0.3)).astype(int)
+    y = ((X[:, share] > 0.6) | (X[:, same] > 0.5) & (X[:, share] > 0.2)).astype(int)
     ranker = Ranker(feature_names=RANKING_FEATURES, max_iter=15, min_samples_leaf=5).fit(X, y)
     return LoadedModel(version, ranker)
 
@@ -295,3 +296,115 @@ def test_stability_compares_with_the_list_shown_before_the_newest_event() -> Non
     explicit = recommender.recommend("s1", "u1", k=5, shown=["b3", "b2"])
     record = log.get(explicit.request_id)
     assert record is not None and record.body["shown_before"] == ["b3", "b2"]
+
+
+# -- A/B experiments ----------------------------------------------------------------------------
+
+POPULARITY_VS_ORDER = Experiment(
+    "order-vs-popularity",
+    "s",
+    {"control": 1, "treatment": 1},
+    configs={"control": ArmConfig(scorer="fallback")},
+)
+
+
+def unit_in(experiment: Experiment, arm: str) -> str:
+    """A user id the experiment buckets into ``arm``."""
+    return next(u for u in (f"user{n}" for n in range(1000)) if assign(experiment, u) == arm)
+
+
+@pytest.mark.parametrize("arm, scorer", [("control", "fallback"), ("treatment", "candidate-order")])
+def test_an_arm_changes_the_scorer_is_logged_and_explained(arm: str, scorer: str) -> None:
+    store = InMemoryFeatureStore()
+    store.write(world_rows())
+    user = unit_in(POPULARITY_VS_ORDER, arm)
+    store.write([session_row(user_id=user, version=T0 + 1), user_row(user)])
+    config = ServingConfig(experiment=POPULARITY_VS_ORDER)
+    recommender, _, log = make(store, config=config)
+    answer = recommender.recommend("s1", k=5)
+    assert (answer.experiment, answer.arm) == ("order-vs-popularity", arm)
+    assert answer.scorer == scorer and not answer.degraded
+    assert answer.to_dict()["arm"] == arm
+    record = log.get(answer.request_id)
+    assert record is not None and record.body["experiment"] == {
+        "name": "order-vs-popularity",
+        "arm": arm,
+        "control": "control",
+        "unit": "user",
+        "unit_id": user,
+    }
+    plain, _, _ = make(store)
+    expected = plain.recommend("s1", k=5)  # the treatment arm is the default scorer
+    assert (ids(answer) == ids(expected)) == (arm == "treatment")
+    explanation = recommender.explain(answer.request_id)
+    assert explanation.reproduced and explanation.scorer == scorer
+    assert (explanation.experiment, explanation.arm) == ("order-vs-popularity", arm)
+    assert [i.item_id for i in explanation.kept] == ids(answer)
+
+
+def test_anonymous_sessions_are_bucketed_by_session_and_degraded_ones_keep_their_arm() -> None:
+    recommender, _, log = make(config=ServingConfig(experiment=POPULARITY_VS_ORDER))
+    for n in range(40):
+        answer = recommender.recommend(f"s-unknown-{n}", k=5)  # no session row, no user
+        assert answer.degraded and answer.scorer == "fallback"
+        assert answer.arm == assign(POPULARITY_VS_ORDER, f"s-unknown-{n}")
+        record = log.get(answer.request_id)
+        assert record is not None and record.body["experiment"]["unit"] == "session"
+        assert recommender.explain(answer.request_id).reproduced
+
+
+def test_the_arm_is_part_of_the_cache_key() -> None:
+    """A session whose unit changes (the user becomes known) is answered for its new arm."""
+    experiment = Experiment("e", "", {"a": 1, "b": 1}, configs={"a": ArmConfig(scorer="fallback")})
+    user = unit_in(experiment, "a")
+    session = next(s for s in (f"anon{n}" for n in range(1000)) if assign(experiment, s) == "b")
+    store = InMemoryFeatureStore()
+    store.write(world_rows())
+    store.write([session_row(session, user_id=None), user_row(user)])
+    recommender, _, _ = make(store, config=ServingConfig(experiment=experiment))
+    anonymous = recommender.recommend(session, k=5)
+    assert anonymous.arm == "b" and anonymous.scorer == "candidate-order"
+    known = recommender.recommend(session, user, k=5)
+    assert known.arm == "a" and known.scorer == "fallback" and not known.cached
+    assert recommender.recommend(session, user, k=5).cached
+
+
+def test_an_arm_can_serve_another_model_version() -> None:
+    experiment = Experiment(
+        "models", "", {"old": 1, "new": 1}, configs={"new": ArmConfig(model_version="m2")}
+    )
+    loads: list[str] = []
+    m1 = toy_model("m1")
+
+    def load(version: str) -> LoadedModel:
+        loads.append(version)
+        return LoadedModel(version, m1.ranker)  # one fit is enough: the version is the point
+
+    store = InMemoryFeatureStore()
+    store.write(world_rows())
+    recommender = Recommender(
+        InMemoryRows(store),
+        InMemoryRequestLog(),
+        model=m1,
+        models=load,
+        config=ServingConfig(experiment=experiment),
+        clock=lambda: NOW_S,
+    )
+    assert loads == ["m2"]  # loaded once, when the recommender is built
+    seen = {}
+    for arm in ("old", "new"):
+        user = unit_in(experiment, arm)
+        store.write([session_row(f"s-{arm}", user_id=user), user_row(user)])
+        answer = recommender.recommend(f"s-{arm}", k=5)
+        seen[arm] = answer.model_version
+        assert recommender.explain(answer.request_id).reproduced
+    assert seen == {"old": "m1", "new": "m2"} and loads == ["m2"]
+
+
+def test_an_arm_that_needs_a_model_refuses_to_start_without_one() -> None:
+    experiment = Experiment("e", "", {"a": 1, "b": 1}, configs={"b": ArmConfig(scorer="model")})
+    with pytest.raises(ConfigError, match="arm 'b' of experiment 'e' scores with the model"):
+        make(config=ServingConfig(experiment=experiment))
+    versioned = Experiment("e", "", {"a": 1, "b": 1}, configs={"b": ArmConfig(model_version="v9")})
+    with pytest.raises(ConfigError, match="model 'v9', which is not loaded"):
+        make(config=ServingConfig(experiment=versioned))

@@ -18,11 +18,13 @@ from click.testing import CliRunner
 
 from featrec.adapters.event_log import EventLogWriter
 from featrec.adapters.feast_repo import apply_repo, open_store
-from featrec.adapters.model_store import load_latest, models_dir
+from featrec.adapters.model_store import load_latest, models_dir, save_model
 from featrec.adapters.training_sets import TrainingSet, build_training_set, log_events
 from featrec.app.training import (
     FeatureSet,
     LabelledPoint,
+    TrainingConfig,
+    fit_on_events,
     points_from_events,
     points_from_table,
     replay_features,
@@ -86,6 +88,75 @@ def test_replayed_features_equal_a_fresh_computation_at_each_point() -> None:
         assert features.item_ids[slices[k]] == [c.item_id for c in candidates]
         labels = features.y[slices[k]].tolist()
         assert labels == [int(c.item_id == point.target) for c in candidates]
+
+
+def test_learning_after_the_session_hides_a_session_from_its_own_points() -> None:
+    """With ``learn_after_session`` the signals at a point are exactly those learned from the
+    sessions that ended before it, fed in the order they ended (the point's own session
+    never among them)."""
+    events = list(generate(GeneratorConfig(n_events=3000, n_items=120, n_users=50, seed=5)))
+    points = points_from_events(events, max_points=300, seed=2)
+    features = replay_features(events, points, learn_after_session=True)
+    live = replay_features(events, points)
+    assert features.X.tobytes() != live.X.tobytes()
+    last = {e.session_id: j for j, e in enumerate(events)}
+    slices = features.point_slices()
+    for k in range(0, 300, 61):
+        point = features.points[k]
+        j, session_events = _prefix(events, point)
+        ended = sorted((i, s) for s, i in last.items() if i <= j)
+        assert point.session_id not in {s for _, s in ended}
+        signals = SignalCandidates()
+        for _, session in ended:
+            for e in events:
+                if e.session_id == session:
+                    signals.observe(e)
+        state = SessionState(point.session_id)
+        for e in session_events:
+            fold(state, e, SessionPolicy())
+        context = PredictionContext(
+            point.session_id,
+            point.user_id,
+            point.at,
+            tuple(e.item_id for e in session_events),
+            tuple(e.type for e in session_events),
+        )
+        candidates = signals.generate(context)
+        board = signals.signals.board
+        items = {
+            c.item_id: item_row(
+                None, trending_row(c.item_id, board.items[c.item_id], board.config).values
+            )
+            for c in candidates
+            if c.item_id in board.items
+        }
+        expected = ranking_matrix(
+            candidates, session_row(state).values, None, items, micros(point.at) / 1e6
+        )
+        assert features.X[slices[k]].tobytes() == expected.tobytes()
+        assert features.item_ids[slices[k]] == [c.item_id for c in candidates]
+
+
+def test_fit_on_events_trains_a_storable_ranker_from_events_alone(tmp_path: Path) -> None:
+    events = list(generate(GeneratorConfig(n_events=3000, n_items=120, n_users=50, seed=4)))
+    config = TrainingConfig(holdout=0.0, max_iter=15, learn_after_session=True)
+    result = fit_on_events(events, config=config, max_points=300, since_fraction=0.2, seed=1)
+    since = events[600].ts
+    eligible = points_from_events(events, collapse_repeats=False, since=since)
+    assert result.metrics["points"] == min(300, len(eligible)) == 300
+    assert result.metrics["holdout_points"] == 0
+    assert "holdout_model_hr@20" not in result.metrics
+    again = fit_on_events(events, config=config, max_points=300, since_fraction=0.2, seed=1)
+    features = replay_features(events, eligible[:50])
+    scores = result.ranker.score_candidates(features.X)
+    assert scores.tobytes() == again.ranker.score_candidates(features.X).tobytes()
+    save_model(result.ranker, models_dir(tmp_path), metrics=result.metrics)
+    loaded = load_latest(models_dir(tmp_path))
+    assert loaded.ranker.score_candidates(features.X).tobytes() == scores.tobytes()
+    with pytest.raises(ConfigError, match="since_fraction"):
+        fit_on_events(events, since_fraction=1.0)
+    with pytest.raises(ConfigError, match="no training events"):
+        fit_on_events([])
 
 
 def _prefix(events: list[Event], point: LabelledPoint) -> tuple[int, list[Event]]:

@@ -15,9 +15,9 @@ the sources that admitted it and every source's score for it:
   ``min_total`` (the last resort when the session says little).
 
 ``covisit`` + ``session`` is the tuned co-visitation scorer (RSC15 HR@20 0.663): candidates
-are ordered by it, then by their best other source. ``Candidate.details`` adds two finer
-co-visitation facts for the ranker (the newest item's own weight, the number of session items
-that list the candidate). Everything is deterministic: ties are
+are ordered by it, then by their best other source. ``Candidate.details`` adds finer
+co-visitation facts for the ranker (:data:`DETAILS`: per-anchor weights and list ranks).
+Everything is deterministic: ties are
 broken by item id, never by hash order.
 
 :class:`SignalLookup` is the port the sources are read through: the Feast rows when serving,
@@ -56,6 +56,19 @@ SOURCES: Final = (COVISIT, SESSION, HISTORY, TRENDING, POPULAR)
 #: Items per trending list (what an online trending list row carries).
 TRENDING_N: Final = 50
 
+#: The finer co-visitation facts a neighbour of the session's items carries in
+#: ``Candidate.details``: its normalised weight from the newest distinct item and from the one
+#: before, its raw (decayed) weight and 1-based rank in the newest item's list, the best rank
+#: it has in any session item's list, and how many session items list it.
+DETAILS: Final = (
+    "covisit_last",
+    "covisit_second",
+    "covisit_last_raw",
+    "covisit_last_rank",
+    "covisit_best_rank",
+    "covisit_anchors",
+)
+
 #: Human-readable reason per source, for responses and the request log.
 SOURCE_REASONS: Final = {
     COVISIT: "often viewed with the items in this session",
@@ -74,8 +87,7 @@ class Candidate:
     item_id: str
     sources: tuple[str, ...]
     scores: Mapping[str, float]
-    #: Finer co-visitation facts for the ranker: ``covisit_last`` (the normalised weight from
-    #: the newest item alone) and ``covisit_anchors`` (how many session items point to it).
+    #: Finer co-visitation facts for the ranker (:data:`DETAILS`; absent = not a neighbour).
     details: Mapping[str, float] = field(default_factory=dict)
 
     def score(self, source: str) -> float:
@@ -332,20 +344,26 @@ def _covisit_details(
     lookup: Callable[[str], Sequence[tuple[str, float]]],
     normalise: str,
 ) -> dict[str, dict[str, float]]:
-    """Per neighbour: its normalised weight from the newest anchor, and how many distinct
-    anchors list it."""
+    """Per neighbour of the session's distinct anchors (newest first): see :data:`DETAILS`."""
     out: dict[str, dict[str, float]] = {}
     for p, anchor in enumerate(dict.fromkeys(anchors)):
         row = lookup(anchor)
         if not row:
             continue
-        if p == 0:
-            norm = _norm(row, normalise)
-            for item, w in row:
-                out.setdefault(item, {})["covisit_last"] = w / norm
-        for item, _ in row:
-            entry = out.setdefault(item, {})
-            entry["covisit_anchors"] = entry.get("covisit_anchors", 0.0) + 1.0
+        norm = _norm(row, normalise) if p < 2 else 1.0
+        for rank, (item, w) in enumerate(row, start=1):
+            entry = out.get(item)
+            if entry is None:
+                entry = out[item] = {"covisit_anchors": 0.0, "covisit_best_rank": float(rank)}
+            entry["covisit_anchors"] += 1.0
+            if p == 0:
+                entry["covisit_last"] = w / norm
+                entry["covisit_last_rank"] = float(rank)
+                entry["covisit_last_raw"] = w
+            elif p == 1:
+                entry["covisit_second"] = w / norm
+            if rank < entry["covisit_best_rank"]:
+                entry["covisit_best_rank"] = float(rank)
     return out
 
 

@@ -58,6 +58,10 @@ RANKING_FEATURES: Final[tuple[str, ...]] = (
     "covisit_score",
     "covisit_share",
     "covisit_last",
+    "covisit_second",
+    "covisit_last_raw",
+    "covisit_last_rank",
+    "covisit_best_rank",
     "covisit_anchors",
     "session_score",
     "history_score",
@@ -66,6 +70,7 @@ RANKING_FEATURES: Final[tuple[str, ...]] = (
     "n_sources",
     # the item
     "item_trend_now",
+    "item_trend_share",
     "item_trend_purchase_share",
     "item_views_7d",
     "item_purchases_30d",
@@ -88,6 +93,8 @@ RANKING_FEATURES: Final[tuple[str, ...]] = (
     "session_n_carts",
     "session_n_purchases",
     "session_idle_s",
+    "session_repeat_share",
+    "session_last_run",
     # the user
     "user_n_sessions_90d",
     "user_views_30d",
@@ -97,6 +104,8 @@ RANKING_FEATURES: Final[tuple[str, ...]] = (
 )
 
 NAN: Final = math.nan
+_TREND_NOW: Final = RANKING_FEATURES.index("item_trend_now")
+_TREND_SHARE: Final = RANKING_FEATURES.index("item_trend_share")
 _DEFAULT_TRENDING: Final = TrendingConfig()
 _VIEWS_7D: Final = count_feature(VIEW, 7)
 _PURCHASES_30D: Final = count_feature(PURCHASE, 30)
@@ -223,6 +232,8 @@ def ranking_matrix(
         _num(session, "n_carts"),
         _num(session, "n_purchases"),
         now_s - _num(session, "last_event_at_s"),
+        _repeat_share(session),
+        _head_run(last_items) if has_session else NAN,
         _num(user, "n_sessions_90d"),
         _num(user, _USER_VIEWS_30D),
         _num(user, "purchase_rate_90d"),
@@ -232,10 +243,10 @@ def ranking_matrix(
 
     terms = _trend_terms(trending_config)
     #: The item columns of a candidate without any item row.
-    unknown_item = [NAN] * 7
+    unknown_item = [NAN] * 8
     rows: list[list[float]] = []
     for rank, c in enumerate(candidates):
-        item_id, scores, sources = c.item_id, c.scores, c.sources
+        item_id, scores, sources, details = c.item_id, c.scores, c.sources, c.details
         covisit = scores.get(COVISIT, 0.0)
         base = covisit + scores.get(SESSION, 0.0)
         item = items.get(item_id)
@@ -251,6 +262,7 @@ def ranking_matrix(
             trend_view, trend_purchase = _float(get("trend_view")), _float(get("trend_purchase"))
             item_part = [
                 _trend_now(item, now_s, terms),
+                NAN,  # item_trend_share, filled in below
                 trend_purchase / trend_view if trend_view > 0 else NAN,
                 _float(get(_VIEWS_7D)),
                 _float(get(_PURCHASES_30D)),
@@ -270,8 +282,12 @@ def ranking_matrix(
                 base / max_base if max_base > 0 else 0.0,
                 covisit,
                 covisit / max_covisit if max_covisit > 0 else 0.0,
-                c.details.get("covisit_last", 0.0),
-                c.details.get("covisit_anchors", 0.0),
+                details.get("covisit_last", 0.0),
+                details.get("covisit_second", 0.0),
+                details.get("covisit_last_raw", 0.0),
+                details.get("covisit_last_rank", NAN),
+                details.get("covisit_best_rank", NAN),
+                details.get("covisit_anchors", 0.0),
                 scores.get(SESSION, 0.0),
                 scores.get(HISTORY, 0.0),
                 max(scores.get(TRENDING, 0.0), scores.get(POPULAR, 0.0)),
@@ -292,7 +308,28 @@ def ranking_matrix(
         return np.empty((0, len(RANKING_FEATURES)), dtype=np.float64)
     matrix = np.array(rows, dtype=np.float64)
     assert matrix.shape == (n, len(RANKING_FEATURES))
+    # Popularity relative to the request's most popular candidate: unlike the absolute trend,
+    # it does not drift when every trend decays together (signals frozen or lagging).
+    trend = matrix[:, _TREND_NOW]
+    top_trend = np.nanmax(trend) if not np.isnan(trend).all() else NAN
+    matrix[:, _TREND_SHARE] = trend / top_trend if top_trend > 0 else NAN
     return matrix
+
+
+def _repeat_share(session: Row | None) -> float:
+    """The share of the session's events that revisited an item it had already seen."""
+    n_events, distinct = _num(session, "n_events"), _num(session, "n_distinct_items")
+    return 1.0 - distinct / n_events if n_events > 0 and distinct >= 0 else NAN
+
+
+def _head_run(last_items: Sequence[str]) -> float:
+    """How many of the newest events in a row were on the newest item."""
+    run = 0
+    for item in last_items:
+        if item != last_items[0]:
+            break
+        run += 1
+    return float(run)
 
 
 def _list_floats(row: Row | None, name: str) -> list[float]:
