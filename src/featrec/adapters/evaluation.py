@@ -48,6 +48,7 @@ ANSWERS = "answers.jsonl"
 REPLAY = "replay.json"
 #: Session state is never dropped for wall-clock idleness during a replay.
 REPLAY_STATE_TTL_S = 7 * 86_400.0
+TRAINERS = ("events", "dataset")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +93,20 @@ class EvalSpec:
     fmt: str | None
     k: int = 20
     policies: tuple[str, ...] = ()
-    #: Training points sampled for the ranker (None: every point of the training days used).
-    train_points: int | None = 20_000
+    #: Training points sampled for the ranker (None: every point after the warm-up).
+    train_points: int | None = None
+    #: How the ranker is trained: "events" (next-item points of the training events, signals
+    #: as they were at each point, no batch features) or "dataset" (production's
+    #: ``featrec dataset build --keep-repeats`` + ``featrec train``, point-in-time batch features).
+    trainer: str = "events"
     seed: int = 0
     #: Session gap of the replay's sessions flow (seconds).
     session_gap_s: float = 1800.0
     settings_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.trainer not in TRAINERS:
+            raise ConfigError(f"trainer must be one of {', '.join(TRAINERS)}, got {self.trainer!r}")
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -270,6 +279,29 @@ def _batch_and_materialize(settings: Settings) -> int:
 def _train_model(
     settings: Settings, train: Sequence[Event], spec: EvalSpec
 ) -> tuple[str, dict[str, float]]:
+    """The ranker from the training events alone, saved as a model version (see
+    :attr:`EvalSpec.trainer`)."""
+    from dataclasses import replace
+
+    from featrec.adapters.model_store import models_dir, save_model
+    from featrec.app.training import EVENTS_CONFIG, fit_on_events
+
+    if spec.trainer == "dataset":
+        return _train_on_dataset(settings, train, spec)
+    config = replace(EVENTS_CONFIG, session_policy=settings.session_policy)
+    result = fit_on_events(train, config=config, max_points=spec.train_points, seed=spec.seed)
+    manifest = save_model(
+        result.ranker,
+        models_dir(settings.home),
+        metrics=result.metrics,
+        training={"events": len(train), "trainer": "events", "source": "featrec evaluate"},
+    )
+    return manifest.version, dict(result.metrics)
+
+
+def _train_on_dataset(
+    settings: Settings, train: Sequence[Event], spec: EvalSpec
+) -> tuple[str, dict[str, float]]:
     """Production's training path on the training events: a training set built with the
     serving candidates and point-in-time batch features, then the ranker, saved as a model."""
     import pyarrow.parquet as pq
@@ -302,7 +334,12 @@ def _train_model(
         result.ranker,
         models_dir(settings.home),
         metrics=result.metrics,
-        training={"events": len(train), "points": len(points), "source": "featrec evaluate"},
+        training={
+            "events": len(train),
+            "points": len(points),
+            "trainer": "dataset",
+            "source": "featrec evaluate",
+        },
     )
     return manifest.version, dict(result.metrics)
 

@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +50,14 @@ def _external(
     "--train",
     "train_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
+    default=None,
     help="Training events (the only data the policies learn from).",
 )
 @click.option(
     "--test",
     "test_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
+    default=None,
     help="Test events, replayed in time order.",
 )
 @click.option(
@@ -84,9 +85,18 @@ def _external(
 @click.option(
     "--train-points",
     type=click.IntRange(1),
-    default=20_000,
+    default=None,
+    help="Prediction points sampled from the training events to fit the ranker (default: "
+    "every point after the first 10% of the events).",
+)
+@click.option(
+    "--trainer",
+    type=click.Choice(["events", "dataset"]),
+    default="events",
     show_default=True,
-    help="Prediction points sampled from the training events to fit the ranker.",
+    help="events: the ranker learns from the training events' next-item points; dataset: "
+    "production's `featrec dataset build --keep-repeats` + `featrec train` (point-in-time "
+    "batch features through Feast).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -109,20 +119,75 @@ def _external(
     default=None,
     help="Also write the prediction points (session, position, items so far) for other systems.",
 )
+@click.option(
+    "--ab",
+    is_flag=True,
+    help="Instead of a replay: per-arm outcome rates of a live experiment, from the request "
+    "log ($FEATREC_HOME) and the events that followed each request (95 percent intervals).",
+)
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    default=None,
+    help="--ab: only requests from this UTC time on.",
+)
+@click.option(
+    "--horizon",
+    type=click.FloatRange(1.0),
+    default=1800.0,
+    show_default=True,
+    help="--ab: seconds after a request in which a recommended item counts as an outcome.",
+)
+@click.option("--experiment", default=None, help="--ab: the experiment (if the log has several).")
+@click.option(
+    "--request-log",
+    type=click.Choice(["sqlite", "redis"]),
+    default="sqlite",
+    show_default=True,
+    help="--ab: where the serving path logged its requests.",
+)
+@click.option("--json", "as_json", is_flag=True, help="--ab: print the report as JSON.")
 def evaluate(
-    train_path: Path,
-    test_path: Path,
+    train_path: Path | None,
+    test_path: Path | None,
     fmt: str | None,
     k: int,
     policies: str,
     out: Path | None,
-    train_points: int,
+    train_points: int | None,
+    trainer: str,
     seed: int,
     session_gap: float,
     external: dict[str, Path],
     points_out: Path | None,
+    ab: bool,
+    since: datetime | None,
+    horizon: float,
+    experiment: str | None,
+    request_log: str,
+    as_json: bool,
 ) -> None:
-    """Replay --test through the real dataflow and store; print HR@K and MRR@K per policy."""
+    """Replay --test through the real dataflow and store; print HR@K and MRR@K per policy.
+
+    With --ab: the per-arm report of a live A/B test instead (see `featrec serve --experiment`).
+    """
+    if ab:
+        from featrec.cli.ab import run_ab
+        from featrec.settings import Settings as _Settings
+
+        raise SystemExit(
+            run_ab(
+                _Settings.from_env(os.environ),
+                request_log=request_log,
+                since_s=since.replace(tzinfo=UTC).timestamp() if since is not None else None,
+                horizon_s=horizon,
+                experiment=experiment,
+                out=out / "ab.json" if out is not None else None,
+                as_json=as_json,
+            )
+        )
+    if train_path is None or test_path is None:
+        raise click.UsageError("--train and --test are required (or --ab)")
     from featrec.adapters.evaluation import (
         EvalSpec,
         WorkDir,
@@ -147,6 +212,7 @@ def evaluate(
         k=k,
         policies=tuple(chosen),
         train_points=train_points,
+        trainer=trainer,
         seed=seed,
         session_gap_s=session_gap,
         settings_env=env,
