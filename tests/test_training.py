@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +34,7 @@ from featrec.app.training import (
 from featrec.cli.batch import batch_group, dataset_group
 from featrec.cli.train import train
 from featrec.core.candidate_generation import PredictionContext
-from featrec.core.candidates import SignalCandidates
+from featrec.core.candidates import Candidate, SignalCandidates
 from featrec.core.events import Event
 from featrec.core.generator import GeneratorConfig, generate
 from featrec.core.ranking import item_row, ranking_matrix
@@ -44,6 +45,36 @@ from featrec.errors import ConfigError
 from featrec.settings import Settings
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def _served_features(
+    signals: SignalCandidates, point: LabelledPoint, session_events: list[Event]
+) -> tuple[list[Candidate], Any]:
+    """What serving computes for ``point`` from ``signals`` and the session's events so far:
+    its candidates and their ranking matrix."""
+    state = SessionState(point.session_id)
+    for e in session_events:
+        fold(state, e, SessionPolicy())
+    context = PredictionContext(
+        point.session_id,
+        point.user_id,
+        point.at,
+        tuple(e.item_id for e in session_events),
+        tuple(e.type for e in session_events),
+    )
+    candidates = signals.generate(context)
+    board = signals.signals.board
+    items = {
+        c.item_id: item_row(
+            None, trending_row(c.item_id, board.items[c.item_id], board.config).values
+        )
+        for c in candidates
+        if c.item_id in board.items
+    }
+    expected = ranking_matrix(
+        candidates, session_row(state).values, None, items, micros(point.at) / 1e6
+    )
+    return candidates, expected
 
 
 def test_replayed_features_equal_a_fresh_computation_at_each_point() -> None:
@@ -61,28 +92,7 @@ def test_replayed_features_equal_a_fresh_computation_at_each_point() -> None:
         signals = SignalCandidates()
         for e in events[: j + 1]:
             signals.observe(e)
-        state = SessionState(point.session_id)
-        for e in session_events:
-            fold(state, e, SessionPolicy())
-        context = PredictionContext(
-            point.session_id,
-            point.user_id,
-            point.at,
-            tuple(e.item_id for e in session_events),
-            tuple(e.type for e in session_events),
-        )
-        candidates = signals.generate(context)
-        board = signals.signals.board
-        items = {
-            c.item_id: item_row(
-                None, trending_row(c.item_id, board.items[c.item_id], board.config).values
-            )
-            for c in candidates
-            if c.item_id in board.items
-        }
-        expected = ranking_matrix(
-            candidates, session_row(state).values, None, items, micros(point.at) / 1e6
-        )
+        candidates, expected = _served_features(signals, point, session_events)
         got = features.X[slices[k]]
         assert got.tobytes() == expected.tobytes()
         assert features.item_ids[slices[k]] == [c.item_id for c in candidates]
@@ -111,28 +121,7 @@ def test_learning_after_the_session_hides_a_session_from_its_own_points() -> Non
             for e in events:
                 if e.session_id == session:
                     signals.observe(e)
-        state = SessionState(point.session_id)
-        for e in session_events:
-            fold(state, e, SessionPolicy())
-        context = PredictionContext(
-            point.session_id,
-            point.user_id,
-            point.at,
-            tuple(e.item_id for e in session_events),
-            tuple(e.type for e in session_events),
-        )
-        candidates = signals.generate(context)
-        board = signals.signals.board
-        items = {
-            c.item_id: item_row(
-                None, trending_row(c.item_id, board.items[c.item_id], board.config).values
-            )
-            for c in candidates
-            if c.item_id in board.items
-        }
-        expected = ranking_matrix(
-            candidates, session_row(state).values, None, items, micros(point.at) / 1e6
-        )
+        candidates, expected = _served_features(signals, point, session_events)
         assert features.X[slices[k]].tobytes() == expected.tobytes()
         assert features.item_ids[slices[k]] == [c.item_id for c in candidates]
 

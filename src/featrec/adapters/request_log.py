@@ -269,18 +269,22 @@ class SqliteRequestLog:
                 n = self._db.execute(
                     "DELETE FROM requests WHERE created_at_s < ?", (older_than_s,)
                 ).rowcount
-                used: set[str] = set()
-                for (entry,) in self._db.execute("SELECT entry FROM requests"):
-                    used.update(_refs(entry))
-                stored = [d for (d,) in self._db.execute("SELECT digest FROM feature_rows")]
-                unused = [(d,) for d in stored if d not in used]
-                self._db.executemany("DELETE FROM feature_rows WHERE digest = ?", unused)
+                self._drop_unreferenced_rows()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._digests = _RowDigests()
         return int(n)
+
+    def _drop_unreferenced_rows(self) -> None:
+        """Delete the stored feature rows no remaining entry refers to (inside a transaction)."""
+        used: set[str] = set()
+        for (entry,) in self._db.execute("SELECT entry FROM requests"):
+            used.update(_refs(entry))
+        stored = [d for (d,) in self._db.execute("SELECT digest FROM feature_rows")]
+        unused = [(d,) for d in stored if d not in used]
+        self._db.executemany("DELETE FROM feature_rows WHERE digest = ?", unused)
 
     def sessions_of(self, user_id: str) -> set[str]:
         """Session ids of the entries that name ``user_id`` (a full scan)."""
@@ -303,12 +307,7 @@ class SqliteRequestLog:
                     if _names(entry, user_id, sessions)
                 ]
                 self._db.executemany("DELETE FROM requests WHERE request_id = ?", doomed)
-                used: set[str] = set()
-                for (entry,) in self._db.execute("SELECT entry FROM requests"):
-                    used.update(_refs(entry))
-                stored = [d for (d,) in self._db.execute("SELECT digest FROM feature_rows")]
-                unused = [(d,) for d in stored if d not in used]
-                self._db.executemany("DELETE FROM feature_rows WHERE digest = ?", unused)
+                self._drop_unreferenced_rows()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -10,7 +10,6 @@ message and exit status 1. Feast is imported only by the commands that need it.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
@@ -19,36 +18,9 @@ from typing import Any
 
 import click
 
+from featrec.cli.common import FeatrecCommand, FeatrecGroup, context_settings
 from featrec.core import catalog
 from featrec.errors import ConfigError, FeatrecError
-from featrec.settings import Settings
-
-
-class _Translating:
-    """Turns featrec errors into one-line messages with a non-zero exit."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)  # type: ignore[misc]
-        except FeatrecError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-
-class _Group(_Translating, click.Group):
-    pass
-
-
-class _Command(_Translating, click.Command):
-    pass
-
-
-def _settings(ctx: click.Context) -> Settings:
-    found = ctx.find_object(Settings)
-    if found is not None:
-        return found
-    settings = Settings.from_env(os.environ)
-    ctx.obj = settings
-    return settings
 
 
 class _ClickProgress:
@@ -105,7 +77,7 @@ def _views(values: Sequence[str]) -> list[str]:
 # -- featrec log ------------------------------------------------------------------------------
 
 
-@click.group("log", cls=_Group)
+@click.group("log", cls=FeatrecGroup)
 def log_group() -> None:
     """The event log (Parquet, partitioned by day): the offline record of every event."""
 
@@ -126,7 +98,7 @@ def log_import(ctx: click.Context, file: Path, fmt: str | None) -> None:
     from featrec.adapters.event_files import read_events
     from featrec.adapters.log_import import import_events
 
-    settings = _settings(ctx)
+    settings = context_settings(ctx)
     with click.progressbar(length=_estimate_records(file), label=f"importing {file}") as bar:
         result = import_events(
             settings.event_log_dir,
@@ -169,7 +141,7 @@ def _estimate_records(path: Path) -> int:
 # -- featrec batch ----------------------------------------------------------------------------
 
 
-@click.group("batch", cls=_Group)
+@click.group("batch", cls=FeatrecGroup)
 def batch_group() -> None:
     """Batch features computed from the event log (daily snapshots for Feast)."""
 
@@ -205,7 +177,7 @@ def batch_run(
     from featrec.adapters.batch_job import plan_batch, run_batch
     from featrec.adapters.duckdb_features import EventLogDB
 
-    settings = _settings(ctx)
+    settings = context_settings(ctx)
     started = time.perf_counter()
     with EventLogDB(settings.event_log_dir, temp_dir=settings.home / "tmp" / "duckdb") as db:
         plan = plan_batch(db, as_of, since, datetime.now(UTC))
@@ -235,7 +207,7 @@ def batch_run(
 # -- featrec materialize ----------------------------------------------------------------------
 
 
-@click.command("materialize", cls=_Command)
+@click.command("materialize", cls=FeatrecCommand)
 @click.option(
     "--start",
     callback=_instant,
@@ -279,7 +251,7 @@ def materialize_command(
 
     if incremental and start is not None:
         raise click.UsageError("--start and --incremental exclude each other")
-    settings = _settings(ctx)
+    settings = context_settings(ctx)
     store = open_store(settings)
     deny = load_deny_set(stores_for(settings))
     end = end or datetime.now(UTC)
@@ -314,7 +286,7 @@ def materialize_command(
 # -- featrec dataset --------------------------------------------------------------------------
 
 
-@click.group("dataset", cls=_Group)
+@click.group("dataset", cls=FeatrecGroup)
 def dataset_group() -> None:
     """Training sets for the ranker, point-in-time correct."""
 
@@ -383,7 +355,7 @@ def dataset_build(
     from featrec.core.candidate_generation import CandidateGenerator, default_generator
     from featrec.core.candidates import SignalCandidates
 
-    settings = _settings(ctx)
+    settings = context_settings(ctx)
     generator: CandidateGenerator = (
         SignalCandidates() if candidates == "serving" else default_generator(session_items, popular)
     )

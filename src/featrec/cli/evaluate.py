@@ -15,22 +15,11 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
+from featrec.cli.common import FeatrecCommand
 from featrec.core.formats import FORMATS
-from featrec.errors import FeatrecError
-
-
-class _Command(click.Command):
-    """Turns featrec errors into one-line messages with a non-zero exit."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except FeatrecError as exc:
-            raise click.ClickException(str(exc)) from exc
 
 
 def _external(
@@ -45,7 +34,7 @@ def _external(
     return out
 
 
-@click.command("evaluate", cls=_Command)
+@click.command("evaluate", cls=FeatrecCommand)
 @click.option(
     "--train",
     "train_path",

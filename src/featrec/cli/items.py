@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ from featrec.app.item_signals import (
     trending_key,
     write_rows,
 )
+from featrec.cli.common import context_settings
 from featrec.cli.launch import INPUT_FORMATS, flow_options, run_flow
 from featrec.core.catalog import ITEM_NEIGHBOURS
 from featrec.core.events import Event
@@ -43,25 +43,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 FLOW_TARGET: Final = "dataflows.items:flow()"
 
 
-def _settings(ctx: click.Context) -> Settings:
-    found = ctx.find_object(Settings)
-    if found is not None:
-        return found
-    try:
-        settings = Settings.from_env(os.environ)
-    except FeatrecError as exc:
-        raise click.ClickException(str(exc)) from exc
-    ctx.obj = settings
-    return settings
-
-
 def with_settings(command: F) -> F:
     """Pass the context's :class:`Settings` (built from the environment when there is none)
     as the first argument, and turn featrec errors into one-line click errors."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        settings = _settings(click.get_current_context())
+        settings = context_settings(click.get_current_context())
         try:
             return command(settings, *args, **kwargs)
         except FeatrecError as exc:

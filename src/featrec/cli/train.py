@@ -9,37 +9,16 @@ Any :class:`~featrec.errors.FeatrecError` becomes a one-line message and exit st
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
-from featrec.errors import ConfigError, FeatrecError
-from featrec.settings import Settings
+from featrec.cli.common import FeatrecCommand, context_settings
+from featrec.errors import ConfigError
 
 
-class _Command(click.Command):
-    """Turns featrec errors into one-line messages with a non-zero exit."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except FeatrecError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-
-def _settings(ctx: click.Context) -> Settings:
-    found = ctx.find_object(Settings)
-    if found is not None:
-        return found
-    settings = Settings.from_env(os.environ)
-    ctx.obj = settings
-    return settings
-
-
-@click.command("train", cls=_Command)
+@click.command("train", cls=FeatrecCommand)
 @click.option(
     "--dataset",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -83,7 +62,7 @@ def train(
     from featrec.app.training import TrainingConfig, points_from_table
     from featrec.app.training import train as train_ranker
 
-    settings = _settings(ctx)
+    settings = context_settings(ctx)
     path = dataset or settings.home / "datasets" / "training.parquet"
     if not path.is_file():
         raise ConfigError(f"no training set at {path}: run `featrec dataset build` first")
