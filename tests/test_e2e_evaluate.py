@@ -54,6 +54,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Ev
     test = [e for e in events if first[e.session_id] >= cut]
     write_events(root / "train.jsonl", train)
     write_events(root / "test.jsonl", test)
+    write_events(root / "all.jsonl", events)
     return root / "train.jsonl", root / "test.jsonl", train, test
 
 
@@ -115,15 +116,19 @@ def test_evaluate_replays_scores_and_reports(
                 json.dumps({**key, "items": [targets[(p["session_id"], p["position"])]]}) + "\n"
             )
 
+    # The second run splits the one file by time itself: the same split as the fixture's.
     out2 = tmp_path / "out2"
     done = _featrec(
-        "evaluate", "--train", str(train_path), "--test", str(test_path), "--out", str(out2),
+        "evaluate", "--events", str(train_path.parent / "all.jsonl"), "--test-share", "0.2",
+        "--out", str(out2),
         "--policies", "popularity", "--external", f"pop={pop_file}",
         "--external", f"oracle={oracle_file}",
         cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = {r["policy"]: r for r in json.loads((out2 / "results.json").read_text())["policies"]}
+    second = json.loads((out2 / "results.json").read_text())
+    assert second["points"] == n_points and "time split" in second["test"]
+    rows = {r["policy"]: r for r in second["policies"]}
     assert rows["external:pop"]["hr@20"] == rows["popularity"]["hr@20"] == by["popularity"]["hr@20"]
     assert rows["external:oracle"]["hr@20"] == 1.0 and rows["external:oracle"]["mrr@20"] == 1.0
 
@@ -134,6 +139,7 @@ def test_evaluate_replays_scores_and_reports(
         (["--policies", "full,nonsense"], "unknown policy nonsense"),
         (["--external", "no-equals-sign"], "expected NAME=PATH"),
         (["--k", "0"], "--k"),
+        (["--events", "x.jsonl"], "not both"),
     ],
 )
 def test_bad_arguments_get_one_line_and_nonzero_exit(

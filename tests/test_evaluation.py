@@ -31,6 +31,7 @@ from featrec.core.evaluation import (
     percentiles,
     prediction_points,
     score_policy,
+    split_by_session_start,
     time_ordered,
 )
 from featrec.core.events import CLICK, Event
@@ -239,3 +240,21 @@ def test_gate_finishes_once() -> None:
 def test_policies_that_need_a_model_refuse_to_run_without_one() -> None:
     with pytest.raises(ConfigError, match="need a model"):
         Policies([FULL], InMemoryRows(InMemoryFeatureStore()), None, [], 5)
+
+
+def test_a_time_split_keeps_sessions_whole() -> None:
+    events = time_ordered(
+        [
+            ev(0, "a", "x", 0),
+            ev(1, "b", "x", 10),
+            ev(2, "a", "y", 20),  # a started before the split: stays in training
+            ev(3, "c", "z", 30),  # the split time: 3 of 4 events happened before it (share 0.25)
+        ]
+    )
+    train, test, cut = split_by_session_start(events, 0.25)
+    assert cut == events[3].ts
+    assert [e.event_id for e in train] == ["e0", "e1", "e2"] and [e.event_id for e in test] == [
+        "e3"
+    ]
+    with pytest.raises(ConfigError, match="test share"):
+        split_by_session_start(events, 1.0)

@@ -88,6 +88,8 @@ class WorkDir:
 class EvalSpec:
     """What one evaluation is asked to do. Validated by :func:`prepare`."""
 
+    #: Training and test files; with ``test_share`` set, ``train`` is the one event file that
+    #: is split by time (whole sessions) and ``test`` is empty.
     train: str
     test: str
     fmt: str | None
@@ -103,6 +105,7 @@ class EvalSpec:
     #: Session gap of the replay's sessions flow (seconds).
     session_gap_s: float = 1800.0
     settings_env: dict[str, str] = field(default_factory=dict)
+    test_share: float | None = None
 
     def __post_init__(self) -> None:
         if self.trainer not in TRAINERS:
@@ -186,8 +189,16 @@ def prepare(
     work.root.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    train, bad_train = read_valid(Path(spec.train), spec.fmt)
-    test, bad_test = read_valid(Path(spec.test), spec.fmt)
+    if spec.test_share is not None:
+        from featrec.core.evaluation import split_by_session_start
+
+        every, bad_train = read_valid(Path(spec.train), spec.fmt)
+        train, test, cut = split_by_session_start(every, spec.test_share)
+        bad_test: list[DeadLetter] = []
+        log(f"time split at {cut.isoformat()}: sessions starting from then on are the test")
+    else:
+        train, bad_train = read_valid(Path(spec.train), spec.fmt)
+        test, bad_test = read_valid(Path(spec.test), spec.fmt)
     if not train:
         raise ConfigError(f"no valid events in the training file {spec.train}")
     if not test:
@@ -487,7 +498,8 @@ def score(
     freshness = replay["freshness_ms"]
     results: dict[str, Any] = {
         "train": spec.train,
-        "test": spec.test,
+        "test": spec.test
+        or f"the sessions starting in the last {spec.test_share:.0%} of its events (time split)",
         "format": spec.fmt or "auto",
         "k": spec.k,
         "points": len(answers),

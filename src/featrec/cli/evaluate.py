@@ -50,6 +50,20 @@ def _external(
     help="Test events, replayed in time order.",
 )
 @click.option(
+    "--events",
+    "events_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="One event file to split by time instead of --train/--test (see --test-share).",
+)
+@click.option(
+    "--test-share",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="With --events: the sessions that start in the last share of the events are the test.",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
@@ -139,6 +153,8 @@ def _external(
 def evaluate(
     train_path: Path | None,
     test_path: Path | None,
+    events_path: Path | None,
+    test_share: float,
     fmt: str | None,
     k: int,
     policies: str,
@@ -175,8 +191,14 @@ def evaluate(
                 as_json=as_json,
             )
         )
-    if train_path is None or test_path is None:
-        raise click.UsageError("--train and --test are required (or --ab)")
+    if events_path is not None:
+        if train_path is not None or test_path is not None:
+            raise click.UsageError("give --events (a time split) or --train and --test, not both")
+        train_path, test_path, share = events_path, None, test_share
+    elif train_path is None or test_path is None:
+        raise click.UsageError("give --train and --test, or --events (a time split), or --ab")
+    else:
+        share = None
     from featrec.adapters.evaluation import (
         EvalSpec,
         WorkDir,
@@ -196,7 +218,8 @@ def evaluate(
     env = {"FEATREC_ONLINE_STORE": settings.online_store}
     spec = EvalSpec(
         train=str(train_path.resolve()),
-        test=str(test_path.resolve()),
+        test=str(test_path.resolve()) if test_path is not None else "",
+        test_share=share,
         fmt=fmt,
         k=k,
         policies=tuple(chosen),

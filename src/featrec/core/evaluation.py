@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 
 from featrec.core.events import Event
@@ -67,6 +68,26 @@ class PredictionPoint:
 def time_ordered(events: Iterable[Event]) -> list[Event]:
     """``events`` sorted by event time; ties keep their file order (a stable sort)."""
     return sorted(events, key=lambda e: e.ts)
+
+
+def split_by_session_start(
+    events: Sequence[Event], test_share: float
+) -> tuple[list[Event], list[Event], datetime]:
+    """A time split of time-ordered ``events`` into whole sessions: the split time is the
+    event time by which ``1 - test_share`` of the events have happened; sessions that start at
+    or after it are the test, the others the training events (a session never straddles).
+    Returns (train, test, split time)."""
+    if not 0 < test_share < 1:
+        raise ConfigError(f"test share must be in (0, 1), got {test_share}")
+    if len(events) < 2:
+        raise ConfigError("a time split needs at least two events")
+    cut = events[min(len(events) - 1, math.floor(len(events) * (1 - test_share)))].ts
+    first: dict[str, datetime] = {}
+    for event in events:
+        first.setdefault(event.session_id, event.ts)
+    train = [e for e in events if first[e.session_id] < cut]
+    test = [e for e in events if first[e.session_id] >= cut]
+    return train, test, cut
 
 
 def prediction_points(events: Sequence[Event]) -> list[PredictionPoint | None]:
