@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -28,11 +28,12 @@ from crash_harness import flow_env, make_events, session_rows, start_flow
 from redis_server import RedisServer, free_port
 
 from featrec.adapters.event_files import write_events
-from featrec.adapters.feast_repo import feast_redis_connection
+from featrec.adapters.feast_repo import apply_repo, feast_redis_connection, open_store
 from featrec.adapters.model_store import MANIFEST_FILE, MODEL_FILE, file_sha256, load_model
 from featrec.adapters.redis_streams import stream_length
 from featrec.cli import main
 from featrec.core.catalog import SESSION_FEATURES
+from featrec.core.events import Event
 from featrec.errors import ConfigError, StoreError
 from featrec.settings import Settings, redact_url
 
@@ -67,8 +68,6 @@ def auth_server(tmp_path: Path) -> Iterator[RedisServer]:
 def test_a_password_protected_redis_works_end_to_end_and_the_password_never_leaks(
     feast_repo: Settings, auth_server: RedisServer, tmp_path: Path
 ) -> None:
-    from featrec.adapters.feast_repo import apply_repo, open_store
-
     settings = feast_repo.with_(online_store="redis", redis_url=auth_server.url)
     assert PASSWORD in settings.redis_url and PASSWORD not in repr(settings)
     with pytest.raises(redis.exceptions.AuthenticationError):
@@ -84,16 +83,7 @@ def test_a_password_protected_redis_works_end_to_end_and_the_password_never_leak
     assert stream_length(settings.redis_url, settings.stream) == 300
 
     # Rows as the fast reader and as stock Feast read them, both through the password.
-    counts = Counter(e.session_id for e in events)
-    keys = sorted(counts)
-    rows = session_rows(settings.redis_url, keys)
-    assert {k: dict(r[1])["n_events"] for k, r in rows.items() if r} == counts
-    apply_repo(settings)
-    feast = open_store(settings).get_online_features(
-        features=[f"{SESSION_FEATURES.name}:n_events"],
-        entity_rows=[{"session_id": k} for k in keys],
-    )
-    assert dict(zip(keys, feast.to_dict()["n_events"], strict=True)) == counts
+    assert_both_readers_see(settings, events)
 
     code, out = cli(settings, "status")
     assert code == 0 and "event stream" in out
@@ -262,8 +252,6 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 def test_rediss_with_a_ca_from_the_environment_works_end_to_end(
     feast_repo: Settings, tls_server: tuple[int, Path], tmp_path: Path
 ) -> None:
-    from featrec.adapters.feast_repo import apply_repo, open_store
-
     port, ca = tls_server
     url = f"rediss://127.0.0.1:{port}/0"
     settings = Settings.from_env(
@@ -285,16 +273,7 @@ def test_rediss_with_a_ca_from_the_environment_works_end_to_end(
     assert start_flow(flow_env(settings, str(source)), None, log).wait(timeout=120) == 0, (
         log.read_text()[-3000:]
     )
-    counts = Counter(e.session_id for e in events)
-    keys = sorted(counts)
-    rows = session_rows(settings.redis_url, keys)
-    assert {k: dict(r[1])["n_events"] for k, r in rows.items() if r} == counts
-    apply_repo(settings)
-    feast = open_store(settings).get_online_features(
-        features=[f"{SESSION_FEATURES.name}:n_events"],
-        entity_rows=[{"session_id": k} for k in keys],
-    )
-    assert dict(zip(keys, feast.to_dict()["n_events"], strict=True)) == counts
+    assert_both_readers_see(settings, events)
 
     # Verification is on: without our CA, or in clear text, nothing is read.
     with pytest.raises(StoreError, match=r"certificate verify failed|CERTIFICATE_VERIFY"):
@@ -419,3 +398,18 @@ def test_a_pickle_renamed_to_a_model_is_refused_without_being_unpickled(tmp_path
     with pytest.raises(ConfigError, match="not a skops file"):
         load_model(version, trusted_root=root)
     assert not marker.exists()
+
+
+def assert_both_readers_see(settings: Settings, events: Sequence[Event]) -> None:
+    """Every session's event count, as the fast reader and as stock Feast read them (both
+    through whatever the settings' Redis URL demands: a password, TLS)."""
+    counts = Counter(e.session_id for e in events)
+    keys = sorted(counts)
+    rows = session_rows(settings.redis_url, keys)
+    assert {k: dict(r[1])["n_events"] for k, r in rows.items() if r} == counts
+    apply_repo(settings)
+    feast = open_store(settings).get_online_features(
+        features=[f"{SESSION_FEATURES.name}:n_events"],
+        entity_rows=[{"session_id": k} for k in keys],
+    )
+    assert dict(zip(keys, feast.to_dict()["n_events"], strict=True)) == counts
