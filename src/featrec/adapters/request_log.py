@@ -23,6 +23,7 @@ feature rows they logged (item rows hold no one's data).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import queue
@@ -263,19 +264,26 @@ class SqliteRequestLog:
     def prune(self, older_than_s: float) -> int:
         """Delete entries created before ``older_than_s`` (unix seconds) and the rows no
         remaining entry refers to; returns how many entries were deleted."""
-        with self._lock, translate_store_errors("pruning the request log"):
+        with self._deleting("pruning the request log"):
+            n = self._db.execute(
+                "DELETE FROM requests WHERE created_at_s < ?", (older_than_s,)
+            ).rowcount
+        return int(n)
+
+    @contextlib.contextmanager
+    def _deleting(self, action: str) -> Iterator[None]:
+        """One transaction that deletes entries, then the feature rows no remaining entry
+        refers to; the digest memo starts afresh (a deleted row may be stored again)."""
+        with self._lock, translate_store_errors(action):
             self._db.execute("BEGIN")
             try:
-                n = self._db.execute(
-                    "DELETE FROM requests WHERE created_at_s < ?", (older_than_s,)
-                ).rowcount
+                yield
                 self._drop_unreferenced_rows()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._digests = _RowDigests()
-        return int(n)
 
     def _drop_unreferenced_rows(self) -> None:
         """Delete the stored feature rows no remaining entry refers to (inside a transaction)."""
@@ -296,23 +304,15 @@ class SqliteRequestLog:
         """Delete the entries naming ``user_id`` or one of ``session_ids``, then every row no
         remaining entry refers to; returns how many entries were deleted."""
         sessions = set(session_ids)
-        with self._lock, translate_store_errors("forgetting in the request log"):
-            self._db.execute("BEGIN")
-            try:
-                doomed = [
-                    (request_id,)
-                    for request_id, entry in self._db.execute(
-                        "SELECT request_id, entry FROM requests"
-                    ).fetchall()
-                    if _names(entry, user_id, sessions)
-                ]
-                self._db.executemany("DELETE FROM requests WHERE request_id = ?", doomed)
-                self._drop_unreferenced_rows()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._digests = _RowDigests()
+        with self._deleting("forgetting in the request log"):
+            doomed = [
+                (request_id,)
+                for request_id, entry in self._db.execute(
+                    "SELECT request_id, entry FROM requests"
+                ).fetchall()
+                if _names(entry, user_id, sessions)
+            ]
+            self._db.executemany("DELETE FROM requests WHERE request_id = ?", doomed)
         return len(doomed)
 
     def close(self) -> None:

@@ -34,6 +34,7 @@ from threadpoolctl import ThreadpoolController
 
 from featrec.core.candidates import (
     COVISIT,
+    DETAILS,
     HISTORY,
     POPULAR,
     SESSION,
@@ -57,12 +58,7 @@ RANKING_FEATURES: Final[tuple[str, ...]] = (
     "base_share",
     "covisit_score",
     "covisit_share",
-    "covisit_last",
-    "covisit_second",
-    "covisit_last_raw",
-    "covisit_last_rank",
-    "covisit_best_rank",
-    "covisit_anchors",
+    *DETAILS,
     "session_score",
     "history_score",
     "trending_score",
