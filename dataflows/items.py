@@ -92,7 +92,6 @@ DEFAULT_SHARDS: Final = 4
 #: Where a file-fed flow's dead letters go, under the featrec home.
 DEAD_LETTER_FILE: Final = "deadletters-items.jsonl"
 #: Suffix of the Redis dead-letter stream of a stream-fed flow (after the sessions' stream).
-DEAD_LETTER_STREAM_SUFFIX: Final = ":items"
 
 K = TypeVar("K")
 Decoded: TypeAlias = Sequenced | DeadLetter
@@ -306,7 +305,7 @@ def dead_letter_sink(settings: Settings, source: Source[SourceItem]) -> DeadLett
     own): ``<dead-letter stream>:items`` for a Redis source, else
     ``<home>/deadletters-items.jsonl``."""
     if isinstance(source, RedisStreamSource):
-        stream = settings.dead_letter_stream + DEAD_LETTER_STREAM_SUFFIX
+        stream = settings.items_dead_letter_stream
         return DeadLetterSink(redis_url=settings.stream_url, stream=stream)
     return DeadLetterSink(file=settings.home / DEAD_LETTER_FILE)
 

@@ -104,6 +104,11 @@ class Settings:
         self.session_policy  # noqa: B018 - validates gap and lateness early
 
     @property
+    def items_dead_letter_stream(self) -> str:
+        """The item signals flow's dead-letter stream (beside the sessions flow's)."""
+        return self.dead_letter_stream + ":items"
+
+    @property
     def session_policy(self) -> SessionPolicy:
         return SessionPolicy(gap_s=self.session_gap_s, allowed_lateness_s=self.allowed_lateness_s)
 

@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 
 #: Stream entries read per XRANGE call.
 STREAM_PAGE: Final = 1000
-#: The item signals flow's dead-letter stream is the sessions' one plus this (dataflows.items).
-ITEMS_DEAD_LETTER_SUFFIX: Final = ":items"
 
 
 @dataclass(frozen=True)
@@ -257,8 +255,8 @@ class _Places:
         files = {self.settings.dead_letter_file, *home.glob("deadletters*.jsonl")}
         removed = sum(_purge_jsonl(p, user_id, sessions) for p in sorted(files) if p.exists())
         if self.bus is not None:
-            main = self.settings.dead_letter_stream
-            for stream in (main, f"{main}{ITEMS_DEAD_LETTER_SUFFIX}"):
+            settings = self.settings
+            for stream in (settings.dead_letter_stream, settings.items_dead_letter_stream):
                 removed += self._purge_stream(stream, b"payload", user_id, sessions)
         return removed
 
