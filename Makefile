@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo check lint security audit test bench clean
+.PHONY: demo check lint security audit test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,8 +34,13 @@ security: $(VENV)/.installed
 audit: $(VENV)/.installed
 	$(BIN)/pip-audit --skip-editable --progress-spinner off $(AUDIT_FLAGS)
 
+# The whole suite, two workers (each starts its own redis-server; tests use free ports).
 test: $(VENV)/.installed
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
+
+# The unit lane: pure logic, no servers or subprocesses; under a minute.
+test-fast: $(VENV)/.installed
+	$(BIN)/pytest -q -n 2 tests/unit
 
 check: lint security test
 

@@ -34,23 +34,23 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from _redis import redis_server
 
-from featrec.adapters.batch_job import run_batch
-from featrec.adapters.duckdb_features import EventLogDB
-from featrec.adapters.event_log import EventLogWriter, event_log_files
-from featrec.adapters.feast_repo import apply_repo, open_store
-from featrec.adapters.feast_types import arrow_schema
-from featrec.adapters.materialize import materialize, pull_latest
-from featrec.adapters.online_reader import FeastOnlineReader
-from featrec.adapters.snapshots import snapshot_dir, write_snapshot
-from featrec.adapters.training_sets import join_features
-from featrec.core import catalog
-from featrec.core.catalog import Dtype
-from featrec.core.events import MIN_TS
-from featrec.core.generator import GeneratorConfig, generate
-from featrec.core.snapshot_days import midnight
+from featrec.adapters.duckdb.features import EventLogDB
+from featrec.adapters.feast.reader import FeastOnlineReader
+from featrec.adapters.feast.repo import apply_repo, open_store
+from featrec.adapters.feast.types import arrow_schema
+from featrec.adapters.files.event_log import EventLogWriter, event_log_files
+from featrec.adapters.files.snapshots import snapshot_dir, write_snapshot
+from featrec.core.events.generator import GeneratorConfig, generate
+from featrec.core.events.model import MIN_TS
+from featrec.core.features import catalog
+from featrec.core.features.catalog import Dtype
+from featrec.core.features.snapshot_days import midnight
+from featrec.jobs.batch import run_batch
+from featrec.jobs.materialize import materialize, pull_latest
+from featrec.jobs.training_sets import join_features
 from featrec.settings import Settings
+from featrec.testing.redis_server import running_redis as redis_server
 
 REPO_SOURCE = Path(__file__).resolve().parents[1] / "feature_repo"
 SNAPSHOT_AT = datetime(2024, 2, 1, tzinfo=UTC)

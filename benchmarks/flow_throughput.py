@@ -31,9 +31,9 @@ from dataflows.metrics import FlowStats
 from dataflows.sessions import SessionLogic, build_flow, decode_batch
 from dataflows.sinks import DeadLetterSink, EventLogSink
 from dataflows.sources import FileReplaySource
-from featrec.adapters.event_files import write_events
-from featrec.core.generator import GeneratorConfig, generate
-from featrec.core.ports import InMemoryFeatureStore
+from featrec.adapters.files.event_files import write_events
+from featrec.core.events.generator import GeneratorConfig, generate
+from featrec.core.ports.features import InMemoryFeatureStore
 from featrec.settings import Settings
 
 

@@ -15,8 +15,8 @@ import time
 
 from dataflows.metrics import FlowStats
 from dataflows.sessions import NothingDenied, decode_batch
-from featrec.core.formats import RawRecord
-from featrec.core.generator import GeneratorConfig, generate
+from featrec.core.events.formats import RawRecord
+from featrec.core.events.generator import GeneratorConfig, generate
 from featrec.core.privacy import DenyList, DenySet, new_salt
 
 

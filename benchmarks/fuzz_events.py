@@ -3,7 +3,7 @@
 The strategies of tests/test_fuzz_events.py (tests/_hostile_events.py), run much longer:
 
 1. **decoder**: ``--inputs`` (100k) hostile records in all three formats through
-   ``featrec.core.formats.decode``. A crash (an exception out of ``decode``) is counted and
+   ``featrec.core.events.formats.decode``. A crash (an exception out of ``decode``) is counted and
    the run goes on; every record must give dead letters only, naming the expected field.
 2. **dataflow**: a sample of those records (up to ``--flow-hostile``, 1 MB lines included)
    interleaved with ``--flow-valid`` generated events, some hostile records in the same
@@ -30,20 +30,19 @@ from dataclasses import replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from _hostile_events import Hostile, hostile_records  # noqa: E402
 from bytewax.testing import TestingSink, TestingSource, run_main  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 
 from dataflows.sessions import build_flow  # noqa: E402
 from dataflows.sinks import DeadLetterSink  # noqa: E402
-from featrec.core.catalog import SESSION_FEATURES  # noqa: E402
-from featrec.core.events import Event  # noqa: E402
-from featrec.core.formats import DeadLetter, RawRecord, decode  # noqa: E402
-from featrec.core.generator import GeneratorConfig, generate  # noqa: E402
-from featrec.core.ports import InMemoryFeatureStore  # noqa: E402
+from featrec.core.events.formats import DeadLetter, RawRecord, decode  # noqa: E402
+from featrec.core.events.generator import GeneratorConfig, generate  # noqa: E402
+from featrec.core.events.model import Event  # noqa: E402
+from featrec.core.features.catalog import SESSION_FEATURES  # noqa: E402
+from featrec.core.ports.features import InMemoryFeatureStore  # noqa: E402
 from featrec.settings import Settings  # noqa: E402
+from featrec.testing.hostile import Hostile, hostile_records  # noqa: E402
 
 
 class DecoderTally:

@@ -15,8 +15,8 @@ import resource
 import time
 from pathlib import Path
 
-from featrec.adapters.event_files import FILE_FORMATS, write_events
-from featrec.core.generator import GeneratorConfig, generate
+from featrec.adapters.files.event_files import FILE_FORMATS, write_events
+from featrec.core.events.generator import GeneratorConfig, generate
 
 
 def main() -> None:

@@ -47,9 +47,9 @@ import httpx
 import recommend as setup
 import redis
 
-from featrec.adapters.feast_repo import apply_repo
-from featrec.adapters.model_store import models_dir, save_model
-from featrec.adapters.online_writers import RedisLayoutWriter
+from featrec.adapters.feast.repo import apply_repo
+from featrec.adapters.feast.writers import RedisLayoutWriter
+from featrec.adapters.files.model_store import models_dir, save_model
 from featrec.settings import Settings
 
 

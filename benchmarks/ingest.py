@@ -25,7 +25,6 @@ import cProfile
 import pstats
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -40,25 +39,23 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import run_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-
-from redis_server import RedisServer  # noqa: E402
 
 from dataflows import metrics  # noqa: E402
 from dataflows.gc_tuning import tune_gc  # noqa: E402
 from dataflows.sessions import build_flow  # noqa: E402
 from dataflows.sinks import DeadLetterSink, EventLogSink  # noqa: E402
 from dataflows.sources import FileReplaySource, RedisStreamSource, SourceItem  # noqa: E402
-from featrec.adapters.event_files import write_events  # noqa: E402
-from featrec.adapters.feast_repo import apply_repo  # noqa: E402
-from featrec.adapters.online_writers import open_writer  # noqa: E402
-from featrec.adapters.redis_streams import publish  # noqa: E402
-from featrec.core.events import Event  # noqa: E402
-from featrec.core.generator import GeneratorConfig, generate  # noqa: E402
-from featrec.core.ports import FeatureWriter  # noqa: E402
-from featrec.core.rows import FeatureRow  # noqa: E402
-from featrec.core.sessions import fold, new_state  # noqa: E402
+from featrec.adapters.feast.repo import apply_repo  # noqa: E402
+from featrec.adapters.feast.writers import open_writer  # noqa: E402
+from featrec.adapters.files.event_files import write_events  # noqa: E402
+from featrec.adapters.redis.streams import publish  # noqa: E402
+from featrec.core.events.generator import GeneratorConfig, generate  # noqa: E402
+from featrec.core.events.model import Event  # noqa: E402
+from featrec.core.features.rows import FeatureRow  # noqa: E402
+from featrec.core.ports.features import FeatureWriter  # noqa: E402
+from featrec.core.sessions.fold import fold, new_state  # noqa: E402
 from featrec.settings import Settings  # noqa: E402
+from featrec.testing.redis_server import RedisServer  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -245,7 +242,7 @@ class BoundedStream(FixedPartitionedSource[SourceItem, Any]):
 
 
 def read_events(path: Path, limit: int) -> list[Event]:
-    from featrec.adapters.event_files import read_events as read
+    from featrec.adapters.files.event_files import read_events as read
 
     out = []
     for item in read(path):

@@ -26,7 +26,6 @@ import gc
 import itertools
 import pstats
 import shutil
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -42,9 +41,6 @@ from bytewax.testing import run_main
 from prometheus_client import REGISTRY
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-
-from redis_server import RedisServer  # noqa: E402
 
 from dataflows import items as items_flow  # noqa: E402
 from dataflows import sessions as sessions_flow  # noqa: E402
@@ -60,14 +56,15 @@ from dataflows.item_logic import (  # noqa: E402
 from dataflows.sessions import Arrival  # noqa: E402
 from dataflows.sinks import DeadLetterSink, EventLogSink, FeatureSink  # noqa: E402
 from dataflows.sources import FileReplaySource  # noqa: E402
-from featrec.adapters.event_files import read_events, write_events  # noqa: E402
+from featrec.adapters.files.event_files import read_events, write_events  # noqa: E402
 from featrec.app.item_signals import ItemSignalsConfig, bootstrap  # noqa: E402
-from featrec.core.covisit import RecentItems, observe  # noqa: E402
-from featrec.core.events import Event  # noqa: E402
-from featrec.core.generator import GeneratorConfig, generate  # noqa: E402
-from featrec.core.ports import FeatureWriter, InMemoryFeatureStore  # noqa: E402
-from featrec.core.rows import FeatureRow, micros  # noqa: E402
+from featrec.core.events.generator import GeneratorConfig, generate  # noqa: E402
+from featrec.core.events.model import Event  # noqa: E402
+from featrec.core.features.rows import FeatureRow, micros  # noqa: E402
+from featrec.core.items.covisit import RecentItems, observe  # noqa: E402
+from featrec.core.ports.features import FeatureWriter, InMemoryFeatureStore  # noqa: E402
 from featrec.settings import Settings  # noqa: E402
+from featrec.testing.redis_server import RedisServer  # noqa: E402
 
 
 class CountingWriter:
@@ -276,7 +273,7 @@ def main() -> None:
                 server = RedisServer(tmp / "redis")
                 server.start()
                 settings = prepare_repo(tmp, server.url)
-                from featrec.adapters.online_writers import open_writer
+                from featrec.adapters.feast.writers import open_writer
 
                 new_writer = partial(open_writer, settings)
                 reset = server.client().flushall
@@ -326,7 +323,7 @@ def main() -> None:
 
 
 def prepare_repo(tmp: Path, redis_url: str) -> Settings:
-    from featrec.adapters.feast_repo import apply_repo
+    from featrec.adapters.feast.repo import apply_repo
 
     repo = tmp / "repo"
     repo.mkdir()

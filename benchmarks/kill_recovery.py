@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from _feast_fixtures import copy_feature_repo
-from _redis import redis_server
-from crash_harness import (
+from featrec.adapters.files.event_files import write_events
+from featrec.settings import Settings
+from featrec.testing.crash import (
     Producer,
     compare,
     event_log_count,
@@ -38,11 +35,10 @@ from crash_harness import (
     make_events,
     session_rows,
     start_flow,
-    wait_until,
 )
-
-from featrec.adapters.event_files import write_events
-from featrec.settings import Settings
+from featrec.testing.feast_repo import copy_feature_repo
+from featrec.testing.redis_server import running_redis as redis_server
+from featrec.testing.wait import wait_until
 
 
 def main() -> None:

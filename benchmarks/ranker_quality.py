@@ -1,6 +1,7 @@
 """Does the learned ranker beat the candidate order? HR@20 / MRR@20 on held-out points.
 
-The candidate order is :func:`featrec.core.candidates.generate`'s: the tuned co-visitation
+The candidate order is :func:`featrec.core.candidates.generation.generate`'s: the tuned
+co-visitation
 scorer (neighbours + session reminder), then history, trending and popular candidates. The
 ranker reorders the same candidates, so HR@20 can only move by what enters or leaves the top
 20; a target that is not a candidate is a miss for both.
@@ -50,9 +51,9 @@ from featrec.app.training import (
     replay_features,
     split_by_time,
 )
-from featrec.core.events import CLICK, Event
-from featrec.core.generator import GeneratorConfig, generate
-from featrec.core.ranking import RANKING_FEATURES
+from featrec.core.events.generator import GeneratorConfig, generate
+from featrec.core.events.model import CLICK, Event
+from featrec.core.ranking.ranker import RANKING_FEATURES
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15-100k"
 REPO = Path(__file__).resolve().parents[1] / "feature_repo"
@@ -126,12 +127,12 @@ def feast_points(
 
     import pyarrow.parquet as pq
 
-    from featrec.adapters.batch_job import plan_batch, run_batch
-    from featrec.adapters.duckdb_features import EventLogDB
-    from featrec.adapters.event_log import EventLogWriter
-    from featrec.adapters.feast_repo import apply_repo, open_store
-    from featrec.adapters.training_sets import build_training_set
-    from featrec.core.candidates import SignalCandidates
+    from featrec.adapters.duckdb.features import EventLogDB
+    from featrec.adapters.feast.repo import apply_repo, open_store
+    from featrec.adapters.files.event_log import EventLogWriter
+    from featrec.core.candidates.generation import SignalCandidates
+    from featrec.jobs.batch import plan_batch, run_batch
+    from featrec.jobs.training_sets import build_training_set
     from featrec.settings import Settings
 
     root = Path(tempfile.mkdtemp(prefix="featrec-ranker-"))

@@ -45,21 +45,19 @@ import numpy as np  # noqa: E402
 import redis  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from redis_server import RedisServer, free_port  # noqa: E402
-
-from featrec.adapters.feast_repo import apply_repo, open_store  # noqa: E402
-from featrec.adapters.model_store import models_dir, save_model  # noqa: E402
-from featrec.adapters.online_writers import RedisLayoutWriter  # noqa: E402
-from featrec.adapters.redis_rows import open_redis_row_reader  # noqa: E402
-from featrec.adapters.serving import ServingOptions, open_recommender, pool_config  # noqa: E402
+from featrec.adapters.feast.repo import apply_repo, open_store  # noqa: E402
+from featrec.adapters.feast.writers import RedisLayoutWriter  # noqa: E402
+from featrec.adapters.files.model_store import models_dir, save_model  # noqa: E402
+from featrec.adapters.redis.rows import open_redis_row_reader  # noqa: E402
 from featrec.app.item_signals import trending_key  # noqa: E402
-from featrec.app.recommend import Recommendation, Recommender, ServingConfig  # noqa: E402
-from featrec.core import catalog  # noqa: E402
-from featrec.core.ranking import RANKING_FEATURES, Ranker  # noqa: E402
-from featrec.core.rows import FeatureRow  # noqa: E402
+from featrec.app.serving.recommender import Recommendation, Recommender, ServingConfig  # noqa: E402
+from featrec.core.features import catalog  # noqa: E402
+from featrec.core.features.rows import FeatureRow  # noqa: E402
+from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker  # noqa: E402
+from featrec.jobs.serving import ServingOptions, open_recommender, pool_config  # noqa: E402
 from featrec.settings import Settings  # noqa: E402
+from featrec.testing.redis_server import RedisServer, free_port  # noqa: E402
 
 N_ITEMS = 5_000
 N_CATEGORIES = 20

@@ -19,17 +19,13 @@ metrics), events lost / duplicated, catch-up time, and the recommender's answers
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from _feast_fixtures import copy_feature_repo
-from crash_harness import make_events, outage_run
-from redis_server import RedisServer
-
 from featrec.settings import Settings
+from featrec.testing.crash import make_events, outage_run
+from featrec.testing.feast_repo import copy_feature_repo
+from featrec.testing.redis_server import RedisServer
 
 RETRIES = "featrec_store_retries_total"
 DOWN_S = 'featrec_store_down_seconds_total{store="online"}'

@@ -25,16 +25,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from featrec.core import covisit, trending
-from featrec.core.catalog import NEIGHBOURS_K
-from featrec.core.covisit_candidates import CandidateConfig, recommend
-from featrec.core.events import CLICK, Event
-from featrec.core.metrics import (
+from featrec.core.evaluation.metrics import (
     coverage_at_k,
     hit_rate_at_k,
     mean_popularity_percentile,
     mrr_at_k,
 )
+from featrec.core.events.model import CLICK, Event
+from featrec.core.features.catalog import NEIGHBOURS_K
+from featrec.core.items import covisit, trending
+from featrec.core.items.session_scorer import CandidateConfig, recommend
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15-100k"
 TRAIN = DATA / "yoochoose-clicks-100k_train_tr.txt"

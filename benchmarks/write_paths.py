@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from _redis import redis_server
 
-from featrec.adapters import feast_wire
-from featrec.adapters.feast_repo import apply_repo, open_store
-from featrec.adapters.online_writers import FeastApiWriter, FeastBatchWriter, RedisLayoutWriter
-from featrec.core.catalog import SESSION_FEATURES
-from featrec.core.rows import FeatureRow
+from featrec.adapters.feast.layout import values as feast_wire
+from featrec.adapters.feast.repo import apply_repo, open_store
+from featrec.adapters.feast.writers import FeastApiWriter, FeastBatchWriter, RedisLayoutWriter
+from featrec.core.features.catalog import SESSION_FEATURES
+from featrec.core.features.rows import FeatureRow
 from featrec.settings import Settings
+from featrec.testing.redis_server import running_redis as redis_server
 
 REPO_SOURCE = Path(__file__).resolve().parents[1] / "feature_repo"
 BASE_VERSION = 1_700_000_000_000_000

@@ -8,7 +8,8 @@ process::
 
 :func:`flow` builds :func:`dataflows.sessions.build_flow` unchanged, with three wrappers:
 
-- the source is a :class:`GatedSource`: it asks the :class:`~featrec.app.evaluation.ReplayGate`
+- the source is a :class:`GatedSource`: it asks the
+:class:`~featrec.app.evaluation.replay.ReplayGate`
   for the next event and gets one only when the previous one has settled;
 - the writer is the configured online-store writer wrapped so that, after each successful
   write, the gate reads the session row back and asks every policy for the point;
@@ -33,10 +34,10 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from dataflows.sessions import build_flow, open_online_writer
 from dataflows.sinks import EventLogSink
 from dataflows.sources import SourceItem
-from featrec.app.evaluation import ReplayGate
-from featrec.core.formats import DeadLetter, RawRecord
-from featrec.core.ports import FeatureWriter
-from featrec.core.rows import FeatureRow
+from featrec.app.evaluation.replay import ReplayGate
+from featrec.core.events.formats import DeadLetter, RawRecord
+from featrec.core.features.rows import FeatureRow
+from featrec.core.ports.features import FeatureWriter
 from featrec.errors import ConfigError
 from featrec.settings import Settings
 
@@ -136,7 +137,7 @@ def replay_flow(
 
 def flow() -> Dataflow:
     """Factory for ``python -m bytewax.run``: the replay of the work dir in ``FEATREC_EVAL_DIR``."""
-    from featrec.adapters.evaluation import open_replay
+    from featrec.jobs.evaluation import open_replay
 
     raw = os.environ.get(ENV_DIR, "").strip()
     if not raw:

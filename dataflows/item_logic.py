@@ -1,7 +1,7 @@
 """The stateful steps of the item signals flow: thin wrappers around the pure core folds.
 
 - :class:`PairLogic` (keyed by session) keeps the session's :class:`RecentItems` and turns each
-  event into pair updates (:func:`featrec.core.covisit.observe`); a system-time TTL frees it.
+  event into pair updates (:func:`featrec.core.items.covisit.observe`); a system-time TTL frees it.
 - :class:`NeighbourLogic` (keyed by anchor item) folds updates into the anchor's
   :class:`NeighbourSketch` and emits its ``item_neighbours`` row.
 - :class:`TrendLogic` (keyed by item) folds events into the item's :class:`ItemTrend` and emits
@@ -40,10 +40,16 @@ from bytewax.operators import StatefulBatchLogic
 
 from dataflows import item_metrics
 from featrec.app.item_signals import ItemSignalsConfig, list_rows, trending_lists
-from featrec.core.covisit import NeighbourSketch, PairUpdate, RecentItems, neighbour_row, observe
-from featrec.core.events import Event
-from featrec.core.rows import FeatureRow
-from featrec.core.trending import MIN_PRUNE_SIZE, ItemTrend, TrendingBoard, fold, trending_row
+from featrec.core.events.model import Event
+from featrec.core.features.rows import FeatureRow
+from featrec.core.items.covisit import (
+    NeighbourSketch,
+    PairUpdate,
+    RecentItems,
+    neighbour_row,
+    observe,
+)
+from featrec.core.items.trending import MIN_PRUNE_SIZE, ItemTrend, TrendingBoard, fold, trending_row
 
 V = TypeVar("V")
 W = TypeVar("W")

@@ -77,12 +77,12 @@ from featrec.app.item_signals import (
     is_reserved,
     reserved_reason,
 )
-from featrec.core.covisit import NeighbourSketch, PairUpdate, RecentItems
-from featrec.core.events import Event
-from featrec.core.formats import DeadLetter, decode
+from featrec.core.events.formats import DeadLetter, decode
+from featrec.core.events.model import Event
+from featrec.core.features.rows import FeatureRow, micros
+from featrec.core.items.covisit import NeighbourSketch, PairUpdate, RecentItems
+from featrec.core.items.trending import ItemTrend
 from featrec.core.privacy import EMPTY, is_denied
-from featrec.core.rows import FeatureRow, micros
-from featrec.core.trending import ItemTrend
 from featrec.errors import ConfigError
 from featrec.settings import Settings
 

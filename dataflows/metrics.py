@@ -16,8 +16,8 @@ from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from featrec.adapters.raw_files import EVENT_FIELDS
-from featrec.core.formats import DeadLetter
+from featrec.adapters.files.raw_records import EVENT_FIELDS
+from featrec.core.events.formats import DeadLetter
 
 EVENTS_IN: Final = Counter(
     "featrec_sessions_events_in", "Valid events decoded by the sessions dataflow."

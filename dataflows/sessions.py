@@ -55,9 +55,10 @@ from dataflows.gc_tuning import tune_gc
 from dataflows.metrics import FlowStats
 from dataflows.sinks import DeadLetterSink, EventLogSink, FeatureSink, WriterFactory
 from dataflows.sources import FileReplaySource, RedisStreamSource, SourceItem
-from featrec.core.events import Event
-from featrec.core.formats import DeadLetter, RawRecord, decode
-from featrec.core.ports import FeatureWriter
+from featrec.core.events.formats import DeadLetter, RawRecord, decode
+from featrec.core.events.model import Event
+from featrec.core.features.rows import FeatureRow
+from featrec.core.ports.features import FeatureWriter
 from featrec.core.privacy import (
     EMPTY,
     TOMBSTONE_FORMAT,
@@ -66,8 +67,14 @@ from featrec.core.privacy import (
     is_denied_payload,
     parse_tombstone,
 )
-from featrec.core.rows import FeatureRow
-from featrec.core.sessions import Outcome, SessionPolicy, SessionState, fold, new_state, session_row
+from featrec.core.sessions.fold import (
+    Outcome,
+    SessionPolicy,
+    SessionState,
+    fold,
+    new_state,
+    session_row,
+)
 from featrec.errors import ConfigError, InvalidEvent
 from featrec.settings import Settings
 
@@ -102,7 +109,7 @@ class Forget(NamedTuple):
 
 
 class DenySource(Protocol):
-    """Gives the current deny-list (:class:`featrec.adapters.deny_list.DenyWatcher`)."""
+    """Gives the current deny-list (:class:`featrec.adapters.files.deny_list.DenyWatcher`)."""
 
     def current(self) -> DenySet: ...
 
@@ -124,7 +131,7 @@ SessionOutput: TypeAlias = FeatureRow | DeadLetter
 
 
 class SessionLogic(StatefulBatchLogic[SessionInput, SessionOutput, SessionState]):
-    """Wraps :func:`featrec.core.sessions.fold` for one session key.
+    """Wraps :func:`featrec.core.sessions.fold.fold` for one session key.
 
     A ``StatefulBatchLogic`` (the batch form of ``StatefulLogic``): bytewax hands over all of
     the key's items of one activation at once. Each is folded in order; a late one becomes a
@@ -418,7 +425,7 @@ def source_from_env(
 
 def open_online_writer(settings: Settings) -> FeatureWriter:
     """The configured online-store writer (imported here: Feast is slow to import)."""
-    from featrec.adapters.online_writers import open_writer
+    from featrec.adapters.feast.writers import open_writer
 
     writer: FeatureWriter = open_writer(settings)
     return writer
@@ -453,6 +460,7 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
 
 def open_deny_watcher(settings: Settings) -> DenySource:
     """The deny-list stores ``settings`` use, watched for changes."""
-    from featrec.adapters.deny_list import DenyWatcher, stores_for
+    from featrec.adapters.files.deny_list import DenyWatcher
+    from featrec.adapters.redis.deny_list import stores_for
 
     return DenyWatcher(stores_for(settings))

@@ -23,13 +23,13 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from dataflows import metrics
 from dataflows.metrics import FlowStats
-from featrec.adapters.event_log import EventLogWriter
-from featrec.adapters.flow_status import status_path, write_status
-from featrec.adapters.redis_streams import append_dead_letters, connect
-from featrec.core.events import Event
-from featrec.core.formats import DeadLetter
-from featrec.core.ports import FeatureWriter
-from featrec.core.rows import FeatureRow, newest_per_key
+from featrec.adapters.files.event_log import EventLogWriter
+from featrec.adapters.files.flow_status import status_path, write_status
+from featrec.adapters.redis.streams import append_dead_letters, connect
+from featrec.core.events.formats import DeadLetter
+from featrec.core.events.model import Event
+from featrec.core.features.rows import FeatureRow, newest_per_key
+from featrec.core.ports.features import FeatureWriter
 from featrec.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)

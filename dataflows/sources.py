@@ -5,8 +5,9 @@ with a recovery store resumes exactly after the last record of the last committe
 Neither blocks in ``next_batch``: when nothing is due they return ``[]`` and say when to come
 back through ``next_awake``.
 
-Both emit :class:`~featrec.core.formats.RawRecord` objects, or a
-:class:`~featrec.core.formats.DeadLetter` when a record is broken at the transport level (a CSV
+Both emit :class:`~featrec.core.events.formats.RawRecord` objects, or a
+:class:`~featrec.core.events.formats.DeadLetter` when a record is broken at the transport level (a
+CSV
 row with the wrong number of columns, a stream entry without the ``e`` field).
 
 A stream entry with a ``forget`` field is a tombstone (see :mod:`featrec.core.privacy`): a
@@ -29,9 +30,9 @@ import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows import metrics
-from featrec.adapters.raw_files import FilePosition, RawFileReader, record_time
-from featrec.adapters.redis_streams import EVENT_FIELD, connect, stream_id_ms
-from featrec.core.formats import DeadLetter, RawRecord
+from featrec.adapters.files.raw_records import FilePosition, RawFileReader, record_time
+from featrec.adapters.redis.streams import EVENT_FIELD, connect, stream_id_ms
+from featrec.core.events.formats import DeadLetter, RawRecord
 from featrec.core.privacy import TOMBSTONE_FIELD, TOMBSTONE_FORMAT
 from featrec.errors import ConfigError
 
@@ -46,7 +47,7 @@ MAX_IDLE_S: Final = 0.5
 
 
 class FileReplaySource(FixedPartitionedSource[SourceItem, FilePosition]):
-    """Replays event files, one partition per file (see :mod:`featrec.adapters.raw_files`).
+    """Replays event files, one partition per file (see :mod:`featrec.adapters.files.raw_records`).
 
     ``speed`` = 0 replays as fast as possible; ``speed`` > 0 replays at the recorded pace of
     the events' own timestamps times ``speed`` (2 = twice as fast). Out-of-order records are

@@ -2,7 +2,7 @@
 
 from feast import Entity, ValueType
 
-from featrec.core import catalog
+from featrec.core.features import catalog
 
 
 def _entity(entity: catalog.Entity) -> Entity:

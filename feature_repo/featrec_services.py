@@ -3,7 +3,7 @@
 from feast import FeatureService
 from featrec_views import FEATURE_VIEWS
 
-from featrec.core import catalog
+from featrec.core.features import catalog
 
 session_v1 = FeatureService(
     name=catalog.SESSION_SERVICE,

@@ -3,7 +3,7 @@
 Each view is fed by a PushSource (the stream writes to the online store) backed by a Parquet
 FileSource ``<repo>/data/<view>.parquet`` (the offline copy for training sets and materialization).
 Batch views (``catalog.BATCH_VIEWS``) read a directory ``<repo>/data/<view>/`` of daily snapshot
-files instead (see :mod:`featrec.adapters.snapshots`).
+files instead (see :mod:`featrec.adapters.files.snapshots`).
 """
 
 from datetime import timedelta
@@ -13,9 +13,9 @@ from feast import FeatureView, FileSource, PushSource
 from feast.data_format import ParquetFormat
 from featrec_entities import ENTITIES
 
-from featrec.adapters.feast_types import EVENT_TIMESTAMP, feast_schema
-from featrec.adapters.snapshots import snapshot_dir
-from featrec.core import catalog
+from featrec.adapters.feast.types import EVENT_TIMESTAMP, feast_schema
+from featrec.adapters.files.snapshots import snapshot_dir
+from featrec.core.features import catalog
 
 # Bounds point-in-time joins and materialization only: Feast does not apply ttl to online
 # reads (upstream issue #6821), so readers judge staleness from the event timestamps.

@@ -3,15 +3,13 @@ private redis-server (re-exported by conftest.py)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from featrec.settings import Settings
-
-REPO_SOURCE = Path(__file__).resolve().parents[1] / "feature_repo"
+from featrec.testing.feast_repo import copy_feature_repo
 
 __all__ = [
     "copy_feature_repo",
@@ -21,15 +19,6 @@ __all__ = [
     "sqlite_settings",
     "sqlite_store",
 ]
-
-
-def copy_feature_repo(dest: Path) -> Path:
-    """Copy the repo's definitions and yamls (not its data/) into ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for pattern in ("*.py", "*.yaml"):
-        for path in REPO_SOURCE.glob(pattern):
-            shutil.copy(path, dest / path.name)
-    return dest
 
 
 @pytest.fixture
@@ -52,7 +41,7 @@ def redis_settings(feast_repo: Settings, redis_url: str) -> Settings:
 @pytest.fixture
 def sqlite_store(sqlite_settings: Settings) -> Any:
     """An applied Feast store on SQLite."""
-    from featrec.adapters.feast_repo import apply_repo, open_store
+    from featrec.adapters.feast.repo import apply_repo, open_store
 
     apply_repo(sqlite_settings)
     return open_store(sqlite_settings)
@@ -61,7 +50,7 @@ def sqlite_store(sqlite_settings: Settings) -> Any:
 @pytest.fixture
 def redis_store(redis_settings: Settings) -> Any:
     """An applied Feast store on the private redis-server (emptied after the test)."""
-    from featrec.adapters.feast_repo import apply_repo, open_store
+    from featrec.adapters.feast.repo import apply_repo, open_store
 
     apply_repo(redis_settings)
     return open_store(redis_settings)

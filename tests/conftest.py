@@ -1,4 +1,12 @@
-"""Shared fixtures. Real parts only: a private redis-server, a Feast repo applied to tmp."""
+"""Shared fixtures. Real parts only: a private redis-server, a Feast repo applied to tmp.
+
+The directories are the lanes, and each test gets its directory's marker:
+
+- ``unit/``       pure logic, no process or server (``make test-fast``, under a minute);
+- ``contract/``   adapters against real stores (SQLite, a private redis-server, Feast applied);
+- ``dataflows/``  bytewax flows run in-process (``run_main``);
+- ``e2e/``        the CLI, the HTTP server and ``python -m bytewax.run`` in subprocesses.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,25 @@ from pathlib import Path
 
 import pytest
 from _feast_fixtures import *  # noqa: F403
-from redis_server import RedisServer
+
+from featrec.testing.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+LANES = ("unit", "contract", "dataflows", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its lane: the directory under ``tests/`` it lives in."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        lane = item.path.resolve().relative_to(tests).parts[0]
+        if lane not in LANES:
+            raise pytest.UsageError(
+                f"{item.path}: tests live in one of tests/{{{','.join(LANES)}}}/"
+            )
+        item.add_marker(getattr(pytest.mark, lane))
+
+
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from featrec.core.sessions import SessionPolicy
+from featrec.core.sessions.fold import SessionPolicy
 from featrec.errors import ConfigError
 
 ONLINE_STORES = ("sqlite", "redis")

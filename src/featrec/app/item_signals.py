@@ -1,8 +1,9 @@
 """Item signals in batch: neighbour lists and trending rows from a sequence of events.
 
 The batch twin of the item signals dataflow (``dataflows/items.py``): both make exactly the same
-core calls (:func:`featrec.core.covisit.observe` per session, ``NeighbourSketch.add`` per
-anchor, :func:`featrec.core.trending.fold` per item) and build rows with the same functions, so
+core calls (:func:`featrec.core.items.covisit.observe` per session, ``NeighbourSketch.add`` per
+anchor, :func:`featrec.core.items.trending.fold` per item) and build rows with the same functions,
+so
 a bootstrap over the events a flow has seen writes the rows the flow wrote (the oracle tests
 check it).
 
@@ -22,13 +23,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from featrec.core import covisit
-from featrec.core.catalog import ITEM_NEIGHBOURS, NEIGHBOURS_K
-from featrec.core.covisit import CovisitConfig, CovisitIndex, neighbour_row
-from featrec.core.events import Event
-from featrec.core.ports import FeatureWriter
-from featrec.core.rows import FeatureRow
-from featrec.core.trending import TrendingBoard, TrendingConfig, trending_row
+from featrec.core.events.model import Event
+from featrec.core.features.catalog import ITEM_NEIGHBOURS, NEIGHBOURS_K
+from featrec.core.features.rows import FeatureRow
+from featrec.core.items import covisit
+from featrec.core.items.covisit import CovisitConfig, CovisitIndex, neighbour_row
+from featrec.core.items.trending import TrendingBoard, TrendingConfig, trending_row
+from featrec.core.ports.features import FeatureWriter
 from featrec.errors import ConfigError
 from featrec.settings import Settings
 

@@ -7,12 +7,13 @@ features), or straight from events (:func:`points_from_events`: candidates gener
 no long-term features). :func:`replay_features` walks the events in time order and, at each
 point, after folding the point's own event, has what the online store would hold then:
 
-- the ``session_features`` row (:func:`featrec.core.sessions.fold`),
+- the ``session_features`` row (:func:`featrec.core.sessions.fold.fold`),
 - the co-visitation lists, trending lists, ``item_trending`` rows and purchase histories
-  (:class:`~featrec.core.candidates.SignalCandidates` observing every event),
+  (:class:`~featrec.core.candidates.generation.SignalCandidates` observing every event),
 
-and computes :func:`~featrec.core.ranking.ranking_matrix` for the point's candidates. The
-sources and source scores of a candidate are those :func:`~featrec.core.candidates.generate`
+and computes :func:`~featrec.core.ranking.ranker.ranking_matrix` for the point's candidates. The
+sources and source scores of a candidate are those
+:func:`~featrec.core.candidates.generation.generate`
 gives it there; a dataset built with another generator still trains, but its candidates that
 serving would not propose carry no sources (``candidate_coverage`` says how many).
 
@@ -38,22 +39,22 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from featrec.core.candidate_generation import PredictionContext
-from featrec.core.candidates import (
+from featrec.core.candidates.generation import (
     DEFAULT_CONFIG,
     Candidate,
     CandidateConfig,
     InMemorySignals,
     SignalCandidates,
 )
-from featrec.core.catalog import ITEM_FEATURES, USER_FEATURES
-from featrec.core.events import Event
-from featrec.core.metrics import hit_rate_at_k, mrr_at_k
-from featrec.core.ranking import RANKING_FEATURES, Ranker, item_row, ranking_matrix
-from featrec.core.rows import micros
-from featrec.core.sessions import SessionPolicy, SessionState, fold, session_row
-from featrec.core.training_examples import next_item_targets
-from featrec.core.trending import trending_row
+from featrec.core.candidates.point_generators import PredictionContext
+from featrec.core.evaluation.metrics import hit_rate_at_k, mrr_at_k
+from featrec.core.events.model import Event
+from featrec.core.features.catalog import ITEM_FEATURES, USER_FEATURES
+from featrec.core.features.rows import micros
+from featrec.core.items.trending import trending_row
+from featrec.core.ranking.examples import next_item_targets
+from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker, item_row, ranking_matrix
+from featrec.core.sessions.fold import SessionPolicy, SessionState, fold, session_row
 from featrec.errors import ConfigError
 
 Row = Mapping[str, object]

@@ -18,8 +18,8 @@ from typing import Any
 
 import click
 
-from featrec.cli.launch import INPUT_FORMATS, flow_options, run_flow
 from featrec.errors import FeatrecError, NotFound
+from featrec.jobs.launch import INPUT_FORMATS, flow_options, run_flow
 from featrec.settings import Settings
 
 pass_settings = click.make_pass_decorator(Settings)
@@ -54,7 +54,7 @@ def main(ctx: click.Context) -> None:
 @pass_settings
 def init(settings: Settings) -> None:
     """Create the local directories and apply the Feast repo."""
-    from featrec.adapters.feast_repo import apply_repo
+    from featrec.adapters.feast.repo import apply_repo
 
     for path in (settings.home, settings.event_log_dir, settings.home / "status"):
         path.mkdir(parents=True, exist_ok=True)
@@ -106,9 +106,9 @@ def generate(
     seed: int,
 ) -> None:
     """Write synthetic shop traffic (returning users, funnel, power-law popularity)."""
-    from featrec.adapters.event_files import write_events
-    from featrec.core.generator import GeneratorConfig
-    from featrec.core.generator import generate as generate_events
+    from featrec.adapters.files.event_files import write_events
+    from featrec.core.events.generator import GeneratorConfig
+    from featrec.core.events.generator import generate as generate_events
 
     overrides: dict[str, Any] = {
         "n_users": n_users,
@@ -158,9 +158,9 @@ def run_sessions(settings: Settings, /, **options: Any) -> None:
 @pass_settings
 def publish(settings: Settings, file: Path, fmt: str | None, stream: str | None) -> None:
     """Send a file's events to the Redis event stream (XADD)."""
-    from featrec.adapters.event_files import read_events
-    from featrec.adapters.redis_streams import publish as publish_events
-    from featrec.core.events import Event
+    from featrec.adapters.files.event_files import read_events
+    from featrec.adapters.redis.streams import publish as publish_events
+    from featrec.core.events.model import Event
 
     rejected: list[Any] = []
 
@@ -187,9 +187,9 @@ def publish(settings: Settings, file: Path, fmt: str | None, stream: str | None)
 @pass_settings
 def features(settings: Settings, session_id: str, as_json: bool) -> None:
     """Show a session's features, read through Feast."""
-    from featrec.adapters.feast_repo import open_store
-    from featrec.adapters.online_reader import FeastOnlineReader
-    from featrec.core.catalog import SESSION_FEATURES
+    from featrec.adapters.feast.reader import FeastOnlineReader
+    from featrec.adapters.feast.repo import open_store
+    from featrec.core.features.catalog import SESSION_FEATURES
 
     reader = FeastOnlineReader(open_store(settings))
     [row] = reader.read(SESSION_FEATURES.name, [session_id])
@@ -224,7 +224,7 @@ def status(settings: Settings) -> None:
 
 
 def _redis_status(settings: Settings) -> None:
-    from featrec.adapters import redis_streams
+    from featrec.adapters.redis import streams as redis_streams
 
     try:
         length = redis_streams.stream_length(settings.stream_url, settings.stream)

@@ -2,8 +2,9 @@
 
 :func:`run_ab` is a plain function (the ``evaluate`` command calls it): it reads the request
 log (SQLite or Redis, bodies only), the event log's events of the sessions that had requests,
-and prints :func:`featrec.app.ab_report.format_report` (or JSON). The statistics are explained
-in :mod:`featrec.app.ab_report`.
+and prints :func:`featrec.app.evaluation.ab_report.format_report` (or JSON). The statistics are
+explained
+in :mod:`featrec.app.evaluation.ab_report`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from pathlib import Path
 
 import click
 
-from featrec.app.ab_report import (
+from featrec.app.evaluation.ab_report import (
     DEFAULT_HORIZON_S,
     ABReport,
     ab_report,
     format_report,
     logged_requests,
 )
-from featrec.core.events import Event
+from featrec.core.events.model import Event
 from featrec.settings import Settings
 
 
@@ -33,7 +34,7 @@ def load_ab_report(
     experiment: str | None = None,
 ) -> ABReport:
     """The report of ``experiment`` over the requests logged since ``since_s`` (unix s)."""
-    from featrec.adapters.serving import open_request_log
+    from featrec.jobs.serving import open_request_log
 
     log = open_request_log(settings, request_log)
     try:
@@ -61,7 +62,7 @@ def _events(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from featrec.adapters.event_log import read_event_log
+    from featrec.adapters.files.event_log import read_event_log
 
     table = read_event_log(log_dir)
     if table.num_rows == 0:

@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from featrec.cli.common import FeatrecCommand, FeatrecGroup, context_settings
-from featrec.core import catalog
+from featrec.core.features import catalog
 from featrec.errors import ConfigError, FeatrecError
 
 
@@ -49,7 +49,7 @@ class _ClickProgress:
 
 
 def _day(ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
-    from featrec.core.snapshot_days import parse_day
+    from featrec.core.features.snapshot_days import parse_day
 
     if value is None:
         return None
@@ -60,7 +60,7 @@ def _day(ctx: click.Context, param: click.Parameter, value: str | None) -> date 
 
 
 def _instant(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
-    from featrec.core.events import parse_timestamp
+    from featrec.core.events.model import parse_timestamp
 
     if value is None:
         return None
@@ -95,8 +95,8 @@ def log_group() -> None:
 def log_import(ctx: click.Context, file: Path, fmt: str | None) -> None:
     """Add FILE's events to the event log; events already logged (same event_id) are skipped,
     so importing twice changes nothing. Invalid records go to the dead-letter file."""
-    from featrec.adapters.event_files import read_events
-    from featrec.adapters.log_import import import_events
+    from featrec.adapters.files.event_files import read_events
+    from featrec.jobs.log_import import import_events
 
     settings = context_settings(ctx)
     with click.progressbar(length=_estimate_records(file), label=f"importing {file}") as bar:
@@ -174,8 +174,8 @@ def batch_run(
 ) -> None:
     """Compute user and item features with DuckDB and write them as Parquet snapshots in
     the Feast repo's data/ (re-running a date replaces its snapshot)."""
-    from featrec.adapters.batch_job import plan_batch, run_batch
-    from featrec.adapters.duckdb_features import EventLogDB
+    from featrec.adapters.duckdb.features import EventLogDB
+    from featrec.jobs.batch import plan_batch, run_batch
 
     settings = context_settings(ctx)
     started = time.perf_counter()
@@ -244,10 +244,11 @@ def materialize_command(
     views: tuple[str, ...],
 ) -> None:
     """Load the newest offline values of each view into the online store."""
-    from featrec.adapters.deny_list import load_deny_set, stores_for
-    from featrec.adapters.feast_repo import open_store
-    from featrec.adapters.materialize import materialize
-    from featrec.core.events import MIN_TS
+    from featrec.adapters.feast.repo import open_store
+    from featrec.adapters.files.deny_list import load_deny_set
+    from featrec.adapters.redis.deny_list import stores_for
+    from featrec.core.events.model import MIN_TS
+    from featrec.jobs.materialize import materialize
 
     if incremental and start is not None:
         raise click.UsageError("--start and --incremental exclude each other")
@@ -350,10 +351,10 @@ def dataset_build(
 ) -> None:
     """Label the log's prediction points (1 = the item that came next) over generated
     candidates and join user and item features as of each point (Feast, DuckDB store)."""
-    from featrec.adapters.feast_repo import open_store
-    from featrec.adapters.training_sets import build_training_set
-    from featrec.core.candidate_generation import CandidateGenerator, default_generator
-    from featrec.core.candidates import SignalCandidates
+    from featrec.adapters.feast.repo import open_store
+    from featrec.core.candidates.generation import SignalCandidates
+    from featrec.core.candidates.point_generators import CandidateGenerator, default_generator
+    from featrec.jobs.training_sets import build_training_set
 
     settings = context_settings(ctx)
     generator: CandidateGenerator = (

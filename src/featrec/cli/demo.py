@@ -14,11 +14,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
-from featrec.cli.launch import start_flow, wait_all
 from featrec.cli.live_session import run_live_session
-from featrec.core.catalog import SESSION_FEATURES
-from featrec.core.events import Event
+from featrec.core.events.model import Event
+from featrec.core.features.catalog import SESSION_FEATURES
 from featrec.errors import FeatrecError
+from featrec.jobs.launch import start_flow, wait_all
 from featrec.settings import Settings
 
 Echo = Callable[[str], None]
@@ -35,10 +35,10 @@ def run_demo(
     n_watch: int,
     echo: Echo,
 ) -> None:
-    from featrec.adapters.event_files import write_events
-    from featrec.adapters.feast_repo import apply_repo, open_store
-    from featrec.adapters.online_reader import FeastOnlineReader
-    from featrec.core.generator import GeneratorConfig, generate
+    from featrec.adapters.feast.reader import FeastOnlineReader
+    from featrec.adapters.feast.repo import apply_repo, open_store
+    from featrec.adapters.files.event_files import write_events
+    from featrec.core.events.generator import GeneratorConfig, generate
 
     demo_dir = settings.home / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)

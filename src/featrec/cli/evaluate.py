@@ -3,7 +3,7 @@
 Training phase (from ``--train`` alone) then replay phase (``--test`` through the sessions
 dataflow, one event at a time, every policy asked at every prediction point), then the figures:
 one line per policy on stdout, ``results.json`` and a report with plots in ``--out``. See
-:mod:`featrec.adapters.evaluation` for the work directory and :mod:`featrec.app.evaluation`
+:mod:`featrec.jobs.evaluation` for the work directory and :mod:`featrec.app.evaluation.replay`
 for the policies.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from featrec.cli.common import FeatrecCommand
-from featrec.core.formats import FORMATS
+from featrec.core.events.formats import FORMATS
 
 
 def _external(
@@ -199,7 +199,8 @@ def evaluate(
         raise click.UsageError("give --train and --test, or --events (a time split), or --ab")
     else:
         share = None
-    from featrec.adapters.evaluation import (
+    from featrec.app.evaluation.replay import parse_policies
+    from featrec.jobs.evaluation import (
         EvalSpec,
         WorkDir,
         prepare,
@@ -208,7 +209,6 @@ def evaluate(
         score,
         write_points,
     )
-    from featrec.app.evaluation import parse_policies
     from featrec.settings import Settings
 
     chosen = parse_policies(policies)

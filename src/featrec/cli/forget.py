@@ -1,6 +1,6 @@
 """``featrec forget USER_ID``: remove a user from every place featrec keeps them.
 
-A thin entry point over :func:`featrec.adapters.forget.forget_user` (which documents the
+A thin entry point over :func:`featrec.jobs.forget.forget_user` (which documents the
 places and the order). It asks for confirmation unless ``--yes`` is given, prints one line
 per place with what was removed, and exits non-zero with a one-line message on any error
 (running it again finishes an interrupted forget: every step is idempotent).
@@ -25,7 +25,7 @@ def forget(settings: Settings, user_id: str, yes: bool, as_json: bool) -> None:
     """Forget USER_ID: online rows, live dataflow state, event log, batch outputs, request
     log, event stream, dead letters; then deny the user at ingest, in batch jobs and in
     materialization. Aggregate item signals (co-visitation, trending) are kept."""
-    from featrec.adapters.forget import forget_user
+    from featrec.jobs.forget import forget_user
 
     if not yes:
         click.confirm(

@@ -31,11 +31,11 @@ from featrec.app.item_signals import (
     write_rows,
 )
 from featrec.cli.common import context_settings
-from featrec.cli.launch import INPUT_FORMATS, flow_options, run_flow
-from featrec.core.catalog import ITEM_NEIGHBOURS
-from featrec.core.events import Event
-from featrec.core.formats import DeadLetter
+from featrec.core.events.formats import DeadLetter
+from featrec.core.events.model import Event
+from featrec.core.features.catalog import ITEM_NEIGHBOURS
 from featrec.errors import ConfigError, FeatrecError, NotFound
+from featrec.jobs.launch import INPUT_FORMATS, flow_options, run_flow
 from featrec.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,8 +68,8 @@ def items() -> None:
 
 
 def _read_list(settings: Settings, key: str) -> Mapping[str, object] | None:
-    from featrec.adapters.feast_repo import open_store
-    from featrec.adapters.online_reader import FeastOnlineReader
+    from featrec.adapters.feast.reader import FeastOnlineReader
+    from featrec.adapters.feast.repo import open_store
 
     [row] = FeastOnlineReader(open_store(settings)).read(ITEM_NEIGHBOURS.name, [key])
     return row
@@ -166,12 +166,12 @@ def bootstrap(settings: Settings, source: Path | None, from_log: bool, fmt: str 
     if source is not None:
         if not source.is_file():
             raise ConfigError(f"--source {str(source)!r} is not an existing file")
-        from featrec.adapters.event_files import read_events
+        from featrec.adapters.files.event_files import read_events
 
         history: Iterator[Event | DeadLetter] = read_events(source, fmt)
         where = str(source)
     else:
-        from featrec.adapters.event_history import events_from_log
+        from featrec.adapters.files.event_history import events_from_log
 
         history = events_from_log(settings.event_log_dir)
         where = f"the event log {settings.event_log_dir}"
@@ -182,7 +182,7 @@ def bootstrap(settings: Settings, source: Path | None, from_log: bool, fmt: str 
         raise NotFound(f"no valid events in {where}")
     rows = signals.rows()
 
-    from featrec.adapters.online_writers import open_writer
+    from featrec.adapters.feast.writers import open_writer
 
     writer = open_writer(settings)
     try:

@@ -18,10 +18,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from featrec.adapters.serving import ServingOptions, open_recommender
-from featrec.app.recommend import Recommendation, ServingConfig
-from featrec.core.events import CART, CLICK, VIEW, Event, event_from_mapping
-from featrec.core.sessions import fold, new_state, session_row
+from featrec.app.serving.recommender import Recommendation, ServingConfig
+from featrec.core.events.model import CART, CLICK, VIEW, Event, event_from_mapping
+from featrec.core.sessions.fold import fold, new_state, session_row
+from featrec.jobs.serving import ServingOptions, open_recommender
 from featrec.settings import Settings
 
 Echo = Callable[[str], None]
@@ -57,7 +57,7 @@ def run_live_session(
     seed: int = 3,
 ) -> None:
     """Bootstrap item signals from ``events``, then play one live session (see above)."""
-    from featrec.adapters.online_writers import open_writer
+    from featrec.adapters.feast.writers import open_writer
     from featrec.app.item_signals import ItemSignalsConfig, bootstrap, write_rows
 
     signals = bootstrap(events, ItemSignalsConfig.from_settings(settings))

@@ -20,17 +20,23 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from featrec.app.http_limits import HttpLimits
-from featrec.app.serving_config import MAX_K, REQUEST_LOGS, ServingConfig
+from featrec.app.serving.config import MAX_K, REQUEST_LOGS, ServingConfig
+from featrec.app.serving.http_limits import HttpLimits
 from featrec.cli.items import with_settings
-from featrec.core.experiments import ARM_SCORERS, UNIT_USER, UNITS, Experiment, parse_arms
+from featrec.core.evaluation.experiments import (
+    ARM_SCORERS,
+    UNIT_USER,
+    UNITS,
+    Experiment,
+    parse_arms,
+)
 from featrec.errors import ConfigError
 from featrec.settings import Settings
 
 if TYPE_CHECKING:
-    from featrec.adapters.serving import ServingOptions
-    from featrec.app.explain import Explanation
-    from featrec.app.recommend import Recommendation
+    from featrec.app.serving.explain import Explanation
+    from featrec.app.serving.recommender import Recommendation
+    from featrec.jobs.serving import ServingOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -147,7 +153,7 @@ def _options(
     item_cache: float,
     experiment: Experiment | None = None,
 ) -> ServingOptions:
-    from featrec.adapters.serving import ServingOptions, pool_config
+    from featrec.jobs.serving import ServingOptions, pool_config
 
     config = ServingConfig(
         max_session_age_s=max_session_age, item_cache_s=item_cache, experiment=experiment
@@ -183,7 +189,7 @@ def recommend(
     as_json: bool,
 ) -> None:
     """Recommend K items for SESSION_ID now, with scores and reasons."""
-    from featrec.adapters.serving import open_recommender
+    from featrec.jobs.serving import open_recommender
 
     options = _options(model, request_log, max_session_age, candidates, item_cache, experiment)
     recommender = open_recommender(settings, options)
@@ -240,8 +246,8 @@ def explain(
 
     Exits with status 1 if the re-scored list differs from the logged one.
     """
-    from featrec.adapters.serving import model_loader, open_request_log
-    from featrec.app.explain import explain_request
+    from featrec.app.serving.explain import explain_request
+    from featrec.jobs.serving import model_loader, open_request_log
 
     log = open_request_log(settings, request_log)
     load = model_loader(settings)
@@ -413,7 +419,7 @@ def serve(
     """
     import uvicorn
 
-    from featrec.adapters.serving import load_model
+    from featrec.jobs.serving import load_model
 
     options = _options(model, request_log, max_session_age, candidates, item_cache, experiment)
     load_model(settings, options.model)  # a bad --model fails here, in one line

@@ -3,7 +3,7 @@
 The click command :data:`train` (registered on the main group by ``featrec.cli``) reads the
 Parquet file ``featrec dataset build`` wrote and the event log it was built from, replays the
 log for the candidate and session features (:mod:`featrec.app.training`), fits, and writes
-``$FEATREC_HOME/models/<version>/`` with its manifest (:mod:`featrec.adapters.model_store`).
+``$FEATREC_HOME/models/<version>/`` with its manifest (:mod:`featrec.adapters.files.model_store`).
 Any :class:`~featrec.errors.FeatrecError` becomes a one-line message and exit status 1.
 """
 
@@ -57,10 +57,10 @@ def train(
     """Fit the ranker on `featrec dataset build` output and save it as a model version."""
     import pyarrow.parquet as pq
 
-    from featrec.adapters.model_store import models_dir, save_model
-    from featrec.adapters.training_sets import log_events
+    from featrec.adapters.files.model_store import models_dir, save_model
     from featrec.app.training import TrainingConfig, points_from_table
     from featrec.app.training import train as train_ranker
+    from featrec.jobs.training_sets import log_events
 
     settings = context_settings(ctx)
     path = dataset or settings.home / "datasets" / "training.parquet"
@@ -107,7 +107,8 @@ def train(
         click.echo(
             "note: serving would not propose some of the training set's candidates (they "
             "train without sources); build the training set with "
-            "featrec.core.candidates.SignalCandidates so the model learns serving's candidates"
+            "featrec.core.candidates.generation.SignalCandidates so the model learns "
+            "serving's candidates"
         )
     k = config.k
     if f"holdout_model_hr@{k}" in m:

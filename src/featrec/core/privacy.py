@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from featrec.core.events import Event
+from featrec.core.events.model import Event
 from featrec.errors import ConfigError, InvalidEvent
 
 Kind = Literal["user", "session"]

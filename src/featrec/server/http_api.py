@@ -40,8 +40,8 @@ from prometheus_client.registry import Collector
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 
-from featrec.app.recommend import Recommendation, Recommender
-from featrec.app.serving_config import DEGRADED_CODES, MAX_ID_LENGTH, MAX_K, MAX_SHOWN
+from featrec.app.serving.config import DEGRADED_CODES, MAX_ID_LENGTH, MAX_K, MAX_SHOWN
+from featrec.app.serving.recommender import Recommendation, Recommender
 from featrec.errors import ConfigError, FeatrecError
 from featrec.server.limits import (
     BodyLimitMiddleware,
@@ -58,7 +58,7 @@ MIN_ADMIN_TOKEN_LENGTH = 16
 
 
 def _printable(value: str) -> str:
-    # The rule event ids follow (featrec.core.events): such an id can never name a session.
+    # The rule event ids follow (featrec.core.events.model): such an id can never name a session.
     if not value.isprintable() or value != value.strip():
         raise ValueError("must be printable, without control characters or surrounding spaces")
     return value

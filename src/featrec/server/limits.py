@@ -14,7 +14,8 @@
 - **Overload** (503 with ``Retry-After``, only when ``max_inflight`` > 0): a request arriving
   while ``max_inflight`` requests are in progress in this worker is refused at once.
 
-The settings are :class:`featrec.app.http_limits.HttpLimits` (``FEATREC_SERVE_*`` variables).
+The settings are :class:`featrec.app.serving.http_limits.HttpLimits` (``FEATREC_SERVE_*``
+variables).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Final
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from featrec.app.http_limits import HttpLimits
+from featrec.app.serving.http_limits import HttpLimits
 
 __all__ = [
     "BodyLimitMiddleware",

@@ -1,7 +1,7 @@
 """The factory uvicorn imports: ``uvicorn --factory featrec.server.main:app_from_env``.
 
 Settings come from ``FEATREC_*``, serving options from ``FEATREC_SERVE_*`` (written by
-``featrec serve``, see :mod:`featrec.adapters.serving` and :mod:`featrec.server.limits`), so
+``featrec serve``, see :mod:`featrec.jobs.serving` and :mod:`featrec.server.limits`), so
 any uvicorn or gunicorn setup can start the same app. The admin endpoints are enabled by
 ``FEATREC_ADMIN_TOKEN`` (a secret: only ever from the environment).
 """
@@ -15,8 +15,8 @@ from typing import Final
 
 from fastapi import FastAPI
 
-from featrec.adapters.serving import open_recommender, options_from_env
-from featrec.app.http_limits import HttpLimits
+from featrec.app.serving.http_limits import HttpLimits
+from featrec.jobs.serving import open_recommender, options_from_env
 from featrec.server.http_api import create_app
 from featrec.settings import Settings
 
@@ -35,8 +35,8 @@ def app_from_env() -> FastAPI:
 
 
 def forget_user(settings: Settings, user_id: str) -> Mapping[str, object]:
-    """:func:`featrec.adapters.forget.forget_user`, imported on first use (it opens Feast)."""
-    from featrec.adapters.forget import forget_user as forget
+    """:func:`featrec.jobs.forget.forget_user`, imported on first use (it opens Feast)."""
+    from featrec.jobs.forget import forget_user as forget
 
     report: Mapping[str, object] = forget(settings, user_id).to_dict()
     return report

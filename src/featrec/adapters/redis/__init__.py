@@ -1,0 +1,3 @@
+"""Redis: the event bus (streams), the fast row reader, the bulk writer, the request log and
+the deny-list.
+"""

@@ -1,0 +1,1 @@
+"""Evaluating: the replay evaluation of every policy, its report, and the A/B report."""

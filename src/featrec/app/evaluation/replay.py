@@ -1,0 +1,355 @@
+"""Replay evaluation: the production recommender asked at every prediction point of a replay.
+
+``featrec evaluate`` replays the test events, in time order, through the real sessions dataflow
+into the real online store. This module is the part that does not know about Bytewax or Feast:
+
+- :class:`ReplayGate` hands the flow's source one event at a time and waits until that event's
+  session row has been **written** (the flow's sink reports it) before releasing the next one.
+  The flow coalesces a session's events that arrive together into one row; one event in flight
+  at a time is what lets every prediction point see its own event, as a shopper would.
+- When the row is written, the gate reads it back through the store (:class:`RowReader`): that
+  read is the "readable" moment the freshness histogram measures from the event's release.
+- Then every policy answers for the point through a
+:class:`~featrec.app.serving.recommender.Recommender`
+  (the serving code, not a re-implementation), each with its own view of the store:
+
+  ============== ==================================================================
+  popularity     the ``K`` most clicked training items, the same for everyone
+  batch-only     the store as a nightly batch system has it: no session row (the
+                 answer is the degraded one: user history, trending at the cutoff)
+  session-only   the session row, candidates in their co-visitation order, no ranker
+  full           session row + batch features + learned ranker
+  stale-1s/1m/1h full, but the session row as it was that long ago (freshness ablation)
+  ============== ==================================================================
+
+Item signals (neighbours, trending) and batch features are frozen at the training cutoff, as
+the protocol asks (statistics learned from training data only).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from featrec.app.serving.recommender import LoadedModel, Recommender, ServingConfig
+from featrec.core.evaluation.protocol import PredictionPoint
+from featrec.core.events.model import Event
+from featrec.core.features.catalog import SESSION_FEATURES
+from featrec.core.features.rows import FeatureRow
+from featrec.core.ports.serving import Found, InMemoryRequestLog, RowReader, StampedRow, Wanted
+from featrec.core.ranking.rerank import RerankConfig
+from featrec.errors import ConfigError, FeatrecError
+
+POPULARITY: Final = "popularity"
+BATCH_ONLY: Final = "batch-only"
+SESSION_ONLY: Final = "session-only"
+FULL: Final = "full"
+#: Staleness ablation: the full policy with the session row delayed by this many seconds.
+STALE: Final = {"stale-1s": 1.0, "stale-1m": 60.0, "stale-1h": 3600.0}
+POLICIES: Final = (POPULARITY, BATCH_ONLY, SESSION_ONLY, FULL, *STALE)
+#: Policies that need a learned model.
+NEEDS_MODEL: Final = frozenset({FULL, *STALE})
+
+
+def parse_policies(spec: str) -> list[str]:
+    """``"full,session-only"`` -> a checked list (``"all"``: every policy)."""
+    names = [p.strip() for p in spec.split(",") if p.strip()]
+    if names == ["all"]:
+        return list(POLICIES)
+    unknown = [p for p in names if p not in POLICIES]
+    if unknown or not names:
+        raise ConfigError(
+            f"unknown policy {', '.join(unknown) or '(none)'}: choose from {', '.join(POLICIES)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def evaluation_config(base: ServingConfig | None = None) -> ServingConfig:
+    """The serving config a replay measures with: accuracy only, so the rerank knobs that trade
+    accuracy for user experience (category cap, list stability) are off, and a session row is
+    never judged stale by the wall clock (the replay clock is event time)."""
+    cfg = base if base is not None else ServingConfig()
+    return ServingConfig(
+        max_session_age_s=max(cfg.max_session_age_s, 2 * max(STALE.values())),
+        max_user_age_s=None,
+        item_cache_s=3600.0,
+        item_cache_rows=cfg.item_cache_rows,
+        store_retry_s=cfg.store_retry_s,
+        candidates=cfg.candidates,
+        rerank=RerankConfig(drop_purchased=True),
+        cache_sessions=cfg.cache_sessions,
+    )
+
+
+class ReplayClock:
+    """Event time of the point being answered (the recommenders' clock)."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+class SessionHistory:
+    """Every session row the replay read back, with the event time it became readable."""
+
+    def __init__(self) -> None:
+        self._times: dict[str, list[float]] = {}
+        self._rows: dict[str, list[StampedRow]] = {}
+
+    def record(self, session_id: str, at_s: float, row: StampedRow) -> None:
+        self._times.setdefault(session_id, []).append(at_s)
+        self._rows.setdefault(session_id, []).append(row)
+
+    def as_of(self, session_id: str, at_s: float) -> StampedRow | None:
+        """The newest row readable at ``at_s`` (None: the session had no row yet)."""
+        times = self._times.get(session_id)
+        if not times:
+            return None
+        i = bisect.bisect_right(times, at_s)
+        return self._rows[session_id][i - 1] if i else None
+
+
+class SessionView:
+    """A :class:`RowReader` that serves every view from ``base`` except ``session_features``,
+    which comes from ``history`` as of ``delay_s`` before the clock (``delay_s=None``: never,
+    the batch-only view)."""
+
+    def __init__(
+        self,
+        base: RowReader,
+        history: SessionHistory,
+        clock: ReplayClock,
+        delay_s: float | None,
+    ) -> None:
+        self.base = base
+        self.history = history
+        self.clock = clock
+        self.delay_s = delay_s
+
+    def read_rows(self, wanted: Wanted) -> Found:
+        rest = {view: keys for view, keys in wanted.items() if view != SESSION_FEATURES.name}
+        found = self.base.read_rows(rest) if rest else {}
+        keys = wanted.get(SESSION_FEATURES.name)
+        if keys is not None:
+            delay = self.delay_s
+            found[SESSION_FEATURES.name] = [
+                None if delay is None else self.history.as_of(key, self.clock.now_s - delay)
+                for key in keys
+            ]
+        return {view: found[view] for view in wanted}
+
+
+@dataclass(slots=True)
+class PointAnswer:
+    """What every policy answered at one prediction point."""
+
+    point: PredictionPoint
+    lists: dict[str, list[str]] = field(default_factory=dict)
+    degraded: dict[str, bool] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    #: Release of the event to the flow -> its session row read back from the store.
+    freshness_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "point": self.point.to_dict(),
+            "lists": self.lists,
+            "degraded": self.degraded,
+            "latency_ms": self.latency_ms,
+            "freshness_ms": self.freshness_ms,
+        }
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    released: int = 0
+    rows_written: int = 0
+    dead_letters: int = 0
+    points: int = 0
+    #: Rows that were not readable right after their write (should stay 0).
+    unreadable: int = 0
+    freshness_ms: list[float] = field(default_factory=list)
+
+
+class Policies:
+    """One recommender per policy, each with its own view of the store (see the module doc)."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        rows: RowReader,
+        model: LoadedModel | None,
+        popular: Sequence[str],
+        k: int,
+        config: ServingConfig | None = None,
+    ) -> None:
+        if model is None and NEEDS_MODEL.intersection(names):
+            raise ConfigError(
+                f"policies {', '.join(sorted(NEEDS_MODEL.intersection(names)))} need a model"
+            )
+        self.names = list(names)
+        self.k = k
+        self.popular = list(popular[:k])
+        self.clock = ReplayClock()
+        self.history = SessionHistory()
+        cfg = evaluation_config(config)
+        self.recommenders: dict[str, Recommender] = {}
+        for name in self.names:
+            if name == POPULARITY:
+                continue
+            reader: RowReader = rows
+            if name == BATCH_ONLY:
+                reader = SessionView(rows, self.history, self.clock, None)
+            elif name in STALE:
+                reader = SessionView(rows, self.history, self.clock, STALE[name])
+            self.recommenders[name] = Recommender(
+                reader,
+                InMemoryRequestLog(capacity=1),
+                model=None if name == SESSION_ONLY else model,
+                config=cfg,
+                clock=self.clock,
+            )
+
+    def answer(self, point: PredictionPoint, answer: PointAnswer) -> None:
+        self.clock.now_s = point.at_s
+        for name in self.names:
+            t0 = time.perf_counter()
+            if name == POPULARITY:
+                items, degraded = list(self.popular), False
+            else:
+                got = self.recommenders[name].recommend(point.session_id, point.user_id, self.k)
+                items, degraded = [i.item_id for i in got.items], got.degraded
+            answer.latency_ms[name] = (time.perf_counter() - t0) * 1000
+            answer.lists[name] = items
+            answer.degraded[name] = degraded
+
+
+class ReplayGate:
+    """Lock-step between the flow's source and its feature sink (see the module doc).
+
+    The source calls :meth:`release` until it returns None (all events released); it gets
+    ``False`` while the previous event is still in flight. The sink calls :meth:`rows_written`
+    after each successful write; the dead-letter sink calls :meth:`dead_lettered`.
+    """
+
+    def __init__(
+        self,
+        events: Sequence[Event],
+        points: Sequence[PredictionPoint | None],
+        rows: RowReader,
+        policies: Policies,
+        out: Callable[[PointAnswer], None],
+        *,
+        timeout_s: float = 30.0,
+        monotonic: Callable[[], float] = time.perf_counter,
+        on_finish: Callable[[ReplayStats], None] | None = None,
+    ) -> None:
+        if len(events) != len(points):
+            raise ValueError(f"{len(points)} points for {len(events)} events")
+        self.events = events
+        self.points = points
+        self.rows = rows
+        self.policies = policies
+        self.out = out
+        self.timeout_s = timeout_s
+        self.monotonic = monotonic
+        self.stats = ReplayStats()
+        self._next = 0
+        self._in_flight: int | None = None
+        self._released_at = 0.0
+        self._on_finish = on_finish
+        self._finished = False
+
+    @property
+    def done(self) -> bool:
+        return self._next >= len(self.events) and self._in_flight is None
+
+    def release(self) -> Event | bool | None:
+        """The next event to send, ``False`` to wait, None when every event has been sent."""
+        if self._in_flight is not None:
+            waited = self.monotonic() - self._released_at
+            if waited > self.timeout_s:
+                event = self.events[self._in_flight]
+                raise FeatrecError(
+                    f"event {event.event_id} (session {event.session_id}) produced neither a "
+                    f"row nor a dead letter within {self.timeout_s:g} s"
+                )
+            return False
+        if self._next >= len(self.events):
+            self._finish()
+            return None
+        self._in_flight = self._next
+        self._next += 1
+        self._released_at = self.monotonic()
+        self.stats.released += 1
+        return self.events[self._in_flight]
+
+    def _finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            if self._on_finish is not None:
+                self._on_finish(self.stats)
+
+    def rows_written(self, rows: Sequence[FeatureRow]) -> None:
+        for row in rows:
+            if row.view != SESSION_FEATURES.name:
+                continue
+            self.stats.rows_written += 1
+            index = self._in_flight
+            if index is None or self.events[index].session_id != row.key:
+                raise FeatrecError(
+                    f"session row {row.key!r} written while "
+                    f"{'no event' if index is None else repr(self.events[index].session_id)} "
+                    "was in flight: the replay is not in lock-step"
+                )
+            self._settle(index)
+
+    def dead_lettered(self, count: int = 1) -> None:
+        self.stats.dead_letters += count
+        if self._in_flight is not None:
+            self._in_flight = None
+
+    def _settle(self, index: int) -> None:
+        event = self.events[index]
+        found = self.rows.read_rows({SESSION_FEATURES.name: [event.session_id]})
+        row = found[SESSION_FEATURES.name][0]
+        freshness = (self.monotonic() - self._released_at) * 1000
+        self.stats.freshness_ms.append(freshness)
+        at_s = event.ts.timestamp()
+        if row is None:
+            self.stats.unreadable += 1
+        else:
+            self.policies.history.record(event.session_id, at_s, row)
+        point = self.points[index]
+        if point is not None:
+            answer = PointAnswer(point, freshness_ms=freshness)
+            self.policies.answer(point, answer)
+            self.stats.points += 1
+            self.out(answer)
+        self._in_flight = None
+
+
+def most_popular(events: Sequence[Event], k: int) -> list[str]:
+    """The ``k`` items with the most training events (ties by item id)."""
+    counts = training_popularity(events)
+    return [item for item, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+
+
+def training_popularity(events: Sequence[Event]) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for event in events:
+        counts[event.item_id] = counts.get(event.item_id, 0.0) + 1.0
+    return counts
+
+
+def summarise_degraded(answers: Sequence[PointAnswer]) -> Mapping[str, int]:
+    out: dict[str, int] = {}
+    for answer in answers:
+        for name, flag in answer.degraded.items():
+            out[name] = out.get(name, 0) + int(flag)
+    return out

@@ -1,0 +1,195 @@
+"""In-process caches of the serving path.
+
+- :class:`RowCache`: feature rows (items, neighbour lists, trending lists) kept for at most
+  ``max_age_s`` of monotonic time, so staleness is bounded by a number, not by traffic. Misses
+  of one call are read in one round trip. When the store fails, :meth:`RowCache.get` can answer
+  from whatever it holds, however old (``stale_ok``): the degraded path still has popularity.
+- :class:`ResponseCache`: answers keyed by session *version*. A session's ``version`` feature
+  strictly increases with every event, and the cache holds entries for one version per session
+  only: the first answer stored for a newer version drops the older ones, and a lookup must
+  name the exact version, so an old answer can never be served after the next event (no TTL).
+  It also remembers the list last served for an *older* version: what the shopper saw before
+  the newest event, which the stability rule keeps in place.
+
+Both are thread-safe (the HTTP server runs requests in a thread pool) and bounded (least
+recently used entries go first).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from featrec.core.ports.serving import Found, RowReader, StampedRow, Wanted
+from featrec.errors import ConfigError, StoreError, StoreUnavailable
+
+T = TypeVar("T")
+
+
+class RowCache:
+    """Rows per (view, key), re-read once older than ``max_age_s`` (monotonic seconds)."""
+
+    def __init__(
+        self,
+        reader: RowReader,
+        *,
+        max_age_s: float,
+        capacity: int = 100_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not max_age_s >= 0:
+            raise ConfigError(f"row cache max age must be >= 0 s, got {max_age_s}")
+        if capacity < 1:
+            raise ConfigError(f"row cache capacity must be >= 1, got {capacity}")
+        self.reader = reader
+        self.max_age_s = max_age_s
+        self.capacity = capacity
+        self._monotonic = monotonic
+        self._rows: OrderedDict[tuple[str, str], tuple[float, StampedRow | None]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, wanted: Wanted, *, stale_ok: bool = False, offline: bool = False) -> Found:
+        """Rows for ``wanted``: fresh ones from the cache, the rest read in one call.
+
+        Raises what the reader raises, unless ``stale_ok``: then a failed read answers from
+        the cache whatever the age, with None for rows never read. ``offline`` answers from
+        the cache that way without trying the store.
+        """
+        now = self._monotonic()
+        oldest = now - self.max_age_s
+        out: Found = {}
+        missing: dict[str, list[str]] = {}
+        positions: dict[str, list[int]] = {}
+        with self._lock:
+            rows = self._rows
+            for view, keys in wanted.items():
+                found: list[StampedRow | None] = []
+                for j, key in enumerate(keys):
+                    entry = rows.get((view, key))
+                    if entry is not None and entry[0] >= oldest:
+                        found.append(entry[1])
+                        self.hits += 1
+                    else:
+                        found.append(None)
+                        missing.setdefault(view, []).append(key)
+                        positions.setdefault(view, []).append(j)
+                        self.misses += 1
+                out[view] = found
+        if not missing:
+            return out
+        try:
+            if offline:
+                raise StoreUnavailable("offline")
+            fetched = self.reader.read_rows(missing)
+        except StoreError:
+            if not (stale_ok or offline):
+                raise
+            fetched = self._stale(missing)
+        else:
+            self._store(fetched, missing, now)
+        for view, places in positions.items():
+            found = out[view]
+            for j, row in zip(places, fetched[view], strict=True):
+                found[j] = row
+        return out
+
+    def _store(self, fetched: Found, missing: dict[str, list[str]], now: float) -> None:
+        with self._lock:
+            rows = self._rows
+            for view, keys in missing.items():
+                for key, row in zip(keys, fetched[view], strict=True):
+                    rows[(view, key)] = (now, row)
+                    rows.move_to_end((view, key))
+            while len(rows) > self.capacity:
+                rows.popitem(last=False)
+
+    def _stale(self, missing: dict[str, list[str]]) -> Found:
+        with self._lock:
+            out: Found = {}
+            for view, keys in missing.items():
+                found: list[StampedRow | None] = []
+                for key in keys:
+                    entry = self._rows.get((view, key))
+                    found.append(None if entry is None else entry[1])
+                out[view] = found
+            return out
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+
+
+@dataclass(slots=True)
+class _SessionSlot(Generic[T]):
+    version: int
+    #: The list served for an older version (what the shopper saw before this version).
+    prior: tuple[str, ...] | None
+    entries: dict[Hashable, T] = field(default_factory=dict)
+    #: The list last served for this version.
+    last: tuple[str, ...] | None = None
+
+
+class ResponseCache(Generic[T]):
+    """Answers for one session version at a time, per session (see the module docstring)."""
+
+    def __init__(self, capacity: int = 10_000, variants: int = 8) -> None:
+        if capacity < 1 or variants < 1:
+            raise ConfigError(
+                f"response cache capacity and variants must be >= 1, got {capacity}, {variants}"
+            )
+        self.capacity = capacity
+        self.variants = variants
+        self._slots: OrderedDict[str, _SessionSlot[T]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str, version: int, key: Hashable) -> T | None:
+        """The answer stored for exactly this session version and request key, if any."""
+        with self._lock:
+            slot = self._slots.get(session_id)
+            if slot is None or slot.version != version:
+                return None
+            self._slots.move_to_end(session_id)
+            return slot.entries.get(key)
+
+    def shown_before(self, session_id: str, version: int) -> tuple[str, ...] | None:
+        """The list served to this session for the newest version older than ``version``."""
+        with self._lock:
+            slot = self._slots.get(session_id)
+            if slot is None or version < slot.version:
+                return None
+            if version == slot.version:
+                return slot.prior
+            return slot.last if slot.last is not None else slot.prior
+
+    def put(
+        self, session_id: str, version: int, key: Hashable, value: T, items: Sequence[str]
+    ) -> bool:
+        """Store an answer (``items``: the list it shows). An answer for a version older than
+        the one held is refused (returns False): it is already outdated."""
+        with self._lock:
+            slot = self._slots.get(session_id)
+            if slot is None or version > slot.version:
+                prior = None
+                if slot is not None:
+                    prior = slot.last if slot.last is not None else slot.prior
+                slot = self._slots[session_id] = _SessionSlot(version, prior)
+            elif version < slot.version:
+                return False
+            slot.entries[key] = value
+            if len(slot.entries) > self.variants:
+                del slot.entries[next(iter(slot.entries))]
+            slot.last = tuple(items)
+            self._slots.move_to_end(session_id)
+            while len(self._slots) > self.capacity:
+                self._slots.popitem(last=False)
+            return True
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._slots)

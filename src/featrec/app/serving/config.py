@@ -1,0 +1,64 @@
+"""What the serving path can be told: limits of a request, degraded codes, :class:`ServingConfig`.
+
+A module of its own, free of the scoring stack (numpy, scikit-learn), so the command line can
+build its options without importing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from featrec.core.candidates.generation import CandidateConfig
+from featrec.core.evaluation.experiments import Experiment
+from featrec.core.features.freshness import BATCH_MAX_AGE
+from featrec.core.ranking.rerank import RerankConfig
+from featrec.errors import ConfigError
+
+#: Largest ``k`` a request may ask for, and most ``shown`` items it may send.
+MAX_K: Final = 100
+MAX_SHOWN: Final = 200
+MAX_ID_LENGTH: Final = 256
+
+NO_SESSION: Final = "no_session"
+STALE_SESSION: Final = "stale_session"
+STORE_UNREACHABLE: Final = "store_unreachable"
+STORE_FAILED: Final = "store_failed"
+DEGRADED_CODES: Final = (NO_SESSION, STALE_SESSION, STORE_UNREACHABLE, STORE_FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class ServingConfig:
+    """Knobs of the serving path. Validated."""
+
+    #: A session row older than this (event time vs the clock) is stale: degraded answer.
+    max_session_age_s: float = 600.0
+    #: A user row older than this is ignored (the batch job stopped); None: never.
+    max_user_age_s: float | None = BATCH_MAX_AGE.total_seconds()
+    #: Bounded staleness of cached item rows, neighbour lists and trending lists (seconds).
+    item_cache_s: float = 5.0
+    item_cache_rows: int = 200_000
+    #: After a store failure, requests skip the store for this long (seconds).
+    store_retry_s: float = 1.0
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    rerank: RerankConfig = field(
+        default_factory=lambda: RerankConfig(max_per_category=5, stability_window=2)
+    )
+    cache_sessions: int = 10_000
+    #: An A/B experiment: each request is bucketed into an arm, which may change the scorer
+    #: or the model version (see :mod:`featrec.core.evaluation.experiments`); None: no experiment.
+    experiment: Experiment | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_session_age_s", "item_cache_s", "store_retry_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and value >= 0):
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if self.max_user_age_s is not None and not self.max_user_age_s >= 0:
+            raise ConfigError(f"max_user_age_s must be >= 0 or None, got {self.max_user_age_s}")
+        if self.item_cache_rows < 1 or self.cache_sessions < 1:
+            raise ConfigError("item_cache_rows and cache_sessions must be >= 1")
+
+
+#: Where the request log can live: a local SQLite file, or Redis.
+REQUEST_LOGS: Final = ("sqlite", "redis")

@@ -1,0 +1,135 @@
+"""Candidate generation: which items a ranker scores at one prediction point.
+
+A :class:`CandidateGenerator` proposes items for a :class:`PredictionContext` (the session so
+far). Generators that learn from the stream (popularity) also implement :class:`EventObserver`;
+whoever drives them (the training-set builder, a replay) calls ``observe`` with every event in
+time order *before* asking for candidates at a later point, so a generator only ever knows the
+past. The training-set builder and the online scorer share these generators, so training sees
+the candidates serving will see.
+
+The default, :func:`default_generator`, is the session's own items (newest first) followed by
+the globally most popular items as of the prediction time.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from featrec.core.events.model import Event
+from featrec.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionContext:
+    """What is known at a prediction point: the session's events so far (the newest last)."""
+
+    session_id: str
+    user_id: str | None
+    at: datetime
+    items: tuple[str, ...]
+    types: tuple[str, ...]
+
+
+@runtime_checkable
+class CandidateGenerator(Protocol):
+    """Proposes candidate items for one prediction point: distinct ids, best first."""
+
+    def candidates(self, context: PredictionContext) -> list[str]: ...
+
+
+@runtime_checkable
+class EventObserver(Protocol):
+    """Learns from every event, in time order (called before later prediction points)."""
+
+    def observe(self, event: Event) -> None: ...
+
+
+class SessionItems:
+    """The session's own distinct items, most recently seen first (at most ``limit``)."""
+
+    def __init__(self, limit: int = 20) -> None:
+        if limit < 1:
+            raise ConfigError(f"session candidate limit must be >= 1, got {limit}")
+        self.limit = limit
+
+    def candidates(self, context: PredictionContext) -> list[str]:
+        out: dict[str, None] = {}
+        for item in reversed(context.items):
+            out.setdefault(item, None)
+            if len(out) == self.limit:
+                break
+        return list(out)
+
+
+class PopularItems:
+    """The ``k`` items with the most events observed so far (ties: smaller id first).
+
+    Counts only grow, so the top list changes only when the item just counted overtakes the
+    last of it: an update costs O(k), not a sort of the catalogue.
+    """
+
+    def __init__(self, k: int = 20) -> None:
+        if k < 1:
+            raise ConfigError(f"popular candidate count must be >= 1, got {k}")
+        self.k = k
+        self._counts: dict[str, int] = {}
+        self._top: list[tuple[int, str]] = []  # (-count, item), best first
+        self._in_top: set[str] = set()
+
+    def observe(self, event: Event) -> None:
+        item = event.item_id
+        new = self._counts[item] = self._counts.get(item, 0) + 1
+        top = self._top
+        if item in self._in_top:
+            top.remove((1 - new, item))
+            bisect.insort(top, (-new, item))
+        elif len(top) < self.k or (-new, item) < top[-1]:
+            bisect.insort(top, (-new, item))
+            self._in_top.add(item)
+            if len(top) > self.k:
+                self._in_top.discard(top.pop()[1])
+
+    def count(self, item: str) -> int:
+        """Events observed on ``item``."""
+        return self._counts.get(item, 0)
+
+    def top(self) -> list[str]:
+        return [item for _, item in self._top]
+
+    def candidates(self, context: PredictionContext) -> list[str]:
+        return self.top()
+
+
+class Combined:
+    """The candidates of several generators, in order, without repeats (at most ``limit``);
+    ``observe`` reaches every part that observes."""
+
+    def __init__(self, parts: Sequence[CandidateGenerator], limit: int | None = None) -> None:
+        if not parts:
+            raise ConfigError("a combined generator needs at least one part")
+        if limit is not None and limit < 1:
+            raise ConfigError(f"candidate limit must be >= 1, got {limit}")
+        self.parts = list(parts)
+        self.limit = limit
+        self._observers = [p for p in self.parts if isinstance(p, EventObserver)]
+
+    def observe(self, event: Event) -> None:
+        for part in self._observers:
+            part.observe(event)
+
+    def candidates(self, context: PredictionContext) -> list[str]:
+        out: dict[str, None] = {}
+        for part in self.parts:
+            for item in part.candidates(context):
+                out.setdefault(item, None)
+        items = list(out)
+        return items if self.limit is None else items[: self.limit]
+
+
+def default_generator(session_items: int = 20, popular: int = 20) -> Combined:
+    """The session's own items (newest first), then the most popular items so far."""
+    return Combined([SessionItems(session_items), PopularItems(popular)])

@@ -1,0 +1,1 @@
+"""Offline evaluation: the next-item protocol, its metrics, and A/B experiment bucketing."""

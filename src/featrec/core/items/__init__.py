@@ -1,0 +1,1 @@
+"""Item signals: co-visitation neighbours, trending, and the co-visitation session scorer."""

@@ -1,0 +1,207 @@
+"""Wiring of the serving path: a :class:`~featrec.app.serving.recommender.Recommender` from
+settings.
+
+Used by ``featrec recommend``, ``featrec explain`` and ``featrec serve`` (the HTTP app builds it
+from ``FEATREC_*`` variables in its own process, see :func:`options_from_env`).
+
+- Rows: :class:`~featrec.adapters.redis.rows.RedisRowReader` on Redis (Feast's layout read
+  directly), :class:`~featrec.adapters.feast.rows.FeastRowReader` otherwise (stock SDK).
+- Request log: SQLite in ``<home>/requests.db`` (default: it keeps working when Redis does
+  not) or Redis (``request_log="redis"``: shared by every server process), written by a
+  :class:`~featrec.adapters.sqlite.request_log.BackgroundRequestLog` off the request path.
+- Model: a version under ``<home>/models`` (the trusted directory), loaded by
+  :mod:`featrec.adapters.files.model_store` (path, manifest, sha256 and feature list checked):
+  ``"auto"`` is the newest version if there is one, ``"none"`` scores by candidate order.
+  ``explain`` loads whichever version a logged request used from the same directory.
+- Experiment: ``ServingConfig.experiment`` (an A/B split, see
+:mod:`featrec.core.evaluation.experiments`);
+  ``featrec serve`` hands it to the HTTP workers as JSON in :data:`ENV_EXPERIMENT`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from featrec.adapters.sqlite.request_log import (
+    BackgroundRequestLog,
+    RedisRequestLog,
+    SqliteRequestLog,
+)
+from featrec.app.serving.config import REQUEST_LOGS
+from featrec.app.serving.recommender import LoadedModel, ModelLoader, Recommender, ServingConfig
+from featrec.app.serving.steps import SERVED_FEATURES
+from featrec.core.candidates.generation import CandidateConfig
+from featrec.core.evaluation.experiments import experiment_from_dict
+from featrec.core.ports.serving import Clock, RowReader
+from featrec.errors import ConfigError
+from featrec.settings import Settings
+
+#: Environment variables through which ``featrec serve`` hands its options to the HTTP app.
+ENV_MODEL = "FEATREC_SERVE_MODEL"
+ENV_REQUEST_LOG = "FEATREC_SERVE_REQUEST_LOG"
+ENV_MAX_SESSION_AGE = "FEATREC_SERVE_MAX_SESSION_AGE_S"
+ENV_ITEM_CACHE = "FEATREC_SERVE_ITEM_CACHE_S"
+ENV_CANDIDATES = "FEATREC_SERVE_CANDIDATES"
+#: The A/B experiment as JSON (:meth:`featrec.core.evaluation.experiments.Experiment.to_dict`).
+ENV_EXPERIMENT = "FEATREC_SERVE_EXPERIMENT"
+
+
+@dataclass(frozen=True, slots=True)
+class ServingOptions:
+    """What to serve with, beyond :class:`Settings`. Validated."""
+
+    request_log: str = "sqlite"
+    #: ``"auto"`` (newest version, none if there is none), ``"none"``, ``"latest"`` (newest,
+    #: which must exist) or a version name under ``<home>/models``.
+    model: str = "auto"
+    config: ServingConfig = field(default_factory=ServingConfig)
+
+    def __post_init__(self) -> None:
+        if self.request_log not in REQUEST_LOGS:
+            raise ConfigError(
+                f"request log must be one of {', '.join(REQUEST_LOGS)}, got {self.request_log!r}"
+            )
+
+    def to_env(self) -> dict[str, str]:
+        experiment = self.config.experiment
+        return {
+            ENV_REQUEST_LOG: self.request_log,
+            ENV_MODEL: self.model,
+            ENV_MAX_SESSION_AGE: repr(self.config.max_session_age_s),
+            ENV_ITEM_CACHE: repr(self.config.item_cache_s),
+            ENV_CANDIDATES: str(self.config.candidates.max_total),
+            ENV_EXPERIMENT: json.dumps(experiment.to_dict()) if experiment is not None else "",
+        }
+
+
+def pool_config(n: int) -> CandidateConfig:
+    """Candidate caps that score ``n`` candidates per request: the session's neighbours and
+    items first, topped up with popular items (fewer only when the catalogue has fewer)."""
+    if n < 1:
+        raise ConfigError(f"the candidate pool must be >= 1, got {n}")
+    base = CandidateConfig()
+    return replace(
+        base, max_covisit=max(base.max_covisit, n), max_total=n, min_total=n, max_popular=n
+    )
+
+
+def options_from_env(environ: Mapping[str, str]) -> ServingOptions:
+    """The options :meth:`ServingOptions.to_env` wrote (defaults for unset variables)."""
+    options = ServingOptions(
+        request_log=environ.get(ENV_REQUEST_LOG) or "sqlite",
+        model=environ.get(ENV_MODEL) or "auto",
+    )
+    changes: dict[str, Any] = {}
+    for name, var in (("max_session_age_s", ENV_MAX_SESSION_AGE), ("item_cache_s", ENV_ITEM_CACHE)):
+        raw = environ.get(var)
+        if raw:
+            try:
+                changes[name] = float(raw)
+            except ValueError:
+                raise ConfigError(f"{var}={raw!r} is not a number") from None
+            if not math.isfinite(changes[name]):
+                raise ConfigError(f"{var}={raw!r} must be finite")
+    raw = environ.get(ENV_CANDIDATES)
+    if raw:
+        if not raw.isdigit():
+            raise ConfigError(f"{ENV_CANDIDATES}={raw!r} is not a positive integer")
+        if int(raw) != options.config.candidates.max_total:
+            changes["candidates"] = pool_config(int(raw))
+    raw = environ.get(ENV_EXPERIMENT)
+    if raw:
+        try:
+            data = json.loads(raw)
+        except ValueError as e:
+            raise ConfigError(f"{ENV_EXPERIMENT} is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{ENV_EXPERIMENT} must be a JSON object")
+        changes["experiment"] = experiment_from_dict(data)
+    if changes:
+        options = replace(options, config=replace(options.config, **changes))
+    return options
+
+
+def open_rows(settings: Settings) -> RowReader:
+    """The fastest row reader for the configured online store."""
+    if settings.online_store == "redis":
+        from featrec.adapters.redis.rows import open_redis_row_reader
+
+        return open_redis_row_reader(settings, SERVED_FEATURES)
+    from featrec.adapters.feast.repo import open_store
+    from featrec.adapters.feast.rows import FeastRowReader
+
+    return FeastRowReader(open_store(settings), SERVED_FEATURES)
+
+
+def open_request_log(settings: Settings, kind: str) -> SqliteRequestLog | RedisRequestLog:
+    if kind == "redis":
+        from featrec.adapters.redis.rows import serving_client
+
+        return RedisRequestLog(serving_client(settings.redis_url), owns_client=True)
+    if kind == "sqlite":
+        return SqliteRequestLog(request_log_path(settings))
+    raise ConfigError(f"request log must be one of {', '.join(REQUEST_LOGS)}, got {kind!r}")
+
+
+def request_log_path(settings: Settings) -> Path:
+    return settings.home / "requests.db"
+
+
+def load_model(settings: Settings, model: str) -> LoadedModel | None:
+    """The model ``model`` names (see :class:`ServingOptions`), or None."""
+    from featrec.adapters.files import model_store
+
+    root = model_store.models_dir(settings.home)
+    if model == "none":
+        return None
+    if model in ("auto", "latest"):
+        if model == "auto" and not model_store.list_versions(root):
+            return None
+        loaded = model_store.load_latest(root)
+    else:
+        if not model or model.startswith(".") or "/" in model or "\\" in model:
+            raise ConfigError(f"invalid model version {model!r}")
+        if not (root / model).is_dir():
+            raise ConfigError(
+                f"model {model!r} is not in {root} (versions: "
+                f"{', '.join(model_store.list_versions(root)) or 'none'})"
+            )
+        loaded = model_store.load_model(root / model, trusted_root=root)
+    return LoadedModel(loaded.version, loaded.ranker)
+
+
+def model_loader(settings: Settings) -> ModelLoader:
+    """Loads a version from ``<home>/models`` (for explaining requests of older models)."""
+
+    def load(version: str) -> LoadedModel:
+        if version in ("auto", "latest", "none"):
+            raise ConfigError(f"invalid model version {version!r}")
+        loaded = load_model(settings, version)
+        assert loaded is not None
+        return loaded
+
+    return load
+
+
+def open_recommender(
+    settings: Settings, options: ServingOptions, *, clock: Clock = time.time
+) -> Recommender:
+    """A recommender on the configured store, request log and model (``clock``: the time
+    session ages are judged at; a replay passes its event-time clock)."""
+    log = BackgroundRequestLog(open_request_log(settings, options.request_log))
+    recommender = Recommender(
+        open_rows(settings),
+        log,
+        model=load_model(settings, options.model),
+        models=model_loader(settings),
+        config=options.config,
+        clock=clock,
+    )
+    log.on_error = recommender.log_failed
+    return recommender

@@ -1,0 +1,231 @@
+"""One contract suite for the request log: in-memory reference, SQLite, and a real Redis.
+
+Records must read back equal (floats bit for bit), rows shared between records are stored
+once, and store failures surface as featrec errors.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from featrec.adapters.sqlite.request_log import (
+    BackgroundRequestLog,
+    RedisRequestLog,
+    SqliteRequestLog,
+)
+from featrec.core.ports.serving import (
+    InMemoryRequestLog,
+    LoggedRow,
+    RequestLog,
+    RequestRecord,
+    StampedRow,
+)
+from featrec.errors import StoreError, StoreUnavailable
+from featrec.testing.redis_server import RedisServer
+
+# Floats whose shortest decimal form is long or unusual: a lossy encoding would change them.
+AWKWARD = [0.1 + 0.2, 1 / 3, 5e-324, 1.7976931348623157e308, -0.0, 2.0**-1074 * 3, 123456789.1]
+
+
+def _bits(x: float) -> bytes:
+    return struct.pack("<d", x)
+
+
+def make_record(request_id: str, shared: StampedRow, *, created: float = 1000.0) -> RequestRecord:
+    own = StampedRow(
+        {"price": AWKWARD[0], "category": "A", "ids": ["x", "y"]}, 1_700_000_000_000_001
+    )
+    return RequestRecord(
+        request_id=request_id,
+        created_at_s=created,
+        body={
+            "raw_scores": AWKWARD,
+            "candidates": [{"item_id": "a", "sources": ["covisit"], "scores": {"covisit": 1 / 7}}],
+            "k": 20,
+            "user_id": None,
+            "nested": {"flag": True, "empty": []},
+        },
+        rows=[
+            LoggedRow("session_features", "s1", own),
+            LoggedRow("user_features", "u1", None),
+            LoggedRow("item_features", "a", shared),
+        ],
+    )
+
+
+SHARED = StampedRow(
+    {"price": 9.99, "n_view_7d": 3, "category": None, "weights": [0.5, 1 / 3]},
+    1_699_999_999_000_000,
+)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "background-sqlite", "background-redis"])
+def request_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RequestLog]:
+    log: RequestLog
+    if request.param == "memory":
+        log = InMemoryRequestLog()
+    elif request.param.endswith("sqlite"):
+        log = SqliteRequestLog(tmp_path / "requests.db")
+    else:
+        url = request.getfixturevalue("redis_url")
+        log = RedisRequestLog(redis.Redis.from_url(url), owns_client=True)
+    if request.param.startswith("background"):
+        assert isinstance(log, SqliteRequestLog | RedisRequestLog)
+        log = BackgroundRequestLog(log)
+    yield log
+    log.close()
+
+
+def test_a_record_reads_back_equal_with_floats_bit_for_bit(request_log: RequestLog) -> None:
+    record = make_record("r1", SHARED)
+    request_log.append(record)
+    back = request_log.get("r1")
+    assert back == record
+    assert back is not None
+    assert [_bits(x) for x in back.body["raw_scores"]] == [_bits(x) for x in AWKWARD]
+    assert math.copysign(1.0, back.body["raw_scores"][4]) == -1.0  # -0.0 kept its sign
+    assert back.rows[2].row == SHARED
+
+
+def test_unknown_request_is_none(request_log: RequestLog) -> None:
+    request_log.append(make_record("r1", SHARED))
+    assert request_log.get("nope") is None
+
+
+def test_records_sharing_a_row_each_read_it_back(request_log: RequestLog) -> None:
+    request_log.append(make_record("r1", SHARED))
+    request_log.append(make_record("r2", SHARED, created=2000.0))
+    for rid in ("r1", "r2"):
+        back = request_log.get(rid)
+        assert back is not None and back.rows[2].row == SHARED
+
+
+def test_sqlite_stores_a_shared_row_once(tmp_path: Path) -> None:
+    log = SqliteRequestLog(tmp_path / "requests.db")
+    for i in range(5):
+        log.append(make_record(f"r{i}", SHARED, created=float(i)))
+    log.close()
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "requests.db")
+    # one session row per record is identical too: 1 shared item row + 1 session row
+    assert db.execute("SELECT COUNT(*) FROM feature_rows").fetchone()[0] == 2
+    assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 5
+
+
+def test_sqlite_survives_reopening_and_prunes_old_entries(tmp_path: Path) -> None:
+    path = tmp_path / "requests.db"
+    log = SqliteRequestLog(path)
+    other = StampedRow({"price": 1.0}, 5)
+    log.append(make_record("old", other, created=10.0))
+    log.append(make_record("new", SHARED, created=20.0))
+    log.close()
+    log = SqliteRequestLog(path)
+    assert log.get("old") is not None
+    assert log.prune(older_than_s=15.0) == 1
+    assert log.get("old") is None
+    back = log.get("new")
+    assert back is not None and back.rows[2].row == SHARED
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    # the row only "old" used is gone, the shared session row and "new"'s item row remain
+    assert db.execute("SELECT COUNT(*) FROM feature_rows").fetchone()[0] == 2
+    log.close()
+
+
+def test_redis_entries_and_rows_expire_rows_last(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    log = RedisRequestLog(client, prefix="t:", ttl_s=100)
+    log.append(make_record("r1", SHARED))
+    req_ttl = client.ttl(b"t:req:r1")
+    row_ttls = [client.ttl(key) for key in client.scan_iter(b"t:row:*")]
+    assert 0 < req_ttl <= 100
+    assert len(row_ttls) == 2 and all(ttl > 100 for ttl in row_ttls)
+
+
+def test_a_missing_row_is_a_clear_error(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    log = RedisRequestLog(client, prefix="t:")
+    log.append(make_record("r1", SHARED))
+    for key in client.scan_iter(b"t:row:*"):
+        client.delete(key)
+    with pytest.raises(StoreError, match=r"request r1: the logged session_features row of 's1'"):
+        log.get("r1")
+
+
+def test_redis_down_is_store_unavailable(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        log = RedisRequestLog(redis.Redis.from_url(server.url, retry=None), owns_client=True)
+        log.append(make_record("r1", SHARED))
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            log.append(make_record("r2", SHARED))
+        with pytest.raises(StoreUnavailable):
+            log.get("r1")
+        log.close()
+    finally:
+        server.stop()
+
+
+def test_background_log_writes_in_order_in_batches_and_get_waits(tmp_path: Path) -> None:
+    inner = SqliteRequestLog(tmp_path / "requests.db")
+    batches: list[int] = []
+    append_many = inner.append_many
+
+    def counting(records: list[RequestRecord]) -> None:
+        batches.append(len(records))
+        append_many(records)
+
+    inner.append_many = counting  # type: ignore[method-assign]
+    log = BackgroundRequestLog(inner, max_batch=50)
+    for i in range(300):
+        log.append(make_record(f"r{i}", SHARED, created=float(i)))
+    assert log.get("r299") is not None  # waits for everything queued before it
+    assert sum(batches) == 300 and max(batches) <= 50
+    log.close()
+    reopened = SqliteRequestLog(tmp_path / "requests.db")
+    assert all(reopened.get(f"r{i}") is not None for i in range(300))
+    reopened.close()
+
+
+def test_background_log_refuses_when_full_and_reports_failures(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    errors: list[tuple[int, str]] = []
+    admin = redis.Redis.from_url(server.url)
+    inner = RedisRequestLog(redis.Redis.from_url(server.url, retry=None), owns_client=True)
+    log = BackgroundRequestLog(inner, max_pending=3, on_error=lambda n, m: errors.append((n, m)))
+    try:
+        log.append(make_record("r1", SHARED))
+        log.flush()
+        # a store that stops taking writes: the queue fills and refuses instead of blocking
+        admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")
+        refused = None
+        for i in range(20):
+            try:
+                log.append(make_record(f"x{i}", SHARED))
+            except StoreError as e:
+                refused = str(e)
+                break
+        admin.execute_command("CLIENT", "UNPAUSE")
+        assert refused is not None and "request log queue full (3 records pending)" in refused
+        log.flush()
+        assert errors == [] and log.get("x0") is not None
+        # a store that is gone: accepted records are reported as failed
+        server.stop()
+        log.append(make_record("r2", SHARED))
+        log.flush()
+        assert [n for n, _ in errors] == [1] and "writing the request log to Redis" in errors[0][1]
+        assert log.failed == 1
+    finally:
+        log.close()
+        server.stop()
