@@ -1,21 +1,19 @@
 """``featrec train``: fit the ranker on a training set and store it as a new model version.
 
-The click command :data:`train` (registered on the main group by ``featrec.cli``) reads the
-Parquet file ``featrec dataset build`` wrote and the event log it was built from, replays the
-log for the candidate and session features (:mod:`featrec.app.training`), fits, and writes
-``$FEATREC_HOME/models/<version>/`` with its manifest (:mod:`featrec.adapters.files.model_store`).
-Any :class:`~featrec.errors.FeatrecError` becomes a one-line message and exit status 1.
+The click command :data:`train` (registered on the main group by ``featrec.cli``) parses its
+options, runs :func:`featrec.jobs.training.train_on_dataset` with a progress bar, and prints
+its report. Any :class:`~featrec.errors.FeatrecError` becomes a one-line message and exit status 1.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from featrec.cli.common import FeatrecCommand, context_settings
-from featrec.errors import ConfigError
 
 
 @click.command("train", cls=FeatrecCommand)
@@ -55,49 +53,20 @@ def train(
     version: str | None,
 ) -> None:
     """Fit the ranker on `featrec dataset build` output and save it as a model version."""
-    import pyarrow.parquet as pq
-
-    from featrec.adapters.files.model_store import models_dir, save_model
-    from featrec.app.training import TrainingConfig, points_from_table
-    from featrec.app.training import train as train_ranker
-    from featrec.jobs.training_sets import log_events
+    from featrec.jobs.training import TrainJob, train_on_dataset
 
     settings = context_settings(ctx)
-    path = dataset or settings.home / "datasets" / "training.parquet"
-    if not path.is_file():
-        raise ConfigError(f"no training set at {path}: run `featrec dataset build` first")
-    started = time.perf_counter()
-    try:
-        table = pq.read_table(path)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read the training set {path}: {e}") from None
-    points = points_from_table(table)
-    events = log_events(settings.event_log_dir)
-    if not events:
-        raise ConfigError(f"the event log {settings.event_log_dir} is empty")
-    config = TrainingConfig(
-        holdout=holdout,
-        negatives_per_point=negatives,
-        max_iter=max_iter,
-        learning_rate=learning_rate,
-        session_policy=settings.session_policy,
-    )
-    with click.progressbar(length=len(points), label="replaying prediction points") as bar:
-        result = train_ranker(events, points, config, on_point=lambda: bar.update(1))
-    manifest = save_model(
-        result.ranker,
-        models_dir(settings.home),
-        metrics=result.metrics,
-        training={
-            "dataset": str(path.resolve()),
-            "dataset_rows": table.num_rows,
-            "events": len(events),
-            "holdout": holdout,
-            "negatives_per_point": negatives,
-        },
-        version=version,
-    )
-    m = result.metrics
+    job = TrainJob(dataset, holdout, negatives, max_iter, learning_rate, version)
+    with contextlib.ExitStack() as stack:
+
+        def progress(n: int) -> Callable[[], None]:
+            bar = stack.enter_context(
+                click.progressbar(length=n, label="replaying prediction points")
+            )
+            return lambda: bar.update(1)
+
+        report = train_on_dataset(settings, job, on_points=progress)
+    m, k = report.metrics, report.k
     click.echo(
         f"trained on {int(m['train_points']):,} points ({int(m['train_rows']):,} rows), "
         f"next item among the candidates at {m['candidate_recall']:.1%} of points, "
@@ -110,7 +79,6 @@ def train(
             "featrec.core.candidates.generation.SignalCandidates so the model learns "
             "serving's candidates"
         )
-    k = config.k
     if f"holdout_model_hr@{k}" in m:
         click.echo(
             f"held out {int(m['holdout_points']):,} newest points: "
@@ -118,7 +86,4 @@ def train(
             f"(candidate order {m[f'holdout_candidate_order_hr@{k}']:.4f} / "
             f"{m[f'holdout_candidate_order_mrr@{k}']:.4f})"
         )
-    click.echo(
-        f"model {manifest.version} -> {models_dir(settings.home) / manifest.version} "
-        f"in {time.perf_counter() - started:.1f} s"
-    )
+    click.echo(f"model {report.version} -> {report.path} in {report.seconds:.1f} s")

@@ -315,13 +315,10 @@ def _train_on_dataset(
 ) -> tuple[str, dict[str, float]]:
     """Production's training path on the training events: a training set built with the
     serving candidates and point-in-time batch features, then the ranker, saved as a model."""
-    import pyarrow.parquet as pq
-
     from featrec.adapters.feast.repo import open_store
-    from featrec.adapters.files.model_store import models_dir, save_model
-    from featrec.app.training import TrainingConfig, points_from_table
-    from featrec.app.training import train as train_ranker
+    from featrec.app.training import TrainingConfig
     from featrec.core.candidates.generation import SignalCandidates
+    from featrec.jobs.training import fit_and_save, load_points
     from featrec.jobs.training_sets import build_training_set
 
     # The first third of the training days only warms the signals up: a point there would
@@ -338,13 +335,13 @@ def _train_on_dataset(
         max_points=spec.train_points,
         seed=spec.seed,
     )
-    points = points_from_table(pq.read_table(built.path))
+    points, _ = load_points(built.path)
     config = TrainingConfig(holdout=0.0, session_policy=settings.session_policy)
-    result = train_ranker(train, points, config)
-    manifest = save_model(
-        result.ranker,
-        models_dir(settings.home),
-        metrics=result.metrics,
+    report = fit_and_save(
+        settings,
+        train,
+        points,
+        config,
         training={
             "events": len(train),
             "points": len(points),
@@ -352,7 +349,7 @@ def _train_on_dataset(
             "source": "featrec evaluate",
         },
     )
-    return manifest.version, dict(result.metrics)
+    return report.version, dict(report.metrics)
 
 
 @dataclass(slots=True)

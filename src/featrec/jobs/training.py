@@ -1,0 +1,149 @@
+"""Training the ranker: a training set (or the events) in, a saved model version out.
+
+:func:`train_on_dataset` is ``featrec train``: it reads the Parquet file ``featrec dataset
+build`` wrote and the event log it was built from, replays the log for the candidate and
+session features (:mod:`featrec.app.training`), fits, and writes
+``$FEATREC_HOME/models/<version>/`` with its manifest
+(:mod:`featrec.adapters.files.model_store`). :func:`fit_and_save` is the part the replay
+evaluation shares.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from featrec.errors import ConfigError
+from featrec.settings import Settings
+
+if TYPE_CHECKING:
+    from featrec.app.training import LabelledPoint, TrainingConfig
+    from featrec.core.events.model import Event
+
+
+@dataclass(frozen=True, slots=True)
+class TrainJob:
+    """What ``featrec train`` was asked: the training set and the fit's knobs."""
+
+    dataset: Path | None = None
+    holdout: float = 0.2
+    negatives: int = 20
+    max_iter: int = 100
+    learning_rate: float = 0.1
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrainReport:
+    """A trained and saved model: its version, where it is, and its training figures."""
+
+    version: str
+    path: Path
+    metrics: Mapping[str, float]
+    k: int
+    seconds: float
+    training: Mapping[str, Any] = field(default_factory=dict)
+
+
+def default_dataset(settings: Settings) -> Path:
+    """Where ``featrec dataset build`` writes the training set."""
+    return settings.home / "datasets" / "training.parquet"
+
+
+def fit_and_save(
+    settings: Settings,
+    events: Sequence[Event],
+    points: Sequence[LabelledPoint],
+    config: TrainingConfig,
+    *,
+    training: Mapping[str, Any],
+    version: str | None = None,
+    on_point: Callable[[], None] | None = None,
+) -> TrainReport:
+    """Fit the ranker on ``points`` (features replayed from ``events``) and save it."""
+    from featrec.adapters.files.model_store import models_dir, save_model
+    from featrec.app.training import train as train_ranker
+
+    started = time.perf_counter()
+    result = train_ranker(events, points, config, on_point=on_point)
+    root = models_dir(settings.home)
+    manifest = save_model(
+        result.ranker, root, metrics=result.metrics, training=dict(training), version=version
+    )
+    return TrainReport(
+        version=manifest.version,
+        path=root / manifest.version,
+        metrics=dict(result.metrics),
+        k=config.k,
+        seconds=time.perf_counter() - started,
+        training=dict(training),
+    )
+
+
+def load_points(path: Path) -> tuple[list[LabelledPoint], int]:
+    """The prediction points of a training set file, and its row count."""
+    import pyarrow.parquet as pq
+
+    from featrec.app.training import points_from_table
+
+    if not path.is_file():
+        raise ConfigError(f"no training set at {path}: run `featrec dataset build` first")
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the training set {path}: {e}") from None
+    return points_from_table(table), table.num_rows
+
+
+def train_on_dataset(
+    settings: Settings,
+    job: TrainJob,
+    *,
+    on_points: Callable[[int], Callable[[], None]] | None = None,
+) -> TrainReport:
+    """``featrec train``: fit on a training set and the event log, save a model version.
+
+    ``on_points(n)`` is called once the ``n`` points are known and returns the callback to
+    call after each point (a progress bar)."""
+    from featrec.app.training import TrainingConfig
+    from featrec.jobs.training_sets import log_events
+
+    started = time.perf_counter()
+    path = job.dataset or default_dataset(settings)
+    points, rows = load_points(path)
+    events = log_events(settings.event_log_dir)
+    if not events:
+        raise ConfigError(f"the event log {settings.event_log_dir} is empty")
+    config = TrainingConfig(
+        holdout=job.holdout,
+        negatives_per_point=job.negatives,
+        max_iter=job.max_iter,
+        learning_rate=job.learning_rate,
+        session_policy=settings.session_policy,
+    )
+    report = fit_and_save(
+        settings,
+        events,
+        points,
+        config,
+        training={
+            "dataset": str(path.resolve()),
+            "dataset_rows": rows,
+            "events": len(events),
+            "holdout": job.holdout,
+            "negatives_per_point": job.negatives,
+        },
+        version=job.version,
+        on_point=on_points(len(points)) if on_points else None,
+    )
+    return TrainReport(
+        version=report.version,
+        path=report.path,
+        metrics=report.metrics,
+        k=report.k,
+        seconds=time.perf_counter() - started,
+        training=report.training,
+    )
