@@ -11,6 +11,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import check_estimator
+from threadpoolctl import threadpool_limits
 
 from featrec.core.candidates.generation import (
     COVISIT,
@@ -265,7 +266,8 @@ def test_fallback_known_answer() -> None:
 
 
 def test_ranker_follows_the_estimator_contract() -> None:
-    with warnings.catch_warnings():
+    # One OpenMP thread: with two on a busy 2-core machine this check took minutes, not seconds.
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore")
         check_estimator(Ranker(max_iter=10))
     ranker = Ranker(feature_names=("a", "b"), max_iter=7)
