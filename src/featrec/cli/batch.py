@@ -244,33 +244,22 @@ def materialize_command(
     views: tuple[str, ...],
 ) -> None:
     """Load the newest offline values of each view into the online store."""
-    from featrec.adapters.feast.repo import open_store
-    from featrec.adapters.files.deny_list import load_deny_set
-    from featrec.adapters.redis.deny_list import stores_for
-    from featrec.core.events.model import MIN_TS
-    from featrec.jobs.materialize import materialize
+    from featrec.jobs.materialize import materialize_views
 
     if incremental and start is not None:
         raise click.UsageError("--start and --incremental exclude each other")
     settings = context_settings(ctx)
-    store = open_store(settings)
-    deny = load_deny_set(stores_for(settings))
-    end = end or datetime.now(UTC)
-    begin = None if incremental else (start or MIN_TS)
     chosen = _views(views)
     with click.progressbar(length=len(chosen), label="materializing") as bar:
-        done = []
-        for name in chosen:
-            done += materialize(
-                store,
-                [name],
-                end=end,
-                start=begin,
-                incremental=incremental,
-                fast=fast,
-                deny=deny,
-            )
-            bar.update(1)
+        done = materialize_views(
+            settings,
+            chosen,
+            end=end,
+            start=start,
+            incremental=incremental,
+            fast=fast,
+            on_view=lambda _: bar.update(1),
+        )
     for run in done:
         rows = "" if run.rows is None else f": {run.rows:,} rows, {run.written:,} written"
         rate = (

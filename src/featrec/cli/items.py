@@ -15,24 +15,18 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import click
 
-from featrec.app import item_signals
 from featrec.app.item_signals import (
-    ItemSignalsConfig,
     is_reserved,
-    reserved_reason,
     trending_key,
-    write_rows,
 )
 from featrec.cli.common import context_settings
-from featrec.core.events.formats import DeadLetter
-from featrec.core.events.model import Event
 from featrec.core.features.catalog import ITEM_NEIGHBOURS
 from featrec.errors import ConfigError, FeatrecError, NotFound
 from featrec.jobs.launch import INPUT_FORMATS, flow_options, run_flow
@@ -162,58 +156,23 @@ def bootstrap(settings: Settings, source: Path | None, from_log: bool, fmt: str 
         raise click.UsageError("give exactly one of --source FILE or --from-log")
     if from_log and fmt is not None:
         raise click.UsageError("--format applies to --source only")
-    refused: list[DeadLetter] = []
-    if source is not None:
-        if not source.is_file():
-            raise ConfigError(f"--source {str(source)!r} is not an existing file")
-        from featrec.adapters.files.event_files import read_events
+    from featrec.jobs.item_signals import bootstrap_items, history
 
-        history: Iterator[Event | DeadLetter] = read_events(source, fmt)
-        where = str(source)
-    else:
-        from featrec.adapters.files.event_history import events_from_log
-
-        history = events_from_log(settings.event_log_dir)
-        where = f"the event log {settings.event_log_dir}"
-
-    config = ItemSignalsConfig.from_settings(settings)
-    signals = item_signals.bootstrap(_valid(history, refused), config)
-    if signals.n_events == 0:
-        raise NotFound(f"no valid events in {where}")
-    rows = signals.rows()
-
-    from featrec.adapters.feast.writers import open_writer
-
-    writer = open_writer(settings)
-    try:
-        written = write_rows(writer, rows)
-    finally:
-        writer.close()
-    n_lists = len(rows) - len(signals.index.sketches) - len(signals.board.items)
+    events, where = history(settings, source, fmt)
+    report = bootstrap_items(settings, events, where)
     click.echo(
-        f"bootstrapped from {signals.n_events:,} events in {where}: "
-        f"{len(signals.index.sketches):,} neighbour lists, {len(signals.board.items):,} "
-        f"trending items, {n_lists:,} trending lists; wrote {written:,} of {len(rows):,} rows "
-        f"({len(rows) - written:,} not newer than the {settings.online_store} store's)"
+        f"bootstrapped from {report.signals.n_events:,} events in {where}: "
+        f"{report.neighbour_lists:,} neighbour lists, {report.trending_items:,} "
+        f"trending items, {report.trending_lists:,} trending lists; wrote {report.written:,} "
+        f"of {report.rows:,} rows ({report.rows - report.written:,} not newer than the "
+        f"{settings.online_store} store's)"
     )
-    if refused:
+    if report.refused:
+        first = report.refused[0]
         click.echo(
-            f"{len(refused):,} records skipped, first: {refused[0].origin}: {refused[0].reason}",
+            f"{len(report.refused):,} records skipped, first: {first.origin}: {first.reason}",
             err=True,
         )
-
-
-def _valid(history: Iterable[Event | DeadLetter], refused: list[DeadLetter]) -> Iterator[Event]:
-    """The events the flow would take; everything else goes to ``refused`` (as the flow's
-    dead letters)."""
-    for item in history:
-        if isinstance(item, DeadLetter):
-            refused.append(item)
-        elif is_reserved(item.item_id):
-            payload = json.dumps(item.to_dict(), separators=(",", ":"))
-            refused.append(DeadLetter(item.event_id, reserved_reason(item.item_id), payload))
-        else:
-            yield item
 
 
 @click.command("items")

@@ -58,12 +58,11 @@ def run_live_session(
 ) -> None:
     """Bootstrap item signals from ``events``, then play one live session (see above)."""
     from featrec.adapters.feast.writers import open_writer
-    from featrec.app.item_signals import ItemSignalsConfig, bootstrap, write_rows
+    from featrec.jobs.item_signals import bootstrap_items
 
-    signals = bootstrap(events, ItemSignalsConfig.from_settings(settings))
+    signals = bootstrap_items(settings, events, "the demo's events").signals
     writer = open_writer(settings)
     try:
-        write_rows(writer, signals.rows())
         echo(
             f"5/5 live session {SESSION_ID!r}: item signals bootstrapped from {len(events):,} "
             f"events ({len(signals.index.sketches):,} neighbour lists); shop time runs {pace:g}x"

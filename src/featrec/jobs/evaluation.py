@@ -254,17 +254,9 @@ def prepare(
 
 
 def _write_item_signals(settings: Settings, train: Sequence[Event]) -> int:
-    from featrec.adapters.feast.writers import open_writer
-    from featrec.app.item_signals import ItemSignalsConfig, bootstrap, is_reserved, write_rows
+    from featrec.jobs.item_signals import bootstrap_items
 
-    signals = bootstrap(
-        (e for e in train if not is_reserved(e.item_id)), ItemSignalsConfig.from_settings(settings)
-    )
-    writer = open_writer(settings)
-    try:
-        return write_rows(writer, signals.rows())
-    finally:
-        writer.close()
+    return bootstrap_items(settings, train, "the training events").written
 
 
 def _batch_and_materialize(settings: Settings) -> int:

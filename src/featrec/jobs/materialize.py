@@ -36,6 +36,7 @@ from featrec.core.features import catalog
 from featrec.core.features.rows import FeatureRow
 from featrec.core.privacy import DenySet, Kind
 from featrec.errors import ConfigError
+from featrec.settings import Settings
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -304,3 +305,40 @@ def _write_in_chunks(
         if on_rows is not None:
             on_rows(view.name, chunk.num_rows)
     return written
+
+
+def materialize_views(
+    settings: Settings,
+    views: Sequence[str],
+    *,
+    end: datetime | None = None,
+    start: datetime | None = None,
+    incremental: bool = False,
+    fast: bool = False,
+    on_view: Callable[[str], None] | None = None,
+) -> list[Materialized]:
+    """``featrec materialize``: each of ``views`` into the online store of ``settings``, one
+    view at a time, leaving out the users and sessions on the deny-list.
+
+    Without ``incremental``, from ``start`` (default: the beginning) to ``end`` (default:
+    now); with it, from where the last run of each view ended. ``on_view(name)`` is called
+    after each view."""
+    from featrec.adapters.feast.repo import open_store
+    from featrec.adapters.files.deny_list import load_deny_set
+    from featrec.adapters.redis.deny_list import stores_for
+    from featrec.core.events.model import MIN_TS
+
+    if incremental and start is not None:
+        raise ConfigError("a start time and an incremental run exclude each other")
+    store = open_store(settings)
+    deny = load_deny_set(stores_for(settings))
+    end = end or datetime.now(UTC)
+    begin = None if incremental else (start or MIN_TS)
+    done: list[Materialized] = []
+    for name in views:
+        done += materialize(
+            store, [name], end=end, start=begin, incremental=incremental, fast=fast, deny=deny
+        )
+        if on_view is not None:
+            on_view(name)
+    return done
