@@ -283,8 +283,8 @@ def class_name(cls: type[BaseException]) -> str:
 def rule_for(error: BaseException) -> Rule | None:
     """The rule for ``error``: its SQLite result code's, else its nearest listed class's."""
     if isinstance(error, sqlite3.Error):
-        code = getattr(error, "sqlite_errorcode", None)
-        if isinstance(code, int) and code & 0xFF in SQLITE_CODES:
+        code = getattr(error, "sqlite_errorcode", None)  # extended code: primary in low byte
+        if isinstance(code, int) and (code & 0xFF) in SQLITE_CODES:
             return SQLITE_CODES[code & 0xFF]
     for cls in type(error).__mro__:
         rule = TABLE.get(class_name(cls))
