@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from featrec.adapters.feast.repo import translate_store_errors
+from featrec.adapters.errors import translated
 from featrec.adapters.files.event_log import read_event_log
 from featrec.core.candidates.point_generators import CandidateGenerator, default_generator
 from featrec.core.events.model import Event
@@ -131,7 +131,7 @@ def join_features(
         raise ConfigError("no examples to join features to")
     frame = examples.append_column("_row", pa.array(range(examples.num_rows), pa.int64()))
     entity_df = frame.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
-    with translate_store_errors("retrieving historical features"):
+    with translated("retrieving historical features"):
         features = store.get_feature_service(service)
         joined: pa.Table = store.get_historical_features(
             entity_df=entity_df, features=features, full_feature_names=True
