@@ -18,8 +18,9 @@ from typing import Any
 
 import click
 
+from featrec.core.events.formats import FORMATS
 from featrec.errors import FeatrecError, NotFound
-from featrec.jobs.launch import INPUT_FORMATS, flow_options, run_flow
+from featrec.jobs.launch import flow_options, run_flow
 from featrec.settings import Settings
 
 pass_settings = click.make_pass_decorator(Settings)
@@ -150,7 +151,7 @@ def run_sessions(settings: Settings, /, **options: Any) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(INPUT_FORMATS),
+    type=click.Choice(FORMATS),
     default=None,
     help="Input format (default: from the file name).",
 )

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from featrec.adapters.files.layouts import READ_FORMATS
 from featrec.cli.common import FeatrecCommand, FeatrecGroup, context_settings
 from featrec.core.features import catalog
 from featrec.errors import ConfigError, FeatrecError
@@ -87,7 +88,7 @@ def log_group() -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["jsonl", "csv", "parquet", "featrec", "otto", "session-rec"]),
+    type=click.Choice(READ_FORMATS),
     default=None,
     help="Input format (default: from the file name).",
 )

@@ -26,15 +26,12 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from featrec.adapters.files.event_log import EVENT_SCHEMA, events_to_table
+from featrec.adapters.files.layouts import CSV, FILE_FORMATS, JSONL, PARQUET, READ_FORMATS
 from featrec.adapters.files.raw_records import iter_raw_records
 from featrec.core.events.formats import FORMATS, DeadLetter, decode
 from featrec.core.events.model import Event
 from featrec.errors import ConfigError
 
-JSONL: Final = "jsonl"
-CSV: Final = "csv"
-PARQUET: Final = "parquet"
-FILE_FORMATS: Final = (JSONL, CSV, PARQUET)
 COLUMNS: Final = tuple(EVENT_SCHEMA.names)
 #: Rows per Parquet row group: also how many events are held in memory while writing.
 ROW_GROUP_ROWS: Final = 65_536
@@ -101,7 +98,7 @@ def read_events(path: Path | str, fmt: str | None = None) -> Iterator[Event | De
         file_format(path, fmt)
         fmt = "featrec"
     elif fmt is not None and fmt not in FORMATS:
-        names = ", ".join((*FILE_FORMATS, *FORMATS))
+        names = ", ".join(READ_FORMATS)
         raise ConfigError(f"unknown event file format {fmt!r}: use one of {names}")
     for record in iter_raw_records(path, fmt):
         if isinstance(record, DeadLetter):
