@@ -24,7 +24,7 @@ from featrec.core.items.covisit import (
     pair_updates,
     remember,
 )
-from featrec.core.items.session_scorer import CandidateConfig, recommend, score_session
+from featrec.core.items.session_scorer import ScorerConfig, recommend, score_session
 from featrec.errors import ConfigError
 
 T0 = 1_700_000_000.0
@@ -379,7 +379,7 @@ def test_candidates_known_answer() -> None:
     def lookup(anchor: str) -> list[tuple[str, float]]:
         return table.get(anchor, [])
 
-    config = CandidateConfig(recency_decay=1.0, reminder_weight=0.0, normalise="max")
+    config = ScorerConfig(recency_decay=1.0, reminder_weight=0.0, normalise="max")
     # newest first: B (p=1, weight 1), A (p=2, weight 1/2); weights divided by each max
     assert score_session(["B", "A"], lookup, config) == {
         "Y": 1.0 + 0.5 * 0.5,
@@ -387,7 +387,7 @@ def test_candidates_known_answer() -> None:
         "X": 0.5,
     }
     assert recommend(["B", "A"], lookup, 3, config) == ["Y", "X", "Z"]  # tie X/Z by id
-    reminded = CandidateConfig(recency_decay=1.0, reminder_weight=2.0, reminder_decay=1.0)
+    reminded = ScorerConfig(recency_decay=1.0, reminder_weight=2.0, reminder_decay=1.0)
     assert score_session(["B", "A"], lookup, reminded)["B"] == 2.0
     assert score_session(["B", "A"], lookup, reminded)["A"] == 1.0
     typed = score_session(["B", "A"], lookup, config, types=["view", "purchase"])
@@ -396,4 +396,4 @@ def test_candidates_known_answer() -> None:
     with pytest.raises(ValueError, match="types"):
         score_session(["B"], lookup, config, types=[])
     with pytest.raises(ConfigError, match="normalise"):
-        CandidateConfig(normalise="l2")
+        ScorerConfig(normalise="l2")

@@ -40,8 +40,7 @@ from featrec.core.features.catalog import LAST_ITEMS_N, NEIGHBOURS_K, RECENT_PUR
 from featrec.core.features.rows import micros
 from featrec.core.items import covisit
 from featrec.core.items.covisit import CovisitConfig, CovisitIndex
-from featrec.core.items.session_scorer import CandidateConfig as SessionScoring
-from featrec.core.items.session_scorer import score_session
+from featrec.core.items.session_scorer import ScorerConfig, score_session
 from featrec.core.items.trending import TrendingBoard, TrendingConfig
 from featrec.errors import ConfigError
 
@@ -167,7 +166,7 @@ class CandidateConfig:
     exactly as the tuned co-visitation scorer does.
     """
 
-    scoring: SessionScoring = field(default_factory=SessionScoring)
+    scoring: ScorerConfig = field(default_factory=ScorerConfig)
     max_covisit: int = 50
     #: Re-view / re-buy: offer the session's own items.
     include_session_items: bool = True
@@ -187,11 +186,11 @@ class CandidateConfig:
     max_popular: int = 50
     #: The pool is cut to this size, in candidate order.
     max_total: int = 100
-    _plain: SessionScoring = field(init=False, repr=False, compare=False)
+    _plain: ScorerConfig = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.scoring, SessionScoring):
-            raise ConfigError(f"candidate scoring must be a SessionScoring, got {self.scoring!r}")
+        if not isinstance(self.scoring, ScorerConfig):
+            raise ConfigError(f"candidate scoring must be a ScorerConfig, got {self.scoring!r}")
         for name in (
             "max_covisit",
             "max_session",
@@ -378,7 +377,7 @@ def _norm(row: Sequence[tuple[str, float]], how: str) -> float:
 
 
 def _reminders(
-    anchors: Sequence[str], types: Sequence[str] | None, scoring: SessionScoring
+    anchors: Sequence[str], types: Sequence[str] | None, scoring: ScorerConfig
 ) -> dict[str, float]:
     """The reminder term of :func:`score_session` alone (what the session's items score)."""
     out: dict[str, float] = {}

@@ -36,7 +36,7 @@ NORMALISATIONS: Final = ("max", "sum", "none")
 
 
 @dataclass(frozen=True, slots=True)
-class CandidateConfig:
+class ScorerConfig:
     """How a session's recent items are combined into candidate scores. Validated.
 
     Defaults tuned on RSC15-100k next-item prediction together with :class:`CovisitConfig`'s.
@@ -72,7 +72,7 @@ class CandidateConfig:
 def score_session(
     items: Sequence[str],
     neighbours: NeighbourLookup,
-    config: CandidateConfig,
+    config: ScorerConfig,
     types: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Candidate scores from the session's ``items`` (newest first; ``types`` aligned with them,
@@ -104,7 +104,7 @@ def recommend(
     items: Sequence[str],
     neighbours: NeighbourLookup,
     k: int,
-    config: CandidateConfig,
+    config: ScorerConfig,
     *,
     types: Sequence[str] | None = None,
     fallback: Sequence[str] = (),
