@@ -28,6 +28,7 @@ from featrec.core.features.catalog import ITEM_NEIGHBOURS, NEIGHBOURS_K
 from featrec.core.features.rows import FeatureRow
 from featrec.core.items import covisit
 from featrec.core.items.covisit import CovisitConfig, CovisitIndex, neighbour_row
+from featrec.core.items.order import best_first
 from featrec.core.items.trending import TrendingBoard, TrendingConfig, trending_row
 from featrec.core.ports.features import FeatureWriter
 from featrec.errors import ConfigError
@@ -177,9 +178,9 @@ def trending_lists(
         everything.append(entry)
         if trend.category is not None:
             by_category.setdefault(trend.category, []).append(entry)
-    out = {TRENDING_KEY: heapq.nsmallest(n, everything, key=_best_first)}
+    out = {TRENDING_KEY: heapq.nsmallest(n, everything, key=best_first)}
     for category in sorted(by_category):
-        out[trending_key(category)] = heapq.nsmallest(n, by_category[category], key=_best_first)
+        out[trending_key(category)] = heapq.nsmallest(n, by_category[category], key=best_first)
     return out
 
 
@@ -213,7 +214,3 @@ def write_rows(writer: FeatureWriter, rows: Sequence[FeatureRow], chunk: int = W
     for start in range(0, len(rows), chunk):
         written += writer.write(rows[start : start + chunk])
     return written
-
-
-def _best_first(entry: tuple[str, float]) -> tuple[float, str]:
-    return (-entry[1], entry[0])

@@ -39,6 +39,7 @@ from featrec.core.evaluation.protocol import PredictionPoint
 from featrec.core.events.model import Event
 from featrec.core.features.catalog import SESSION_FEATURES
 from featrec.core.features.rows import FeatureRow
+from featrec.core.items.order import best_first
 from featrec.core.ports.serving import Found, InMemoryRequestLog, RowReader, StampedRow, Wanted
 from featrec.core.ranking.rerank import RerankConfig
 from featrec.errors import ConfigError, FeatrecError
@@ -337,7 +338,7 @@ class ReplayGate:
 def most_popular(events: Sequence[Event], k: int) -> list[str]:
     """The ``k`` items with the most training events (ties by item id)."""
     counts = training_popularity(events)
-    return [item for item, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+    return [item for item, _ in sorted(counts.items(), key=best_first)[:k]]
 
 
 def training_popularity(events: Sequence[Event]) -> dict[str, float]:

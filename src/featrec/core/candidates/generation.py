@@ -40,6 +40,7 @@ from featrec.core.features.catalog import LAST_ITEMS_N, NEIGHBOURS_K, RECENT_PUR
 from featrec.core.features.rows import micros
 from featrec.core.items import covisit
 from featrec.core.items.covisit import CovisitConfig, CovisitIndex
+from featrec.core.items.order import best_first
 from featrec.core.items.session_scorer import ScorerConfig, score_session
 from featrec.core.items.trending import TrendingBoard, TrendingConfig
 from featrec.errors import ConfigError
@@ -334,7 +335,7 @@ def generate(
 def _top(scores: Mapping[str, float], n: int) -> list[str]:
     if n <= 0:
         return []
-    best = heapq.nsmallest(n, scores.items(), key=_best_first)
+    best = heapq.nsmallest(n, scores.items(), key=best_first)
     return [item for item, score in best if score > 0]
 
 
@@ -405,10 +406,6 @@ def _candidate_order(c: Candidate) -> tuple[int, float, str]:
         if source in c.sources:
             return (rank, -c.score(source), c.item_id)
     return (len(_LATER) + 1, 0.0, c.item_id)
-
-
-def _best_first(entry: tuple[str, float]) -> tuple[float, str]:
-    return (-entry[1], entry[0])
 
 
 class InMemorySignals:
@@ -518,10 +515,10 @@ def _trending_lists(board: TrendingBoard, n: int) -> dict[str | None, list[tuple
         if trend.category is not None:
             by_category.setdefault(trend.category, []).append((item, score))
     out: dict[str | None, list[tuple[str, float]]] = {
-        None: heapq.nsmallest(n, everything, key=_best_first)
+        None: heapq.nsmallest(n, everything, key=best_first)
     }
     for category, entries in by_category.items():
-        out[category] = heapq.nsmallest(n, entries, key=_best_first)
+        out[category] = heapq.nsmallest(n, entries, key=best_first)
     return out
 
 

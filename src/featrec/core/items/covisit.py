@@ -42,6 +42,7 @@ from typing import Final, NamedTuple
 from featrec.core.events.model import CART, CLICK, PURCHASE, VIEW, Event
 from featrec.core.features.catalog import ITEM_NEIGHBOURS, NEIGHBOURS_K
 from featrec.core.features.rows import FeatureRow, micros
+from featrec.core.items.order import best_first
 from featrec.errors import ConfigError
 
 #: Default weights of event types: an order says more than a click.
@@ -277,7 +278,7 @@ class NeighbourSketch:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         factor = self._decay(config, now_us)
-        best = heapq.nsmallest(k, self.counts.items(), key=_heaviest_first)
+        best = heapq.nsmallest(k, self.counts.items(), key=best_first)
         return [(item, count * factor) for item, count in best]
 
     def weight(self, neighbour: str, config: CovisitConfig, now_us: int | None = None) -> float:
@@ -318,10 +319,6 @@ class NeighbourSketch:
             return 1.0
         now = self.last_us if now_us is None else now_us
         return float(2.0 ** -((now - self.ref_us) / half_life))
-
-
-def _heaviest_first(entry: tuple[str, float]) -> tuple[float, str]:
-    return (-entry[1], entry[0])
 
 
 class CovisitIndex:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from featrec.core.items.covisit import DEFAULT_TYPE_WEIGHTS
+from featrec.core.items.order import best_first
 from featrec.errors import ConfigError
 
 #: Neighbours of one anchor: ``[(item, weight), ...]``, heaviest first.
@@ -113,7 +114,7 @@ def recommend(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     scores = score_session(items, neighbours, config, types)
-    best = [i for i, s in heapq.nsmallest(k, scores.items(), key=_best_first) if s > 0]
+    best = [i for i, s in heapq.nsmallest(k, scores.items(), key=best_first) if s > 0]
     if len(best) < k:
         chosen = set(best)
         for item in fallback:
@@ -137,7 +138,3 @@ def _normalised(
     else:
         norm = 1.0
     return row, norm if norm > 0 else 1.0
-
-
-def _best_first(entry: tuple[str, float]) -> tuple[float, str]:
-    return (-entry[1], entry[0])

@@ -31,6 +31,7 @@ from typing import Final
 from featrec.core.events.model import CART, CLICK, PURCHASE, VIEW, Event
 from featrec.core.features.catalog import ITEM_TRENDING, TRENDING_TYPES
 from featrec.core.features.rows import FeatureRow, micros
+from featrec.core.items.order import best_first
 from featrec.errors import ConfigError
 
 _HOUR: Final = 3600.0
@@ -192,7 +193,7 @@ class TrendingBoard:
             for item, trend in self.items.items()
             if category is None or trend.category == category
         )
-        best = heapq.nsmallest(n, scored, key=_best_first)
+        best = heapq.nsmallest(n, scored, key=best_first)
         return [(item, score) for item, score in best if score > 0]
 
     def prune(self, now_us: int | None = None) -> int:
@@ -216,7 +217,3 @@ def bootstrap(
 
 def _decayed(count: float, elapsed_us: float, half_life_us: float) -> float:
     return count * float(2.0 ** -(elapsed_us / half_life_us))
-
-
-def _best_first(entry: tuple[str, float]) -> tuple[float, str]:
-    return (-entry[1], entry[0])
