@@ -327,7 +327,7 @@ def _random_item_rows(rng: random.Random, n: int) -> dict[str, dict[str, object]
 
 def test_the_served_item_features_are_all_that_ranking_and_fallback_read() -> None:
     from featrec.app.serving.steps import SERVED_FEATURES
-    from featrec.core.candidates.generation import Candidate
+    from featrec.core.candidates.model import Candidate
     from featrec.core.ranking.ranker import (
         fallback_scores,
         item_row,

@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from featrec.core.candidates.generation import (
+from featrec.core.candidates.config import CandidateConfig
+from featrec.core.candidates.generation import context_categories, generate
+from featrec.core.candidates.model import (
     COVISIT,
     DETAILS,
     HISTORY,
@@ -19,14 +21,9 @@ from featrec.core.candidates.generation import (
     SESSION,
     TRENDING,
     Candidate,
-    CandidateConfig,
-    InMemorySignals,
-    SignalCandidates,
-    SignalLookup,
-    context_categories,
-    generate,
 )
-from featrec.core.candidates.point_generators import PredictionContext
+from featrec.core.candidates.point_generators import PredictionContext, SignalCandidates
+from featrec.core.candidates.signals import InMemorySignals, SignalLookup
 from featrec.core.events.generator import GeneratorConfig
 from featrec.core.events.generator import generate as generate_events
 from featrec.core.events.model import CART, PURCHASE, VIEW, Event

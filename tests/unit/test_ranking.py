@@ -12,14 +12,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import check_estimator
 
-from featrec.core.candidates.generation import (
-    COVISIT,
-    HISTORY,
-    POPULAR,
-    SESSION,
-    TRENDING,
-    Candidate,
-)
+from featrec.core.candidates.model import COVISIT, HISTORY, POPULAR, SESSION, TRENDING, Candidate
 from featrec.core.ranking.ranker import (
     RANKING_FEATURES,
     Ranker,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from featrec.core.events.model import Event
-from featrec.core.features.catalog import ITEM_NEIGHBOURS, NEIGHBOURS_K
+from featrec.core.features.catalog import ITEM_NEIGHBOURS, NEIGHBOURS_K, TRENDING_N
 from featrec.core.features.rows import FeatureRow
 from featrec.core.items import covisit
 from featrec.core.items.covisit import CovisitConfig, CovisitIndex, neighbour_row
@@ -36,8 +36,6 @@ from featrec.settings import Settings
 
 #: Key of the global trending list in the ``item_neighbours`` view.
 TRENDING_KEY: Final = "__trending__"
-#: Items a trending list carries.
-TRENDING_N: Final = 50
 #: A sketch whose total decayed weight fell below this may be dropped.
 NEGLIGIBLE_WEIGHT: Final = 0.01
 #: Rows per writer call when writing a bootstrap.

@@ -353,8 +353,11 @@ def dataset_build(
     """Label the log's prediction points (1 = the item that came next) over generated
     candidates and join user and item features as of each point (Feast, DuckDB store)."""
     from featrec.adapters.feast.repo import open_store
-    from featrec.core.candidates.generation import SignalCandidates
-    from featrec.core.candidates.point_generators import CandidateGenerator, default_generator
+    from featrec.core.candidates.point_generators import (
+        CandidateGenerator,
+        SignalCandidates,
+        default_generator,
+    )
     from featrec.jobs.training_sets import build_training_set
 
     settings = context_settings(ctx)

@@ -321,7 +321,7 @@ def _train_on_dataset(
     from featrec.adapters.files.model_store import models_dir, save_model
     from featrec.app.training import TrainingConfig, points_from_table
     from featrec.app.training import train as train_ranker
-    from featrec.core.candidates.generation import SignalCandidates
+    from featrec.core.candidates.point_generators import SignalCandidates
     from featrec.jobs.training_sets import build_training_set
 
     # The first third of the training days only warms the signals up: a point there would
