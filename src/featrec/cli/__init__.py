@@ -209,16 +209,20 @@ def features(settings: Settings, session_id: str, as_json: bool) -> None:
 @pass_settings
 def status(settings: Settings) -> None:
     """Store, stream, dead letters and the last write of each running flow."""
+    from featrec.adapters.files.flow_status import read_status
+
     click.echo(f"online store   {settings.online_store} (repo {settings.repo})")
     if settings.online_store == "redis" or settings.stream:
         _redis_status(settings)
     for path in sorted({settings.dead_letter_file, *settings.home.glob("deadletters*.jsonl")}):
         click.echo(f"dead letters   {_count_lines(path):,} in {path}")
-    for path, info in _flow_status(settings.home / "status"):
+    for info in read_status(settings.home):
+        if "error" in info:
+            continue
         last = info.get("last_write_at")
         when = datetime.fromtimestamp(last, tz=UTC).isoformat() if last else "never"
         click.echo(
-            f"flow {path.stem:<12} events {info.get('events_in', 0):,}  "
+            f"flow {Path(info['file']).stem:<12} events {info.get('events_in', 0):,}  "
             f"dead letters {info.get('dead_letters', 0):,}  rows written "
             f"{info.get('rows_written', 0):,}  last write {when}"
         )
@@ -242,16 +246,6 @@ def _count_lines(path: Path) -> int:
         return 0
     with path.open("rb") as f:
         return sum(1 for _ in f)
-
-
-def _flow_status(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
-    out = []
-    for path in sorted(directory.glob("*.json")):
-        try:
-            out.append((path, json.loads(path.read_text())))
-        except (OSError, json.JSONDecodeError):
-            continue
-    return out
 
 
 @main.command()
