@@ -17,7 +17,6 @@ so a real item cannot overwrite a list.
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from featrec.core.features.catalog import ITEM_NEIGHBOURS, NEIGHBOURS_K, TRENDIN
 from featrec.core.features.rows import FeatureRow
 from featrec.core.items import covisit
 from featrec.core.items.covisit import CovisitConfig, CovisitIndex, neighbour_row
-from featrec.core.items.order import best_first
 from featrec.core.items.trending import TrendingBoard, TrendingConfig, trending_row
 from featrec.core.ports.features import FeatureWriter
 from featrec.errors import ConfigError
@@ -157,28 +155,12 @@ def bootstrap(events: Iterable[Event], config: ItemSignalsConfig) -> ItemSignals
 def trending_lists(
     board: TrendingBoard, n: int, now_us: int | None = None
 ) -> dict[str, list[tuple[str, float]]]:
-    """Global and per-category top ``n`` in one pass, keyed by :func:`trending_key`.
-
-    Equal to ``board.top(n)`` and ``board.top(n, category=c)`` for every category present
-    (same scores, ties by item id, only positive scores), at ``now_us`` (default: watermark).
-    """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    now = board.watermark_us if now_us is None else now_us
-    config = board.config
-    everything: list[tuple[str, float]] = []
-    by_category: dict[str, list[tuple[str, float]]] = {}
-    for item, trend in board.items.items():
-        score = trend.score(config, now)
-        if score <= 0:
-            continue
-        entry = (item, score)
-        everything.append(entry)
-        if trend.category is not None:
-            by_category.setdefault(trend.category, []).append(entry)
-    out = {TRENDING_KEY: heapq.nsmallest(n, everything, key=best_first)}
+    """Global and per-category top ``n`` in one pass (:meth:`TrendingBoard.top_lists`), keyed
+    by :func:`trending_key`, categories sorted."""
+    top, by_category = board.top_lists(n, now_us)
+    out = {TRENDING_KEY: top}
     for category in sorted(by_category):
-        out[trending_key(category)] = heapq.nsmallest(n, by_category[category], key=best_first)
+        out[trending_key(category)] = by_category[category]
     return out
 
 

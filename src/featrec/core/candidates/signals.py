@@ -8,7 +8,6 @@ evaluation.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -16,7 +15,6 @@ from featrec.core.events.model import PURCHASE, Event
 from featrec.core.features.catalog import NEIGHBOURS_K, RECENT_PURCHASES_N, TRENDING_N
 from featrec.core.items import covisit
 from featrec.core.items.covisit import CovisitConfig, CovisitIndex
-from featrec.core.items.order import best_first
 from featrec.core.items.trending import TrendingBoard, TrendingConfig
 from featrec.errors import ConfigError
 
@@ -133,21 +131,8 @@ class InMemorySignals:
 
 
 def _trending_lists(board: TrendingBoard, n: int) -> dict[str | None, list[tuple[str, float]]]:
-    """Global (key ``None``) and per-category top ``n`` at the board's watermark, one pass
-    (the lists ``TrendingBoard.top`` returns: positive scores, ties by item id)."""
-    now, config = board.watermark_us, board.config
-    everything: list[tuple[str, float]] = []
-    by_category: dict[str | None, list[tuple[str, float]]] = {}
-    for item, trend in board.items.items():
-        score = trend.score(config, now)
-        if score <= 0:
-            continue
-        everything.append((item, score))
-        if trend.category is not None:
-            by_category.setdefault(trend.category, []).append((item, score))
-    out: dict[str | None, list[tuple[str, float]]] = {
-        None: heapq.nsmallest(n, everything, key=best_first)
-    }
-    for category, entries in by_category.items():
-        out[category] = heapq.nsmallest(n, entries, key=best_first)
+    """Global (key ``None``) and per-category top ``n`` at the board's watermark."""
+    top, by_category = board.top_lists(n)
+    out: dict[str | None, list[tuple[str, float]]] = {None: top}
+    out.update(by_category)
     return out

@@ -196,6 +196,31 @@ class TrendingBoard:
         best = heapq.nsmallest(n, scored, key=best_first)
         return [(item, score) for item, score in best if score > 0]
 
+    def top_lists(
+        self, n: int, now_us: int | None = None
+    ) -> tuple[list[tuple[str, float]], dict[str, list[tuple[str, float]]]]:
+        """The global top ``n`` and every category's, in one pass over the items.
+
+        Equal to ``top(n)`` and ``top(n, category=c)`` for every category present (same
+        scores, ties by item id, only positive scores), at ``now_us`` (default: watermark).
+        Categories are in the order their first item was seen.
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        now = self.watermark_us if now_us is None else now_us
+        everything: list[tuple[str, float]] = []
+        by_category: dict[str, list[tuple[str, float]]] = {}
+        for item, trend in self.items.items():
+            score = trend.score(self.config, now)
+            if score <= 0:
+                continue
+            entry = (item, score)
+            everything.append(entry)
+            if trend.category is not None:
+                by_category.setdefault(trend.category, []).append(entry)
+        top = heapq.nsmallest(n, everything, key=best_first)
+        return top, {c: heapq.nsmallest(n, e, key=best_first) for c, e in by_category.items()}
+
     def prune(self, now_us: int | None = None) -> int:
         """Drop items whose counters all decayed below ``epsilon``; returns how many."""
         now = self.watermark_us if now_us is None else now_us
