@@ -32,12 +32,6 @@ def atomic_path(path: Path, *, tag: str = "") -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, tag: str = "") -> None:
-    """Replace ``path`` with ``data``, atomically."""
-    with atomic_path(path, tag=tag) as tmp:
-        tmp.write_bytes(data)
-
-
 def atomic_write_text(path: Path, text: str, *, encoding: str = "utf-8", tag: str = "") -> None:
     """Replace ``path`` with ``text``, atomically."""
     with atomic_path(path, tag=tag) as tmp:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -346,11 +346,3 @@ def training_popularity(events: Sequence[Event]) -> dict[str, float]:
     for event in events:
         counts[event.item_id] = counts.get(event.item_id, 0.0) + 1.0
     return counts
-
-
-def summarise_degraded(answers: Sequence[PointAnswer]) -> Mapping[str, int]:
-    out: dict[str, int] = {}
-    for answer in answers:
-        for name, flag in answer.degraded.items():
-            out[name] = out.get(name, 0) + int(flag)
-    return out

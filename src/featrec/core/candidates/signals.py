@@ -101,10 +101,6 @@ class InMemorySignals:
             bought.insert(0, event.item_id)
             del bought[self.history_n :]
 
-    def forget_session(self, session_id: str) -> None:
-        """Drop a finished session's pairing buffer (bounded memory on long replays)."""
-        self._recent.pop(session_id, None)
-
     def neighbours(self, items: Sequence[str]) -> dict[str, Sequence[tuple[str, float]]]:
         out: dict[str, Sequence[tuple[str, float]]] = {}
         sketches, cache = self.index.sketches, self._neighbour_cache

@@ -2,7 +2,7 @@
 
 Two pure steps, one per keyed stage of a dataflow:
 
-1. **Session-keyed.** :func:`observe` (:func:`pair_updates`, then :func:`remember`) pairs an
+1. **Session-keyed.** :func:`observe` pairs an
    event's item with up to ``window_n`` previous items of the same session seen within
    ``window_s`` seconds, and returns :class:`PairUpdate` s. The session's :class:`RecentItems`
    buffer is the only state.
@@ -129,18 +129,10 @@ class RecentItems:
         return RecentItems(list(self.entries))
 
 
-def pair_updates(recent: RecentItems, event: Event, config: CovisitConfig) -> list[PairUpdate]:
-    """The pair updates ``event`` makes with the session's recent items (does not mutate)."""
-    return _pairs(recent, micros(event.ts), event.item_id, event.type, config)
-
-
-def remember(recent: RecentItems, event: Event, config: CovisitConfig) -> None:
-    """Append ``event`` to the buffer, keeping at most ``window_n`` entries within the window."""
-    _remember(recent, micros(event.ts), event.item_id, event.type, config)
-
-
 def observe(recent: RecentItems, event: Event, config: CovisitConfig) -> list[PairUpdate]:
-    """Pair ``event`` with the recent items, then remember it: the session-step fold."""
+    """Pair ``event`` with the recent items, then remember it: the session-step fold.
+
+    The buffer keeps at most ``window_n`` entries, none older than the window."""
     ts = micros(event.ts)
     updates = _pairs(recent, ts, event.item_id, event.type, config)
     _remember(recent, ts, event.item_id, event.type, config)
