@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from featrec.cli.common import FeatrecGroup
 from featrec.core.events.formats import FORMATS
 from featrec.errors import FeatrecError, NotFound
 from featrec.jobs.launch import flow_options, run_flow
@@ -26,17 +27,7 @@ from featrec.settings import Settings
 pass_settings = click.make_pass_decorator(Settings)
 
 
-class _Group(click.Group):
-    """Turns featrec errors into one-line messages with a non-zero exit."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except FeatrecError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=FeatrecGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="featrec")
 @click.pass_context
 def main(ctx: click.Context) -> None:
