@@ -23,13 +23,13 @@ item-level aggregates with no user or session id (see the README's "Forgetting a
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from featrec.adapters.errors import translated
+from featrec.adapters.files.atomic import atomic_write_text
 from featrec.adapters.files.event_log import remove_events, sessions_of_user
 from featrec.adapters.files.snapshots import remove_rows
 from featrec.adapters.redis.deny_list import stores_for
@@ -315,7 +315,5 @@ def _purge_jsonl(path: Path, user_id: str, sessions: Collection[str]) -> int:
             else:
                 kept.append(line)
     if removed:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(kept))
     return removed

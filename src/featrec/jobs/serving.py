@@ -36,7 +36,7 @@ from featrec.adapters.sqlite.request_log import (
 from featrec.app.serving.config import REQUEST_LOGS
 from featrec.app.serving.recommender import LoadedModel, ModelLoader, Recommender, ServingConfig
 from featrec.app.serving.steps import SERVED_FEATURES
-from featrec.core.candidates.generation import CandidateConfig
+from featrec.core.candidates.config import CandidateConfig
 from featrec.core.evaluation.experiments import experiment_from_dict
 from featrec.core.ports.serving import Clock, RowReader
 from featrec.errors import ConfigError

@@ -10,7 +10,6 @@ there is none (a row is never dropped: the row count is checked).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featrec.adapters.errors import translated
+from featrec.adapters.files.atomic import atomic_path
 from featrec.adapters.files.event_log import read_event_log
 from featrec.core.candidates.point_generators import CandidateGenerator, default_generator
 from featrec.core.events.model import Event
@@ -183,10 +183,6 @@ def build_training_set(
     progress.stage(f"joining features to {examples.num_rows:,} examples (Feast, point in time)")
     joined = join_features(store, examples)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         pq.write_table(joined, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return TrainingSet(out, joined.num_rows, n_points, hits, len(events))

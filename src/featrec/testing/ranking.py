@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from featrec.core.candidates.generation import COVISIT, HISTORY, SESSION, TRENDING, Candidate
+from featrec.core.candidates.model import COVISIT, HISTORY, SESSION, TRENDING, Candidate
 from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker, item_row
 
 NOW = 1_000_000.0

@@ -95,11 +95,6 @@ def append_dead_letters(
     return len(letters)
 
 
-def dead_letter_count(redis_url: str, stream: str) -> int:
-    """How many dead letters the stream holds."""
-    return stream_length(redis_url, stream)
-
-
 def read_dead_letters(redis_url: str, stream: str, n: int = 10) -> list[dict[str, str]]:
     """The newest ``n`` dead letters, newest first, each with ``id`` and the letter fields."""
     with closing(connect(redis_url)) as client, translated(f"reading {stream!r}"):
