@@ -31,10 +31,13 @@ def test_environment_is_typed() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"FEATREC_ONLINE_STORE": "mongo"}, "online store must be one of"),
-        ({"FEATREC_BATCH_MAX_ROWS": "many"}, "is not a number"),
-        ({"FEATREC_BATCH_MAX_ROWS": "0"}, "batch max rows"),
-        ({"FEATREC_REDIS_URL": "localhost:6379"}, "must start with redis://"),
+        ({"FEATREC_ONLINE_STORE": "mongo"}, "FEATREC_ONLINE_STORE='mongo' is not one of: sqlite"),
+        ({"FEATREC_BATCH_MAX_ROWS": "many"}, "FEATREC_BATCH_MAX_ROWS='many' is not an integer"),
+        ({"FEATREC_BATCH_MAX_ROWS": "0"}, "FEATREC_BATCH_MAX_ROWS='0' is not an integer >= 1"),
+        (
+            {"FEATREC_REDIS_URL": "localhost:6379"},
+            "FEATREC_REDIS_URL is not a URL starting with redis://",
+        ),
         ({"FEATREC_SESSION_GAP_S": "60", "FEATREC_ALLOWED_LATENESS_S": "120"}, "lateness"),
     ],
 )
