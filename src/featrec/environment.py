@@ -84,6 +84,13 @@ class _Environment(EnvSettingsSource):
             self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
         )
 
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        # The model gets the string as it is and parses it (JSON included), so that a bad
+        # value is a validation error naming its variable, not pydantic-settings' SettingsError.
+        return value
+
 
 class EnvModel(BaseSettings):
     """A frozen group of ``FEATREC_*`` variables: typed, bounded, one-line errors."""
@@ -165,13 +172,19 @@ class Variable:
 
     name: str
     default: str
+    allowed: str
     meaning: str
 
 
 def model_variables(model: type[EnvModel]) -> list[Variable]:
     """``model``'s variables, in declaration order."""
     return [
-        Variable(model.variable(name), _shown_default(field), _extra(field)["meaning"])
+        Variable(
+            model.variable(name),
+            _shown_default(field),
+            allowed_values(field),
+            _extra(field)["meaning"],
+        )
         for name, field in model.model_fields.items()
     ]
 

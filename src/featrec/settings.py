@@ -9,7 +9,7 @@ Three frozen models (pydantic-settings), one per reader, share one environment r
 - :class:`FlowSettings` — what a dataflow process reads beyond :class:`Settings`: its source,
   and the evaluation replay's work directory.
 
-:data:`OTHER_VARIABLES` names the rest: variables that featrec writes for another reader.
+:data:`OTHER_VARIABLES` names the rest: one featrec writes for Feast's yaml, one only tests read.
 :func:`variables` lists them all (the README's table is checked against it), and reading warns
 (:class:`UnknownVariableWarning`) about any other ``FEATREC_*`` variable, with the closest
 known name, so a misspelt variable is not silently ignored.
@@ -25,13 +25,14 @@ fields are left out of ``repr``, and anything that names a Redis server in a mes
 from __future__ import annotations
 
 import difflib
+import json
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, Self, get_args
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Json, SecretStr, field_validator, model_validator
+from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from featrec.core.sessions.fold import SessionPolicy
@@ -56,16 +57,17 @@ REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 #: redis-py's URL option (passed on to ``ssl.SSLContext.load_verify_locations``).
 CA_OPTION: Final = "ssl_ca_certs"
 
-#: Variables featrec knows but no model reads (featrec writes the first, for Feast's yaml):
-#: name -> (default, meaning).
+#: Variables featrec knows but no model reads: name -> (default, allowed, meaning).
 OTHER_VARIABLES: Final = {
     "FEATREC_FEAST_REDIS": (
         "derived",
+        "a Feast Redis connection string",
         "Feast's Redis connection string, read by `feature_store.redis.yaml`; featrec derives "
         "it from `FEATREC_REDIS_URL` (set it yourself only to run stock `feast` on that yaml)",
     ),
     "FEATREC_KILL_SEED": (
         "random",
+        "an integer",
         "tests only: replays the kill times of the crash-recovery test",
     ),
 }
@@ -230,7 +232,7 @@ class ServeSettings(EnvModel):
     )
     item_cache_s: float = var(5.0, "staleness bound of cached item rows and lists (s)", ge=0)
     candidates: int = var(100, "candidates scored per request", ge=1, le=5000)
-    experiment: Json[dict[str, Any]] | None = var(
+    experiment: dict[str, Any] | None = var(
         None, "the A/B experiment as JSON (`featrec serve --experiment` writes it)", shown="none"
     )
     admin_token: SecretStr | None = var(
@@ -240,6 +242,19 @@ class ServeSettings(EnvModel):
         secret=True,
         alias=PREFIX + "ADMIN_TOKEN",
     )
+
+    @field_validator("experiment", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            data = json.loads(value)
+        except ValueError:
+            raise ValueError("not JSON") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
 
     @field_validator("admin_token", mode="before")
     @classmethod
@@ -282,7 +297,7 @@ MODELS: Final[tuple[type[EnvModel], ...]] = (Settings, ServeSettings, FlowSettin
 def variables() -> list[Variable]:
     """Every ``FEATREC_*`` variable featrec reads or writes, in declaration order."""
     found = [v for model in MODELS for v in model_variables(model)]
-    return found + [Variable(name, d, m) for name, (d, m) in OTHER_VARIABLES.items()]
+    return found + [Variable(name, *about) for name, about in OTHER_VARIABLES.items()]
 
 
 def warn_unknown(environ: Mapping[str, str], *, stacklevel: int = 1) -> list[str]:
@@ -291,9 +306,13 @@ def warn_unknown(environ: Mapping[str, str], *, stacklevel: int = 1) -> list[str
     caller, 2 the caller's caller."""
     known = [v.name for v in variables()]
     unknown = sorted(k for k in environ if k.upper().startswith(PREFIX) and k.upper() not in known)
+    # Compared without the prefix, which every name shares (it would make any two look close).
+    suffixes = [name.removeprefix(PREFIX) for name in known]
     for name in unknown:
-        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)
-        hint = f"; did you mean {close[0]}?" if close else ""
+        close = difflib.get_close_matches(
+            name.upper().removeprefix(PREFIX), suffixes, n=1, cutoff=0.7
+        )
+        hint = f"; did you mean {PREFIX}{close[0]}?" if close else ""
         warnings.warn(
             f"{name} is not a featrec variable, ignored{hint}",
             UnknownVariableWarning,
