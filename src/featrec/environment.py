@@ -54,7 +54,13 @@ def var(
     alias: str | None = None,
     **bounds: Any,
 ) -> Any:
-    """A field with its README row: ``meaning``, and ``shown`` when the default is derived."""
+    """A ``FEATREC_*`` field and its README row.
+
+    ``meaning``; ``allowed``: what it accepts, in words (else derived from the type and
+    ``bounds``, pydantic's ``ge``/``gt``/``le``/``min_length``); ``shown``: the default as the
+    README shows it, when it is derived; ``secret``: left out of ``repr``, never echoed;
+    ``alias``: a variable name outside the model's prefix.
+    """
     extra: dict[str, Any] = {"meaning": meaning}
     if shown is not None:
         extra["shown"] = shown

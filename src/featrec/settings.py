@@ -210,7 +210,8 @@ class Settings(EnvModel):
 
 class ServeSettings(EnvModel):
     """The HTTP app's limits and serving options (``featrec serve`` writes them for its
-    workers: see :mod:`featrec.app.serving.http_limits` and :mod:`featrec.jobs.serving`)."""
+    workers: see :mod:`featrec.app.serving.http_limits` and :mod:`featrec.jobs.serving`), and
+    the admin token (a secret: from the environment only)."""
 
     model_config = SettingsConfigDict(env_prefix=PREFIX + "SERVE_")
 
