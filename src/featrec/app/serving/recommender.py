@@ -5,8 +5,10 @@ core (:mod:`featrec.core.candidates.generation`, :mod:`featrec.core.ranking.rank
 :mod:`featrec.core.ranking.rerank`).
 One request:
 
-1. **Context**: the session row and the user row in one store read (when the caller names the
-   user; otherwise the session's ``user_id`` costs a second read).
+1. **Context** (:mod:`featrec.app.serving.context`): the session row and the user row in one
+   store read (when the caller names the user; otherwise the session's ``user_id`` costs a
+   second read), once the arguments passed
+   :func:`~featrec.app.serving.config.check_request`.
 2. **Degraded or not**: no session row, a session row older than ``max_session_age_s``, or an
    unreachable store make the request *degraded*: candidates and scores then use long-term and
    popularity signals only (the user row, trending lists), read from the in-process caches if
@@ -16,7 +18,8 @@ One request:
    :class:`~featrec.app.serving.cache.ResponseCache`); the same request for the same version is
    answered from it, with the same request id.
 4. **Candidates and features**: neighbour lists, trending lists and item rows come through a
-   :class:`~featrec.app.serving.cache.RowCache` with bounded staleness.
+   :class:`~featrec.app.serving.cache.RowCache` with bounded staleness
+   (:class:`~featrec.app.serving.row_signals.RowSignals`).
 5. **Score**: the loaded ranker on :func:`~featrec.core.ranking.ranker.ranking_matrix`; without a
    model, the co-visitation scorer's candidate order; degraded,
    :func:`~featrec.core.ranking.ranker.fallback_scores`.
@@ -39,7 +42,6 @@ scorer and model version, so it reproduces an arm's answer like any other.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import uuid
@@ -47,20 +49,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
-from featrec.app.item_signals import trending_key
+from featrec.app.serving.answers import Health, Recommendation, RecommendedItem
 from featrec.app.serving.cache import ResponseCache, RowCache
 from featrec.app.serving.config import (
     DEGRADED_CODES,
     MAX_ID_LENGTH,
     MAX_K,
     MAX_SHOWN,
-    NO_SESSION,
-    STALE_SESSION,
     STORE_FAILED,
-    STORE_UNREACHABLE,
     ServingConfig,
+    check_request,
+)
+from featrec.app.serving.context import (
+    ContextReader,
+    RequestContext,
+    degraded_reason,
+    session_version,
 )
 from featrec.app.serving.explain import Explanation, explain_request
+from featrec.app.serving.row_signals import RowSignals
 from featrec.app.serving.steps import (
     LOG_SCHEMA,
     SCORER_MODEL,
@@ -80,7 +87,6 @@ from featrec.core.candidates.generation import (
 from featrec.core.evaluation.experiments import Experiment, assign
 from featrec.core.features.catalog import (
     ITEM_FEATURES,
-    ITEM_NEIGHBOURS,
     ITEM_TRENDING,
     SESSION_FEATURES,
     USER_FEATURES,
@@ -91,10 +97,9 @@ from featrec.core.ports.serving import (
     RequestLog,
     RequestRecord,
     RowReader,
-    StampedRow,
 )
 from featrec.core.ranking.ranker import item_row
-from featrec.errors import ConfigError, FeatrecError, StoreError, StoreUnavailable
+from featrec.errors import ConfigError, FeatrecError, StoreError
 
 __all__ = [
     "DEGRADED_CODES",
@@ -111,57 +116,6 @@ __all__ = [
     "RowSignals",
     "ServingConfig",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class RecommendedItem:
-    item_id: str
-    score: float
-    rank: int
-    reasons: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Recommendation:
-    """One answer. ``cached``: served from the version cache (same request id as the answer
-    that was computed); ``logged``: the request log has it (explainable)."""
-
-    request_id: str
-    session_id: str
-    user_id: str | None
-    items: tuple[RecommendedItem, ...]
-    degraded: bool
-    degraded_reason: str | None
-    model_version: str | None
-    scorer: str
-    session_version: int | None
-    #: Why degraded, as a short code for metrics (one of :data:`DEGRADED_CODES`).
-    degraded_code: str | None = None
-    cached: bool = False
-    logged: bool = True
-    #: The A/B experiment and the arm this request was bucketed into (None: no experiment).
-    experiment: str | None = None
-    arm: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["items"] = [asdict(item) for item in self.items]
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Health:
-    """``store`` is ``"reachable"`` or ``"unreachable: <why>"``."""
-
-    store: str
-    model_version: str | None
-    log_failures: int
-    last_log_error: str | None
-
-    @property
-    def ok(self) -> bool:
-        return self.store == "reachable"
-
 
 #: The session key the health probe reads (it need not exist).
 HEALTH_PROBE_KEY: Final = "__featrec_health__"
@@ -184,59 +138,6 @@ class _Arm:
             "unit": self.unit,
             "unit_id": self.unit_id,
         }
-
-
-@dataclass(frozen=True, slots=True)
-class _Context:
-    session: StampedRow | None
-    user: StampedRow | None
-    user_id: str | None
-    failure: StoreError | None
-    notes: tuple[str, ...] = ()
-    #: The user row as read (``user`` is None when it was ignored as stale).
-    user_read: StampedRow | None = None
-
-
-class RowSignals:
-    """:class:`featrec.core.candidates.signals.SignalLookup` over ``item_neighbours`` rows
-    (neighbour
-    lists, and trending lists under their pseudo-item keys) through a :class:`RowCache`; the
-    user's history is the ``recent_purchases`` of the user row already read.
-
-    ``offline``: never touch the store, answer from the cache however old (the store is down).
-    """
-
-    def __init__(self, cache: RowCache, user: StampedRow | None, *, offline: bool = False) -> None:
-        self._cache = cache
-        self._user = user
-        self._offline = offline
-
-    def _lists(self, keys: Sequence[str]) -> list[StampedRow | None]:
-        found = self._cache.get({ITEM_NEIGHBOURS.name: keys}, offline=self._offline)
-        return found[ITEM_NEIGHBOURS.name]
-
-    def neighbours(self, items: Sequence[str]) -> dict[str, Sequence[tuple[str, float]]]:
-        out: dict[str, Sequence[tuple[str, float]]] = {}
-        for item, row in zip(items, self._lists(items), strict=True):
-            if row is not None:
-                out[item] = _pairs(row)
-        return out
-
-    def trending(self, category: str | None = None) -> Sequence[tuple[str, float]]:
-        [row] = self._lists([trending_key(category)])
-        return () if row is None else _pairs(row)
-
-    def user_history(self, user_id: str) -> Sequence[str]:
-        if self._user is None:
-            return ()
-        return strings(self._user.values.get("recent_purchases"))
-
-
-def _pairs(row: StampedRow) -> list[tuple[str, float]]:
-    ids = row.values.get("neighbour_ids") or []
-    weights = row.values.get("neighbour_weights") or []
-    assert isinstance(ids, list | tuple) and isinstance(weights, list | tuple)
-    return list(zip(ids, weights, strict=False))
 
 
 class Recommender:
@@ -265,8 +166,8 @@ class Recommender:
         self._models = models
         self.config = config if config is not None else ServingConfig()
         self._clock = clock
-        self._monotonic = monotonic
         self._wall_clock = wall_clock
+        self._context = ContextReader(rows, self.config, monotonic)
         self.item_cache = RowCache(
             rows,
             max_age_s=self.config.item_cache_s,
@@ -274,8 +175,6 @@ class Recommender:
             monotonic=monotonic,
         )
         self.responses: ResponseCache[Recommendation] = ResponseCache(self.config.cache_sessions)
-        self._store_down_until = -math.inf
-        self._store_error = ""
         self._counters = threading.Lock()
         self.log_failures = 0
         self.last_log_error: str | None = None
@@ -312,13 +211,13 @@ class Recommender:
     ) -> Recommendation:
         """The ``k`` best items for the session now. Never raises for store trouble: the
         answer is degraded instead. Bad arguments raise :class:`ConfigError`."""
-        _check_request(session_id, user_id, k, shown)
+        check_request(session_id, user_id, k, shown)
         now_s = self._clock()
-        context = self._read_context(session_id, user_id, now_s)
+        context = self._context.read(session_id, user_id, now_s)
         arm = self._arm_of(session_id, context.user_id)
-        code, reason = self._degraded_reason(session_id, context, now_s)
+        code, reason = degraded_reason(session_id, context, now_s, self.config.max_session_age_s)
         session = context.session
-        version = _session_version(session) if reason is None else None
+        version = session_version(session) if reason is None else None
         cache_key = None
         if version is not None:
             cache_key = self._cache_key(context, arm, k, shown)
@@ -335,7 +234,7 @@ class Recommender:
             )
         except StoreError as e:
             # The store failed after the context read: answer again without it.
-            self._store_failed(e)
+            self._context.store_failed(e)
             code, reason = STORE_FAILED, f"online store failed: {e}"
             context = replace(context, failure=e)
             answer, record = self._answer(
@@ -349,37 +248,6 @@ class Recommender:
             )
         return answer
 
-    def _read_context(self, session_id: str, user_id: str | None, now_s: float) -> _Context:
-        if self._monotonic() < self._store_down_until:
-            failure = StoreUnavailable(
-                f"not retried for {self.config.store_retry_s:g} s after: {self._store_error}"
-            )
-            return _Context(None, None, user_id, failure)
-        wanted: dict[str, list[str]] = {SESSION_FEATURES.name: [session_id]}
-        if user_id is not None:
-            wanted[USER_FEATURES.name] = [user_id]
-        try:
-            found = self.rows.read_rows(wanted)
-            session = found[SESSION_FEATURES.name][0]
-            user = found[USER_FEATURES.name][0] if user_id is not None else None
-            if user_id is None and session is not None:
-                named = session.values.get("user_id")
-                if isinstance(named, str) and named:
-                    user_id = named
-                    user = self.rows.read_rows({USER_FEATURES.name: [named]})[USER_FEATURES.name][0]
-        except StoreError as e:
-            self._store_failed(e)
-            return _Context(None, None, user_id, e)
-        notes: tuple[str, ...] = ()
-        user_read = user
-        max_user_age = self.config.max_user_age_s
-        if user is not None and max_user_age is not None:
-            age = now_s - user.ts_us / 1e6
-            if age > max_user_age:
-                notes = (f"user features ignored: {age / 86_400:.1f} days old",)
-                user = None
-        return _Context(session, user, user_id, None, notes, user_read)
-
     def _arm_of(self, session_id: str, user_id: str | None) -> _Arm | None:
         experiment = self.config.experiment
         if experiment is None:
@@ -387,28 +255,12 @@ class Recommender:
         unit, unit_id = experiment.unit_of(session_id, user_id)
         return _Arm(experiment, assign(experiment, unit_id), unit, unit_id)
 
-    def _store_failed(self, error: StoreError) -> None:
-        self._store_error = str(error)
-        self._store_down_until = self._monotonic() + self.config.store_retry_s
-
-    def _degraded_reason(
-        self, session_id: str, context: _Context, now_s: float
-    ) -> tuple[str | None, str | None]:
-        """``(code, reason)`` of a degraded answer, ``(None, None)`` when not degraded."""
-        if context.failure is not None:
-            return STORE_UNREACHABLE, f"online store unreachable: {context.failure}"
-        if context.session is None:
-            return NO_SESSION, f"no session features for session {session_id!r}"
-        age = now_s - context.session.ts_us / 1e6
-        if age > self.config.max_session_age_s:
-            return STALE_SESSION, (
-                f"session features are {age:.0f} s old (limit {self.config.max_session_age_s:g} "
-                "s): the session stream may be down"
-            )
-        return None, None
-
     def _cache_key(
-        self, context: _Context, arm: _Arm | None, k: int, shown: Sequence[str] | None
+        self,
+        context: RequestContext,
+        arm: _Arm | None,
+        k: int,
+        shown: Sequence[str] | None,
     ) -> tuple[Any, ...]:
         user_ts = context.user.ts_us if context.user is not None else None
         model = self.model.version if self.model is not None else None
@@ -418,7 +270,7 @@ class Recommender:
     def _answer(
         self,
         session_id: str,
-        context: _Context,
+        context: RequestContext,
         arm: _Arm | None,
         code: str | None,
         reason: str | None,
@@ -469,7 +321,8 @@ class Recommender:
         )
 
         request_id = uuid.uuid4().hex
-        version = _session_version(session)
+        version = session_version(session)
+        model_version = model.version if model is not None else None
         by_id = {c.item_id: c for c in candidates}
         answer = Recommendation(
             request_id=request_id,
@@ -483,7 +336,7 @@ class Recommender:
             degraded=reason is not None,
             degraded_reason=reason,
             degraded_code=code,
-            model_version=model.version if model is not None else None,
+            model_version=model_version,
             scorer=scorer,
             session_version=version,
             experiment=arm.experiment.name if arm is not None else None,
@@ -512,7 +365,7 @@ class Recommender:
             "degraded_code": code,
             "notes": list(context.notes),
             "scorer": scorer,
-            "model_version": answer.model_version,
+            "model_version": model_version,
             "session_version": version,
             "session_used": session is not None,
             "rerank": asdict(cfg.rerank),
@@ -521,7 +374,8 @@ class Recommender:
             "decisions": [d.to_dict() for d in decisions],
             "experiment": arm.to_dict() if arm is not None else None,
         }
-        return answer, RequestRecord(request_id, self._wall_clock(), body, logged)
+        record = RequestRecord(request_id, self._wall_clock(), body, logged)
+        return answer, record
 
     def _append(self, record: RequestRecord) -> bool:
         try:
@@ -573,31 +427,3 @@ class Recommender:
                 "point featrec at the model store that holds it"
             )
         return self._models(version)
-
-
-def _check_request(
-    session_id: str, user_id: str | None, k: int, shown: Sequence[str] | None
-) -> None:
-    for name, value in (("session_id", session_id), ("user_id", user_id)):
-        if value is None and name == "user_id":
-            continue
-        if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
-            raise ConfigError(
-                f"{name} must be a non-empty string of at most {MAX_ID_LENGTH} characters, "
-                f"got {value!r:.80}"
-            )
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise ConfigError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
-    if shown is not None:
-        if isinstance(shown, str) or len(shown) > MAX_SHOWN:
-            raise ConfigError(f"shown must be a list of at most {MAX_SHOWN} item ids")
-        for item in shown:
-            if not isinstance(item, str) or not item:
-                raise ConfigError(f"shown must hold non-empty item ids, got {item!r:.80}")
-
-
-def _session_version(session: StampedRow | None) -> int | None:
-    if session is None:
-        return None
-    version = session.values.get("version")
-    return version if isinstance(version, int) and not isinstance(version, bool) else None
