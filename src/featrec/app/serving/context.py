@@ -20,6 +20,7 @@ from featrec.app.serving.config import (
     STORE_UNREACHABLE,
     ServingConfig,
 )
+from featrec.app.serving.record import USER_ROW_IGNORED
 from featrec.core.features.catalog import SESSION_FEATURES, USER_FEATURES
 from featrec.core.ports.serving import RowReader, StampedRow
 from featrec.errors import StoreError, StoreUnavailable
@@ -81,7 +82,7 @@ class ContextReader:
         if user is not None and max_user_age is not None:
             age = now_s - user.ts_us / 1e6
             if age > max_user_age:
-                notes = (f"user features ignored: {age / 86_400:.1f} days old",)
+                notes = (f"{USER_ROW_IGNORED}: {age / 86_400:.1f} days old",)
                 user = None
         return RequestContext(session, user, user_id, None, notes, user_read)
 

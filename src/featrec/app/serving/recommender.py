@@ -26,9 +26,10 @@ One request:
 6. **Rerank** (:func:`~featrec.core.ranking.rerank.rerank`): purchased items dropped, diversity cap,
    popularity damping, stability against the list this session was shown before its newest
    event.
-7. **Log**: the request, candidates, the rows used (with their timestamps), model version, raw
-   scores and every rerank decision. :meth:`Recommender.explain` re-scores a logged request from
-   the log alone and checks that it gets the same scores, bit for bit, and the same list.
+7. **Log**: a :class:`~featrec.app.serving.record.ServedRequest`: the request, candidates, the
+   rows used (with their timestamps), model version, raw scores and every rerank decision.
+   :meth:`Recommender.explain` re-scores a logged request from the log alone and checks that
+   it gets the same scores, bit for bit, and the same list.
 
 **Experiments.** With ``ServingConfig.experiment`` set, every request is bucketed into an arm
 (:func:`featrec.core.evaluation.experiments.assign`, by user when known, else by session), before
@@ -46,7 +47,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from typing import Any, Final
 
 from featrec.app.serving.answers import Health, Recommendation, RecommendedItem
@@ -67,9 +68,9 @@ from featrec.app.serving.context import (
     session_version,
 )
 from featrec.app.serving.explain import Explanation, explain_request
+from featrec.app.serving.record import ArmAssignment, ServedRequest
 from featrec.app.serving.row_signals import RowSignals
 from featrec.app.serving.steps import (
-    LOG_SCHEMA,
     SCORER_MODEL,
     LoadedModel,
     ModelLoader,
@@ -84,7 +85,7 @@ from featrec.core.candidates.generation import (
     context_categories,
     generate,
 )
-from featrec.core.evaluation.experiments import Experiment, assign
+from featrec.core.evaluation.experiments import assign
 from featrec.core.features.catalog import (
     ITEM_FEATURES,
     ITEM_TRENDING,
@@ -95,7 +96,6 @@ from featrec.core.ports.serving import (
     Clock,
     LoggedRow,
     RequestLog,
-    RequestRecord,
     RowReader,
 )
 from featrec.core.ranking.ranker import item_row
@@ -119,25 +119,6 @@ __all__ = [
 
 #: The session key the health probe reads (it need not exist).
 HEALTH_PROBE_KEY: Final = "__featrec_health__"
-
-
-@dataclass(frozen=True, slots=True)
-class _Arm:
-    """The arm of one request and the unit it was bucketed by."""
-
-    experiment: Experiment
-    name: str
-    unit: str
-    unit_id: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {
-            "name": self.experiment.name,
-            "arm": self.name,
-            "control": self.experiment.control_arm,
-            "unit": self.unit,
-            "unit_id": self.unit_id,
-        }
 
 
 class Recommender:
@@ -248,30 +229,32 @@ class Recommender:
             )
         return answer
 
-    def _arm_of(self, session_id: str, user_id: str | None) -> _Arm | None:
+    def _arm_of(self, session_id: str, user_id: str | None) -> ArmAssignment | None:
         experiment = self.config.experiment
         if experiment is None:
             return None
         unit, unit_id = experiment.unit_of(session_id, user_id)
-        return _Arm(experiment, assign(experiment, unit_id), unit, unit_id)
+        return ArmAssignment(
+            experiment.name, assign(experiment, unit_id), experiment.control_arm, unit, unit_id
+        )
 
     def _cache_key(
         self,
         context: RequestContext,
-        arm: _Arm | None,
+        arm: ArmAssignment | None,
         k: int,
         shown: Sequence[str] | None,
     ) -> tuple[Any, ...]:
         user_ts = context.user.ts_us if context.user is not None else None
         model = self.model.version if self.model is not None else None
         shown_key = None if shown is None else tuple(shown)
-        return (context.user_id, user_ts, k, model, shown_key, arm.name if arm else None)
+        return (context.user_id, user_ts, k, model, shown_key, arm.arm if arm else None)
 
     def _answer(
         self,
         session_id: str,
         context: RequestContext,
-        arm: _Arm | None,
+        arm: ArmAssignment | None,
         code: str | None,
         reason: str | None,
         k: int,
@@ -279,7 +262,7 @@ class Recommender:
         shown_before: Sequence[str] | None,
         now_s: float,
         offline: bool,
-    ) -> tuple[Recommendation, RequestRecord]:
+    ) -> tuple[Recommendation, ServedRequest]:
         cfg = self.config
         session = context.session if reason is None else None
         user = context.user
@@ -306,9 +289,9 @@ class Recommender:
         }
         override = None
         model = self.model
-        if arm is not None:
-            override = arm.experiment.config_of(arm.name).effective_scorer
-            model = self._arm_models.get(arm.name, model)
+        if arm is not None and cfg.experiment is not None:
+            override = cfg.experiment.config_of(arm.arm).effective_scorer
+            model = self._arm_models.get(arm.arm, model)
         if reason is not None:
             model = None
         scorer = choose_scorer(reason, model, override)
@@ -339,8 +322,8 @@ class Recommender:
             model_version=model_version,
             scorer=scorer,
             session_version=version,
-            experiment=arm.experiment.name if arm is not None else None,
-            arm=arm.name if arm is not None else None,
+            experiment=arm.experiment if arm is not None else None,
+            arm=arm.arm if arm is not None else None,
         )
         logged = [
             LoggedRow(SESSION_FEATURES.name, session_id, context.session),
@@ -353,33 +336,34 @@ class Recommender:
         for item, (f, t) in zip(ids, item_rows, strict=True):
             logged.append(LoggedRow(ITEM_FEATURES.name, item, f))
             logged.append(LoggedRow(ITEM_TRENDING.name, item, t))
-        body = {
-            "schema": LOG_SCHEMA,
-            "session_id": session_id,
-            "user_id": context.user_id,
-            "k": k,
-            "shown": None if shown is None else list(shown),
-            "shown_before": None if shown_before is None else list(shown_before),
-            "now_s": now_s,
-            "degraded_reason": reason,
-            "degraded_code": code,
-            "notes": list(context.notes),
-            "scorer": scorer,
-            "model_version": model_version,
-            "session_version": version,
-            "session_used": session is not None,
-            "rerank": asdict(cfg.rerank),
-            "candidates": [c.to_dict() for c in candidates],
-            "raw_scores": [float(s) for s in raw],
-            "decisions": [d.to_dict() for d in decisions],
-            "experiment": arm.to_dict() if arm is not None else None,
-        }
-        record = RequestRecord(request_id, self._wall_clock(), body, logged)
+        record = ServedRequest(
+            request_id=request_id,
+            created_at_s=self._wall_clock(),
+            session_id=session_id,
+            user_id=context.user_id,
+            k=k,
+            shown=None if shown is None else tuple(shown),
+            shown_before=None if shown_before is None else tuple(shown_before),
+            now_s=now_s,
+            degraded_reason=reason,
+            degraded_code=code,
+            notes=context.notes,
+            scorer=scorer,
+            model_version=model_version,
+            session_version=version,
+            session_used=session is not None,
+            rerank=cfg.rerank,
+            candidates=tuple(candidates),
+            raw_scores=tuple(raw.tolist()),
+            decisions=tuple(decisions),
+            experiment=arm,
+            rows=tuple(logged),
+        )
         return answer, record
 
-    def _append(self, record: RequestRecord) -> bool:
+    def _append(self, record: ServedRequest) -> bool:
         try:
-            self.log.append(record)
+            self.log.append(record.to_record())
         except FeatrecError as e:
             self.log_failed(1, str(e))
             return False
