@@ -15,11 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from featrec.adapters.sqlite.request_log import (
-    BackgroundRequestLog,
-    RedisRequestLog,
-    SqliteRequestLog,
-)
+from featrec.adapters.background_log import BackgroundRequestLog
+from featrec.adapters.redis.request_log import RedisRequestLog
+from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.app.serving.recommender import Recommender
 from featrec.app.serving.record import ServedRequest
 from featrec.core.ports.features import InMemoryFeatureStore

@@ -19,12 +19,10 @@ import numpy as np
 import pytest
 import redis
 
+from featrec.adapters.background_log import BackgroundRequestLog
 from featrec.adapters.files.event_log import EventLogWriter
-from featrec.adapters.sqlite.request_log import (
-    BackgroundRequestLog,
-    RedisRequestLog,
-    SqliteRequestLog,
-)
+from featrec.adapters.redis.request_log import RedisRequestLog
+from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.app.evaluation.ab_report import (
     OUTCOMES,
     Z95,
