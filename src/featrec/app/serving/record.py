@@ -33,6 +33,8 @@ from featrec.errors import ConfigError
 #: Version of the request-log body schema (written by recommend, read by explain and the A/B
 #: analysis).
 LOG_SCHEMA: Final = 1
+#: How the note saying that the request ignored a stale user row begins.
+USER_ROW_IGNORED: Final = "user features ignored"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,19 +170,14 @@ class ServedRequest:
         )
 
 
-#: How a note saying that the user row was ignored begins.
-USER_ROW_IGNORED: Final = "user features ignored"
-
-
 class _Fields:
     """Typed reads of a JSON object's fields; a wrong one raises a :class:`ConfigError`
     naming ``where``, the field's path and what was expected."""
 
     def __init__(self, data: object, where: str, path: str = "") -> None:
         if not isinstance(data, Mapping):
-            raise ConfigError(
-                f"{where}: malformed request-log entry: {path or 'the body'} is not an object"
-            )
+            what = path.rstrip(".") or "the body"
+            raise ConfigError(f"{where}: malformed request-log entry: {what} is not an object")
         self._data: Mapping[str, object] = data
         self._where = where
         self._path = path
