@@ -19,12 +19,10 @@ import numpy as np
 import pytest
 import redis
 
+from featrec.adapters.background_log import BackgroundRequestLog
 from featrec.adapters.files.event_log import EventLogWriter
-from featrec.adapters.sqlite.request_log import (
-    BackgroundRequestLog,
-    RedisRequestLog,
-    SqliteRequestLog,
-)
+from featrec.adapters.redis.request_log import RedisRequestLog
+from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.app.evaluation.ab_report import (
     OUTCOMES,
     Z95,
@@ -38,11 +36,13 @@ from featrec.app.evaluation.ab_report import (
 )
 from featrec.app.item_signals import ItemSignalsConfig, bootstrap
 from featrec.app.serving.recommender import Recommender, ServingConfig
+from featrec.app.serving.record import ArmAssignment, ServedRequest
 from featrec.core.evaluation.experiments import ArmConfig, Experiment
 from featrec.core.events.generator import GeneratorConfig, generate
 from featrec.core.events.model import CART, CLICK, PURCHASE, VIEW, Event
 from featrec.core.ports.features import InMemoryFeatureStore
 from featrec.core.ports.serving import InMemoryRows, RequestRecord
+from featrec.core.ranking.rerank import Decision, RerankConfig
 from featrec.core.sessions.fold import SessionPolicy, SessionState, fold, new_state, session_row
 from featrec.errors import ConfigError, NotFound
 from featrec.jobs.serving import request_log_path
@@ -187,19 +187,32 @@ def record(
     items: Sequence[str],
     experiment: str | None = "e",
 ) -> RequestRecord:
-    body: dict[str, Any] = {
-        "session_id": session,
-        "now_s": T.timestamp() + at,
-        "degraded_reason": None,
-        "decisions": [
-            *({"item_id": i, "kept": True, "rank": n + 1} for n, i in enumerate(items)),
-            {"item_id": "dropped", "kept": False, "rank": None},
-        ],
-        "experiment": None
+    """A logged request of ``experiment`` (None: of none) that recommended ``items``."""
+    kept = [Decision(i, 1.0, n + 1, True, (), 1.0) for n, i in enumerate(items)]
+    return ServedRequest(
+        request_id=request_id,
+        created_at_s=T.timestamp() + at,
+        session_id=session,
+        user_id=unit,
+        k=10,
+        shown=None,
+        shown_before=None,
+        now_s=T.timestamp() + at,
+        degraded_reason=None,
+        degraded_code=None,
+        notes=(),
+        scorer="candidate-order",
+        model_version=None,
+        session_version=None,
+        session_used=True,
+        rerank=RerankConfig(),
+        candidates=(),
+        raw_scores=(),
+        decisions=(*kept, Decision("dropped", 0.5, None, False, ("dropped: cap",), 0.5)),
+        experiment=None
         if experiment is None
-        else {"name": experiment, "arm": arm, "control": "A", "unit": "user", "unit_id": unit},
-    }
-    return RequestRecord(request_id, T.timestamp() + at, body, [])
+        else ArmAssignment(experiment, arm, "A", "user", unit),
+    ).to_record()
 
 
 def test_report_known_answer() -> None:

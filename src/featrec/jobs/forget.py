@@ -33,8 +33,9 @@ from featrec.adapters.files.atomic import atomic_write_text
 from featrec.adapters.files.event_log import remove_events, sessions_of_user
 from featrec.adapters.files.snapshots import remove_rows
 from featrec.adapters.redis.deny_list import stores_for
+from featrec.adapters.redis.request_log import RedisRequestLog
 from featrec.adapters.redis.streams import EVENT_FIELD, connect
-from featrec.adapters.sqlite.request_log import RedisRequestLog, SqliteRequestLog
+from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.core.events.model import MAX_ID_LENGTH
 from featrec.core.features import catalog
 from featrec.core.privacy import TOMBSTONE_FIELD, tombstones

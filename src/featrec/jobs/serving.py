@@ -8,7 +8,7 @@ from ``FEATREC_*`` variables in its own process, see :func:`options_from_setting
   directly), :class:`~featrec.adapters.feast.rows.FeastRowReader` otherwise (stock SDK).
 - Request log: SQLite in ``<home>/requests.db`` (default: it keeps working when Redis does
   not) or Redis (``request_log="redis"``: shared by every server process), written by a
-  :class:`~featrec.adapters.sqlite.request_log.BackgroundRequestLog` off the request path.
+  :class:`~featrec.adapters.background_log.BackgroundRequestLog` off the request path.
 - Model: a version under ``<home>/models`` (the trusted directory), loaded by
   :mod:`featrec.adapters.files.model_store` (path, manifest, sha256 and feature list checked):
   ``"auto"`` is the newest version if there is one, ``"none"`` scores by candidate order.
@@ -27,11 +27,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from featrec.adapters.sqlite.request_log import (
-    BackgroundRequestLog,
-    RedisRequestLog,
-    SqliteRequestLog,
-)
+from featrec.adapters.background_log import BackgroundRequestLog
+from featrec.adapters.redis.request_log import RedisRequestLog
+from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.app.serving.config import REQUEST_LOGS
 from featrec.app.serving.recommender import LoadedModel, ModelLoader, Recommender, ServingConfig
 from featrec.app.serving.steps import SERVED_FEATURES
