@@ -197,8 +197,18 @@ def test_bootstrap_writes_the_flow_rows_and_never_replaces_newer_ones(
         (["bootstrap", "--from-log"], {}, 1, "no valid events in the event log"),
         (["similar", "__trending__"], {}, 1, "use `featrec items trending`"),
         (["similar", "x", "--k", "0"], {}, 2, "--k"),
-        (["similar", "x"], {"FEATREC_ITEM_IDLE_S": "0"}, 1, "item idle time must be > 0"),
-        (["similar", "x"], {"FEATREC_ITEM_WRITE_INTERVAL_S": "soon"}, 1, "is not a number"),
+        (
+            ["similar", "x"],
+            {"FEATREC_ITEM_IDLE_S": "0"},
+            1,
+            "FEATREC_ITEM_IDLE_S='0' is not a finite number > 0",
+        ),
+        (
+            ["similar", "x"],
+            {"FEATREC_ITEM_WRITE_INTERVAL_S": "soon"},
+            1,
+            "FEATREC_ITEM_WRITE_INTERVAL_S='soon' is not a finite number >= 0",
+        ),
         (["similar", "x"], {}, 1, "apply the feature repo first"),
     ],
 )
