@@ -35,6 +35,9 @@ FEATREC_ITEM_WRITE_INTERVAL_S  item signals: least system time    ``5``
 FEATREC_ITEM_IDLE_S            item signals: system time before   ``600``
                                an idle item's state is checked
                                (dropped once negligible)
+FEATREC_PROJECT                the project directory (holds       found from the working
+                               ``featrec.toml``; see              directory
+                               :mod:`featrec.project`)
 =============================  =================================  ==========================
 """
 
@@ -74,6 +77,7 @@ class Settings:
     state_ttl_s: float | None = None
     item_write_interval_s: float = 5.0
     item_idle_s: float = 600.0
+    project: Path | None = None
 
     def __post_init__(self) -> None:
         if self.online_store not in ONLINE_STORES:
