@@ -18,11 +18,10 @@ from typing import Any
 
 import click
 
+from featrec.cli.common import CliState, context_settings, context_state, pass_settings
 from featrec.errors import FeatrecError, NotFound
 from featrec.jobs.launch import INPUT_FORMATS, flow_options, run_flow
 from featrec.settings import Settings
-
-pass_settings = click.make_pass_decorator(Settings)
 
 
 class _Group(click.Group):
@@ -37,30 +36,74 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="featrec")
+@click.option(
+    "--project",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The project directory (default: FEATREC_PROJECT, else the nearest featrec.toml "
+    "at or above the working directory).",
+)
 @click.pass_context
-def main(ctx: click.Context) -> None:
+def main(ctx: click.Context, project: Path | None) -> None:
     """featrec: real-time recommendations from streaming session features.
 
-    Configure with FEATREC_* environment variables (FEATREC_ONLINE_STORE=redis,
-    FEATREC_REDIS_URL=redis://..., FEATREC_HOME=...). Run `featrec demo` to see it work.
+    Start with `featrec init shop && cd shop && featrec demo`. Every command finds its project
+    (featrec.toml) from the working directory; FEATREC_* environment variables override its
+    settings (FEATREC_ONLINE_STORE=redis, FEATREC_REDIS_URL=redis://...).
     """
     try:
-        ctx.obj = Settings.from_env(os.environ)
+        ctx.obj = CliState.resolve(project)
     except FeatrecError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
 @main.command()
-@pass_settings
-def init(settings: Settings) -> None:
-    """Create the local directories and apply the Feast repo."""
-    from featrec.adapters.feast.repo import apply_repo
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+def init(ctx: click.Context, directory: Path | None) -> None:
+    """Create a project in DIRECTORY (default: here): featrec.toml, a Feast repo of your own,
+    .gitignore and the local stores; then apply the Feast repo. Never overwrites a project.
 
-    for path in (settings.home, settings.event_log_dir, settings.home / "status"):
-        path.mkdir(parents=True, exist_ok=True)
-    click.echo(f"featrec home: {settings.home}")
-    click.echo(f"applying Feast repo {settings.repo} (online store: {settings.online_store}) ...")
-    for line in apply_repo(settings):
+    Where settings come from the environment (FEATREC_REPO set, or featrec's own checkout) and
+    no DIRECTORY is given, it only creates the local stores and applies that repo.
+    """
+    from featrec.jobs.project_init import apply_project, init_project
+    from featrec.project import legacy_layout
+
+    state = context_state(ctx)
+    if directory is None and state.project is None and legacy_layout(state.cwd, os.environ):
+        settings = context_settings(ctx)
+        click.echo(f"featrec home: {settings.home}")
+        click.echo(f"applying Feast repo {settings.repo} ({settings.online_store} online store)")
+        for line in apply_project(settings):
+            click.echo(f"  {line}")
+        return
+    target = directory if directory is not None else state.cwd
+    if directory is None and state.project is not None:
+        raise click.ClickException(
+            f"{state.cwd} is inside the featrec project {state.project.root}; give a new "
+            "directory (featrec init DIR), or re-apply this one with `featrec apply`"
+        )
+    report = init_project(target, dict(os.environ))
+    root = report.project.root
+    click.echo(f"created featrec project {root}")
+    for path in report.created:
+        click.echo(f"  {path.relative_to(root)}")
+    click.echo(f"applied the Feast repo {root / 'feature_repo'}:")
+    for line in report.applied:
+        click.echo(f"  {line}")
+    here = "" if root == state.cwd.resolve() else f"cd {directory} && "
+    click.echo(f"next: {here}featrec demo   (or see README: 'Use it for your shop')")
+
+
+@main.command()
+@pass_settings
+def apply(settings: Settings) -> None:
+    """Create the project's local stores and apply its Feast repo (after editing it)."""
+    from featrec.jobs.project_init import apply_project
+
+    click.echo(f"applying Feast repo {settings.repo} ({settings.online_store} online store)")
+    for line in apply_project(settings):
         click.echo(f"  {line}")
 
 
@@ -95,9 +138,7 @@ def init(settings: Settings) -> None:
     help="Sessions open at the same time (default: the generator's).",
 )
 @click.option("--seed", type=int, default=7, show_default=True)
-@pass_settings
 def generate(
-    settings: Settings,
     out: Path,
     n_events: int,
     n_users: int | None,

@@ -1,0 +1,83 @@
+"""`featrec init DIR` and project discovery through the CLI: commands run from any directory
+of a project, say how to create one where there is none, and init never overwrites."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from featrec.cli import main
+
+
+@pytest.fixture
+def outside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory with no FEATREC_* in the environment."""
+    for name in list(os.environ):
+        if name.startswith("FEATREC_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "args", [["status"], ["features", "s1"], ["apply"], ["log", "import", "x.jsonl"], ["demo"]]
+)
+def test_no_project_says_how_to_create_one(outside: Path, args: list[str]) -> None:
+    (outside / "x.jsonl").write_text("")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "featrec init DIR" in errors[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_help_needs_no_project(outside: Path) -> None:
+    for args in (["status", "--help"], ["init", "--help"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, (args, result.output)
+
+
+def test_init_then_every_directory_finds_it(outside: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["init", "shop"])
+    assert result.exit_code == 0, result.output
+    shop = (outside / "shop").resolve()
+    assert (shop / "feature_repo" / "data" / "registry.db").is_file()
+    assert (shop / ".featrec" / "events").is_dir()
+
+    deep = shop / "notebooks" / "q4"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    status = runner.invoke(main, ["status"])
+    assert status.exit_code == 0, status.output
+    assert f"repo {shop / 'feature_repo'}" in status.output
+
+    monkeypatch.chdir(outside)
+    by_flag = runner.invoke(main, ["--project", str(shop), "status"])
+    assert by_flag.exit_code == 0 and str(shop) in by_flag.output
+    monkeypatch.setenv("FEATREC_PROJECT", str(shop))
+    by_env = runner.invoke(main, ["status"])
+    assert by_env.exit_code == 0 and str(shop) in by_env.output
+
+
+def test_init_refuses_an_existing_project(outside: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", "shop"]).exit_code == 0
+    config = outside / "shop" / "featrec.toml"
+    config.write_text(config.read_text() + "# mine\n")
+    again = runner.invoke(main, ["init", "shop"])
+    assert again.exit_code == 1 and "never overwrites" in again.output
+    assert config.read_text().endswith("# mine\n")
+    monkeypatch.chdir(outside / "shop")
+    here = runner.invoke(main, ["init"])
+    assert here.exit_code == 1 and "featrec apply" in here.output
+    assert runner.invoke(main, ["apply"]).exit_code == 0
+
+
+def test_bad_project_flag_is_one_line(outside: Path) -> None:
+    result = CliRunner().invoke(main, ["--project", str(outside), "status"])
+    assert result.exit_code == 1
+    assert "is not a featrec project" in result.output
