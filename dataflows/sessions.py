@@ -56,6 +56,7 @@ from dataflows.metrics import FlowStats
 from dataflows.sinks import DeadLetterSink, EventLogSink, FeatureSink, WriterFactory
 from dataflows.sources import FileReplaySource, RedisStreamSource, SourceItem
 from featrec.core.events.formats import DeadLetter, RawRecord, decode
+from featrec.core.events.mapping import mapping_from_env
 from featrec.core.events.model import Event
 from featrec.core.features.rows import FeatureRow
 from featrec.core.ports.features import FeatureWriter
@@ -400,7 +401,8 @@ def source_from_env(
     environ: Mapping[str, str], settings: Settings, *, tombstones: bool = False
 ) -> Source[SourceItem]:
     """The source named by ``FEATREC_SOURCE`` (file paths joined by ``os.pathsep``, or
-    ``redis``), ``FEATREC_SOURCE_FORMAT`` and ``FEATREC_REPLAY_SPEED``. ``tombstones``: a
+    ``redis``), ``FEATREC_SOURCE_FORMAT`` (or ``FEATREC_SOURCE_MAPPING``, an event mapping as
+    JSON) and ``FEATREC_REPLAY_SPEED``. ``tombstones``: a
     stream source emits (and then deletes) tombstones rather than skipping them."""
     spec = environ.get("FEATREC_SOURCE", "").strip()
     if not spec:
@@ -420,7 +422,8 @@ def source_from_env(
     except ValueError:
         raise ConfigError(f"FEATREC_REPLAY_SPEED={raw_speed!r} is not a number") from None
     paths = [p for p in spec.split(os.pathsep) if p]
-    return FileReplaySource(paths, fmt=fmt, speed=speed)
+    mapping = mapping_from_env(environ)
+    return FileReplaySource(paths, fmt=fmt, speed=speed, mapping=mapping)
 
 
 def open_online_writer(settings: Settings) -> FeatureWriter:

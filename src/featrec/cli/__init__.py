@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from featrec.cli.common import CliState, context_settings, context_state, pass_settings
+from featrec.cli.mapping import map_group, mapping_options, resolve_mapping
 from featrec.errors import FeatrecError, NotFound
 from featrec.jobs.launch import INPUT_FORMATS, flow_options, run_flow
 from featrec.settings import Settings
@@ -180,10 +181,15 @@ def run() -> None:
 
 @run.command("sessions")
 @flow_options
+@mapping_options
 @pass_settings
-def run_sessions(settings: Settings, /, **options: Any) -> None:
+def run_sessions(
+    settings: Settings, /, mapping: str | None, map_pairs: tuple[str, ...], **options: Any
+) -> None:
     """Sessions dataflow: events -> session features -> online store (+ event log)."""
-    run_flow("dataflows.sessions:flow()", settings, **options)
+    resolved = resolve_mapping(click.get_current_context(), mapping, map_pairs)
+    table = resolved[1] if resolved is not None else None
+    run_flow("dataflows.sessions:flow()", settings, mapping_table=table, **options)
 
 
 @main.command()
@@ -196,17 +202,26 @@ def run_sessions(settings: Settings, /, **options: Any) -> None:
     help="Input format (default: from the file name).",
 )
 @click.option("--stream", default=None, help="Stream key (default: FEATREC_STREAM).")
+@mapping_options
 @pass_settings
-def publish(settings: Settings, file: Path, fmt: str | None, stream: str | None) -> None:
-    """Send a file's events to the Redis event stream (XADD)."""
+def publish(
+    settings: Settings,
+    file: Path,
+    fmt: str | None,
+    stream: str | None,
+    mapping: str | None,
+    map_pairs: tuple[str, ...],
+) -> None:
+    """Send a file's events to the Redis event stream (XADD), in featrec's schema."""
     from featrec.adapters.files.event_files import read_events
     from featrec.adapters.redis.streams import publish as publish_events
     from featrec.core.events.model import Event
 
+    resolved = resolve_mapping(click.get_current_context(), mapping, map_pairs)
     rejected: list[Any] = []
 
     def valid() -> Iterator[Event]:
-        for item in read_events(file, fmt):
+        for item in read_events(file, fmt, resolved[0] if resolved else None):
             if isinstance(item, Event):
                 yield item
             else:
@@ -328,6 +343,7 @@ def _register_subcommands() -> None:
     from featrec.cli.train import train
 
     main.add_command(items)
+    main.add_command(map_group)
     run.add_command(run_items)
     for command in (
         log_group,

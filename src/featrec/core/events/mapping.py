@@ -1,0 +1,517 @@
+"""Bring your own schema: a declarative mapping from a shop's own rows onto featrec events.
+
+A mapping is read from a table (``[mappings.NAME]`` in ``featrec.toml``, a TOML file, or
+``--map key=value`` flags, all the same keys) and applied to one row at a time::
+
+    format = "csv"               # csv | jsonl | parquet; default: from the file's suffix
+    delimiter = ";"              # csv only; "\\t" or "tab" for tabs
+    encoding = "utf-8"           # text files
+    other_types = "keep"         # keep | reject: event types outside [types]
+
+    [fields]                     # featrec field = where its value comes from
+    session_id = "sid"           # a column, or a dotted path into nested JSON ("user.id",
+    user_id = "user.id"          #   "items.0.sku"); { column = "a.b" } for a dotted name
+    item_id = "product"
+    type = { const = "view" }    # a constant
+    price = "price"              # event_id: optional; default a hash of the whole row
+
+    [ts]                         # the event time
+    column = "ts_ms"             # a column or path, as above
+    unit = "ms"                  # auto (numbers are seconds, text ISO-8601) | iso | s | ms
+                                 # | us | a strptime format such as "%d.%m.%Y %H:%M:%S"
+    date = "date"                # optional: a date column; the time is then that day's
+    date_format = "%Y-%m-%d"     #   midnight plus column (an offset in unit s, ms or us)
+    timezone = "Europe/Berlin"   # for times without an offset (default UTC)
+
+    [types]                      # the shop's event names -> featrec's (view, click, cart,
+    addToCart = "cart"           #   purchase, or any lower-case identifier)
+
+:func:`parse_mapping` checks the table and names the offending key; :meth:`EventMapping.apply`
+turns a row into a mapping in featrec's schema (validated afterwards by
+:func:`~featrec.core.events.model.event_from_mapping`, like every other input) or raises
+:class:`~featrec.errors.InvalidEvent` naming the featrec field and where its value came from.
+:func:`map_record` does that for a :class:`~featrec.core.events.formats.RawRecord` and never
+raises: a row that does not map becomes a dead letter with the field and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from featrec.core.events.formats import DeadLetter, RawRecord, dead_letter
+from featrec.core.events.model import parse_timestamp, parse_type
+from featrec.errors import ConfigError, InvalidEvent
+
+LAYOUTS: Final = ("csv", "jsonl", "parquet")
+TARGET_FIELDS: Final = (
+    "event_id",
+    "session_id",
+    "user_id",
+    "item_id",
+    "type",
+    "price",
+    "category",
+    "quantity",
+)
+REQUIRED_TARGETS: Final = ("session_id", "item_id", "type")
+#: Seconds per unit of an epoch or offset number.
+EPOCH_UNITS: Final = {"s": 1, "ms": 1_000, "us": 1_000_000}
+TIME_UNITS: Final = ("auto", "iso", *EPOCH_UNITS)
+_TOP_KEYS: Final = frozenset(
+    {"format", "delimiter", "encoding", "other_types", "fields", "ts", "types"}
+)
+_TS_KEYS: Final = frozenset({"column", "path", "unit", "date", "date_format", "timezone"})
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+#: How a launcher hands a mapping to a dataflow process: the mapping's table as JSON.
+MAPPING_ENV: Final = "FEATREC_SOURCE_MAPPING"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where one value comes from: a path of keys into the row, or a constant."""
+
+    path: tuple[str, ...] = ()
+    const: str | int | float | None = None
+
+    @property
+    def is_const(self) -> bool:
+        return not self.path
+
+    @property
+    def column(self) -> str | None:
+        """The top-level column the value is read from (``None`` for a constant)."""
+        return self.path[0] if self.path else None
+
+    def describe(self) -> str:
+        if self.is_const:
+            return f"constant {self.const!r}"
+        if len(self.path) == 1:
+            return f"column {self.path[0]!r}"
+        return f"path {'.'.join(self.path)!r}"
+
+    def get(self, row: Mapping[str, Any]) -> Any:
+        """The value in ``row`` (``None`` if an empty cell); InvalidEvent if absent."""
+        if self.is_const:
+            return self.const
+        value: Any = row
+        for depth, key in enumerate(self.path):
+            if isinstance(value, Mapping) and key in value:
+                value = value[key]
+            elif isinstance(value, list) and key.isdecimal() and int(key) < len(value):
+                value = value[int(key)]
+            else:
+                where = ".".join(self.path[: depth + 1])
+                raise LookupError(f"{self.describe()} not found (no {where!r} in the record)")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRule:
+    """How the event time is read: a value in ``unit``, or a date plus an offset."""
+
+    source: Source
+    unit: str = "auto"
+    date: Source | None = None
+    date_format: str = "%Y-%m-%d"
+    timezone: tzinfo = UTC
+
+    def get(self, row: Mapping[str, Any]) -> datetime:
+        raw = _lookup(self.source, row, "ts")
+        if raw is None:
+            raise InvalidEvent("ts", f"{self.source.describe()}: missing")
+        if self.date is not None:
+            day = _lookup(self.date, row, "ts")
+            try:
+                midnight = datetime.strptime(str(day).strip(), self.date_format)
+            except ValueError:
+                raise InvalidEvent(
+                    "ts",
+                    f"{self.date.describe()}: {_show(day)} is not a date ({self.date_format})",
+                ) from None
+            offset = self._epoch_number(raw)
+            per_second = EPOCH_UNITS[self.unit]
+            start = midnight.replace(tzinfo=self.timezone)
+            return parse_timestamp(start + timedelta(seconds=offset / per_second))
+        if self.unit in EPOCH_UNITS:
+            number = self._epoch_number(raw)
+            if isinstance(number, int):  # exact: no float rounding of microseconds
+                micros = number * (1_000_000 // EPOCH_UNITS[self.unit])
+                try:
+                    return parse_timestamp(_EPOCH + timedelta(microseconds=micros))
+                except OverflowError:
+                    raise InvalidEvent("ts", f"{self._what(raw)} is out of range") from None
+            return parse_timestamp(number / EPOCH_UNITS[self.unit])
+        if self.unit == "auto":
+            if isinstance(raw, str):
+                number_or_text: Any = _number(raw.strip())
+                raw = raw if number_or_text is None else number_or_text
+            if isinstance(raw, str | datetime):
+                return self._text_time(raw, iso=True)
+            return _time(raw, self.source)
+        if self.unit == "iso":
+            if not isinstance(raw, str | datetime):
+                raise InvalidEvent("ts", f"{self._what(raw)} is not an ISO-8601 time")
+            return self._text_time(raw, iso=True)
+        return self._text_time(raw, iso=False)
+
+    def _text_time(self, raw: Any, *, iso: bool) -> datetime:
+        if isinstance(raw, datetime):
+            value = raw
+        else:
+            text = str(raw).strip()
+            try:
+                value = (
+                    datetime.fromisoformat(text.replace("Z", "+00:00"))
+                    if iso
+                    else datetime.strptime(text, self.unit)
+                )
+            except ValueError:
+                expected = "an ISO-8601 time" if iso else f"a time in the format {self.unit!r}"
+                raise InvalidEvent("ts", f"{self._what(raw)} is not {expected}") from None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=self.timezone)
+        return _time(value, self.source)
+
+    def _epoch_number(self, raw: Any) -> int | float:
+        if raw is None:
+            raise InvalidEvent("ts", f"{self.source.describe()}: missing")
+        if isinstance(raw, bool):
+            raise InvalidEvent("ts", f"{self._what(raw)} is not a number")
+        if isinstance(raw, int | float):
+            number: int | float | None = raw
+        else:
+            number = _number(str(raw).strip())
+        if number is None or (isinstance(number, float) and not math.isfinite(number)):
+            expected = (
+                f"a number of {self.unit} into the day"
+                if self.date is not None
+                else _unit_words(self.unit)
+            )
+            raise InvalidEvent("ts", f"{self._what(raw)} is not {expected}")
+        return number
+
+    def _what(self, raw: Any) -> str:
+        return f"{self.source.describe()}: {_show(raw)}"
+
+
+@dataclass(frozen=True)
+class EventMapping:
+    """A parsed, checked mapping (see the module doc)."""
+
+    fields: Mapping[str, Source]
+    ts: TimeRule
+    types: Mapping[str, str] = field(default_factory=dict)
+    reject_other_types: bool = False
+    layout: str | None = None
+    delimiter: str = ","
+    encoding: str = "utf-8"
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """Top-level column -> the first featrec field that reads it (to check a header)."""
+        used: dict[str, str] = {}
+        sources = [*self.fields.items(), ("ts", self.ts.source)]
+        if self.ts.date is not None:
+            sources.append(("ts", self.ts.date))
+        for target, source in sources:
+            if source.column is not None:
+                used.setdefault(source.column, target)
+        return used
+
+    def check_columns(self, available: Sequence[str], where: str) -> None:
+        """ConfigError if a field reads a column ``where`` (a file) does not have."""
+        present = set(available)
+        for column, target in self.columns.items():
+            if column not in present:
+                raise ConfigError(
+                    f"{where}: the mapping reads {target} from column {column!r}, which is not "
+                    f"there (columns: {', '.join(available) or 'none'})"
+                )
+
+    def apply(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """``row`` as a mapping in featrec's schema; InvalidEvent names the field and source."""
+        if not isinstance(row, Mapping):
+            raise InvalidEvent("record", f"expected an object, got {type(row).__name__}")
+        out: dict[str, Any] = {}
+        for target, source in self.fields.items():
+            value = _lookup(source, row, target)
+            if isinstance(value, Mapping | list):
+                raise InvalidEvent(
+                    target, f"{source.describe()} holds a {type(value).__name__}, not a value"
+                )
+            if target == "type":
+                value = self._type(value, source)
+            out[target] = value
+        out["ts"] = self.ts.get(row)
+        if out.get("event_id") in (None, ""):
+            out["event_id"] = row_id(row)
+        return out
+
+    def _type(self, value: Any, source: Source) -> Any:
+        if value is None:
+            return value
+        name = str(value).strip()
+        if name in self.types:
+            return self.types[name]
+        if self.reject_other_types:
+            known = ", ".join(sorted(self.types))
+            raise InvalidEvent(
+                "type",
+                f"{source.describe()}: {_show(value)} is not in the mapping's types ({known})",
+            )
+        try:
+            return parse_type(name)
+        except InvalidEvent as exc:
+            raise InvalidEvent("type", f"{source.describe()}: {exc.reason}") from None
+
+
+def row_id(row: Mapping[str, Any]) -> str:
+    """A stable event id for a row without one: a hash of the whole row, so that importing a
+    file twice logs its events once (two identical rows are one event)."""
+    canonical = json.dumps(row, sort_keys=True, default=str, ensure_ascii=False)
+    return (
+        "m-"
+        + hashlib.blake2b(canonical.encode("utf-8", "surrogatepass"), digest_size=10).hexdigest()
+    )
+
+
+def map_record(mapping: EventMapping, record: RawRecord) -> RawRecord | DeadLetter:
+    """``record`` (a JSON text line or a parsed row) mapped into featrec's schema; never
+    raises: a record that does not map is a dead letter naming the field and the reason."""
+    try:
+        row = record.payload
+        if isinstance(row, str):
+            try:
+                row = json.loads(row)
+            except ValueError as exc:
+                raise InvalidEvent("json", f"invalid JSON: {getattr(exc, 'msg', exc)}") from None
+        mapped = mapping.apply(row)
+    except InvalidEvent as exc:
+        return dead_letter(record, str(exc))
+    except RecursionError:
+        return dead_letter(record, "payload: nested too deeply")
+    return RawRecord("featrec", record.origin, mapped, record.ingested_at)
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+def parse_mapping(raw: Mapping[str, Any], where: str = "mapping") -> EventMapping:
+    """Check a mapping table and build it; ConfigError names the offending key (``where``
+    says which mapping, e.g. ``featrec.toml [mappings.clicks]``)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: a mapping is a table of keys")
+    _no_unknown(raw, _TOP_KEYS, where)
+    layout = raw.get("format")
+    if layout is not None and layout not in LAYOUTS:
+        raise ConfigError(f"{where}: format must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    delimiter = _delimiter(raw.get("delimiter", ","), where)
+    encoding = str(raw.get("encoding", "utf-8"))
+    try:
+        "".encode(encoding)
+    except LookupError:
+        raise ConfigError(f"{where}: encoding {encoding!r} is not a known text encoding") from None
+    other = raw.get("other_types", "keep")
+    if other not in ("keep", "reject"):
+        raise ConfigError(f"{where}: other_types must be 'keep' or 'reject', got {other!r}")
+
+    table = raw.get("fields", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: fields must be a table (featrec field = column)")
+    fields_: dict[str, Source] = {}
+    for target, spec in table.items():
+        if target == "ts":
+            raise ConfigError(f"{where}: the event time is configured under [ts], not fields.ts")
+        if target not in TARGET_FIELDS:
+            raise ConfigError(
+                f"{where}: fields.{target} is not a featrec event field "
+                f"(fields: {', '.join(TARGET_FIELDS)}, and [ts])"
+            )
+        fields_[target] = _source(spec, f"{where}: fields.{target}")
+    missing = [t for t in REQUIRED_TARGETS if t not in fields_]
+    if missing:
+        raise ConfigError(
+            f"{where}: fields.{missing[0]} is required (a column, a path or {{ const = ... }})"
+        )
+
+    types = raw.get("types", {})
+    if not isinstance(types, Mapping):
+        raise ConfigError(f"{where}: types must be a table (their name = featrec's)")
+    vocabulary: dict[str, str] = {}
+    for name, target in types.items():
+        try:
+            vocabulary[str(name)] = parse_type(target)
+        except InvalidEvent as exc:
+            raise ConfigError(f"{where}: types.{name}: {exc.reason}") from None
+    if other == "reject" and not vocabulary:
+        raise ConfigError(f"{where}: other_types = 'reject' needs a [types] table")
+
+    return EventMapping(
+        fields=fields_,
+        ts=_time_rule(raw.get("ts"), where),
+        types=vocabulary,
+        reject_other_types=other == "reject",
+        layout=layout,
+        delimiter=delimiter,
+        encoding=encoding,
+    )
+
+
+def mapping_from_env(environ: Mapping[str, str]) -> EventMapping | None:
+    """The mapping in :data:`MAPPING_ENV` (a table as JSON), or ``None`` when it is unset."""
+    text = environ.get(MAPPING_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        table = json.loads(text)
+    except ValueError:
+        raise ConfigError(f"{MAPPING_ENV} is not a JSON object (a mapping table)") from None
+    return parse_mapping(table, MAPPING_ENV)
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """``--map`` flags (``fields.session_id=sid``, ``ts.unit=ms``, ``types.addToCart=cart``,
+    ``fields.type.const=view``) as the nested table they stand for."""
+    table: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--map {pair!r}: write KEY=VALUE, e.g. fields.session_id=sid")
+        node = table
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--map {pair!r}: {part} is already set to a value")
+            node = child
+        node[parts[-1]] = value
+    return table
+
+
+def merge_tables(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``: the ``fields``, ``ts`` and ``types`` tables are merged key by
+    key (a field given in both takes ``override``'s source), everything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        current = out.get(key)
+        if key == "ts" and isinstance(current, str):
+            current = {"column": current}
+        if key in ("fields", "ts", "types") and isinstance(value, Mapping):
+            out[key] = {**(current if isinstance(current, Mapping) else {}), **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _source(spec: Any, where: str) -> Source:
+    if isinstance(spec, str):
+        if not spec.strip():
+            raise ConfigError(f"{where}: an empty column name")
+        return Source(path=tuple(spec.split(".")))
+    if isinstance(spec, Mapping):
+        _no_unknown(spec, frozenset({"column", "path", "const"}), where)
+        if len(spec) != 1:
+            raise ConfigError(f"{where}: give one of column, path or const")
+        if "const" in spec:
+            const = spec["const"]
+            if isinstance(const, bool) or not isinstance(const, str | int | float):
+                raise ConfigError(f"{where}: const must be a string or a number")
+            return Source(const=const)
+        if "column" in spec:
+            return Source(path=(str(spec["column"]),))
+        return _source(str(spec["path"]), where)
+    raise ConfigError(f"{where}: expected a column name or a table, got {_show(spec)}")
+
+
+def _time_rule(spec: Any, where: str) -> TimeRule:
+    if spec is None:
+        raise ConfigError(f"{where}: [ts] is required (column = ..., unit = ...)")
+    if isinstance(spec, str):
+        spec = {"column": spec}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{where}: ts must be a column name or a table")
+    _no_unknown(spec, _TS_KEYS, f"{where}: ts")
+    columns = [k for k in ("column", "path") if k in spec]
+    if len(columns) != 1:
+        raise ConfigError(f"{where}: ts needs a column (or path) that holds the time")
+    source = _source(str(spec[columns[0]]), f"{where}: ts.{columns[0]}")
+    unit = str(spec.get("unit", "auto"))
+    if unit not in TIME_UNITS and "%" not in unit:
+        raise ConfigError(
+            f"{where}: ts.unit must be one of {', '.join(TIME_UNITS)} or a strptime format "
+            f"such as '%Y-%m-%d %H:%M:%S', got {unit!r}"
+        )
+    date = None
+    if "date" in spec:
+        date = _source(str(spec["date"]), f"{where}: ts.date")
+        if unit not in EPOCH_UNITS:
+            raise ConfigError(
+                f"{where}: with ts.date, ts.column is an offset into the day: set ts.unit to "
+                f"s, ms or us (got {unit!r})"
+            )
+    date_format = str(spec.get("date_format", "%Y-%m-%d"))
+    zone: tzinfo = UTC
+    if "timezone" in spec:
+        try:
+            zone = ZoneInfo(str(spec["timezone"]))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"{where}: ts.timezone {spec['timezone']!r} is unknown") from None
+    return TimeRule(source=source, unit=unit, date=date, date_format=date_format, timezone=zone)
+
+
+def _delimiter(value: Any, where: str) -> str:
+    text = str(value)
+    text = {"tab": "\t", "\\t": "\t"}.get(text, text)
+    if len(text) != 1:
+        raise ConfigError(f"{where}: delimiter must be one character (or 'tab'), got {value!r}")
+    return text
+
+
+def _no_unknown(raw: Mapping[str, Any], known: frozenset[str], where: str) -> None:
+    unknown = sorted(str(k) for k in raw if k not in known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})"
+        )
+
+
+def _lookup(source: Source, row: Mapping[str, Any], target: str) -> Any:
+    try:
+        value = source.get(row)
+    except LookupError as exc:
+        raise InvalidEvent(target, str(exc)) from None
+    return None if value == "" else value
+
+
+def _time(value: Any, source: Source) -> datetime:
+    try:
+        return parse_timestamp(value)
+    except InvalidEvent as exc:
+        raise InvalidEvent("ts", f"{source.describe()}: {exc.reason}") from None
+
+
+def _number(text: str) -> int | float | None:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _unit_words(unit: str) -> str:
+    return {"s": "epoch seconds", "ms": "epoch milliseconds", "us": "epoch microseconds"}[unit]
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
