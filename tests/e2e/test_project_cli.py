@@ -35,7 +35,7 @@ def test_no_project_says_how_to_create_one(outside: Path, args: list[str]) -> No
 
 
 def test_help_needs_no_project(outside: Path) -> None:
-    for args in (["status", "--help"], ["init", "--help"]):
+    for args in (["status", "--help"], ["init", "--help"], ["map", "check", "--help"]):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, (args, result.output)
 
@@ -81,3 +81,81 @@ def test_bad_project_flag_is_one_line(outside: Path) -> None:
     result = CliRunner().invoke(main, ["--project", str(outside), "status"])
     assert result.exit_code == 1
     assert "is not a featrec project" in result.output
+
+
+CLICKSTREAM = """
+[mappings.clickstream]
+delimiter = ";"
+[mappings.clickstream.fields]
+session_id = "sid"
+user_id = "uid"
+item_id = "product"
+type = { const = "view" }
+[mappings.clickstream.ts]
+column = "ts_ms"
+date = "date"
+unit = "ms"
+"""
+
+
+def test_map_check_and_log_import_with_a_project_mapping(
+    outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", "shop"]).exit_code == 0
+    shop = outside / "shop"
+    with (shop / "featrec.toml").open("a") as f:
+        f.write(CLICKSTREAM)
+    clicks = shop / "clicks.csv"
+    clicks.write_text(
+        "sid;uid;product;ts_ms;date\n"
+        "s1;u1;p1;3600000;2026-11-02\n"
+        "s1;u1;p2;3660000;2026-11-02\n"
+        "s2;u2;p3;later;2026-11-02\n"
+    )
+    monkeypatch.chdir(shop)
+    check = runner.invoke(main, ["map", "check", "clicks.csv", "--mapping", "clickstream"])
+    assert check.exit_code == 1
+    assert "ts=2026-11-02T01:01:00+00:00" in check.output
+    assert "refused  ts: column 'ts_ms': 'later' is not a number of ms into the day" in (
+        check.output
+    )
+    assert "2 of 3 rows map" in check.output
+    good = runner.invoke(
+        main, ["map", "check", "clicks.csv", "--mapping", "clickstream", "--rows", "2"]
+    )
+    assert good.exit_code == 0, good.output
+
+    imported = runner.invoke(main, ["log", "import", "clicks.csv", "--mapping", "clickstream"])
+    assert imported.exit_code == 0, imported.output
+    assert "imported 2 of 2 valid events" in imported.output
+    dead = (shop / ".featrec" / "deadletters.jsonl").read_text()
+    assert "clicks.csv:4" in dead and "'later'" in dead
+    again = runner.invoke(main, ["log", "import", "clicks.csv", "--mapping", "clickstream"])
+    assert "imported 0 of 2 valid events" in again.output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--mapping", "nope"], "has no mapping 'nope' (mappings: clickstream)"),
+        (["--mapping", "clickstream", "--map", "fields.item_id=sku"], "column 'sku'"),
+        (["--mapping", "clickstream", "--map", "ts.unit=hours"], "ts.unit must be one of"),
+        (["--map", "fields.session_id"], "write KEY=VALUE"),
+        (["--mapping", "missing.toml"], "mapping file not found"),
+    ],
+)
+def test_bad_mappings_on_the_command_line(
+    outside: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], needle: str
+) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", "shop"]).exit_code == 0
+    shop = outside / "shop"
+    with (shop / "featrec.toml").open("a") as f:
+        f.write(CLICKSTREAM)
+    (shop / "clicks.csv").write_text("sid;uid;product;ts_ms;date\n")
+    monkeypatch.chdir(shop)
+    result = runner.invoke(main, ["map", "check", "clicks.csv", *args])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and needle in errors[0], result.output

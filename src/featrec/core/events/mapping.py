@@ -60,6 +60,7 @@ TARGET_FIELDS: Final = (
     "category",
     "quantity",
 )
+#: Fields every row must yield; the others (and event_id, derived) may be absent from a row.
 REQUIRED_TARGETS: Final = ("session_id", "item_id", "type")
 #: Seconds per unit of an epoch or offset number.
 EPOCH_UNITS: Final = {"s": 1, "ms": 1_000, "us": 1_000_000}
@@ -241,7 +242,13 @@ class EventMapping:
             raise InvalidEvent("record", f"expected an object, got {type(row).__name__}")
         out: dict[str, Any] = {}
         for target, source in self.fields.items():
-            value = _lookup(source, row, target)
+            try:
+                value = _lookup(source, row, target)
+            except InvalidEvent:
+                # Optional fields may be absent from a record (JSON objects differ).
+                if target in REQUIRED_TARGETS:
+                    raise
+                value = None
             if isinstance(value, Mapping | list):
                 raise InvalidEvent(
                     target, f"{source.describe()} holds a {type(value).__name__}, not a value"
