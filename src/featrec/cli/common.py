@@ -82,6 +82,9 @@ def context_state(ctx: click.Context) -> CliState:
 
 def context_settings(ctx: click.Context, *, project_required: bool = True) -> Settings:
     """The settings of the command's project (see :class:`CliState`), built once."""
+    given = ctx.find_object(Settings)  # a caller (a test, an embedding app) passed its own
+    if given is not None:
+        return given
     cached = ctx.meta.get("featrec.settings")
     if isinstance(cached, Settings):
         return cached
