@@ -159,3 +159,35 @@ def test_bad_mappings_on_the_command_line(
     assert result.exit_code == 1, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and needle in errors[0], result.output
+
+
+@pytest.mark.redis
+def test_publish_through_a_mapping_puts_featrec_events_on_the_stream(
+    outside: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    import json
+
+    from featrec.adapters.redis.streams import EVENT_FIELD, connect
+    from featrec.core.events.model import event_from_mapping
+
+    mapping = outside / "tracker.toml"
+    mapping.write_text(
+        '[fields]\nsession_id = "ctx.sid"\nitem_id = "sku"\ntype = "name"\n'
+        '[ts]\ncolumn = "at"\nunit = "us"\n[types]\naddToCart = "cart"\n'
+    )
+    (outside / "tracker.jsonl").write_text(
+        '{"ctx": {"sid": "s1"}, "sku": "p1", "name": "addToCart", "at": 1793627130123456}\n'
+        '{"ctx": {}, "sku": "p2", "name": "addToCart", "at": 1793627130123457}\n'
+    )
+    monkeypatch.setenv("FEATREC_REPO", str(outside))  # no project: settings from the env
+    monkeypatch.setenv("FEATREC_REDIS_URL", redis_url)
+    result = CliRunner().invoke(
+        main, ["publish", "tracker.jsonl", "--mapping", str(mapping), "--stream", "shop"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "published 1 events to shop" in result.output
+    assert "session_id: path 'ctx.sid' not found" in result.output
+    [(_, fields)] = connect(redis_url).xrange("shop")
+    event = event_from_mapping(json.loads(fields[EVENT_FIELD.encode()]))
+    assert (event.session_id, event.item_id, event.type) == ("s1", "p1", "cart")
+    assert event.ts.isoformat() == "2026-11-02T13:45:30.123456+00:00"

@@ -154,6 +154,22 @@ def test_init_and_demo_from_anywhere(installed: Installed) -> None:
     work.mkdir()
     outside = installed.run("featrec", "demo", cwd=work, check=False)
     assert outside.returncode == 1 and "featrec init DIR" in outside.stderr
+    # evaluate needs no project: it builds its store from the shipped Feast repo template.
+    installed.run("featrec", "generate", "--out", "ev.jsonl", "--events", "1500", cwd=work)
+    evaluation = installed.run(
+        "featrec",
+        "evaluate",
+        "--events",
+        "ev.jsonl",
+        "--test-share",
+        "0.2",
+        "--policies",
+        "full,batch-only",
+        "--out",
+        "eval",
+        cwd=work,
+    )
+    assert "HR@20" in evaluation.stdout and (work / "eval" / "report.md").is_file()
     installed.run("featrec", "init", "shop", cwd=work)
     shop = work / "shop"
     demo = installed.run("featrec", "demo", "--events", "400", "--speed", "3000", cwd=shop)
