@@ -191,3 +191,15 @@ def test_publish_through_a_mapping_puts_featrec_events_on_the_stream(
     event = event_from_mapping(json.loads(fields[EVENT_FIELD.encode()]))
     assert (event.session_id, event.item_id, event.type) == ("s1", "p1", "cart")
     assert event.ts.isoformat() == "2026-11-02T13:45:30.123456+00:00"
+
+
+def test_init_uses_its_own_stores_whatever_the_environment_points_at(
+    outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEATREC_HOME", str(outside / "elsewhere-home"))
+    monkeypatch.setenv("FEATREC_REPO", str(outside / "elsewhere-repo"))
+    result = CliRunner().invoke(main, ["init", "shop"])
+    assert result.exit_code == 0, result.output
+    assert (outside / "shop" / ".featrec" / "events").is_dir()
+    assert (outside / "shop" / "feature_repo" / "data" / "registry.db").is_file()
+    assert not (outside / "elsewhere-home").exists()

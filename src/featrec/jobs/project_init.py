@@ -26,6 +26,7 @@ from featrec.settings import Settings
 #: The files of a Feast repo template (``data/`` and caches are never copied).
 REPO_PATTERNS: Final = ("*.py", "*.yaml")
 _PACKAGE_ROOT: Final = Path(__file__).resolve().parents[1]
+_LOCATION_VARIABLES: Final = frozenset({"FEATREC_HOME", "FEATREC_REPO", "FEATREC_PROJECT"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +96,9 @@ def init_project(root: Path, environ: dict[str, str]) -> InitReport:
     """Create the project at ``root``, its local stores, and apply its Feast repo."""
     created = create_project(root)
     project = load_project(root.resolve())
-    settings = project.settings(environ)
+    # A new project's stores and repo are its own, whatever an enclosing shell points at.
+    own = {k: v for k, v in environ.items() if k not in _LOCATION_VARIABLES}
+    settings = project.settings(own)
     return InitReport(project=project, created=created, applied=apply_project(settings))
 
 
