@@ -87,7 +87,7 @@ class Installed:
         return result
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     root = tmp_path_factory.mktemp("wheel")
     dist = root / "dist"
@@ -119,7 +119,19 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_wheel_and_sdist_carry_what_init_and_the_dataflows_need(installed: Installed) -> None:
+def test_the_installed_wheel_runs_the_shop_walkthrough(installed: Installed) -> None:
+    """One test, one venv install (under pytest-xdist, separate tests could each pay for
+    one): the artifacts, init and demo from anywhere, then the walkthrough."""
+    t0 = time.perf_counter()
+    check_artifacts(installed)
+    check_init_and_demo_from_anywhere(installed)
+    t_demo = time.perf_counter() - t0
+    check_walkthrough_with_a_foreign_schema(installed)
+    t_walk = time.perf_counter() - t0 - t_demo
+    print(f"wheel test: init + evaluate + demo {t_demo:.0f} s, walkthrough {t_walk:.0f} s")
+
+
+def check_artifacts(installed: Installed) -> None:
     dist = installed.root / "dist"
     [wheel] = dist.glob("*.whl")
     [sdist] = dist.glob("*.tar.gz")
@@ -149,7 +161,7 @@ def test_wheel_and_sdist_carry_what_init_and_the_dataflows_need(installed: Insta
     assert all(path.startswith(str(installed.venv)) for path in where), where
 
 
-def test_init_and_demo_from_anywhere(installed: Installed) -> None:
+def check_init_and_demo_from_anywhere(installed: Installed) -> None:
     work = installed.root / "demo-here"
     work.mkdir()
     outside = installed.run("featrec", "demo", cwd=work, check=False)
@@ -203,7 +215,7 @@ def write_clickstream(path: Path, n_events: int) -> list[dict[str, str]]:
     return rows
 
 
-def test_walkthrough_with_a_foreign_schema(installed: Installed) -> None:
+def check_walkthrough_with_a_foreign_schema(installed: Installed) -> None:
     work = installed.root / "walk"
     work.mkdir()
     installed.run("featrec", "init", "shop", cwd=work)
