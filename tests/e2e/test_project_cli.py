@@ -203,3 +203,15 @@ def test_init_uses_its_own_stores_whatever_the_environment_points_at(
     assert (outside / "shop" / ".featrec" / "events").is_dir()
     assert (outside / "shop" / "feature_repo" / "data" / "registry.db").is_file()
     assert not (outside / "elsewhere-home").exists()
+
+
+def test_init_creates_the_project_the_environment_names(
+    outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEATREC_PROJECT", str(outside / "shop"))
+    runner = CliRunner()
+    before = runner.invoke(main, ["status"])
+    assert before.exit_code == 1 and "is not a featrec project" in before.output
+    assert runner.invoke(main, ["init", "shop"]).exit_code == 0
+    after = runner.invoke(main, ["status"])
+    assert after.exit_code == 0, after.output

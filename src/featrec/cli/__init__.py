@@ -52,10 +52,7 @@ def main(ctx: click.Context, project: Path | None) -> None:
     (featrec.toml) from the working directory; FEATREC_* environment variables override its
     settings (FEATREC_ONLINE_STORE=redis, FEATREC_REDIS_URL=redis://...).
     """
-    try:
-        ctx.obj = CliState.resolve(project)
-    except FeatrecError as exc:
-        raise click.ClickException(str(exc)) from exc
+    ctx.obj = CliState.resolve(project)
 
 
 @main.command()

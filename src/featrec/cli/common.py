@@ -49,15 +49,23 @@ class CliState:
 
     cwd: Path
     project: Project | None
+    #: Why the named project (--project, FEATREC_PROJECT) is unusable; raised by
+    #: :meth:`settings`, so that ``init`` can still create it and ``--help`` still works.
+    problem: str | None = None
 
     @classmethod
     def resolve(cls, explicit: Path | None = None) -> CliState:
         cwd = Path.cwd()
-        return cls(cwd=cwd, project=find_project(cwd, os.environ, explicit))
+        try:
+            return cls(cwd=cwd, project=find_project(cwd, os.environ, explicit))
+        except FeatrecError as exc:
+            return cls(cwd=cwd, project=None, problem=str(exc))
 
     def settings(self, *, project_required: bool = True) -> Settings:
         """Settings of the project; without one, from the environment alone where that is
         enough (``FEATREC_REPO`` set, a ``feature_repo/`` here, or ``project_required=False``)."""
+        if self.problem is not None:
+            raise click.ClickException(self.problem)
         if self.project is not None:
             return self.project.settings(os.environ)
         if project_required and not legacy_layout(self.cwd, os.environ):
@@ -72,10 +80,7 @@ def context_state(ctx: click.Context) -> CliState:
     found = ctx.find_object(CliState)
     if found is not None:
         return found
-    try:
-        state = CliState.resolve()
-    except FeatrecError as exc:
-        raise click.ClickException(str(exc)) from exc
+    state = CliState.resolve()
     ctx.obj = state
     return state
 

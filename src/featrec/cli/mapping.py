@@ -59,7 +59,10 @@ def resolve_mapping(
         if path.suffix == ".toml" or path.is_file():
             table, where = _read_file(path), str(path)
         else:
-            project = context_state(ctx).project
+            state = context_state(ctx)
+            project = state.project
+            if state.problem is not None:
+                raise ConfigError(state.problem)
             if project is None:
                 raise ConfigError(
                     f"--mapping {name!r} is not a file, and there is no project whose "
