@@ -56,7 +56,7 @@ from dataflows.metrics import FlowStats
 from dataflows.sinks import DeadLetterSink, EventLogSink, FeatureSink, WriterFactory
 from dataflows.sources import FileReplaySource, RedisStreamSource, SourceItem
 from featrec.core.events.formats import DeadLetter, RawRecord, decode
-from featrec.core.events.mapping import mapping_from_env
+from featrec.core.events.mapping import parse_mapping
 from featrec.core.events.model import Event
 from featrec.core.features.rows import FeatureRow
 from featrec.core.ports.features import FeatureWriter
@@ -77,7 +77,7 @@ from featrec.core.sessions.fold import (
     session_row,
 )
 from featrec.errors import ConfigError, InvalidEvent
-from featrec.settings import Settings
+from featrec.settings import FlowSettings, Settings
 
 FLOW_ID: Final = "featrec_sessions"
 #: Keys the row and event-log batches are sharded over, so several workers share the writes.
@@ -404,7 +404,8 @@ def source_from_env(
     ``redis``), ``FEATREC_SOURCE_FORMAT`` (or ``FEATREC_SOURCE_MAPPING``, an event mapping as
     JSON) and ``FEATREC_REPLAY_SPEED``. ``tombstones``: a
     stream source emits (and then deletes) tombstones rather than skipping them."""
-    spec = environ.get("FEATREC_SOURCE", "").strip()
+    flow_settings = FlowSettings.from_env(environ)
+    spec = (flow_settings.source or "").strip()
     if not spec:
         raise ConfigError(
             "set FEATREC_SOURCE to an event file (several joined by "
@@ -415,15 +416,15 @@ def source_from_env(
         return RedisStreamSource(
             settings.stream_url, streams, batch_size=1000, tombstones=tombstones
         )
-    fmt = environ.get("FEATREC_SOURCE_FORMAT", "").strip() or None
-    raw_speed = environ.get("FEATREC_REPLAY_SPEED", "").strip() or "0"
-    try:
-        speed = float(raw_speed)
-    except ValueError:
-        raise ConfigError(f"FEATREC_REPLAY_SPEED={raw_speed!r} is not a number") from None
     paths = [p for p in spec.split(os.pathsep) if p]
-    mapping = mapping_from_env(environ)
-    return FileReplaySource(paths, fmt=fmt, speed=speed, mapping=mapping)
+    mapping = (
+        parse_mapping(flow_settings.source_mapping, "FEATREC_SOURCE_MAPPING")
+        if flow_settings.source_mapping is not None
+        else None
+    )
+    return FileReplaySource(
+        paths, fmt=flow_settings.source_format, speed=flow_settings.replay_speed, mapping=mapping
+    )
 
 
 def open_online_writer(settings: Settings) -> FeatureWriter:

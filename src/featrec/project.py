@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -35,7 +35,7 @@ PROJECT_ENV: Final = "FEATREC_PROJECT"
 HOME_DIR: Final = ".featrec"
 REPO_DIR: Final = "feature_repo"
 _TOP_LEVEL: Final = frozenset({"settings", "mappings"})
-_SETTINGS_FIELDS: Final = frozenset(f.name for f in fields(Settings))
+_SETTINGS_FIELDS: Final = frozenset(Settings.model_fields)
 #: Fields that never come from a file: secrets live in the environment only.
 _SECRET_FIELDS: Final = frozenset({"redis_url", "bus_url"})
 
@@ -68,6 +68,14 @@ class Project:
             if name in ("home", "repo") and not Path(text).is_absolute():
                 text = str(self.root / text)
             defaults[f"FEATREC_{name.upper()}"] = text
+        if self.settings_table:
+            try:  # the file's values alone first, so that a bad one is blamed on the file
+                Settings.from_env({**defaults, PROJECT_ENV: str(self.root)})
+            except ConfigError as exc:
+                message = str(exc)
+                for name in self.settings_table:
+                    message = message.replace(f"FEATREC_{name.upper()}", name)
+                raise ConfigError(f"{self.config_file} [settings]: {message}") from None
         merged = {**defaults, **{k: v for k, v in environ.items() if v != ""}}
         merged[PROJECT_ENV] = str(self.root)
         return Settings.from_env(merged)

@@ -84,7 +84,7 @@ def test_precedence_env_over_file_over_layout(shop: Path) -> None:
         ("[settings]\nsesion_gap_s = 1\n", "unknown setting 'sesion_gap_s'"),
         ('[settings]\nredis_url = "redis://:pw@h"\n', "from the environment only"),
         ("[settings\n", "not valid TOML"),
-        ("[settings]\nsession_gap_s = 'soon'\n", "is not a number"),
+        ("[settings]\nsession_gap_s = 'soon'\n", r"\[settings\]: session_gap_s='soon' is not a"),
     ],
 )
 def test_bad_config_is_refused_by_name(shop: Path, text: str, needle: str) -> None:

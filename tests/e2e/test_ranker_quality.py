@@ -18,11 +18,7 @@ from featrec.app.training import (
     replay_features,
     split_by_time,
 )
-from featrec.core.candidates.generation import (
-    COVISIT,
-    POPULAR,
-    Candidate,
-)
+from featrec.core.candidates.model import COVISIT, POPULAR, Candidate
 from featrec.core.events.generator import GeneratorConfig, generate
 from featrec.core.ranking.ranker import (
     Ranker,

@@ -10,21 +10,19 @@ mapped file (once through stock ``python -m bytewax.run``); recommendations from
 from ``featrec serve``.
 
 Slow by nature (a venv install): about a minute and a half on the 2-core machine, most of it
-pip. Set ``FEATREC_WHEEL_TEST_KEEP=1`` to keep the temp dir and print where it is.
+pip. The venv and the shop stay in pytest's temp dir (``--basetemp`` to choose it).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
 import time
 import urllib.request
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +86,7 @@ class Installed:
 
 
 @pytest.fixture
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     root = tmp_path_factory.mktemp("wheel")
     dist = root / "dist"
     t0 = time.perf_counter()
@@ -112,11 +110,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     assert pip.returncode == 0, pip.stderr[-3000:]
     t_install = time.perf_counter() - t0
     print(f"\nwheel test: build {t_build:.0f} s, install into a fresh venv {t_install:.0f} s")
-    yield Installed(root, venv)
-    if os.environ.get("FEATREC_WHEEL_TEST_KEEP"):
-        print(f"kept {root}")
-    else:
-        shutil.rmtree(root, ignore_errors=True)
+    return Installed(root, venv)
 
 
 def test_the_installed_wheel_runs_the_shop_walkthrough(installed: Installed) -> None:
@@ -259,7 +253,7 @@ def check_walkthrough_with_a_foreign_schema(installed: Installed) -> None:
     assert features["n_events"] >= 1
 
     # Stock bytewax runner on the installed dataflows, the mapping handed over as JSON.
-    from featrec.core.events.mapping import MAPPING_ENV, merge_tables, parse_overrides
+    from featrec.core.events.mapping import merge_tables, parse_overrides
 
     table = merge_tables(
         {},
@@ -284,7 +278,7 @@ def check_walkthrough_with_a_foreign_schema(installed: Installed) -> None:
         FEATREC_SOURCE=str(live),
         FEATREC_HOME=str(shop / ".featrec-stock"),
         FEATREC_REPO=str(shop / "feature_repo"),
-        **{MAPPING_ENV: json.dumps(table)},
+        FEATREC_SOURCE_MAPPING=json.dumps(table),
     )
     try:
         run(

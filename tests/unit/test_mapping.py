@@ -10,10 +10,8 @@ import pytest
 
 from featrec.core.events.formats import DeadLetter, RawRecord, decode
 from featrec.core.events.mapping import (
-    MAPPING_ENV,
     EventMapping,
     map_record,
-    mapping_from_env,
     merge_tables,
     parse_mapping,
     parse_overrides,
@@ -232,11 +230,14 @@ def test_command_line_overrides_and_env_round_trip() -> None:
     merged = merge_tables({"fields": BASE_FIELDS, "ts": "t"}, parse_overrides(["ts.unit=ms"]))
     assert merged["ts"] == {"column": "t", "unit": "ms"}
     assert merged["fields"]["session_id"] == "sid"
+    # As a launcher hands it to a dataflow process (FlowSettings.source_mapping).
     import json
 
-    again = mapping_from_env({MAPPING_ENV: json.dumps(flags)})
-    assert again == m
-    assert mapping_from_env({}) is None
+    from featrec.settings import FlowSettings
+
+    table = FlowSettings.from_env({"FEATREC_SOURCE_MAPPING": json.dumps(flags)}).source_mapping
+    assert table is not None and parse_mapping(table) == m
+    assert FlowSettings.from_env({}).source_mapping is None
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_overrides(["fields.session_id"])
 

@@ -13,12 +13,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import check_estimator
 from threadpoolctl import threadpool_limits
 
-from featrec.core.candidates.generation import (
-    HISTORY,
-    POPULAR,
-    TRENDING,
-    Candidate,
-)
+from featrec.core.candidates.model import HISTORY, POPULAR, TRENDING, Candidate
 from featrec.core.ranking.ranker import (
     RANKING_FEATURES,
     Ranker,

@@ -216,7 +216,7 @@ def evaluate(
     settings = context_settings(click.get_current_context(), project_required=False)
     repo = settings.repo if (settings.repo / "feature_store.yaml").is_file() else None
     # Only what is not a secret: a Redis URL (with its password) stays in the environment.
-    env = {"FEATREC_ONLINE_STORE": settings.online_store}
+    env: dict[str, str] = {"FEATREC_ONLINE_STORE": settings.online_store}
     spec = EvalSpec(
         train=str(train_path.resolve()),
         test=str(test_path.resolve()) if test_path is not None else "",

@@ -28,9 +28,10 @@ from featrec.app.item_signals import (
 )
 from featrec.cli.common import context_settings
 from featrec.cli.mapping import mapping_options, resolve_mapping
+from featrec.core.events.formats import FORMATS
 from featrec.core.features.catalog import ITEM_NEIGHBOURS
 from featrec.errors import ConfigError, FeatrecError, NotFound
-from featrec.jobs.launch import INPUT_FORMATS, flow_options, run_flow
+from featrec.jobs.launch import flow_options, run_flow
 from featrec.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -142,7 +143,7 @@ def trending(settings: Settings, category: str | None, k: int, as_json: bool) ->
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(INPUT_FORMATS),
+    type=click.Choice(FORMATS),
     default=None,
     help="Input format of --source (default: from the file name).",
 )

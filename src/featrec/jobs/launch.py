@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
+from featrec.core.events.formats import FORMATS
 from featrec.errors import ConfigError
 from featrec.settings import Settings
 
@@ -114,8 +115,6 @@ def ensure_recovery_store(recovery_dir: Path, partitions: int) -> None:
     )
 
 
-INPUT_FORMATS = ("featrec", "otto", "session-rec")
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -133,7 +132,7 @@ def flow_options(command: F) -> F:
         click.option(
             "--format",
             "fmt",
-            type=click.Choice(INPUT_FORMATS),
+            type=click.Choice(FORMATS),
             default=None,
             help="Input format (default: from the file name).",
         ),
@@ -194,14 +193,14 @@ def run_flow(
     mapping_env: dict[str, str] = {}
     if mapping_table is not None:
         from featrec.adapters.files.mapped_records import open_file_reader
-        from featrec.core.events.mapping import MAPPING_ENV, parse_mapping
+        from featrec.core.events.mapping import parse_mapping
 
         if "redis" in sources:
             raise ConfigError("a mapping reads files; the Redis stream holds featrec events")
         mapping = parse_mapping(mapping_table)
         for source in sources:
             open_file_reader(source, fmt, mapping=mapping).close()
-        mapping_env[MAPPING_ENV] = json.dumps(mapping_table)
+        mapping_env["FEATREC_SOURCE_MAPPING"] = json.dumps(mapping_table)
     env = {
         **os.environ,
         **settings.to_env(),

@@ -3,8 +3,10 @@ item rows, with every kind of signal present once (shared by the ranking tests).
 
 from __future__ import annotations
 
-from featrec.core.candidates.generation import COVISIT, HISTORY, SESSION, TRENDING, Candidate
-from featrec.core.ranking.ranker import item_row
+import numpy as np
+
+from featrec.core.candidates.model import COVISIT, HISTORY, SESSION, TRENDING, Candidate
+from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker, item_row
 
 NOW = 1_000_000.0
 HOUR, DAY = 3600.0, 86_400.0
@@ -63,3 +65,12 @@ ITEMS = {
     ),
     "A": item_row({"price": 5.0, "category": "c2"}, None),
 }
+
+
+def fitted_ranker(features: tuple[str, ...] = RANKING_FEATURES, seed: int = 0) -> Ranker:
+    """A small Ranker fitted on random rows (NaNs included) over ``features``."""
+    rng = np.random.default_rng(seed)
+    X = rng.random((300, len(features)))
+    X[::5, 3] = np.nan
+    y = (X[:, 0] + X[:, 1] > 1).astype(int)
+    return Ranker(feature_names=features, max_iter=10).fit(X, y)

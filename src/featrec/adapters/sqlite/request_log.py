@@ -37,7 +37,7 @@ from typing import Any, Protocol, cast
 import orjson
 import redis
 
-from featrec.adapters.feast.repo import translate_store_errors
+from featrec.adapters.errors import translated
 from featrec.core.ports.serving import LoggedRow, RequestLog, RequestRecord, StampedRow
 from featrec.errors import ConfigError, FeatrecError, StoreError
 
@@ -170,7 +170,7 @@ class SqliteRequestLog:
         self.path = path
         self._lock = threading.Lock()
         self._digests = _RowDigests()
-        with translate_store_errors(f"opening the request log {path}"):
+        with translated(f"opening the request log {path}"):
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -190,7 +190,7 @@ class SqliteRequestLog:
 
     def append_many(self, records: Sequence[RequestRecord]) -> None:
         """Write ``records`` in one transaction."""
-        with self._lock, translate_store_errors("writing the request log"):
+        with self._lock, translated("writing the request log"):
             new_rows: dict[str, bytes] = {}
             entries: list[tuple[str, float, bytes]] = []
             for record in records:
@@ -224,7 +224,7 @@ class SqliteRequestLog:
             self._digests.remember(new_rows, time.monotonic())
 
     def get(self, request_id: str) -> RequestRecord | None:
-        with self._lock, translate_store_errors("reading the request log"):
+        with self._lock, translated("reading the request log"):
             found = self._db.execute(
                 "SELECT entry FROM requests WHERE request_id = ?", (request_id,)
             ).fetchone()
@@ -248,7 +248,7 @@ class SqliteRequestLog:
         Pages of :data:`_PAGE` entries; entries appended meanwhile may or may not be seen."""
         after: tuple[float, str] = (-math.inf if since_s is None else since_s, "")
         while True:
-            with self._lock, translate_store_errors("reading the request log"):
+            with self._lock, translated("reading the request log"):
                 page = self._db.execute(
                     "SELECT request_id, created_at_s, entry FROM requests "
                     "WHERE created_at_s > ? OR (created_at_s = ? AND request_id >= ?) "
@@ -274,7 +274,7 @@ class SqliteRequestLog:
     def _deleting(self, action: str) -> Iterator[None]:
         """One transaction that deletes entries, then the feature rows no remaining entry
         refers to; the digest memo starts afresh (a deleted row may be stored again)."""
-        with self._lock, translate_store_errors(action):
+        with self._lock, translated(action):
             self._db.execute("BEGIN")
             try:
                 yield
@@ -296,7 +296,7 @@ class SqliteRequestLog:
 
     def sessions_of(self, user_id: str) -> set[str]:
         """Session ids of the entries that name ``user_id`` (a full scan)."""
-        with self._lock, translate_store_errors("scanning the request log"):
+        with self._lock, translated("scanning the request log"):
             entries = [e for (e,) in self._db.execute("SELECT entry FROM requests")]
         return _sessions_named(entries, user_id)
 
@@ -370,7 +370,7 @@ class RedisRequestLog:
                     if stored_at is None or stored_at < refresh_before:
                         new_rows[digest] = data
                 entries.append((record.request_id, _entry_json(record, refs)))
-        with translate_store_errors("writing the request log to Redis"):
+        with translated("writing the request log to Redis"):
             pipe = self._client.pipeline(transaction=False)
             for digest, data in new_rows.items():
                 pipe.execute_command("SET", self._row_key(digest), data, "EX", self._row_ttl)
@@ -381,7 +381,7 @@ class RedisRequestLog:
             self._digests.remember(new_rows, now)
 
     def get(self, request_id: str) -> RequestRecord | None:
-        with translate_store_errors("reading the request log from Redis"):
+        with translated("reading the request log from Redis"):
             data = self._client.execute_command("GET", self._req_key(request_id))
             if data is None:
                 return None
@@ -395,7 +395,7 @@ class RedisRequestLog:
         pattern = self._prefix + b"req:*"
         cursor = 0
         while True:
-            with translate_store_errors("reading the request log from Redis"):
+            with translated("reading the request log from Redis"):
                 cursor, keys = self._client.execute_command(
                     "SCAN", cursor, "MATCH", pattern, "COUNT", _PAGE
                 )
@@ -419,7 +419,7 @@ class RedisRequestLog:
 
     def sessions_of(self, user_id: str) -> set[str]:
         """Session ids of the entries that name ``user_id`` (scans every entry)."""
-        with translate_store_errors("scanning the request log in Redis"):
+        with translated("scanning the request log in Redis"):
             return _sessions_named((entry for _, entry in self._entries()), user_id)
 
     def forget(self, user_id: str, session_ids: Collection[str]) -> int:
@@ -428,7 +428,7 @@ class RedisRequestLog:
         sessions = set(session_ids)
         entries: list[bytes] = []
         rows: set[bytes] = set()
-        with translate_store_errors("forgetting in the request log in Redis"):
+        with translated("forgetting in the request log in Redis"):
             for key, entry in self._entries():
                 if _names(entry, user_id, sessions):
                     entries.append(key)

@@ -118,13 +118,6 @@ def wilson_interval(p: float, n: float, z: float = Z95) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of ``successes`` out of ``n`` independent trials."""
-    if n < 0 or not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
-    return wilson_interval(successes / n if n else 0.0, n, z)
-
-
 @dataclass(frozen=True, slots=True)
 class Rate:
     """One arm's rate of one outcome (the mean of per-unit shares), with its 95% interval."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from featrec.core.candidates.generation import CandidateConfig
+from featrec.core.candidates.config import CandidateConfig
 from featrec.core.evaluation.experiments import Experiment
 from featrec.core.features.freshness import BATCH_MAX_AGE
 from featrec.core.ranking.rerank import RerankConfig

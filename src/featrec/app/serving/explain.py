@@ -19,7 +19,7 @@ import numpy as np
 
 from featrec.app.serving import steps
 from featrec.app.serving.steps import LOG_SCHEMA, SCORER_MODEL, LoadedModel, Scores
-from featrec.core.candidates.generation import Candidate
+from featrec.core.candidates.model import Candidate
 from featrec.core.features.catalog import (
     ITEM_FEATURES,
     ITEM_TRENDING,

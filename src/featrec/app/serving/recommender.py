@@ -198,7 +198,7 @@ class _Context:
 
 
 class RowSignals:
-    """:class:`featrec.core.candidates.generation.SignalLookup` over ``item_neighbours`` rows
+    """:class:`featrec.core.candidates.signals.SignalLookup` over ``item_neighbours`` rows
     (neighbour
     lists, and trending lists under their pseudo-item keys) through a :class:`RowCache`; the
     user's history is the ``recent_purchases`` of the user row already read.

@@ -16,7 +16,7 @@ from typing import Any, Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from featrec.core.candidates.generation import Candidate
+from featrec.core.candidates.model import Candidate
 from featrec.core.events.model import PURCHASE, VIEW
 from featrec.core.features.catalog import ITEM_FEATURES, count_feature
 from featrec.core.ports.serving import StampedRow

@@ -70,8 +70,6 @@ _TOP_KEYS: Final = frozenset(
 )
 _TS_KEYS: Final = frozenset({"column", "path", "unit", "date", "date_format", "timezone"})
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-#: How a launcher hands a mapping to a dataflow process: the mapping's table as JSON.
-MAPPING_ENV: Final = "FEATREC_SOURCE_MAPPING"
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,18 +367,6 @@ def parse_mapping(raw: Mapping[str, Any], where: str = "mapping") -> EventMappin
         delimiter=delimiter,
         encoding=encoding,
     )
-
-
-def mapping_from_env(environ: Mapping[str, str]) -> EventMapping | None:
-    """The mapping in :data:`MAPPING_ENV` (a table as JSON), or ``None`` when it is unset."""
-    text = environ.get(MAPPING_ENV, "").strip()
-    if not text:
-        return None
-    try:
-        table = json.loads(text)
-    except ValueError:
-        raise ConfigError(f"{MAPPING_ENV} is not a JSON object (a mapping table)") from None
-    return parse_mapping(table, MAPPING_ENV)
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
