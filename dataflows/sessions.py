@@ -56,6 +56,7 @@ from dataflows.metrics import FlowStats
 from dataflows.sinks import DeadLetterSink, EventLogSink, FeatureSink, WriterFactory
 from dataflows.sources import FileReplaySource, RedisStreamSource, SourceItem
 from featrec.core.events.formats import DeadLetter, RawRecord, decode
+from featrec.core.events.mapping import parse_mapping
 from featrec.core.events.model import Event
 from featrec.core.features.rows import FeatureRow
 from featrec.core.ports.features import FeatureWriter
@@ -400,7 +401,8 @@ def source_from_env(
     environ: Mapping[str, str], settings: Settings, *, tombstones: bool = False
 ) -> Source[SourceItem]:
     """The source named by ``FEATREC_SOURCE`` (file paths joined by ``os.pathsep``, or
-    ``redis``), ``FEATREC_SOURCE_FORMAT`` and ``FEATREC_REPLAY_SPEED``. ``tombstones``: a
+    ``redis``), ``FEATREC_SOURCE_FORMAT`` (or ``FEATREC_SOURCE_MAPPING``, an event mapping as
+    JSON) and ``FEATREC_REPLAY_SPEED``. ``tombstones``: a
     stream source emits (and then deletes) tombstones rather than skipping them."""
     flow_settings = FlowSettings.from_env(environ)
     spec = (flow_settings.source or "").strip()
@@ -415,8 +417,13 @@ def source_from_env(
             settings.stream_url, streams, batch_size=1000, tombstones=tombstones
         )
     paths = [p for p in spec.split(os.pathsep) if p]
+    mapping = (
+        parse_mapping(flow_settings.source_mapping, "FEATREC_SOURCE_MAPPING")
+        if flow_settings.source_mapping is not None
+        else None
+    )
     return FileReplaySource(
-        paths, fmt=flow_settings.source_format, speed=flow_settings.replay_speed
+        paths, fmt=flow_settings.source_format, speed=flow_settings.replay_speed, mapping=mapping
     )
 
 

@@ -30,9 +30,11 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows import metrics
 from featrec.adapters.errors import translated
-from featrec.adapters.files.raw_records import FilePosition, RawFileReader, record_time
+from featrec.adapters.files.mapped_records import FileReader, open_file_reader
+from featrec.adapters.files.raw_records import FilePosition, record_time
 from featrec.adapters.redis.streams import EVENT_FIELD, connect, stream_id_ms
 from featrec.core.events.formats import DeadLetter, RawRecord
+from featrec.core.events.mapping import EventMapping
 from featrec.core.privacy import TOMBSTONE_FIELD, TOMBSTONE_FORMAT
 from featrec.errors import ConfigError, StoreUnavailable
 
@@ -55,7 +57,13 @@ class FileReplaySource(FixedPartitionedSource[SourceItem, FilePosition]):
     flow before it starts.
     """
 
-    def __init__(self, paths: Sequence[Path | str], fmt: str | None = None, speed: float = 0.0):
+    def __init__(
+        self,
+        paths: Sequence[Path | str],
+        fmt: str | None = None,
+        speed: float = 0.0,
+        mapping: EventMapping | None = None,
+    ):
         if not paths:
             raise ConfigError("no source files given")
         if not speed >= 0:
@@ -65,8 +73,9 @@ class FileReplaySource(FixedPartitionedSource[SourceItem, FilePosition]):
             raise ConfigError(f"a source file is listed twice: {self.paths}")
         self.fmt = fmt
         self.speed = speed
+        self.mapping = mapping
         for path in self.paths:
-            RawFileReader(path, fmt).close()
+            open_file_reader(path, fmt, mapping=mapping).close()
 
     def list_parts(self) -> list[str]:
         return list(self.paths)
@@ -75,14 +84,14 @@ class FileReplaySource(FixedPartitionedSource[SourceItem, FilePosition]):
         self, step_id: str, for_part: str, resume_state: FilePosition | None
     ) -> StatefulSourcePartition[SourceItem, FilePosition]:
         position = FilePosition(*resume_state) if resume_state is not None else None
-        reader = RawFileReader(for_part, self.fmt, position)
+        reader = open_file_reader(for_part, self.fmt, position, self.mapping)
         if self.speed > 0:
             return _PacedFilePartition(reader, self.speed)
         return _FilePartition(reader)
 
 
 class _FilePartition(StatefulSourcePartition[SourceItem, FilePosition]):
-    def __init__(self, reader: RawFileReader) -> None:
+    def __init__(self, reader: FileReader) -> None:
         self.reader = reader
 
     def next_batch(self) -> list[SourceItem]:
@@ -104,7 +113,7 @@ class _PacedFilePartition(StatefulSourcePartition[SourceItem, FilePosition]):
     event time ``t`` is due at ``start_wall + (t - start_t) / speed``.
     """
 
-    def __init__(self, reader: RawFileReader, speed: float) -> None:
+    def __init__(self, reader: FileReader, speed: float) -> None:
         self.reader = reader
         self.speed = speed
         self.position = reader.position

@@ -140,6 +140,12 @@ class Settings(EnvModel):
         "negligible (s)",
         gt=0,
     )
+    project: Path | None = var(
+        None,
+        "the project directory, holding `featrec.toml` (see `featrec.project`); inside one, "
+        "`home` and `repo` default to its `.featrec/` and `feature_repo/`",
+        shown="found from the working directory",
+    )
 
     @field_validator("redis_url", "bus_url")
     @classmethod
@@ -286,6 +292,25 @@ class FlowSettings(EnvModel):
     eval_dir: Path | None = var(
         None, "work directory of `featrec evaluate`'s replay flow (set by it)", shown="none"
     )
+    source_mapping: dict[str, Any] | None = var(
+        None,
+        "an event mapping the source files are read through, as JSON (`--mapping` writes it; "
+        "see `featrec.core.events.mapping`)",
+        shown="none",
+    )
+
+    @field_validator("source_mapping", mode="before")
+    @classmethod
+    def _mapping_json(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            data = json.loads(value)
+        except ValueError:
+            raise ValueError("not JSON") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> FlowSettings:

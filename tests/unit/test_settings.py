@@ -53,6 +53,7 @@ BAD_FROM_ENV = {
     "FEATREC_SERVE_EXPERIMENT": ("[1, 2]", "a JSON object"),
     "FEATREC_SOURCE_FORMAT": ("csv", "one of: featrec, otto, session-rec"),
     "FEATREC_REPLAY_SPEED": ("-2", "a finite number >= 0"),
+    "FEATREC_SOURCE_MAPPING": ('["fields"]', "a JSON object"),
 }
 
 #: Variables whose every (non-empty) string is valid: a wrong type given in code still gets
@@ -67,6 +68,7 @@ BAD_IN_CODE = {
     "FEATREC_ADMIN_TOKEN": (12, "a secret"),
     "FEATREC_SOURCE": (7, "event file paths or `redis`"),
     "FEATREC_EVAL_DIR": (7, "a path"),
+    "FEATREC_PROJECT": (7, "a path"),
 }
 
 
@@ -272,6 +274,7 @@ OLD_DEFAULTS = {
     "state_ttl_s": None,
     "item_write_interval_s": 5.0,
     "item_idle_s": 600.0,
+    "project": None,
 }
 
 

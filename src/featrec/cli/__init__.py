@@ -18,41 +18,87 @@ from typing import Any
 
 import click
 
-from featrec.cli.common import FeatrecGroup
+from featrec.cli.common import (
+    CliState,
+    FeatrecGroup,
+    context_settings,
+    context_state,
+    pass_settings,
+)
+from featrec.cli.mapping import map_group, mapping_options, resolve_mapping
 from featrec.core.events.formats import FORMATS
 from featrec.errors import FeatrecError, NotFound
 from featrec.jobs.launch import flow_options, run_flow
 from featrec.settings import Settings
 
-pass_settings = click.make_pass_decorator(Settings)
-
 
 @click.group(cls=FeatrecGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="featrec")
+@click.option(
+    "--project",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The project directory (default: FEATREC_PROJECT, else the nearest featrec.toml "
+    "at or above the working directory).",
+)
 @click.pass_context
-def main(ctx: click.Context) -> None:
+def main(ctx: click.Context, project: Path | None) -> None:
     """featrec: real-time recommendations from streaming session features.
 
-    Configure with FEATREC_* environment variables (FEATREC_ONLINE_STORE=redis,
-    FEATREC_REDIS_URL=redis://..., FEATREC_HOME=...). Run `featrec demo` to see it work.
+    Start with `featrec init shop && cd shop && featrec demo`. Every command finds its project
+    (featrec.toml) from the working directory; FEATREC_* environment variables override its
+    settings (FEATREC_ONLINE_STORE=redis, FEATREC_REDIS_URL=redis://...).
     """
-    try:
-        ctx.obj = Settings.from_env(os.environ)
-    except FeatrecError as exc:
-        raise click.ClickException(str(exc)) from exc
+    ctx.obj = CliState.resolve(project)
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+def init(ctx: click.Context, directory: Path | None) -> None:
+    """Create a project in DIRECTORY (default: here): featrec.toml, a Feast repo of your own,
+    .gitignore and the local stores; then apply the Feast repo. Never overwrites a project.
+
+    Where settings come from the environment (FEATREC_REPO set, or featrec's own checkout) and
+    no DIRECTORY is given, it only creates the local stores and applies that repo.
+    """
+    from featrec.jobs.project_init import apply_project, init_project
+    from featrec.project import legacy_layout
+
+    state = context_state(ctx)
+    if directory is None and state.project is None and legacy_layout(state.cwd, os.environ):
+        settings = context_settings(ctx)
+        click.echo(f"featrec home: {settings.home}")
+        click.echo(f"applying Feast repo {settings.repo} ({settings.online_store} online store)")
+        for line in apply_project(settings):
+            click.echo(f"  {line}")
+        return
+    target = directory if directory is not None else state.cwd
+    if directory is None and state.project is not None:
+        raise click.ClickException(
+            f"{state.cwd} is inside the featrec project {state.project.root}; give a new "
+            "directory (featrec init DIR), or re-apply this one with `featrec apply`"
+        )
+    report = init_project(target, dict(os.environ))
+    root = report.project.root
+    click.echo(f"created featrec project {root}")
+    for path in report.created:
+        click.echo(f"  {path.relative_to(root)}")
+    click.echo(f"applied the Feast repo {root / 'feature_repo'}:")
+    for line in report.applied:
+        click.echo(f"  {line}")
+    here = "" if root == state.cwd.resolve() else f"cd {directory} && "
+    click.echo(f"next: {here}featrec demo   (or see README: 'Use it for your shop')")
 
 
 @main.command()
 @pass_settings
-def init(settings: Settings) -> None:
-    """Create the local directories and apply the Feast repo."""
-    from featrec.adapters.feast.repo import apply_repo
+def apply(settings: Settings) -> None:
+    """Create the project's local stores and apply its Feast repo (after editing it)."""
+    from featrec.jobs.project_init import apply_project
 
-    for path in (settings.home, settings.event_log_dir, settings.home / "status"):
-        path.mkdir(parents=True, exist_ok=True)
-    click.echo(f"featrec home: {settings.home}")
-    click.echo(f"applying Feast repo {settings.repo} (online store: {settings.online_store}) ...")
-    for line in apply_repo(settings):
+    click.echo(f"applying Feast repo {settings.repo} ({settings.online_store} online store)")
+    for line in apply_project(settings):
         click.echo(f"  {line}")
 
 
@@ -87,9 +133,7 @@ def init(settings: Settings) -> None:
     help="Sessions open at the same time (default: the generator's).",
 )
 @click.option("--seed", type=int, default=7, show_default=True)
-@pass_settings
 def generate(
-    settings: Settings,
     out: Path,
     n_events: int,
     n_users: int | None,
@@ -131,10 +175,15 @@ def run() -> None:
 
 @run.command("sessions")
 @flow_options
+@mapping_options
 @pass_settings
-def run_sessions(settings: Settings, /, **options: Any) -> None:
+def run_sessions(
+    settings: Settings, /, mapping: str | None, map_pairs: tuple[str, ...], **options: Any
+) -> None:
     """Sessions dataflow: events -> session features -> online store (+ event log)."""
-    run_flow("dataflows.sessions:flow()", settings, **options)
+    resolved = resolve_mapping(click.get_current_context(), mapping, map_pairs)
+    table = resolved[1] if resolved is not None else None
+    run_flow("dataflows.sessions:flow()", settings, mapping_table=table, **options)
 
 
 @main.command()
@@ -147,17 +196,26 @@ def run_sessions(settings: Settings, /, **options: Any) -> None:
     help="Input format (default: from the file name).",
 )
 @click.option("--stream", default=None, help="Stream key (default: FEATREC_STREAM).")
+@mapping_options
 @pass_settings
-def publish(settings: Settings, file: Path, fmt: str | None, stream: str | None) -> None:
-    """Send a file's events to the Redis event stream (XADD)."""
+def publish(
+    settings: Settings,
+    file: Path,
+    fmt: str | None,
+    stream: str | None,
+    mapping: str | None,
+    map_pairs: tuple[str, ...],
+) -> None:
+    """Send a file's events to the Redis event stream (XADD), in featrec's schema."""
     from featrec.adapters.files.event_files import read_events
     from featrec.adapters.redis.streams import publish as publish_events
     from featrec.core.events.model import Event
 
+    resolved = resolve_mapping(click.get_current_context(), mapping, map_pairs)
     rejected: list[Any] = []
 
     def valid() -> Iterator[Event]:
-        for item in read_events(file, fmt):
+        for item in read_events(file, fmt, resolved[0] if resolved else None):
             if isinstance(item, Event):
                 yield item
             else:
@@ -273,6 +331,7 @@ def _register_subcommands() -> None:
     from featrec.cli.train import train
 
     main.add_command(items)
+    main.add_command(map_group)
     run.add_command(run_items)
     for command in (
         log_group,

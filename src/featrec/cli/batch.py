@@ -20,6 +20,7 @@ import click
 
 from featrec.adapters.files.layouts import READ_FORMATS
 from featrec.cli.common import FeatrecCommand, FeatrecGroup, context_settings
+from featrec.cli.mapping import mapping_options, resolve_mapping
 from featrec.core.features import catalog
 from featrec.errors import ConfigError, FeatrecError
 
@@ -92,18 +93,28 @@ def log_group() -> None:
     default=None,
     help="Input format (default: from the file name).",
 )
+@mapping_options
 @click.pass_context
-def log_import(ctx: click.Context, file: Path, fmt: str | None) -> None:
+def log_import(
+    ctx: click.Context,
+    file: Path,
+    fmt: str | None,
+    mapping: str | None,
+    map_pairs: tuple[str, ...],
+) -> None:
     """Add FILE's events to the event log; events already logged (same event_id) are skipped,
-    so importing twice changes nothing. Invalid records go to the dead-letter file."""
+    so importing twice changes nothing. Invalid records go to the dead-letter file.
+
+    A shop's own export: --mapping NAME (see `featrec map check --help`)."""
     from featrec.adapters.files.event_files import read_events
     from featrec.jobs.log_import import import_events
 
     settings = context_settings(ctx)
+    resolved = resolve_mapping(ctx, mapping, map_pairs)
     with click.progressbar(length=_estimate_records(file), label=f"importing {file}") as bar:
         result = import_events(
             settings.event_log_dir,
-            read_events(file, fmt),
+            read_events(file, fmt, resolved[0] if resolved is not None else None),
             dead_letter_file=settings.dead_letter_file,
             on_progress=bar.update,
         )

@@ -10,7 +10,6 @@ for the policies.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from featrec.cli.common import FeatrecCommand
+from featrec.cli.common import FeatrecCommand, context_settings
 from featrec.core.events.formats import FORMATS
 
 
@@ -178,11 +177,10 @@ def evaluate(
     """
     if ab:
         from featrec.cli.ab import run_ab
-        from featrec.settings import Settings as _Settings
 
         raise SystemExit(
             run_ab(
-                _Settings.from_env(os.environ),
+                context_settings(click.get_current_context()),
                 request_log=request_log,
                 since_s=since.replace(tzinfo=UTC).timestamp() if since is not None else None,
                 horizon_s=horizon,
@@ -209,11 +207,14 @@ def evaluate(
         score,
         write_points,
     )
-    from featrec.settings import Settings
+    from featrec.jobs.project_init import feature_repo_template
 
     chosen = parse_policies(policies)
     root = out if out is not None else Path(tempfile.mkdtemp(prefix="featrec-eval-"))
-    settings = Settings.from_env(os.environ)
+    # The replay builds its own store: a project's Feast repo if there is one, else the
+    # template, so that evaluate needs no project.
+    settings = context_settings(click.get_current_context(), project_required=False)
+    repo = settings.repo if (settings.repo / "feature_store.yaml").is_file() else None
     # Only what is not a secret: a Redis URL (with its password) stays in the environment.
     env: dict[str, str] = {"FEATREC_ONLINE_STORE": settings.online_store}
     spec = EvalSpec(
@@ -233,7 +234,7 @@ def evaluate(
     work = WorkDir(root)
     started = time.perf_counter()
     click.echo(f"work dir: {root}")
-    prepared = prepare(work, spec, settings.repo, log=click.echo)
+    prepared = prepare(work, spec, repo or feature_repo_template(), log=click.echo)
     if points_out is not None:
         click.echo(f"prediction points: {write_points(work, points_out):,} -> {points_out}")
     click.echo(f"replaying {prepared.test_events:,} test events through the sessions dataflow")

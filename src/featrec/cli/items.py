@@ -27,6 +27,7 @@ from featrec.app.item_signals import (
     trending_key,
 )
 from featrec.cli.common import context_settings
+from featrec.cli.mapping import mapping_options, resolve_mapping
 from featrec.core.events.formats import FORMATS
 from featrec.core.features.catalog import ITEM_NEIGHBOURS
 from featrec.errors import ConfigError, FeatrecError, NotFound
@@ -178,10 +179,15 @@ def bootstrap(settings: Settings, source: Path | None, from_log: bool, fmt: str 
 
 @click.command("items")
 @flow_options
+@mapping_options
 @with_settings
-def run_items(settings: Settings, /, **options: Any) -> None:
+def run_items(
+    settings: Settings, /, mapping: str | None, map_pairs: tuple[str, ...], **options: Any
+) -> None:
     """Item signals dataflow: events -> neighbours and trending -> online store.
 
     Give it its own --recovery-dir (not the sessions flow's).
     """
-    run_flow(FLOW_TARGET, settings, **options)
+    resolved = resolve_mapping(click.get_current_context(), mapping, map_pairs)
+    table = resolved[1] if resolved is not None else None
+    run_flow(FLOW_TARGET, settings, mapping_table=table, **options)

@@ -7,12 +7,13 @@ environment variables.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TypeVar
@@ -178,18 +179,34 @@ def run_flow(
     recovery_dir: Path | None,
     snapshot_interval: float,
     processes: int,
+    mapping_table: Mapping[str, Any] | None = None,
 ) -> None:
-    """Check the sources, launch ``target`` with settings in the environment, wait for it."""
+    """Check the sources, launch ``target`` with settings in the environment, wait for it.
+
+    ``mapping_table``: an event mapping (:mod:`featrec.core.events.mapping`) the file source
+    reads through; checked here against every file, handed to the flow as JSON."""
     if "redis" in sources and len(sources) > 1:
         raise ConfigError("--source redis reads the stream; do not mix it with files")
     for source in sources:
         if source != "redis" and not Path(source).is_file():
             raise ConfigError(f"--source {source!r} is neither 'redis' nor an existing file")
+    mapping_env: dict[str, str] = {}
+    if mapping_table is not None:
+        from featrec.adapters.files.mapped_records import open_file_reader
+        from featrec.core.events.mapping import parse_mapping
+
+        if "redis" in sources:
+            raise ConfigError("a mapping reads files; the Redis stream holds featrec events")
+        mapping = parse_mapping(mapping_table)
+        for source in sources:
+            open_file_reader(source, fmt, mapping=mapping).close()
+        mapping_env["FEATREC_SOURCE_MAPPING"] = json.dumps(mapping_table)
     env = {
         **os.environ,
         **settings.to_env(),
         "FEATREC_SOURCE": os.pathsep.join(sources),
         "FEATREC_REPLAY_SPEED": str(speed),
+        **mapping_env,
     }
     if fmt:
         env["FEATREC_SOURCE_FORMAT"] = fmt

@@ -1,8 +1,10 @@
-"""A private copy of featrec's Feast repo, for tests and benchmarks that apply it."""
+"""A private copy of featrec's Feast repo, for tests and benchmarks that apply it.
+
+The copy comes from the template ``featrec init`` uses, so it works from a wheel as well as
+from a checkout (see :func:`featrec.jobs.project_init.feature_repo_template`)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Final
 
@@ -14,8 +16,7 @@ REPO_SOURCE: Final = CHECKOUT / "feature_repo"
 
 def copy_feature_repo(dest: Path) -> Path:
     """Copy the repo's definitions and yamls (not its data/) into ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for pattern in ("*.py", "*.yaml"):
-        for path in REPO_SOURCE.glob(pattern):
-            shutil.copy(path, dest / path.name)
+    from featrec.jobs.project_init import copy_repo_template
+
+    copy_repo_template(dest)
     return dest

@@ -27,8 +27,10 @@ from typing import Final, TextIO
 from featrec.adapters.files.atomic import atomic_path
 from featrec.adapters.files.event_log import EVENT_SCHEMA, events_to_table
 from featrec.adapters.files.layouts import CSV, FILE_FORMATS, JSONL, PARQUET, READ_FORMATS
+from featrec.adapters.files.mapped_records import iter_mapped_records
 from featrec.adapters.files.raw_records import iter_raw_records
-from featrec.core.events.formats import FORMATS, DeadLetter, decode
+from featrec.core.events.formats import FORMATS, DeadLetter, RawRecord, decode
+from featrec.core.events.mapping import EventMapping
 from featrec.core.events.model import Event
 from featrec.errors import ConfigError
 
@@ -81,8 +83,13 @@ def write_events(
     return count
 
 
-def read_events(path: Path | str, fmt: str | None = None) -> Iterator[Event | DeadLetter]:
+def read_events(
+    path: Path | str, fmt: str | None = None, mapping: EventMapping | None = None
+) -> Iterator[Event | DeadLetter]:
     """Every event of a file, in file order, with a dead letter for each refused record.
+
+    With ``mapping`` (:mod:`featrec.core.events.mapping`) the file is a shop's own export,
+    read through it; ``fmt`` must then be ``None``.
 
     ``fmt`` is a file format of this module (checked against the suffix) or a decoder of
     :mod:`featrec.core.events.formats` (``featrec``, ``otto``, ``session-rec``); ``None`` goes by
@@ -90,13 +97,20 @@ def read_events(path: Path | str, fmt: str | None = None) -> Iterator[Event | De
     suffix (and content, for OTTO lines). Raises ``ConfigError`` for a missing file or a
     wrong header.
     """
-    if fmt in FILE_FORMATS:
-        file_format(path, fmt)
-        fmt = "featrec"
-    elif fmt is not None and fmt not in FORMATS:
-        names = ", ".join(READ_FORMATS)
-        raise ConfigError(f"unknown event file format {fmt!r}: use one of {names}")
-    for record in iter_raw_records(path, fmt):
+    records: Iterator[RawRecord | DeadLetter]
+    if mapping is not None:
+        if fmt is not None:
+            raise ConfigError("give an input format or a mapping, not both")
+        records = iter_mapped_records(path, mapping)
+    else:
+        if fmt in FILE_FORMATS:
+            file_format(path, fmt)
+            fmt = "featrec"
+        elif fmt is not None and fmt not in FORMATS:
+            names = ", ".join(READ_FORMATS)
+            raise ConfigError(f"unknown event file format {fmt!r}: use one of {names}")
+        records = iter_raw_records(path, fmt)
+    for record in records:
         if isinstance(record, DeadLetter):
             yield record
         else:
