@@ -51,6 +51,7 @@ OnlineStore = Literal["sqlite", "redis"]
 Writer = Literal["fast", "feast"]
 RequestLog = Literal["sqlite", "redis"]
 SourceFormat = Literal["featrec", "otto", "session-rec"]
+FlowShape = Literal["batch", "per-event"]
 ONLINE_STORES: Final = get_args(OnlineStore)
 WRITERS: Final = get_args(Writer)
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
@@ -139,6 +140,11 @@ class Settings(EnvModel):
         "item signals: system time before an idle item's state is checked, dropped once "
         "negligible (s)",
         gt=0,
+    )
+    flow_shape: FlowShape = var(
+        "batch",
+        "sessions dataflow shape: `batch` (one item per shard and source batch) or "
+        "`per-event` (the previous shape, kept as the benchmarks' baseline)",
     )
 
     @field_validator("redis_url", "bus_url")
