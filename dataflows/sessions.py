@@ -475,11 +475,12 @@ def source_from_env(
     )
 
 
-def open_online_writer(settings: Settings) -> FeatureWriter:
-    """The configured online-store writer (imported here: Feast is slow to import)."""
+def open_online_writer(settings: Settings, *, exclusive: bool = False) -> FeatureWriter:
+    """The configured online-store writer for a flow's sink (imported here: Feast is slow to
+    import). ``exclusive``: the flow is the only writer of its entities (the sessions flow)."""
     from featrec.adapters.feast.writers import open_writer
 
-    writer: FeatureWriter = open_writer(settings)
+    writer: FeatureWriter = open_writer(settings, flow=True, exclusive=exclusive)
     return writer
 
 
@@ -498,7 +499,7 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
         dead = DeadLetterSink(redis_url=settings.stream_url, stream=settings.dead_letter_stream)
     else:
         dead = DeadLetterSink(file=settings.dead_letter_file)
-    factory: Callable[[], FeatureWriter] = partial(open_online_writer, settings)
+    factory: Callable[[], FeatureWriter] = partial(open_online_writer, settings, exclusive=True)
     return build_flow(
         source,
         settings,
