@@ -23,12 +23,13 @@ row is guarded).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import hiredis
 import redis
 
+from featrec.adapters.feast.layout.values import view_of
 from featrec.adapters.feast.repo import translate_store_errors
 from featrec.adapters.feast.writers import _CAS_SCRIPT, RedisLayoutWriter, Views
 from featrec.core.features import catalog
@@ -39,7 +40,8 @@ __all__ = ["FlushWriter"]
 #: Entities whose written version is kept in memory, at most (then all are forgotten).
 MAX_KNOWN: Final = 1_000_000
 
-_pack = hiredis.pack_command
+# hiredis's stubs type the argument as a 1-tuple; it takes any tuple of str/bytes/numbers.
+_pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
 
 
 class FlushWriter(RedisLayoutWriter):
@@ -85,7 +87,7 @@ class FlushWriter(RedisLayoutWriter):
         written: dict[tuple[str, bytes], int] = {}
         blind = 0
         for row in rows:
-            plan, key, args = self._encoded(row)
+            key, args = self._encoded(row)
             view = row.view
             version = row.version
             known = written.get((view, key)) if written else None
@@ -104,9 +106,10 @@ class FlushWriter(RedisLayoutWriter):
                     written[(view, key)] = version
             else:
                 seconds, micros = divmod(version, 1_000_000)
+                nanos = micros * 1000
                 parts.append(
-                    _pack(("EVALSHA", self._sha, 1, key, args[0], seconds, micros * 1000, ttl, *args))
-                )  # fmt: skip
+                    _pack(("EVALSHA", self._sha, 1, key, args[0], seconds, nanos, ttl, *args))
+                )
                 scripted.append((view, key, version))
         if not parts:
             return 0
@@ -136,12 +139,10 @@ class FlushWriter(RedisLayoutWriter):
             self._remember_written(written)
         return accepted
 
-    def _encoded(self, row: FeatureRow) -> tuple[Any, bytes, list[bytes]]:
-        from featrec.adapters.feast.layout.values import view_of
-
+    def _encoded(self, row: FeatureRow) -> tuple[bytes, list[bytes]]:
         view_of(row, self._views)
         plan = self._plans[row.view]
-        return plan, plan.redis_key(row.key), plan.encode(row)
+        return plan.redis_key(row.key), plan.encode(row)
 
     def _remember_written(self, written: dict[tuple[str, bytes], int]) -> None:
         if self._n_known + len(written) > self._max_known:
