@@ -108,3 +108,45 @@ def test_an_unreachable_server_is_store_unavailable_and_the_writer_recovers(
     except StoreUnavailable:
         written = writer.write([row("s", 2)])
     assert written == 1
+
+
+@pytest.mark.parametrize("view", sorted(catalog.VIEWS))
+def test_the_compiled_packer_gives_the_generic_bytes(view: str) -> None:
+    """resp.fields_packer == hiredis packing of each value's generic encoding, for every
+    value kind a row may carry (fast-path types and the ones that need converting)."""
+    import math
+    import random
+
+    import hiredis
+
+    from featrec.adapters.feast.layout import resp
+    from featrec.adapters.feast.layout.values import ENCODERS, field_hash
+
+    spec = catalog.VIEWS[view]
+    rng = random.Random(7)
+    samples: dict[catalog.Dtype, list[object]] = {
+        catalog.Dtype.INT64: [0, 1, 127, 128, -1, 2**40, 2**63 - 1, None],
+        catalog.Dtype.FLOAT64: [0.0, -0.0, 1.5, math.nan, math.inf, None, 3, 1e300],
+        catalog.Dtype.STRING: ["", "a", "é" * 200, None, "x" * 5000],
+        catalog.Dtype.STRING_LIST: [[], ["a", "b"], None, ["é" * 130]],
+        catalog.Dtype.FLOAT64_LIST: [[], [1.0, math.nan], None, [2]],
+    }
+    packer = resp.fields_packer(spec)
+    for _ in range(200):
+        values = {f.name: rng.choice(samples[f.dtype]) for f in spec.features}
+        expected = hiredis.pack_command(
+            ("X", *[x for f in spec.features for x in (field_hash(view, f.name),
+             ENCODERS[f.dtype](values[f.name]))])
+        )  # fmt: skip
+        assert b"*%d\r\n$1\r\nX\r\n" % (2 * len(spec.features) + 1) + packer(values) == expected
+
+
+def test_a_bad_value_names_its_feature(redis_settings: Settings) -> None:
+    from featrec.adapters.feast.layout.values import InvalidFeatureRow
+
+    writer = FlushWriter(client_of(redis_settings), "featrec")
+    bad = values(1)
+    bad["n_events"] = "many"
+    with pytest.raises(InvalidFeatureRow, match="n_events"):
+        writer.write([row("ok", 1), FeatureRow(SESSION, "s", bad, T0 + 1)])
+    assert client_of(redis_settings).dbsize() == 0

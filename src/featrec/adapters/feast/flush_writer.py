@@ -29,7 +29,8 @@ from typing import Any, Final
 import hiredis
 import redis
 
-from featrec.adapters.feast.layout.values import view_of
+from featrec.adapters.feast.layout import resp
+from featrec.adapters.feast.layout.values import InvalidFeatureRow, encode_timestamp, view_of
 from featrec.adapters.feast.repo import translate_store_errors
 from featrec.adapters.feast.writers import _CAS_SCRIPT, RedisLayoutWriter, Views
 from featrec.core.features import catalog
@@ -67,6 +68,8 @@ class FlushWriter(RedisLayoutWriter):
         #: view -> redis key -> version (µs) this writer wrote last.
         self._known: dict[str, dict[bytes, int]] = {name: {} for name in self._plans}
         self._n_known = 0
+        self._packers = {name: resp.fields_packer(view) for name, view in self._views.items()}
+        self._n_fields = {name: len(view.features) for name, view in self._views.items()}
         self._conn: Any = None
         self._sha = b""
 
@@ -87,16 +90,19 @@ class FlushWriter(RedisLayoutWriter):
         written: dict[tuple[str, bytes], int] = {}
         blind = 0
         for row in rows:
-            key, args = self._encoded(row)
             view = row.view
+            key, fields = self._encoded(row)
+            plan = self._plans[view]
+            n_fields = self._n_fields[view]
             version = row.version
+            ts = encode_timestamp(version)
             known = written.get((view, key)) if written else None
             if known is None and remember:
                 known = self._known[view].get(key)
             if known is not None:
                 if version <= known:
                     continue
-                parts.append(_pack(("HSET", key, *args)))
+                parts.append(resp.hset(key, plan.ts_field, ts, fields, n_fields))
                 scripted.append(None)
                 blind += 1
                 if ttl:
@@ -106,9 +112,9 @@ class FlushWriter(RedisLayoutWriter):
                     written[(view, key)] = version
             else:
                 seconds, micros = divmod(version, 1_000_000)
-                nanos = micros * 1000
+                head = (plan.ts_field, seconds, micros * 1000, ttl)
                 parts.append(
-                    _pack(("EVALSHA", self._sha, 1, key, args[0], seconds, nanos, ttl, *args))
+                    resp.evalsha(self._sha, key, head, plan.ts_field, ts, fields, n_fields)
                 )
                 scripted.append((view, key, version))
         if not parts:
@@ -139,10 +145,16 @@ class FlushWriter(RedisLayoutWriter):
             self._remember_written(written)
         return accepted
 
-    def _encoded(self, row: FeatureRow) -> tuple[bytes, list[bytes]]:
+    def _encoded(self, row: FeatureRow) -> tuple[bytes, bytes]:
+        """The row's Redis key and the RESP of its field/value pairs (row checked first)."""
         view_of(row, self._views)
         plan = self._plans[row.view]
-        return plan.redis_key(row.key), plan.encode(row)
+        try:
+            fields = self._packers[row.view](row.values)
+        except InvalidFeatureRow:
+            plan.encode(row)  # raises the same error, naming the feature
+            raise
+        return plan.redis_key(row.key), fields
 
     def _remember_written(self, written: dict[tuple[str, bytes], int]) -> None:
         if self._n_known + len(written) > self._max_known:
