@@ -52,7 +52,7 @@ from bytewax.testing import run_main
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 from dataflows import metrics, session_shards, sinks, sources  # noqa: E402
-from dataflows.gc_tuning import tune_gc  # noqa: E402
+from dataflows.gc_tuning import tune_gc, tune_switch_interval  # noqa: E402
 from dataflows.sessions import build_flow  # noqa: E402
 from dataflows.sinks import DeadLetterSink, EventLogSink  # noqa: E402
 from dataflows.sources import FileReplaySource, RedisStreamSource, SourceItem  # noqa: E402
@@ -82,6 +82,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--rate", type=int, default=10_000, help="events/s for the freshness run")
     ap.add_argument("--rate-seconds", type=float, default=20.0)
     ap.add_argument("--profile", action="store_true", help="cProfile a throughput run too")
+    ap.add_argument(
+        "--parts",
+        default="throughput,baseline,freshness,memory,gap",
+        help="comma-separated parts to run (freshness at half the maximum needs throughput, "
+        "else --half-rate)",
+    )
+    ap.add_argument("--half-rate", type=int, default=0, help="second freshness rate, events/s")
     args = ap.parse_args(argv)
     print(f"load average at start: {os.getloadavg()}")
 
@@ -100,6 +107,7 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
     settings = prepare_repo(tmp, server.url)
     client = server.client()
     tune_gc()  # as dataflows.sessions:flow() does in production
+    tune_switch_interval()
 
     t0 = time.perf_counter()
     config = GeneratorConfig(
@@ -114,18 +122,49 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
     sessions = count_sessions(events_path)
     print(f"generated {n:,} events, {sessions:,} sessions in {time.perf_counter() - t0:.1f} s")
 
+    parts = set(args.parts.split(","))
+    rate = float(args.half_rate * 2)
     # 1. Throughput of the batch shape, the whole file, with CPU by stage.
-    stages: dict[str, float] = defaultdict(float)
-    with stage_timers(stages):
-        rate, wall, cpu = replay(events_path, settings, "batch")
-    keys = client.dbsize()
-    print(
-        f"\n[throughput] batch shape: {n:,} events in {wall:.1f} s = {rate:,.0f} events/s "
-        f"end to end, {cpu / n * 1e6:.2f} CPU-µs/event (process), {keys:,} Redis keys, "
-        f"load {os.getloadavg()[0]:.2f}"
-    )
-    print_stages(stages, n, cpu)
+    if "throughput" in parts:
+        stages: dict[str, float] = defaultdict(float)
+        with stage_timers(stages):
+            rate, wall, cpu = replay(events_path, settings, "batch")
+        keys = client.dbsize()
+        print(
+            f"\n[throughput] batch shape: {n:,} events in {wall:.1f} s = {rate:,.0f} events/s "
+            f"end to end, {cpu / n * 1e6:.2f} CPU-µs/event (process), {keys:,} Redis keys, "
+            f"load {os.getloadavg()[0]:.2f}"
+        )
+        print_stages(stages, n, cpu)
+    if "baseline" in parts:
+        baselines(args, tmp, settings, events_path, client)
+    # 3. Freshness at a steady rate, and at half the measured maximum.
+    if "freshness" in parts:
+        for i, target in enumerate((args.rate, int(rate / 2))):
+            if target:
+                client.flushall()
+                freshness(events_path, settings, server.url, target, args.rate_seconds, f"f{i}")
+    # 4. Memory per live session.
+    if "memory" in parts:
+        memory_per_session(events_path, min(200_000, n))
+    # 5. Keys left after the gap.
+    if "gap" in parts:
+        client.flushall()
+        keys_after_gap(events_path, settings, server.url)
+    if args.profile:
+        client.flushall()
+        profile = cProfile.Profile()
+        profile.enable()
+        replay(write_prefix(events_path, tmp / "profiled.jsonl", 100_000), settings, "batch")
+        profile.disable()
+        print("\n[profile] top functions by own time (batch shape, 100k events):")
+        pstats.Stats(profile).sort_stats("tottime").print_stats(22)
 
+
+def baselines(
+    args: argparse.Namespace, tmp: Path, settings: Settings, events_path: Path, client: Any
+) -> None:
+    """The per-event shape and Feast's write_to_online_store, each next to the batch shape."""
     # 2. Baselines on prefixes: the per-event shape, and Feast's write_to_online_store.
     prefix = write_prefix(events_path, tmp / "prefix.jsonl", args.baseline_events)
     client.flushall()
@@ -149,27 +188,6 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
         f"Feast write_to_online_store {feast_rate:,.0f} events/s, "
         f"ratio {fast_rate / feast_rate:.1f}x; load {os.getloadavg()[0]:.2f}"
     )
-
-    # 3. Freshness at a steady rate, and at half the measured maximum.
-    for i, target in enumerate((args.rate, int(rate / 2))):
-        client.flushall()
-        freshness(events_path, settings, server.url, target, args.rate_seconds, f"fresh{i}")
-
-    # 4. Memory per live session.
-    memory_per_session(events_path, min(200_000, n))
-
-    # 5. Keys left after the gap.
-    client.flushall()
-    keys_after_gap(events_path, settings, server.url)
-
-    if args.profile:
-        client.flushall()
-        profile = cProfile.Profile()
-        profile.enable()
-        replay(prefix, settings, "batch")
-        profile.disable()
-        print("\n[profile] top functions by own time (batch shape, prefix run):")
-        pstats.Stats(profile).sort_stats("tottime").print_stats(22)
 
 
 def prepare_repo(tmp: Path, redis_url: str) -> Settings:

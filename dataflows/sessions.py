@@ -51,7 +51,7 @@ from prometheus_client import Counter
 
 from dataflows import metrics
 from dataflows.batching import micro_batch, shard_chunks
-from dataflows.gc_tuning import tune_gc
+from dataflows.gc_tuning import tune_gc, tune_switch_interval
 from dataflows.metrics import FlowStats
 from dataflows.sinks import DeadLetterSink, EventLogSink, FeatureSink, WriterFactory
 from dataflows.sources import FileReplaySource, RedisStreamSource, SourceItem
@@ -492,6 +492,7 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
     """
     env = os.environ if environ is None else environ
     tune_gc()
+    tune_switch_interval()
     settings = Settings.from_env(env)
     source = source_from_env(env, settings, tombstones=True)
     dead: DeadLetterSink
