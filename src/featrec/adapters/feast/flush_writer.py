@@ -29,9 +29,9 @@ from typing import Any, Final
 import hiredis
 import redis
 
+from featrec.adapters.errors import translated
 from featrec.adapters.feast.layout import resp
 from featrec.adapters.feast.layout.values import InvalidFeatureRow, encode_timestamp, view_of
-from featrec.adapters.feast.repo import translate_store_errors
 from featrec.adapters.feast.writers import _CAS_SCRIPT, RedisLayoutWriter, Views
 from featrec.core.features import catalog
 from featrec.core.features.rows import FeatureRow
@@ -76,7 +76,7 @@ class FlushWriter(RedisLayoutWriter):
     def write(self, rows: Sequence[FeatureRow]) -> int:
         if not rows:
             return 0
-        with translate_store_errors("writing Feast's Redis layout"):
+        with translated("writing Feast's Redis layout"):
             return self._write(rows)
 
     def _write(self, rows: Sequence[FeatureRow]) -> int:

@@ -15,7 +15,6 @@ replaced atomically by a copy without them (a file left empty is deleted).
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
