@@ -127,3 +127,18 @@ def test_snapshots_keep_touch_order_and_pending_rows() -> None:
     ]
     resumed = SessionShard.from_bytes(shard.to_bytes(), POLICY, 60.0, now=500.0)
     assert resumed.next_expiry() == 560.0  # a resumed flow gives its sessions a full TTL
+
+
+def test_snapshots_are_incremental_and_exact() -> None:
+    shard = SessionShard(POLICY, 60.0)
+    shard.fold_batch([Arrival(ev(i, f"s{i % 5}", i), 1.0, "o") for i in range(20)], 1.0)
+    first = shard.to_bytes()
+    assert shard.stale == set()
+    shard.fold_batch([Arrival(ev(99, "s1", 50), 1.0, "o")], 2.0)
+    assert shard.stale == {"s1"}
+    shard.forget("s2")
+    second = shard.to_bytes()
+    again = SessionShard.from_bytes(second, POLICY, 60.0)
+    assert again.states == shard.states and list(again.touched) == list(shard.touched)
+    assert SessionShard.from_bytes(first, POLICY, 60.0).states["s1"].n_events == 4
+    assert again.states["s1"].n_events == 5 and "s2" not in again.states

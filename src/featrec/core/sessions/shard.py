@@ -13,8 +13,9 @@ the same :func:`~featrec.core.sessions.fold.fold`; the shard only adds bookkeepi
   :meth:`expire` drops idle sessions from the front in O(expired), and :meth:`next_expiry`
   says when the next one is due. A dirty session's row is returned before it is dropped.
 - **Forget.** :meth:`forget` drops a session's state and its pending row.
-- **Snapshots.** :meth:`to_bytes` is one msgpack blob (immutable and cheap: ~1 µs per
-  session, versus a deep copy of every object); :meth:`from_bytes` rebuilds the shard.
+- **Snapshots.** :meth:`to_bytes` is one msgpack blob (immutable, and incremental: only the
+  sessions changed since the last snapshot are encoded again, the others' bytes are reused;
+  a deep copy would copy every object); :meth:`from_bytes` rebuilds the shard.
 
 System time is always passed in (``now``, unix seconds), so tests drive it.
 """
@@ -35,7 +36,7 @@ from featrec.core.features.rows import FeatureRow
 from featrec.core.sessions.fold import Outcome, SessionPolicy, SessionState, fold, session_row
 
 #: Version of the snapshot layout; a blob of another version is refused.
-SNAPSHOT_FORMAT: Final = 1
+SNAPSHOT_FORMAT: Final = 2
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder()
@@ -50,7 +51,7 @@ class Forget(NamedTuple):
 class SessionShard:
     """The sessions of one shard (see the module docstring)."""
 
-    __slots__ = ("dirty", "policy", "states", "touched", "ttl_s")
+    __slots__ = ("blobs", "dirty", "policy", "stale", "states", "touched", "ttl_s")
 
     def __init__(self, policy: SessionPolicy, ttl_s: float) -> None:
         self.policy = policy
@@ -60,6 +61,10 @@ class SessionShard:
         self.touched: dict[str, float] = {}
         #: session id -> newest ``ingested_at`` folded since the session's last row.
         self.dirty: dict[str, float] = {}
+        #: session id -> its state as msgpack, as of the last snapshot (snapshots are
+        #: incremental: only sessions changed since then, ``stale``, are encoded again).
+        self.blobs: dict[str, bytes] = {}
+        self.stale: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.states)
@@ -73,6 +78,7 @@ class SessionShard:
         and how many sessions were created.
         """
         states, touched, dirty, policy = self.states, self.touched, self.dirty, self.policy
+        stale = self.stale
         late: list[tuple[int, int]] = []
         created = 0
         for i, arrival in enumerate(arrivals):
@@ -89,6 +95,7 @@ class SessionShard:
             if fold(state, event, policy) is Outcome.LATE:
                 late.append((i, newest_us))
                 continue
+            stale.add(sid)
             seen = dirty.get(sid)
             ingested_at = arrival[1]
             if seen is None or ingested_at > seen:
@@ -113,6 +120,8 @@ class SessionShard:
         rows: list[FeatureRow] = []
         for sid in gone:
             del self.touched[sid]
+            self.blobs.pop(sid, None)
+            self.stale.discard(sid)
             state = self.states.pop(sid)
             pending = self.dirty.pop(sid, None)
             if pending is not None:
@@ -129,6 +138,8 @@ class SessionShard:
         """Drop a session's state and pending row; whether it was held."""
         self.touched.pop(session_id, None)
         self.dirty.pop(session_id, None)
+        self.blobs.pop(session_id, None)
+        self.stale.discard(session_id)
         return self.states.pop(session_id, None) is not None
 
     def drop_where(self, denied: Callable[[SessionState], bool]) -> int:
@@ -139,10 +150,20 @@ class SessionShard:
         return len(gone)
 
     def to_bytes(self) -> bytes:
-        """The whole shard as one msgpack blob (touch order and pending rows included)."""
-        rows = [_state_tuple(self.states[sid], at) for sid, at in self.touched.items()]
+        """The whole shard as one msgpack blob (touch order and pending rows included).
+
+        Only sessions changed since the last call are encoded; the others' bytes are reused
+        (``msgspec.Raw``), so a snapshot of mostly idle sessions costs little."""
+        encode, blobs, states = _ENCODER.encode, self.blobs, self.states
+        for sid in self.stale:
+            state = states.get(sid)
+            if state is not None:
+                blobs[sid] = encode(_state_list(state))
+        self.stale = set()
+        raw = [msgspec.Raw(blobs[sid]) for sid in self.touched]
+        times = list(self.touched.values())
         dirty = [[sid, at] for sid, at in self.dirty.items()]
-        return _ENCODER.encode([SNAPSHOT_FORMAT, rows, dirty])
+        return encode([SNAPSHOT_FORMAT, raw, times, dirty])
 
     @classmethod
     def from_bytes(
@@ -150,28 +171,29 @@ class SessionShard:
     ) -> SessionShard:
         """Rebuild a shard; with ``now``, every session counts as touched at ``now`` (a resumed
         flow gives its sessions a full TTL, as a fresh timer would)."""
-        version, rows, dirty = _DECODER.decode(data)
+        version, rows, times, dirty = _DECODER.decode(data)
         if version != SNAPSHOT_FORMAT:
             raise ValueError(f"session shard snapshot format {version}, expected {SNAPSHOT_FORMAT}")
         shard = cls(policy, ttl_s)
-        for fields in rows:
-            state, at = _state_of(fields)
+        for fields, at in zip(rows, times, strict=True):
+            state = _state_of(fields)
             shard.states[state.session_id] = state
             shard.touched[state.session_id] = at if now is None else now
         shard.dirty = {sid: at for sid, at in dirty}
+        shard.stale = set(shard.states)
         return shard
 
 
-def _state_tuple(s: SessionState, touched_at: float) -> list[Any]:
+def _state_list(s: SessionState) -> list[Any]:
     return [
         s.session_id, s.user_id, s.version, s.n_events, s.n_views, s.n_clicks, s.n_carts,
         s.n_purchases, list(s.items), s.recent, s.started_us, s.last_us, s.last_category,
-        s.last_price, s.cart_value, s.user_key, touched_at,
+        s.last_price, s.cart_value, s.user_key,
     ]  # fmt: skip
 
 
-def _state_of(f: list[Any]) -> tuple[SessionState, float]:
-    state = SessionState(
+def _state_of(f: list[Any]) -> SessionState:
+    return SessionState(
         session_id=f[0],
         user_id=f[1],
         version=f[2],
@@ -189,7 +211,6 @@ def _state_of(f: list[Any]) -> tuple[SessionState, float]:
         cart_value=f[14],
         user_key=(f[15][0], f[15][1]),
     )
-    return state, f[16]
 
 
 def late_letter(event: Event, origin: str, newest_us: int, policy: SessionPolicy) -> DeadLetter:
