@@ -2,71 +2,95 @@
 
 Everything is real: a private redis-server started here, a Feast repo applied to a temp dir,
 the production flow (``dataflows.sessions.build_flow``) run in-process by
-``bytewax.testing.run_main`` with one worker. Figures printed:
+``bytewax.testing.run_main`` with one worker. Printed, in one run:
 
-1. throughput: generated events/s from file replay to rows in Redis (fast writer), plus the
-   Parquet event log and dead letters, over ``--events`` events (>= 10k concurrent sessions);
-2. the same prefix of ``--feast-events`` events through the fast writer and through Feast's
-   ``write_to_online_store`` (``FEATREC_WRITER=feast``), measured in this run: the ratio;
-3. freshness p50/p99 at a steady ``--rate`` events/s published to a Redis Stream: from the
-   XADD (the stream id's millisecond clock) to the write of the row that includes the event;
-4. memory per live session (tracemalloc over folded session states and their snapshots);
-5. keys left after the gap: live sessions still held once ``state_ttl`` has passed idle;
-6. with ``--profile``: where the time goes (cProfile of a throughput run).
+1. **throughput**: ``--events`` generated events (>= ``--concurrent`` concurrent sessions)
+   from file replay to rows in Redis (``FlushWriter``), with the Parquet event log and the
+   dead-letter file; wall events/s and process CPU-µs per event, and CPU-µs per event by
+   stage (each stage's functions timed with ``thread_time``; the event log's on its thread);
+2. **baseline**: the per-event shape (``FEATREC_FLOW_SHAPE=per-event``, the read-guarded
+   ``RedisLayoutWriter``, the event log written inline) on the first ``--baseline-events``,
+   and Feast's ``write_to_online_store`` path (``FEATREC_WRITER=feast``) on the first
+   ``--feast-events`` next to the batch shape on the same prefix: the ratios;
+3. **freshness** p50/p99/max at a steady ``--rate`` events/s and at half the measured maximum:
+   a separate producer process XADDs the events at that pace to a Redis Stream; a sample is
+   a written row: from its newest event's XADD (the stream id's millisecond clock) to the
+   moment the write's replies are read (the row is readable);
+4. **memory** per live session: tracemalloc over a shard's session states and bookkeeping,
+   and the snapshot (msgpack) bytes per session;
+5. **gap**: live session states once the state TTL has passed idle (must be 0).
 
-    .venv/bin/python benchmarks/ingest.py                      # 1M events, ~3-5 min
-    .venv/bin/python benchmarks/ingest.py --events 200000 --feast-events 20000 --profile
+    flock /tmp/featrec-heavy.lock .venv/bin/python benchmarks/ingest.py     # 1M events, ~4 min
+    .venv/bin/python benchmarks/ingest.py --events 200000 --baseline-events 50000 --profile
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-from dataflows import metrics  # noqa: E402
-from dataflows.gc_tuning import tune_gc  # noqa: E402
+from dataflows import metrics, session_shards, sinks, sources  # noqa: E402
+from dataflows.gc_tuning import tune_gc, tune_switch_interval  # noqa: E402
 from dataflows.sessions import build_flow  # noqa: E402
 from dataflows.sinks import DeadLetterSink, EventLogSink  # noqa: E402
 from dataflows.sources import FileReplaySource, RedisStreamSource, SourceItem  # noqa: E402
+from featrec.adapters.feast.flush_writer import FlushWriter  # noqa: E402
 from featrec.adapters.feast.repo import apply_repo  # noqa: E402
 from featrec.adapters.feast.writers import open_writer  # noqa: E402
+from featrec.adapters.files import event_log  # noqa: E402
+from featrec.adapters.files.event_files import read_events as read_event_file  # noqa: E402
 from featrec.adapters.files.event_files import write_events  # noqa: E402
-from featrec.adapters.redis.streams import publish  # noqa: E402
+from featrec.adapters.files.event_log import EventLogWriter  # noqa: E402
+from featrec.core.events.batch_decode import Arrival  # noqa: E402
 from featrec.core.events.generator import GeneratorConfig, generate  # noqa: E402
 from featrec.core.events.model import Event  # noqa: E402
 from featrec.core.features.rows import FeatureRow  # noqa: E402
 from featrec.core.ports.features import FeatureWriter  # noqa: E402
-from featrec.core.sessions.fold import fold, new_state  # noqa: E402
+from featrec.core.sessions.shard import SessionShard  # noqa: E402
 from featrec.settings import Settings  # noqa: E402
 from featrec.testing.redis_server import RedisServer  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--concurrent", type=int, default=10_000)
+    ap.add_argument("--baseline-events", type=int, default=200_000)
     ap.add_argument("--feast-events", type=int, default=50_000)
     ap.add_argument("--rate", type=int, default=10_000, help="events/s for the freshness run")
     ap.add_argument("--rate-seconds", type=float, default=20.0)
-    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="cProfile a throughput run too")
+    ap.add_argument(
+        "--parts",
+        default="throughput,baseline,freshness,memory,gap",
+        help="comma-separated parts to run (freshness at half the maximum needs throughput, "
+        "else --half-rate)",
+    )
+    ap.add_argument("--half-rate", type=int, default=0, help="second freshness rate, events/s")
     args = ap.parse_args(argv)
+    print(f"load average at start: {os.getloadavg()}")
 
     with tempfile.TemporaryDirectory(prefix="featrec-ingest-") as tmp_name:
         tmp = Path(tmp_name)
@@ -76,12 +100,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             run(args, tmp, server)
         finally:
             server.stop()
+    print(f"\nload average at end: {os.getloadavg()}")
 
 
 def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
     settings = prepare_repo(tmp, server.url)
     client = server.client()
     tune_gc()  # as dataflows.sessions:flow() does in production
+    tune_switch_interval()
 
     t0 = time.perf_counter()
     config = GeneratorConfig(
@@ -96,47 +122,72 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
     sessions = count_sessions(events_path)
     print(f"generated {n:,} events, {sessions:,} sessions in {time.perf_counter() - t0:.1f} s")
 
-    # 1. Throughput, fast writer, the whole file.
-    rate, wall = replay(events_path, settings, "fast")
-    keys = client.dbsize()
-    print(
-        f"\n[throughput] fast writer: {n:,} events in {wall:.1f} s = {rate:,.0f} events/s "
-        f"end to end ({keys:,} Redis keys, {sessions:,} sessions)"
-    )
-
-    # 2. Same prefix, fast vs Feast's write_to_online_store, same run.
-    prefix = tmp / "prefix.jsonl"
-    with events_path.open() as src, prefix.open("w") as dst:
-        dst.writelines(islice(src, args.feast_events))
-    client.flushall()
-    fast_rate, _ = replay(prefix, settings, "fast")
-    client.flushall()
-    feast_rate, _ = replay(prefix, settings, "feast")
-    print(
-        f"[ratio] {args.feast_events:,} events: fast {fast_rate:,.0f} events/s, "
-        f"Feast write_to_online_store {feast_rate:,.0f} events/s, "
-        f"ratio {fast_rate / feast_rate:.1f}x"
-    )
-
-    # 3. Freshness at a steady rate through the Redis Stream source.
-    client.flushall()
-    freshness(events_path, settings, server.url, args.rate, args.rate_seconds)
-
+    parts = set(args.parts.split(","))
+    rate = float(args.half_rate * 2)
+    # 1. Throughput of the batch shape, the whole file, with CPU by stage.
+    if "throughput" in parts:
+        stages: dict[str, float] = defaultdict(float)
+        with stage_timers(stages):
+            rate, wall, cpu = replay(events_path, settings, "batch")
+        keys = client.dbsize()
+        print(
+            f"\n[throughput] batch shape: {n:,} events in {wall:.1f} s = {rate:,.0f} events/s "
+            f"end to end, {cpu / n * 1e6:.2f} CPU-µs/event (process), {keys:,} Redis keys, "
+            f"load {os.getloadavg()[0]:.2f}"
+        )
+        print_stages(stages, n, cpu)
+    if "baseline" in parts:
+        baselines(args, tmp, settings, events_path, client)
+    # 3. Freshness at a steady rate, and at half the measured maximum.
+    if "freshness" in parts:
+        for i, target in enumerate((args.rate, int(rate / 2))):
+            if target:
+                client.flushall()
+                freshness(events_path, settings, server.url, target, args.rate_seconds, f"f{i}")
     # 4. Memory per live session.
-    memory_per_session(events_path, min(200_000, n))
-
+    if "memory" in parts:
+        memory_per_session(events_path, min(200_000, n))
     # 5. Keys left after the gap.
-    client.flushall()
-    keys_after_gap(events_path, settings, server.url)
-
+    if "gap" in parts:
+        client.flushall()
+        keys_after_gap(events_path, settings, server.url)
     if args.profile:
         client.flushall()
         profile = cProfile.Profile()
         profile.enable()
-        replay(prefix, settings, "fast")
+        replay(write_prefix(events_path, tmp / "profiled.jsonl", 100_000), settings, "batch")
         profile.disable()
-        print("\n[profile] top functions by own time (fast writer, prefix run):")
-        pstats.Stats(profile).sort_stats("tottime").print_stats(18)
+        print("\n[profile] top functions by own time (batch shape, 100k events):")
+        pstats.Stats(profile).sort_stats("tottime").print_stats(22)
+
+
+def baselines(
+    args: argparse.Namespace, tmp: Path, settings: Settings, events_path: Path, client: Any
+) -> None:
+    """The per-event shape and Feast's write_to_online_store, each next to the batch shape."""
+    # 2. Baselines on prefixes: the per-event shape, and Feast's write_to_online_store.
+    prefix = write_prefix(events_path, tmp / "prefix.jsonl", args.baseline_events)
+    client.flushall()
+    base_rate, _, base_cpu = replay(prefix, settings, "per-event")
+    client.flushall()
+    same_rate, _, same_cpu = replay(prefix, settings, "batch")
+    m = args.baseline_events
+    print(
+        f"\n[baseline] {m:,} events: batch shape {same_rate:,.0f} events/s "
+        f"({same_cpu / m * 1e6:.2f} CPU-µs/event), per-event shape {base_rate:,.0f} events/s "
+        f"({base_cpu / m * 1e6:.2f} CPU-µs/event): {same_rate / base_rate:.1f}x events/s, "
+        f"{base_cpu / same_cpu:.1f}x less CPU; load {os.getloadavg()[0]:.2f}"
+    )
+    feast_prefix = write_prefix(events_path, tmp / "feast.jsonl", args.feast_events)
+    client.flushall()
+    fast_rate, _, _ = replay(feast_prefix, settings, "batch")
+    client.flushall()
+    feast_rate, _, _ = replay(feast_prefix, settings, "feast")
+    print(
+        f"[ratio] {args.feast_events:,} events: batch shape {fast_rate:,.0f} events/s, "
+        f"Feast write_to_online_store {feast_rate:,.0f} events/s, "
+        f"ratio {fast_rate / feast_rate:.1f}x; load {os.getloadavg()[0]:.2f}"
+    )
 
 
 def prepare_repo(tmp: Path, redis_url: str) -> Settings:
@@ -157,21 +208,108 @@ def count_sessions(path: Path) -> int:
         return len({json.loads(line)["session_id"] for line in f})
 
 
-def replay(path: Path, settings: Settings, writer: str) -> tuple[float, float]:
-    """Run the production flow over a file; returns (events/s, wall seconds)."""
-    s = settings.with_(writer=writer)
+def write_prefix(src: Path, dst: Path, n: int) -> Path:
+    with src.open() as f, dst.open("w") as out:
+        out.writelines(islice(f, n))
+    return dst
+
+
+class InlineEventLogSink(DynamicSink[list[Event]]):
+    """The per-event shape's event log as it was: Parquet written inside ``write_batch``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _InlineLog:
+        return _InlineLog(EventLogWriter(self.directory, f"w{worker_index}"))
+
+
+class _InlineLog(StatelessSinkPartition[list[Event]]):
+    def __init__(self, writer: EventLogWriter) -> None:
+        self.writer = writer
+
+    def write_batch(self, items: list[list[Event]]) -> None:
+        events = list(chain.from_iterable(items))
+        if events:
+            self.writer.write(events)
+
+
+def flow_parts(s: Settings, shape: str, name: str) -> dict[str, Any]:
+    """Writer factory and sinks of one shape (the baseline keeps the old writer and log)."""
+    if shape == "per-event":
+        return {
+            "writer_factory": lambda: open_writer(s),
+            "dead_letter_sink": DeadLetterSink(file=s.dead_letter_file),
+            "event_log_sink": InlineEventLogSink(s.event_log_dir / name),
+        }
+    return {
+        "writer_factory": lambda: open_writer(s, flow=True, exclusive=True),
+        "dead_letter_sink": DeadLetterSink(file=s.dead_letter_file),
+        "event_log_sink": EventLogSink(s.event_log_dir / name),
+    }
+
+
+def replay(path: Path, settings: Settings, shape: str) -> tuple[float, float, float]:
+    """Run the flow over a file; (events/s, wall s, process CPU s)."""
+    writer = "feast" if shape == "feast" else "fast"
+    s = settings.with_(writer=writer, flow_shape="per-event" if shape == "per-event" else "batch")
     lines = sum(1 for _ in path.open())
-    flow = build_flow(
-        FileReplaySource([path]),
-        s,
-        writer_factory=lambda: open_writer(s),
-        dead_letter_sink=DeadLetterSink(file=s.dead_letter_file),
-        event_log_sink=EventLogSink(s.event_log_dir / writer),
-    )
-    t0 = time.perf_counter()
+    flow = build_flow(FileReplaySource([path]), s, **flow_parts(s, shape, shape))
+    t0, c0 = time.perf_counter(), time.process_time()
     run_main(flow)
-    wall = time.perf_counter() - t0
-    return lines / wall, wall
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return lines / wall, wall, cpu
+
+
+# -- CPU by stage ------------------------------------------------------------------------------
+
+STAGES = {
+    "source (read lines)": (sources._FilePartition, "next_batch"),
+    "decode + validate + route": (session_shards, "decode_to_shards"),
+    "fold": (SessionShard, "fold_batch"),
+    "rows (newest per session) + TTL": (SessionShard, "take_rows"),
+    "rows on expiry": (SessionShard, "expire"),
+    "encode + write (FlushWriter)": (FlushWriter, "write"),
+    "sink (coalesce, metrics, status)": (sinks._FeatureSinkPartition, "write_batch"),
+    "event log hand-over": (event_log.BackgroundEventLog, "append"),
+    "event log Parquet (own thread)": (EventLogWriter, "write"),
+}
+
+
+@contextmanager
+def stage_timers(totals: dict[str, float]) -> Iterator[None]:
+    """Time each stage's function with ``thread_time`` (CPU of the thread that runs it)."""
+    saved = []
+    for name, (owner, attr) in STAGES.items():
+        original = getattr(owner, attr)
+        saved.append((owner, attr, original))
+
+        def timed(*a: Any, _f: Callable[..., Any] = original, _n: str = name, **k: Any) -> Any:
+            c0 = time.thread_time()
+            try:
+                return _f(*a, **k)
+            finally:
+                totals[_n] += time.thread_time() - c0
+
+        setattr(owner, attr, timed)
+    try:
+        yield
+    finally:
+        for owner, attr, original in saved:
+            setattr(owner, attr, original)
+
+
+def print_stages(totals: dict[str, float], n: int, cpu: float) -> None:
+    print("  CPU-µs per event by stage:")
+    # The sink's figure includes the writer's: report the difference.
+    totals["sink (coalesce, metrics, status)"] -= totals["encode + write (FlushWriter)"]
+    for name in STAGES:
+        print(f"    {name:<36} {totals[name] / n * 1e6:6.2f}")
+    rest = cpu - sum(totals.values())
+    print(f"    {'bytewax engine, GC, the rest':<36} {rest / n * 1e6:6.2f}")
+
+
+# -- freshness ---------------------------------------------------------------------------------
 
 
 class TimingWriter:
@@ -241,11 +379,77 @@ class BoundedStream(FixedPartitionedSource[SourceItem, Any]):
         return _Bounded(part, self.limit, self.idle_s, self.on_end)
 
 
-def read_events(path: Path, limit: int) -> list[Event]:
-    from featrec.adapters.files.event_files import read_events as read
+# A producer of its own process (the flow's process must not pay for it): XADDs raw JSON lines
+# in pipelined bursts of rate/200 on a steady schedule; prints when the steady phase starts.
+PRODUCER = r"""
+import sys, time, redis
+url, stream, path, rate, total, warmup = sys.argv[1:7]
+rate, total, warmup = int(rate), int(total), int(warmup)
+with open(path) as f:
+    lines = [line.rstrip("\n") for _, line in zip(range(total + warmup), f)]
+client = redis.Redis.from_url(url)
+pipe = client.pipeline(transaction=False)
+for line in lines[:warmup]:
+    pipe.xadd(stream, {"e": line})
+pipe.execute()
+time.sleep(3.0)
+print(time.time(), flush=True)
+chunk = max(1, rate // 200)
+start = time.perf_counter()
+for i in range(warmup, len(lines), chunk):
+    pause = start + (i - warmup) / rate - time.perf_counter()
+    if pause > 0:
+        time.sleep(pause)
+    for line in lines[i : i + chunk]:
+        pipe.xadd(stream, {"e": line})
+    pipe.execute()
+print(time.perf_counter() - start, flush=True)
+"""
 
+
+def freshness(
+    path: Path, settings: Settings, url: str, rate: int, seconds: float, name: str
+) -> None:
+    """Publish at a steady rate from another process while the flow runs; percentiles."""
+    total = int(rate * seconds)
+    warmup = 500
+    samples: list[tuple[float, float]] = []
+    s = settings.with_(stream=f"bench:{name}")
+    parts = flow_parts(s, "batch", name)
+    parts["writer_factory"] = lambda: TimingWriter(
+        open_writer(s, flow=True, exclusive=True), samples
+    )
+    source = BoundedStream(RedisStreamSource(url, [s.stream], batch_size=1000), total + warmup)
+    flow = build_flow(source, s, **parts)
+    producer = subprocess.Popen(
+        [sys.executable, "-c", PRODUCER, url, s.stream, str(path), str(rate), str(total),
+         str(warmup)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    c0, t0 = time.process_time(), time.perf_counter()
+    run_main(flow)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    out, _ = producer.communicate(timeout=60)
+    steady_from_s, produced_s = out.split()[:2]
+    steady_from = float(steady_from_s) - 0.001  # stream ids have millisecond resolution
+    steady = sorted(lat for at, lat in samples if at >= steady_from)
+    q = statistics.quantiles(steady, n=100)
+    print(
+        f"\n[freshness] {total:,} events at {rate:,}/s (published in {float(produced_s):.1f} s) "
+        f"after {warmup} warm-up events, {len(steady):,} row writes: p50 {q[49] * 1000:.1f} ms, "
+        f"p99 {q[98] * 1000:.1f} ms, max {steady[-1] * 1000:.1f} ms (XADD -> row readable; "
+        f"batch deadline {s.batch_deadline_ms:g} ms); flow CPU {cpu / wall * 100:.0f}% of a "
+        f"core; load {os.getloadavg()[0]:.2f}"
+    )
+
+
+# -- memory and the gap ------------------------------------------------------------------------
+
+
+def read_events(path: Path, limit: int) -> list[Event]:
     out = []
-    for item in read(path):
+    for item in read_event_file(path):
         if isinstance(item, Event):
             out.append(item)
             if len(out) >= limit:
@@ -253,82 +457,37 @@ def read_events(path: Path, limit: int) -> list[Event]:
     return out
 
 
-def freshness(path: Path, settings: Settings, url: str, rate: int, seconds: float) -> None:
-    """Publish at a steady rate while the flow runs; percentiles of event->readable."""
-    total = int(rate * seconds)
-    warmup = 500
-    events = read_events(path, total + warmup)
-    samples: list[tuple[float, float]] = []
-    steady_from: list[float] = []
-    s = settings.with_(stream="bench:events")
-    flow = build_flow(
-        BoundedStream(RedisStreamSource(url, [s.stream], batch_size=1000), len(events)),
-        s,
-        writer_factory=lambda: TimingWriter(open_writer(s), samples),
-        dead_letter_sink=DeadLetterSink(file=s.dead_letter_file),
-        event_log_sink=EventLogSink(s.event_log_dir / "fresh"),
-    )
-
-    def produce() -> None:
-        # Warm up first (flow start-up, connections), then publish at a steady rate and
-        # count only events published from then on.
-        publish(url, s.stream, events[:warmup])
-        while not samples:
-            time.sleep(0.01)
-        steady_from.append(time.time() - 0.001)  # stream ids have millisecond resolution
-        chunk = max(1, rate // 200)  # 200 pipelined XADD bursts per second
-        start = time.perf_counter()
-        for i in range(warmup, len(events), chunk):
-            due = start + (i - warmup) / rate
-            pause = due - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            publish(url, s.stream, events[i : i + chunk], batch=chunk)
-
-    producer = threading.Thread(target=produce, daemon=True)
-    t0 = time.perf_counter()
-    producer.start()
-    run_main(flow)
-    producer.join()
-    wall = time.perf_counter() - t0
-    steady = sorted(lat for at, lat in samples if at >= steady_from[0])
-    q = statistics.quantiles(steady, n=100)
-    print(
-        f"\n[freshness] {total:,} events at {rate:,}/s after {warmup} warm-up events, "
-        f"{wall:.1f} s ({len(steady):,} row writes): p50 {q[49] * 1000:.1f} ms, "
-        f"p99 {q[98] * 1000:.1f} ms, max {steady[-1] * 1000:.1f} ms "
-        f"(XADD ms clock -> row written; batch deadline {s.batch_deadline_ms:g} ms)"
-    )
-
-
 def memory_per_session(path: Path, n_events: int) -> None:
-    """Bytes held per live session: fold states + one snapshot copy (what bytewax keeps)."""
-    import pickle
-
+    """Bytes held per live session by a shard (states, TTL order, pending rows) and its
+    snapshot; the FlushWriter's remembered version per session on top."""
     events = read_events(path, n_events)
+    arrivals = [Arrival(e, 1.0, "") for e in events]
     policy = Settings().session_policy
     tracemalloc.start()
     base = tracemalloc.take_snapshot()
-    states: dict[str, Any] = {}
-    for e in events:
-        st = states.get(e.session_id)
-        if st is None:
-            st = states[e.session_id] = new_state(e.session_id)
-        fold(st, e, policy)
+    shard = SessionShard(policy, 1800.0)
+    for i in range(0, len(arrivals), 1000):
+        shard.fold_batch(arrivals[i : i + 1000], 1.0)
+    # The per-session bytes kept for incremental snapshots count as held memory.
+    blob = shard.to_bytes()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
-    held = sum(stat.size_diff for stat in after.compare_to(base, "filename"))
-    pickled = statistics.mean(len(pickle.dumps(st)) for st in states.values())
-    mean_events = len(events) / len(states)
+    held = sum(stat.size_diff for stat in after.compare_to(base, "filename")) - len(blob)
+    known = {"\x00" * 30 + sid: 1 for sid in shard.states}  # ~ the writer's key -> version
+    known_bytes = sys.getsizeof(known) + sum(sys.getsizeof(k) for k in known)
+    n = len(shard)
     print(
-        f"\n[memory] {len(states):,} live sessions (mean {mean_events:.1f} events): "
-        f"{held / len(states):,.0f} bytes of Python state per session; "
-        f"snapshot (pickled) {pickled:,.0f} bytes"
+        f"\n[memory] {n:,} live sessions (mean {len(events) / n:.1f} events): "
+        f"{held / n:,.0f} bytes of Python state per session (shard, with its snapshot bytes), "
+        f"+{known_bytes / n:,.0f} bytes remembered by the writer; "
+        f"snapshot {len(blob) / n:,.0f} bytes per session (msgpack, {len(blob) / 1e6:.1f} MB)"
     )
 
 
 def keys_after_gap(path: Path, settings: Settings, url: str) -> None:
     """Live session states once the state TTL has passed idle (must be 0)."""
+    from featrec.adapters.redis.streams import publish
+
     ttl = 1.0
     s = settings.with_(stream="bench:gap", state_ttl_s=ttl)
     events = read_events(path, 20_000)
@@ -344,9 +503,7 @@ def keys_after_gap(path: Path, settings: Settings, url: str) -> None:
             RedisStreamSource(url, [s.stream]), len(events), idle_s=ttl + 1.5, on_end=record
         ),
         s,
-        writer_factory=lambda: open_writer(s),
-        dead_letter_sink=DeadLetterSink(file=s.dead_letter_file),
-        event_log_sink=EventLogSink(s.event_log_dir / "gap"),
+        **flow_parts(s, "batch", "gap"),
     )
     run_main(flow)
     n_sessions = len({e.session_id for e in events})

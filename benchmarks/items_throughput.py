@@ -110,11 +110,18 @@ def combined(path: Path, settings: Settings, writer: Callable[[], FeatureWriter]
     """The sessions flow, plus the item signal steps on its decoded events (one decode)."""
     flow = sessions_only(path, settings, writer)
     # The sessions flow does not expose its decoded stream; address it by its stream id.
-    arrivals: Stream[Arrival] = Stream(f"{sessions_flow.FLOW_ID}.split.trues", flow._scope)
+    # Batch shape: (shard, [Arrival, ...]) chunks (or a Forget); per-event shape: Arrivals.
+    arrivals: Stream[Any] = Stream(f"{sessions_flow.FLOW_ID}.split.trues", flow._scope)
     clock = EventClock()
     seq = itertools.count()
 
-    def sequenced(batch: list[Arrival]) -> list[Sequenced]:
+    def sequenced(items: list[Any]) -> list[Sequenced]:
+        batch: list[Arrival] = []
+        for item in items:
+            if type(item) is Arrival:
+                batch.append(item)
+            elif isinstance(item, tuple) and isinstance(item[1], list):
+                batch.extend(item[1])
         out = [Sequenced(next(seq), a.event, a.ingested_at) for a in batch]
         if out:
             clock.advance(max(micros(a.event.ts) for a in batch))

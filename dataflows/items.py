@@ -77,7 +77,8 @@ from featrec.app.item_signals import (
     is_reserved,
     reserved_reason,
 )
-from featrec.core.events.formats import DeadLetter, decode
+from featrec.core.events.batch_decode import Arrival, decode_records
+from featrec.core.events.formats import DeadLetter, RawRecord
 from featrec.core.events.model import Event
 from featrec.core.features.rows import FeatureRow, micros
 from featrec.core.items.covisit import NeighbourSketch, PairUpdate, RecentItems
@@ -113,24 +114,30 @@ def decode_batch(
     newest: datetime | None = None
     denied = deny.current() if deny is not None else EMPTY
     n_dropped = 0
+    raw: list[RawRecord] = []
     for record in records:
         if isinstance(record, DeadLetter):
             out.append(record)
             letters.append(record)
-            continue
-        at, origin = record.ingested_at, record.origin
-        for item in decode(record):
-            if isinstance(item, Event) and denied and is_denied(item, denied):
+        else:
+            raw.append(record)
+    # The whole batch is decoded natively (one bad record costs only itself).
+    for item in decode_records(raw):
+        if type(item) is Arrival:
+            event = item.event
+            if denied and is_denied(event, denied):
                 n_dropped += 1
                 continue
-            if isinstance(item, Event) and not is_reserved(item.item_id):
-                out.append(Sequenced(next(seq), item, at))
-                if newest is None or item.ts > newest:
-                    newest = item.ts
+            if not is_reserved(event.item_id):
+                out.append(Sequenced(next(seq), event, item.ingested_at))
+                if newest is None or event.ts > newest:
+                    newest = event.ts
                 continue
-            letter = item if isinstance(item, DeadLetter) else _reserved_letter(item, origin)
-            out.append(letter)
-            letters.append(letter)
+            letter = _reserved_letter(event, item.origin)
+        else:
+            letter = cast(DeadLetter, item)
+        out.append(letter)
+        letters.append(letter)
     n_events = len(out) - len(letters)
     if n_dropped:
         FORGOTTEN.labels(what="item event").inc(n_dropped)
@@ -320,7 +327,8 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
     tune_gc()
     settings = Settings.from_env(env)
     source = source_from_env(env, settings)
-    factory: WriterFactory = partial(open_online_writer, settings)
+    # Not exclusive: `featrec items bootstrap` may write the same rows (each row is guarded).
+    factory: WriterFactory = partial(open_online_writer, settings, exclusive=False)
     return build_flow(
         source,
         settings,

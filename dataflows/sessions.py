@@ -40,21 +40,22 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Final, NamedTuple, Protocol, TypeAlias, TypeGuard, cast
+from typing import Any, Final, Protocol, TypeAlias, TypeGuard, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import KeyedStream, StatefulBatchLogic
-from bytewax.outputs import Sink
+from bytewax.outputs import FixedPartitionedSink, Sink
 from prometheus_client import Counter
 
 from dataflows import metrics
 from dataflows.batching import micro_batch, shard_chunks
-from dataflows.gc_tuning import tune_gc
+from dataflows.gc_tuning import tune_gc, tune_switch_interval
 from dataflows.metrics import FlowStats
 from dataflows.sinks import DeadLetterSink, EventLogSink, FeatureSink, WriterFactory
 from dataflows.sources import FileReplaySource, RedisStreamSource, SourceItem
+from featrec.core.events.batch_decode import Arrival
 from featrec.core.events.formats import DeadLetter, RawRecord, decode
 from featrec.core.events.mapping import parse_mapping
 from featrec.core.events.model import Event
@@ -76,10 +77,13 @@ from featrec.core.sessions.fold import (
     new_state,
     session_row,
 )
+from featrec.core.sessions.shard import Forget
 from featrec.errors import ConfigError, InvalidEvent
 from featrec.settings import FlowSettings, Settings
 
 FLOW_ID: Final = "featrec_sessions"
+#: ``FEATREC_FLOW_SHAPE``: ``batch`` (one item per shard and source batch) or ``per-event``.
+FLOW_SHAPES: Final = ("batch", "per-event")
 #: Keys the row and event-log batches are sharded over, so several workers share the writes.
 #: Bytewax routes a key to a worker by its own hash: with 4 shards on 2 workers all four
 #: landed on one worker (measured); 16 split 6/10.
@@ -93,20 +97,6 @@ FORGOTTEN: Final = Counter(
     "Events and rows dropped by the sessions dataflow because their user or session was forgotten.",
     ["what"],
 )
-
-
-class Arrival(NamedTuple):
-    """A decoded event, with when it entered featrec and where it came from."""
-
-    event: Event
-    ingested_at: float
-    origin: str
-
-
-class Forget(NamedTuple):
-    """A tombstone for one session: its live state must be discarded."""
-
-    session_id: str
 
 
 class DenySource(Protocol):
@@ -297,13 +287,75 @@ def build_flow(
     *,
     writer_factory: WriterFactory,
     dead_letter_sink: Sink[DeadLetter],
-    event_log_sink: Sink[list[Event]],
+    event_log_sink: Sink[list[Event]] | FixedPartitionedSink[list[Event], Any],
     shards: int = DEFAULT_SHARDS,
     status_home: Path | None = None,
     stats: FlowStats | None = None,
     deny: DenySource | None = None,
 ) -> Dataflow:
     """The sessions dataflow over ``source``, writing rows through ``writer_factory()``.
+
+    ``settings.flow_shape`` picks the shape: ``batch`` (default,
+    :mod:`dataflows.session_shards`: one item per shard and source batch) or ``per-event``
+    (:func:`build_per_event_flow`, one item per event; the benchmarks' baseline). The two
+    write the same rows; their step ids (the recovery schema) differ.
+    ``event_log_sink`` receives lists of events (keyed by shard when it is a
+    ``FixedPartitionedSink``, such as :class:`dataflows.sinks.EventLogSink`).
+    ``status_home`` enables the status file (see :class:`dataflows.sinks.FeatureSink`).
+    ``deny`` gives the deny-list of forgotten users (default: nothing denied).
+    """
+    if shards < 1:
+        raise ConfigError(f"shards must be >= 1, got {shards}")
+    if settings.flow_shape not in FLOW_SHAPES:
+        raise ConfigError(
+            f"FEATREC_FLOW_SHAPE must be one of {', '.join(FLOW_SHAPES)}, "
+            f"got {settings.flow_shape!r}"
+        )
+    if settings.state_ttl <= 0:
+        raise ConfigError(f"state TTL must be positive, got {settings.state_ttl} s")
+    deny_source: DenySource = deny if deny is not None else NothingDenied()
+    stats = stats if stats is not None else FlowStats()
+    if settings.flow_shape == "per-event":
+        return build_per_event_flow(
+            source,
+            settings,
+            writer_factory=writer_factory,
+            dead_letter_sink=dead_letter_sink,
+            event_log_sink=event_log_sink,
+            shards=shards,
+            status_home=status_home,
+            stats=stats,
+            deny=deny_source,
+        )
+    from dataflows.session_shards import build_batch_flow
+
+    return build_batch_flow(
+        FLOW_ID,
+        source,
+        settings,
+        writer_factory=writer_factory,
+        dead_letter_sink=dead_letter_sink,
+        event_log_sink=event_log_sink,
+        shards=shards,
+        stats=stats,
+        deny=deny_source,
+        status_home=status_home,
+    )
+
+
+def build_per_event_flow(
+    source: Source[SourceItem],
+    settings: Settings,
+    *,
+    writer_factory: WriterFactory,
+    dead_letter_sink: Sink[DeadLetter],
+    event_log_sink: Sink[list[Event]] | FixedPartitionedSink[list[Event], Any],
+    shards: int = DEFAULT_SHARDS,
+    status_home: Path | None = None,
+    stats: FlowStats | None = None,
+    deny: DenySource | None = None,
+) -> Dataflow:
+    """The per-event sessions dataflow: one bytewax item and key per event and session.
 
     ``event_log_sink`` receives lists of events (batched here, so a sink never buffers).
     ``status_home`` enables the status file (see :class:`dataflows.sinks.FeatureSink`).
@@ -362,7 +414,10 @@ def build_flow(
 
     events = op.flat_map_batch("shard_events", arrivals, shard_events)
     event_batches = micro_batch("batch_events", events, EVENT_LOG_MAX_ROWS, EVENT_LOG_DEADLINE)
-    op.output("event_log", op.key_rm("unkey_events", event_batches), event_log_sink)
+    if isinstance(event_log_sink, FixedPartitionedSink):
+        op.output("event_log", event_batches, event_log_sink)
+    else:
+        op.output("event_log", op.key_rm("unkey_events", event_batches), event_log_sink)
     return flow
 
 
@@ -427,11 +482,12 @@ def source_from_env(
     )
 
 
-def open_online_writer(settings: Settings) -> FeatureWriter:
-    """The configured online-store writer (imported here: Feast is slow to import)."""
+def open_online_writer(settings: Settings, *, exclusive: bool = False) -> FeatureWriter:
+    """The configured online-store writer for a flow's sink (imported here: Feast is slow to
+    import). ``exclusive``: the flow is the only writer of its entities (the sessions flow)."""
     from featrec.adapters.feast.writers import open_writer
 
-    writer: FeatureWriter = open_writer(settings)
+    writer: FeatureWriter = open_writer(settings, flow=True, exclusive=exclusive)
     return writer
 
 
@@ -443,6 +499,7 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
     """
     env = os.environ if environ is None else environ
     tune_gc()
+    tune_switch_interval()
     settings = Settings.from_env(env)
     source = source_from_env(env, settings, tombstones=True)
     dead: DeadLetterSink
@@ -450,7 +507,7 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
         dead = DeadLetterSink(redis_url=settings.stream_url, stream=settings.dead_letter_stream)
     else:
         dead = DeadLetterSink(file=settings.dead_letter_file)
-    factory: Callable[[], FeatureWriter] = partial(open_online_writer, settings)
+    factory: Callable[[], FeatureWriter] = partial(open_online_writer, settings, exclusive=True)
     return build_flow(
         source,
         settings,

@@ -12,18 +12,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
 from typing import Final, TypeVar
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 
 from dataflows import metrics
 from dataflows.metrics import FlowStats
-from featrec.adapters.files.event_log import EventLogWriter
+from featrec.adapters.files.event_log import BackgroundEventLog, EventLogWriter
 from featrec.adapters.files.flow_status import status_path, write_status
 from featrec.adapters.redis.streams import append_dead_letters, connect
 from featrec.core.events.formats import DeadLetter
@@ -235,21 +242,71 @@ class _DeadLetterStreamPartition(StatelessSinkPartition[DeadLetter]):
         self.client.close()
 
 
-class EventLogSink(DynamicSink[list[Event]]):
-    """Appends batches of events to the Parquet event log (one file per batch and date)."""
+class EventLogSink(FixedPartitionedSink[list[Event], None]):
+    """Appends batches of events to the Parquet event log, off the flow's latency path.
 
-    def __init__(self, directory: Path) -> None:
+    Items are ``(key, events)``; the keys (shard names) pick one of ``parts`` partitions.
+    All partitions of a process share one :class:`~featrec.adapters.files.event_log.
+    BackgroundEventLog`: ``write_batch`` hands the events to its thread and returns (it
+    blocks only while the bounded queue is full), so a Parquet write never delays a row
+    write. Each partition's ``snapshot`` (at the end of every epoch, before bytewax commits
+    it) waits until the events handed over are on disk, so a crash after the commit loses
+    nothing; events of an uncommitted epoch are replayed (the log is deduplicated on read).
+    """
+
+    def __init__(self, directory: Path, parts: int = 16, *, max_delay_s: float = 1.0) -> None:
         self.directory = directory
+        self.parts = parts
+        self.max_delay_s = max_delay_s
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _EventLogPartition:
-        return _EventLogPartition(EventLogWriter(self.directory, f"w{worker_index}"))
+    def list_parts(self) -> list[str]:
+        return [str(i) for i in range(self.parts)]
+
+    def part_fn(self, item_key: str) -> int:
+        return int(item_key) if item_key.isdigit() else zlib.crc32(item_key.encode())
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _EventLogPartition:
+        return _EventLogPartition(_shared_log(self.directory, self.max_delay_s))
 
 
-class _EventLogPartition(StatelessSinkPartition[list[Event]]):
-    def __init__(self, writer: EventLogWriter) -> None:
-        self.writer = writer
+_LOGS: dict[Path, tuple[BackgroundEventLog, list[int]]] = {}
+_LOGS_LOCK = threading.Lock()
+
+
+def _shared_log(directory: Path, max_delay_s: float) -> BackgroundEventLog:
+    with _LOGS_LOCK:
+        entry = _LOGS.get(directory)
+        if entry is None:
+            writer = EventLogWriter(directory, f"p{os.getpid()}")
+            entry = _LOGS[directory] = (BackgroundEventLog(writer, max_delay_s=max_delay_s), [0])
+        entry[1][0] += 1
+        return entry[0]
+
+
+def _release_log(log_: BackgroundEventLog) -> None:
+    with _LOGS_LOCK:
+        for directory, (held, users) in list(_LOGS.items()):
+            if held is log_:
+                users[0] -= 1
+                if users[0] == 0:
+                    del _LOGS[directory]
+                    break
+        else:
+            return
+    log_.close()
+
+
+class _EventLogPartition(StatefulSinkPartition[list[Event], None]):
+    def __init__(self, log_: BackgroundEventLog) -> None:
+        self.log = log_
 
     def write_batch(self, items: list[list[Event]]) -> None:
         events = list(chain.from_iterable(items))
         if events:
-            self.writer.write(events)
+            self.log.append(events)
+
+    def snapshot(self) -> None:
+        self.log.drain()
+
+    def close(self) -> None:
+        _release_log(self.log)

@@ -51,6 +51,7 @@ OnlineStore = Literal["sqlite", "redis"]
 Writer = Literal["fast", "feast"]
 RequestLog = Literal["sqlite", "redis"]
 SourceFormat = Literal["featrec", "otto", "session-rec"]
+FlowShape = Literal["batch", "per-event"]
 ONLINE_STORES: Final = get_args(OnlineStore)
 WRITERS: Final = get_args(Writer)
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
@@ -145,6 +146,11 @@ class Settings(EnvModel):
         "the project directory, holding `featrec.toml` (see `featrec.project`); inside one, "
         "`home` and `repo` default to its `.featrec/` and `feature_repo/`",
         shown="found from the working directory",
+    )
+    flow_shape: FlowShape = var(
+        "batch",
+        "sessions dataflow shape: `batch` (one item per shard and source batch) or "
+        "`per-event` (the previous shape, kept as the benchmarks' baseline)",
     )
 
     @field_validator("redis_url", "bus_url")

@@ -20,6 +20,9 @@ from typing import Any
 import pytest
 import redis
 
+from featrec.adapters.feast.flush_writer import (
+    FlushWriter,
+)
 from featrec.adapters.feast.layout.values import InvalidFeatureRow
 from featrec.adapters.feast.reader import FeastOnlineReader
 from featrec.adapters.feast.repo import open_store
@@ -124,6 +127,8 @@ FEAST_CASES = [
     "feast_batch-redis",
     "redis_layout-redis",
     "redis_layout_lua-redis",
+    "redis_flush-redis",
+    "redis_flush_remember-redis",
 ]
 
 
@@ -134,13 +139,20 @@ def make_case(name: str, request: pytest.FixtureRequest) -> Case:
     kind, backend = name.split("-")
     store = request.getfixturevalue(f"{backend}_store")
     writer: FeatureWriter
+    settings: Settings
+    client: redis.Redis[bytes]
     if kind == "feast_api":
         writer = FeastApiWriter(store)
     elif kind == "feast_batch":
         writer = FeastBatchWriter(store)
+    elif kind.startswith("redis_flush"):
+        settings = request.getfixturevalue("redis_settings")
+        client = redis.Redis.from_url(settings.redis_url)
+        remember = kind == "redis_flush_remember"
+        writer = FlushWriter(client, "featrec", remember=remember, owns_client=True)
     else:
-        settings: Settings = request.getfixturevalue("redis_settings")
-        client: redis.Redis[bytes] = redis.Redis.from_url(settings.redis_url)
+        settings = request.getfixturevalue("redis_settings")
+        client = redis.Redis.from_url(settings.redis_url)
         guard = "lua" if kind == "redis_layout_lua" else "read"
         writer = RedisLayoutWriter(client, "featrec", guard=guard, owns_client=True)
     request.addfinalizer(writer.close)
@@ -334,6 +346,8 @@ def writer_of(kind: str, store: Any, settings: Settings) -> FeatureWriter:
     if kind == "batch":
         return FeastBatchWriter(store)
     client: redis.Redis[bytes] = redis.Redis.from_url(settings.redis_url)
+    if kind in ("flush", "remember"):
+        return FlushWriter(client, "featrec", remember=kind == "remember")
     return RedisLayoutWriter(client, "featrec", guard="lua" if kind == "lua" else "read")
 
 
@@ -346,6 +360,9 @@ def writer_of(kind: str, store: Any, settings: Settings) -> FeatureWriter:
         ("redis", "api", "lua"),
         ("redis", "batch", "layout"),
         ("redis", "lua", "batch"),
+        ("redis", "api", "flush"),
+        ("redis", "layout", "remember"),
+        ("redis", "remember", "api"),
     ],
 )
 def test_writers_guard_against_each_others_rows(
@@ -376,7 +393,7 @@ def test_every_redis_writer_stores_the_same_bytes(
         row(TRENDING, "i1", 999_999, trending_values(1.5, category="é")),
     ]
     snapshots = {}
-    for kind in ("api", "batch", "layout", "lua"):
+    for kind in ("api", "batch", "layout", "lua", "flush", "remember"):
         client.flushdb()
         assert writer_of(kind, redis_store, redis_settings).write(rows) == len(rows)
         snapshots[kind] = {key: client.hgetall(key) for key in client.scan_iter()}
@@ -384,6 +401,8 @@ def test_every_redis_writer_stores_the_same_bytes(
     assert snapshots["batch"] == snapshots["api"]
     assert snapshots["layout"] == snapshots["api"]
     assert snapshots["lua"] == snapshots["api"]
+    assert snapshots["flush"] == snapshots["api"]
+    assert snapshots["remember"] == snapshots["api"]
 
 
 @pytest.mark.parametrize("guard", ["read", "lua"])

@@ -41,6 +41,7 @@ BAD_FROM_ENV = {
     "FEATREC_STATE_TTL_S": ("nan", "a finite number > 0"),
     "FEATREC_ITEM_WRITE_INTERVAL_S": ("soon", "a finite number >= 0"),
     "FEATREC_ITEM_IDLE_S": ("inf", "a finite number > 0"),
+    "FEATREC_FLOW_SHAPE": ("per-batch", "one of: batch, per-event"),
     "FEATREC_SERVE_MAX_BODY_BYTES": ("64k", "an integer >= 1"),
     "FEATREC_SERVE_RATE_LIMIT": ("fast", "a finite number >= 0"),
     "FEATREC_SERVE_RATE_BURST": ("0", "an integer >= 1"),
@@ -275,6 +276,7 @@ OLD_DEFAULTS = {
     "item_write_interval_s": 5.0,
     "item_idle_s": 600.0,
     "project": None,
+    "flow_shape": "batch",
 }
 
 

@@ -339,16 +339,32 @@ class RedisLayoutWriter:
             self._client.close()
 
 
-def open_writer(settings: Settings, store: FeatureStore | None = None) -> FeatureWriter:
+def open_writer(
+    settings: Settings,
+    store: FeatureStore | None = None,
+    *,
+    flow: bool = False,
+    exclusive: bool = False,
+) -> FeatureWriter:
     """The writer ``settings`` ask for.
 
     ``writer="feast"``: :class:`FeastApiWriter`. ``writer="fast"``: :class:`RedisLayoutWriter`
     on Redis (client from ``settings.redis_url``), :class:`FeastBatchWriter` on SQLite.
+    ``flow=True`` (a dataflow's sink) picks, on Redis,
+    :class:`~featrec.adapters.feast.flush_writer.FlushWriter` (one round trip per call);
+    ``exclusive=True`` says the caller is the only writer of its entities, so that writer may
+    remember what it wrote instead of guarding every row in Redis.
     """
     if settings.writer == "feast":
         return FeastApiWriter(store if store is not None else open_store(settings))
     if settings.online_store == "redis":
         project, ttl = redis_layout_options(settings)
         client = redis.Redis.from_url(settings.redis_url)
+        if flow:
+            from featrec.adapters.feast.flush_writer import FlushWriter
+
+            return FlushWriter(
+                client, project, key_ttl_seconds=ttl, remember=exclusive, owns_client=True
+            )
         return RedisLayoutWriter(client, project, key_ttl_seconds=ttl, owns_client=True)
     return FeastBatchWriter(store if store is not None else open_store(settings))

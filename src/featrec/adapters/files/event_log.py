@@ -15,6 +15,9 @@ replaced atomically by a copy without them (a file left empty is deleted).
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
@@ -146,3 +149,99 @@ def remove_events(
         removed += n
         files += 1
     return removed, files
+
+
+class BackgroundEventLog:
+    """An :class:`EventLogWriter` on its own thread, fed through a bounded queue.
+
+    :meth:`append` hands a batch over and returns at once, unless ``max_pending`` batches
+    are already waiting: then it blocks until there is room (backpressure, nothing dropped).
+    The thread buffers events and writes a file set when ``max_rows`` are buffered,
+    ``max_delay_s`` after the first buffered event, or when :meth:`drain` asks. ``drain``
+    blocks until everything appended before it is on disk: a caller that must not lose
+    events on a crash (a dataflow's snapshot, before its epoch is committed) calls it.
+    A write error is raised from the next ``append`` or ``drain``.
+    """
+
+    def __init__(
+        self,
+        writer: EventLogWriter,
+        *,
+        max_pending: int = 256,
+        max_rows: int = 20_000,
+        max_delay_s: float = 1.0,
+    ) -> None:
+        self.writer = writer
+        self.max_rows = max_rows
+        self.max_delay_s = max_delay_s
+        self._queue: queue.Queue[list[Event] | int | None] = queue.Queue(maxsize=max_pending)
+        self._done = threading.Condition()
+        self._appended = 0  # batches handed over
+        self._written = 0  # batches on disk
+        self._drains = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="featrec-event-log", daemon=True)
+        self._thread.start()
+
+    def append(self, events: list[Event]) -> None:
+        self._check()
+        if events:
+            self._appended += 1
+            self._queue.put(events)
+
+    def drain(self) -> None:
+        """Block until every batch appended so far is written."""
+        self._check()
+        target = self._appended
+        if target == self._written:
+            return
+        self._queue.put(target)
+        with self._done:
+            while self._written < target and self._error is None:
+                self._done.wait(0.1)
+        self._check()
+
+    def close(self) -> None:
+        self.drain()
+        self._queue.put(None)
+        self._thread.join()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"event log writer failed: {self._error}") from self._error
+
+    def _run(self) -> None:
+        buffer: list[Event] = []
+        batches = 0
+        first_at = 0.0
+        while True:
+            timeout = (
+                None if not buffer else max(0.0, first_at + self.max_delay_s - time.monotonic())
+            )
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = 0  # the deadline passed: write what is buffered
+            if isinstance(item, list):
+                if not buffer:
+                    first_at = time.monotonic()
+                buffer.extend(item)
+                batches += 1
+                if len(buffer) < self.max_rows:
+                    continue
+            if buffer or batches:
+                try:
+                    if buffer:
+                        self.writer.write(buffer)
+                except BaseException as exc:  # surfaced to the flow by append/drain
+                    with self._done:
+                        self._error = exc
+                        self._done.notify_all()
+                    return
+                buffer = []
+                with self._done:
+                    self._written += batches
+                    self._done.notify_all()
+                batches = 0
+            if item is None:
+                return

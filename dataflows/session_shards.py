@@ -1,0 +1,375 @@
+"""The batch-shaped sessions dataflow: one bytewax item is a shard's share of a source batch.
+
+Steps (ids in quotes)::
+
+    "input" -> "decode" -> "split" --(shard, arrivals)--> "sessions" -> "split_late"
+                  |           |   (fold a shard's sessions; TTL,     |rows        |late events
+                  |           |    newest row per session per flush) |            v
+                  |           |                         "unkey_rows" -> "write"  |
+                  |           +--(shard, arrivals)--> "log_events" -> "event_log" |
+                  +--dead letters--> "all_dead_letters" <-------------------------+
+                                     -> "dead_letters"
+
+"decode" decodes a whole source batch natively (:mod:`featrec.core.events.batch_decode`)
+and groups the arrivals per shard of their session, in order. "sessions" is one
+``StatefulBatchLogic`` per shard around a :class:`~featrec.core.sessions.shard.SessionShard`:
+bytewax sees ``shards`` keys, Python a dict of sessions. It folds every event, dead-letters
+late ones, and flushes the newest row of every session folded since the last flush when
+``batch_max_rows`` sessions are pending or ``batch_deadline_ms`` after the first of them
+(the deadline is armed by the first pending session, never moved). Its timer also drops
+sessions idle for the state TTL (their pending row first). Its snapshot is one msgpack blob.
+
+Guarantees are the per-event flow's (:mod:`dataflows.sessions`): state exactly-once under
+recovery (pending rows are part of the snapshot), output at-least-once and idempotent,
+dead letters with reasons, the deny-list and tombstones, the metrics. Step ids differ from
+the per-event shape's (``sessions`` holds shard blobs, not session states): a recovery
+store written by the per-event shape needs a fresh start.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, TypeAlias, TypeGuard, cast
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.operators import KeyedStream, StatefulBatchLogic
+from bytewax.outputs import FixedPartitionedSink, Sink
+
+from dataflows import metrics
+from dataflows.batching import shard_of
+from dataflows.metrics import FlowStats
+from dataflows.sessions import FORGOTTEN, DenySource
+from dataflows.sinks import FeatureSink, WriterFactory
+from dataflows.sources import SourceItem
+from featrec.core.events.batch_decode import Arrival, decode_records
+from featrec.core.events.formats import DeadLetter, RawRecord
+from featrec.core.events.model import Event
+from featrec.core.features.rows import FeatureRow
+from featrec.core.privacy import (
+    TOMBSTONE_FORMAT,
+    DenySet,
+    is_denied,
+    is_denied_payload,
+    parse_tombstone,
+)
+from featrec.core.sessions.fold import SessionPolicy, SessionState
+from featrec.core.sessions.shard import Forget, SessionShard, late_letter
+from featrec.errors import InvalidEvent
+from featrec.settings import Settings
+
+#: The stateful step's id (the per-event shape's is ``session``).
+SESSIONS_STEP: Final = "sessions"
+
+ShardValue: TypeAlias = list[Arrival] | Forget
+ShardItem: TypeAlias = tuple[str, ShardValue]
+Decoded: TypeAlias = ShardItem | DeadLetter
+RowBatch: TypeAlias = list[FeatureRow]
+ShardOutput: TypeAlias = RowBatch | DeadLetter
+
+
+def decode_to_shards(
+    records: list[SourceItem], shards: int, stats: FlowStats, deny: DenySource
+) -> list[Decoded]:
+    """A source batch as one ``(shard, arrivals)`` chunk per shard, plus dead letters.
+
+    Tombstones become :class:`Forget` items at their place in their session's shard (the
+    chunks before and after them are separate items, so order per shard is kept). Events of
+    forgotten users or sessions are dropped and counted, not dead-lettered.
+    """
+    denied = deny.current()
+    out: list[Decoded] = []
+    letters: list[DeadLetter] = []
+    chunks: dict[str, list[Arrival]] = {}
+    run: list[RawRecord] = []
+    counts = [0, 0]  # events in, dropped
+
+    def flush_run() -> None:
+        if run:
+            _route(decode_records(run), shards, denied, chunks, letters, counts)
+            run.clear()
+
+    for record in records:
+        if isinstance(record, DeadLetter):
+            letters.append(record)
+        elif record.fmt == TOMBSTONE_FORMAT:
+            flush_run()
+            out.extend(chunks.items())
+            chunks = {}
+            denied = deny.refresh()
+            out.extend(_forgets(record, shards, letters))
+        else:
+            run.append(record)
+    flush_run()
+    out.extend(chunks.items())
+    out.extend(letters)
+    n_events, n_dropped = counts
+    if n_events:
+        metrics.EVENTS_IN.inc(n_events)
+    if n_dropped:
+        FORGOTTEN.labels(what="event").inc(n_dropped)
+    if letters:
+        metrics.count_dead_letters(letters)
+    stats.add(events_in=n_events, dead_letters=len(letters))
+    return out
+
+
+def _route(
+    decoded: list[Arrival | DeadLetter],
+    shards: int,
+    denied: DenySet,
+    chunks: dict[str, list[Arrival]],
+    letters: list[DeadLetter],
+    counts: list[int],
+) -> None:
+    n_events = n_dropped = 0
+    # One crc32 per session per batch, not per event.
+    shard_names: dict[str, str] = {}
+    for item in decoded:
+        if type(item) is Arrival:
+            event = item.event
+            if denied and is_denied(event, denied):
+                n_dropped += 1
+                continue
+            sid = event.session_id
+            shard = shard_names.get(sid)
+            if shard is None:
+                shard = shard_names[sid] = shard_of(sid, shards)
+            chunk = chunks.get(shard)
+            if chunk is None:
+                chunks[shard] = [item]
+            else:
+                chunk.append(item)
+            n_events += 1
+        else:
+            letter = cast(DeadLetter, item)
+            if denied and is_denied_payload(letter.payload, denied):
+                n_dropped += 1
+            else:
+                letters.append(letter)
+    counts[0] += n_events
+    counts[1] += n_dropped
+
+
+def _forgets(record: RawRecord, shards: int, letters: list[DeadLetter]) -> list[Decoded]:
+    """A tombstone's sessions; a malformed tombstone is a dead letter (it holds no event)."""
+    assert isinstance(record.payload, str)
+    try:
+        sessions = parse_tombstone(record.payload)
+    except InvalidEvent as exc:
+        letters.append(DeadLetter(record.origin, str(exc), record.payload[:4096]))
+        return []
+    return [(shard_of(s, shards), Forget(s)) for s in sessions]
+
+
+def _denied_state(denied: DenySet) -> Callable[[SessionState], bool]:
+    def check(state: SessionState) -> bool:
+        return denied.contains("session", state.session_id) or denied.contains(
+            "user", state.user_id
+        )
+
+    return check
+
+
+class ShardLogic(StatefulBatchLogic[ShardValue, ShardOutput, bytes]):
+    """One shard's sessions in the engine (see the module docstring)."""
+
+    def __init__(
+        self,
+        shard: SessionShard,
+        *,
+        deadline_s: float,
+        max_rows: int,
+        stats: FlowStats,
+        deny: DenySource,
+    ) -> None:
+        self.shard = shard
+        self.deadline_s = deadline_s
+        self.max_rows = max_rows
+        self.stats = stats
+        self.deny = deny
+        self.policy: SessionPolicy = shard.policy
+        self.live = len(shard)
+        metrics.LIVE_SESSIONS.inc(self.live)
+        self.flush_at: float | None = time.time() + deadline_s if shard.dirty else None
+
+    def on_batch(self, values: list[ShardValue]) -> tuple[Iterable[ShardOutput], bool]:
+        now = time.time()
+        shard = self.shard
+        out: list[ShardOutput] = []
+        created = 0
+        for value in values:
+            if type(value) is Forget:
+                if shard.forget(value.session_id):
+                    self.live -= 1
+                    metrics.LIVE_SESSIONS.dec()
+                FORGOTTEN.labels(what="session state").inc()
+                continue
+            arrivals = cast(list[Arrival], value)
+            late, new = shard.fold_batch(arrivals, now)
+            created += new
+            if late:
+                policy = self.policy
+                for i, newest_us in late:
+                    a = arrivals[i]
+                    out.append(late_letter(a.event, a.origin, newest_us, policy))
+                metrics.DEAD_LETTERS.labels(field="late event").inc(len(late))
+                self.stats.add(dead_letters=len(late))
+        if created:
+            self.live += created
+            metrics.LIVE_SESSIONS.inc(created)
+        if shard.dirty:
+            if self.flush_at is None:
+                self.flush_at = now + self.deadline_s
+            if len(shard.dirty) >= self.max_rows:
+                self._flush(out)
+        self._expire(now, out)
+        return out, self._keep()
+
+    def on_notify(self) -> tuple[Iterable[ShardOutput], bool]:
+        now = time.time()
+        out: list[ShardOutput] = []
+        if self.flush_at is not None and self.flush_at <= now:
+            self._flush(out)
+        self._expire(now, out)
+        return out, self._keep()
+
+    def on_eof(self) -> tuple[Iterable[ShardOutput], bool]:
+        out: list[ShardOutput] = []
+        self._flush(out)
+        # Keep the state for the recovery snapshot (a later execution may continue the
+        # sessions), but this execution no longer holds it live.
+        metrics.LIVE_SESSIONS.dec(self.live)
+        self.live = 0
+        return out, self._keep()
+
+    def notify_at(self) -> datetime | None:
+        due = self.shard.next_expiry()
+        if self.flush_at is not None and (due is None or self.flush_at < due):
+            due = self.flush_at
+        return None if due is None else datetime.fromtimestamp(due, UTC)
+
+    def snapshot(self) -> bytes:
+        return self.shard.to_bytes()
+
+    def _keep(self) -> bool:
+        if len(self.shard) or self.shard.dirty:
+            return StatefulBatchLogic.RETAIN
+        return StatefulBatchLogic.DISCARD
+
+    def _flush(self, out: list[ShardOutput]) -> None:
+        self.flush_at = None
+        rows = self.shard.take_rows()
+        if rows:
+            rows = allowed_rows(rows, self.deny.current())
+        if rows:
+            out.append(rows)
+
+    def _expire(self, now: float, out: list[ShardOutput]) -> None:
+        due = self.shard.next_expiry()
+        if due is None or due > now:
+            return
+        rows, gone = self.shard.expire(now)
+        if gone:
+            dec = min(gone, self.live)
+            self.live -= dec
+            metrics.LIVE_SESSIONS.dec(dec)
+        if rows:
+            rows = allowed_rows(rows, self.deny.current())
+            if rows:
+                out.append(rows)
+        if not self.shard.dirty:
+            self.flush_at = None
+
+
+def allowed_rows(rows: list[FeatureRow], denied: DenySet) -> list[FeatureRow]:
+    """``rows`` less those of forgotten sessions or users (counted)."""
+    if not denied:
+        return rows
+    kept = [
+        row
+        for row in rows
+        if not denied.contains("session", row.key) and not denied.contains("user", _user_of(row))
+    ]
+    if len(kept) < len(rows):
+        FORGOTTEN.labels(what="row").inc(len(rows) - len(kept))
+    return kept
+
+
+def _user_of(row: FeatureRow) -> str | None:
+    user = row.values.get("user_id")
+    return user if isinstance(user, str) else None
+
+
+def build_batch_flow(
+    flow_id: str,
+    source: Source[SourceItem],
+    settings: Settings,
+    *,
+    writer_factory: WriterFactory,
+    dead_letter_sink: Sink[DeadLetter],
+    event_log_sink: Sink[list[Event]] | FixedPartitionedSink[list[Event], object],
+    shards: int,
+    stats: FlowStats,
+    deny: DenySource,
+    status_home: Path | None = None,
+) -> Dataflow:
+    """The batch-shaped sessions dataflow (see the module docstring)."""
+    policy = settings.session_policy
+    ttl_s = settings.state_ttl
+    deadline_s = settings.batch_deadline_ms / 1000.0
+    max_rows = settings.batch_max_rows
+
+    def builder(resume: bytes | None) -> ShardLogic:
+        if resume is None:
+            shard = SessionShard(policy, ttl_s)
+        else:
+            shard = SessionShard.from_bytes(resume, policy, ttl_s, now=time.time())
+            denied = deny.current()
+            if denied:
+                gone = shard.drop_where(_denied_state(denied))
+                if gone:
+                    FORGOTTEN.labels(what="session state").inc(gone)
+        return ShardLogic(shard, deadline_s=deadline_s, max_rows=max_rows, stats=stats, deny=deny)
+
+    def decode(records: list[SourceItem]) -> list[Decoded]:
+        return decode_to_shards(records, shards, stats, deny)
+
+    def is_chunk(item: Decoded) -> TypeGuard[ShardItem]:
+        return type(item) is tuple
+
+    def is_rows(kv: tuple[str, ShardOutput]) -> TypeGuard[tuple[str, RowBatch]]:
+        return type(kv[1]) is list
+
+    def log_events(kvs: list[ShardItem]) -> list[tuple[str, list[Event]]]:
+        return [(k, [a.event for a in v]) for k, v in kvs if type(v) is list]
+
+    flow = Dataflow(flow_id)
+    records = op.input("input", flow, source)
+    decoded = op.flat_map_batch("decode", records, decode)
+    split = op.branch("split", decoded, is_chunk)
+    chunks: KeyedStream[ShardValue] = split.trues
+    bad = cast(Stream[DeadLetter], split.falses)
+
+    outputs = op.stateful_batch(SESSIONS_STEP, chunks, builder)
+    by_kind = op.branch("split_late", outputs, is_rows)
+    sink = FeatureSink(writer_factory, stats=stats, status_home=status_home)
+    op.output("write", op.key_rm("unkey_rows", by_kind.trues), sink)
+
+    late = op.map("late_letters", cast(KeyedStream[DeadLetter], by_kind.falses), _value)
+    op.output("dead_letters", op.merge("all_dead_letters", bad, late), dead_letter_sink)
+
+    logged = op.flat_map_batch("log_events", chunks, log_events)
+    if isinstance(event_log_sink, FixedPartitionedSink):
+        op.output("event_log", logged, event_log_sink)
+    else:
+        op.output("event_log", op.key_rm("unkey_events", logged), event_log_sink)
+    return flow
+
+
+def _value(kv: tuple[str, DeadLetter]) -> DeadLetter:
+    return kv[1]

@@ -1,0 +1,225 @@
+"""A shard of sessions: many session states folded in one place, for batch-shaped dataflows.
+
+The per-event dataflow gives each session its own key in the engine, and the engine's
+per-item, per-key cost then dominates. A :class:`SessionShard` holds a plain dict of
+:class:`~featrec.core.sessions.fold.SessionState` for all sessions hashed to one shard, so the
+engine sees a few keys and whole batches, and Python sees many sessions. Everything here is
+the same :func:`~featrec.core.sessions.fold.fold`; the shard only adds bookkeeping:
+
+- **Pending rows.** A folded session becomes *dirty*; :meth:`take_rows` returns one row per
+  dirty session, built from its newest state (the newest row per session per flush), with
+  the newest ``ingested_at`` of the events folded since the last flush.
+- **TTL.** Each session remembers when (system time) it was last touched, in touch order, so
+  :meth:`expire` drops idle sessions from the front in O(expired), and :meth:`next_expiry`
+  says when the next one is due. A dirty session's row is returned before it is dropped.
+- **Forget.** :meth:`forget` drops a session's state and its pending row.
+- **Snapshots.** :meth:`to_bytes` is one msgpack blob (immutable, and incremental: only the
+  sessions changed since the last snapshot are encoded again, the others' bytes are reused;
+  a deep copy would copy every object); :meth:`from_bytes` rebuilds the shard.
+
+System time is always passed in (``now``, unix seconds), so tests drive it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, NamedTuple
+
+import msgspec
+
+from featrec.core.events.batch_decode import Arrival
+from featrec.core.events.formats import DeadLetter
+from featrec.core.events.model import Event
+from featrec.core.features.rows import FeatureRow
+from featrec.core.sessions.fold import Outcome, SessionPolicy, SessionState, fold, session_row
+
+#: Version of the snapshot layout; a blob of another version is refused.
+SNAPSHOT_FORMAT: Final = 2
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_DECODER: Final = msgspec.msgpack.Decoder()
+
+
+class Forget(NamedTuple):
+    """A tombstone for one session: its live state must be discarded."""
+
+    session_id: str
+
+
+class SessionShard:
+    """The sessions of one shard (see the module docstring)."""
+
+    __slots__ = ("blobs", "dirty", "policy", "stale", "states", "touched", "ttl_s")
+
+    def __init__(self, policy: SessionPolicy, ttl_s: float) -> None:
+        self.policy = policy
+        self.ttl_s = ttl_s
+        self.states: dict[str, SessionState] = {}
+        #: session id -> system time of its last event, oldest first.
+        self.touched: dict[str, float] = {}
+        #: session id -> newest ``ingested_at`` folded since the session's last row.
+        self.dirty: dict[str, float] = {}
+        #: session id -> its state as msgpack, as of the last snapshot (snapshots are
+        #: incremental: only sessions changed since then, ``stale``, are encoded again).
+        self.blobs: dict[str, bytes] = {}
+        self.stale: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def fold_batch(
+        self, arrivals: Sequence[Arrival], now: float
+    ) -> tuple[list[tuple[int, int]], int]:
+        """Fold arrivals in order.
+
+        Returns the late events as ``(index in arrivals, the session's newest µs then)``
+        and how many sessions were created.
+        """
+        states, touched, dirty, policy = self.states, self.touched, self.dirty, self.policy
+        stale = self.stale
+        late: list[tuple[int, int]] = []
+        created = 0
+        for i, arrival in enumerate(arrivals):
+            event = arrival[0]
+            sid = event.session_id
+            state = states.get(sid)
+            if state is None:
+                state = states[sid] = SessionState(session_id=sid)
+                created += 1
+            # Move to the back: the dict stays ordered by last activity.
+            touched.pop(sid, None)
+            touched[sid] = now
+            newest_us = state.last_us
+            if fold(state, event, policy) is Outcome.LATE:
+                late.append((i, newest_us))
+                continue
+            stale.add(sid)
+            seen = dirty.get(sid)
+            ingested_at = arrival[1]
+            if seen is None or ingested_at > seen:
+                dirty[sid] = ingested_at
+        return late, created
+
+    def take_rows(self) -> list[FeatureRow]:
+        """The newest row of every session folded since the last call, then clean."""
+        states = self.states
+        rows = [session_row(states[sid], at) for sid, at in self.dirty.items()]
+        self.dirty = {}
+        return rows
+
+    def expire(self, now: float) -> tuple[list[FeatureRow], int]:
+        """Drop sessions idle for ``ttl_s``: their pending rows and how many were dropped."""
+        horizon = now - self.ttl_s
+        gone: list[str] = []
+        for sid, at in self.touched.items():
+            if at > horizon:
+                break
+            gone.append(sid)
+        rows: list[FeatureRow] = []
+        for sid in gone:
+            del self.touched[sid]
+            self.blobs.pop(sid, None)
+            self.stale.discard(sid)
+            state = self.states.pop(sid)
+            pending = self.dirty.pop(sid, None)
+            if pending is not None:
+                rows.append(session_row(state, pending))
+        return rows, len(gone)
+
+    def next_expiry(self) -> float | None:
+        """System time at which the least recently touched session expires."""
+        for at in self.touched.values():
+            return at + self.ttl_s
+        return None
+
+    def forget(self, session_id: str) -> bool:
+        """Drop a session's state and pending row; whether it was held."""
+        self.touched.pop(session_id, None)
+        self.dirty.pop(session_id, None)
+        self.blobs.pop(session_id, None)
+        self.stale.discard(session_id)
+        return self.states.pop(session_id, None) is not None
+
+    def drop_where(self, denied: Callable[[SessionState], bool]) -> int:
+        """Forget every session for which ``denied(state)``; how many."""
+        gone = [sid for sid, state in self.states.items() if denied(state)]
+        for sid in gone:
+            self.forget(sid)
+        return len(gone)
+
+    def to_bytes(self) -> bytes:
+        """The whole shard as one msgpack blob (touch order and pending rows included).
+
+        Only sessions changed since the last call are encoded; the others' bytes are reused
+        (``msgspec.Raw``), so a snapshot of mostly idle sessions costs little."""
+        encode, blobs, states = _ENCODER.encode, self.blobs, self.states
+        for sid in self.stale:
+            state = states.get(sid)
+            if state is not None:
+                blobs[sid] = encode(_state_list(state))
+        self.stale = set()
+        raw = [msgspec.Raw(blobs[sid]) for sid in self.touched]
+        times = list(self.touched.values())
+        dirty = [[sid, at] for sid, at in self.dirty.items()]
+        return encode([SNAPSHOT_FORMAT, raw, times, dirty])
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, policy: SessionPolicy, ttl_s: float, now: float | None = None
+    ) -> SessionShard:
+        """Rebuild a shard; with ``now``, every session counts as touched at ``now`` (a resumed
+        flow gives its sessions a full TTL, as a fresh timer would)."""
+        version, rows, times, dirty = _DECODER.decode(data)
+        if version != SNAPSHOT_FORMAT:
+            raise ValueError(f"session shard snapshot format {version}, expected {SNAPSHOT_FORMAT}")
+        shard = cls(policy, ttl_s)
+        for fields, at in zip(rows, times, strict=True):
+            state = _state_of(fields)
+            shard.states[state.session_id] = state
+            shard.touched[state.session_id] = at if now is None else now
+        shard.dirty = {sid: at for sid, at in dirty}
+        shard.stale = set(shard.states)
+        return shard
+
+
+def _state_list(s: SessionState) -> list[Any]:
+    return [
+        s.session_id, s.user_id, s.version, s.n_events, s.n_views, s.n_clicks, s.n_carts,
+        s.n_purchases, list(s.items), s.recent, s.started_us, s.last_us, s.last_category,
+        s.last_price, s.cart_value, s.user_key,
+    ]  # fmt: skip
+
+
+def _state_of(f: list[Any]) -> SessionState:
+    return SessionState(
+        session_id=f[0],
+        user_id=f[1],
+        version=f[2],
+        n_events=f[3],
+        n_views=f[4],
+        n_clicks=f[5],
+        n_carts=f[6],
+        n_purchases=f[7],
+        items=set(f[8]),
+        recent=[(t, v, item) for t, v, item in f[9]],
+        started_us=f[10],
+        last_us=f[11],
+        last_category=f[12],
+        last_price=f[13],
+        cart_value=f[14],
+        user_key=(f[15][0], f[15][1]),
+    )
+
+
+def late_letter(event: Event, origin: str, newest_us: int, policy: SessionPolicy) -> DeadLetter:
+    """The dead letter of an event later than the policy allows (reason names ``late event``)."""
+    newest = datetime.fromtimestamp(newest_us / 1_000_000, UTC)
+    reason = (
+        f"late event: ts {event.ts.isoformat()} is more than "
+        f"{policy.allowed_lateness_s:g} s before the session's newest event "
+        f"({newest.isoformat()})"
+    )
+    payload = json.dumps(event.to_dict(), separators=(",", ":"))
+    return DeadLetter(origin, reason, payload)

@@ -1,0 +1,119 @@
+"""The batch-shaped sessions flow against the per-event flow (the baseline shape) and the
+oracle, run for real with run_main: same rows for any interleaving of sessions, any source
+batch size, any row batch bound and shard count; one bad record costs only itself."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dataflows.sessions import build_flow
+from featrec.core.events.formats import DeadLetter, RawRecord
+from featrec.core.events.model import Event
+from featrec.core.features.catalog import SESSION_FEATURES
+from featrec.core.ports.features import InMemoryFeatureStore
+from featrec.core.sessions.fold import Outcome, SessionState, fold, session_row
+from featrec.settings import Settings
+
+VIEW = SESSION_FEATURES.name
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def run_shape(
+    records: list[RawRecord], settings: Settings, batch_size: int, shards: int
+) -> tuple[dict[str, tuple[object, int]], list[DeadLetter], int]:
+    store = InMemoryFeatureStore()
+    letters: list[DeadLetter] = []
+    logged: list[list[Event]] = []
+    flow = build_flow(
+        TestingSource(records, batch_size=batch_size),
+        settings,
+        writer_factory=lambda: store,
+        dead_letter_sink=TestingSink(letters),
+        event_log_sink=TestingSink(logged),
+        shards=shards,
+    )
+    run_main(flow)
+    rows = {}
+    for key in store.keys(VIEW):
+        row = store.row(VIEW, key)
+        assert row is not None
+        rows[key] = (row.values, row.version)
+    return rows, letters, sum(len(b) for b in logged)
+
+
+def event(i: int, session: str, seconds: float, user: str | None, kind: str) -> Event:
+    return Event(f"e{i}", session, f"i{i % 5}", kind, T0 + timedelta(seconds=seconds), user, 1.5)
+
+
+spec = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c", "d", "e"]),
+        st.floats(0, 5000, allow_nan=False),
+        st.sampled_from([None, "u1", "u2"]),
+        st.sampled_from(["view", "click", "cart", "purchase"]),
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    spec=spec,
+    batch_size=st.integers(1, 50),
+    max_rows=st.integers(1, 30),
+    shards=st.integers(1, 5),
+)
+def test_the_batch_shape_writes_the_per_event_folds_rows(
+    tmp_path: Path,
+    spec: list[tuple[str, float, str | None, str]],
+    batch_size: int,
+    max_rows: int,
+    shards: int,
+) -> None:
+    events = [event(i, *s) for i, s in enumerate(spec)]
+    records = [
+        RawRecord("featrec", f"t:{i}", json.dumps(e.to_dict()), 1.0) for i, e in enumerate(events)
+    ]
+    base = Settings(home=tmp_path, batch_max_rows=max_rows)
+    batch = run_shape(records, base, batch_size, shards)
+    per_event = run_shape(records, base.with_(flow_shape="per-event"), batch_size, shards)
+    assert batch[0] == per_event[0]
+    assert sorted(d.origin for d in batch[1]) == sorted(d.origin for d in per_event[1])
+    assert batch[2] == per_event[2] == len(events)
+    states: dict[str, SessionState] = {}
+    late = 0
+    for e in events:
+        late += (
+            fold(
+                states.setdefault(e.session_id, SessionState(e.session_id)), e, base.session_policy
+            )
+            is Outcome.LATE
+        )
+    assert {
+        k: (r.values, r.version) for k, r in ((k, session_row(s)) for k, s in states.items())
+    } == batch[0]
+    assert late == len(batch[1])
+
+
+def test_one_bad_record_inside_a_batch_loses_only_itself(tmp_path: Path) -> None:
+    events = [event(i, f"s{i % 40}", i, "u1", "view") for i in range(400)]
+    records = [
+        RawRecord("featrec", f"t:{i}", json.dumps(e.to_dict()), 1.0) for i, e in enumerate(events)
+    ]
+    bad = dict(events[0].to_dict(), event_id="bad", price="lots")
+    records.insert(200, RawRecord("featrec", "t:bad", json.dumps(bad), 1.0))
+    rows, letters, logged = run_shape(records, Settings(home=tmp_path), 1000, 4)
+    assert [(d.origin, d.reason.split(":")[0]) for d in letters] == [("t:bad", "price")]
+    assert logged == 400
+    assert len(rows) == 40 and all(v[0]["n_events"] == 10 for v in rows.values())  # type: ignore[index]

@@ -1,0 +1,144 @@
+"""SessionShard: the per-session fold, many sessions at once, with TTL, forget and snapshots."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from featrec.core.events.batch_decode import Arrival
+from featrec.core.events.model import Event
+from featrec.core.features.rows import FeatureRow
+from featrec.core.sessions.fold import Outcome, SessionPolicy, SessionState, fold, session_row
+from featrec.core.sessions.shard import SessionShard, late_letter
+
+POLICY = SessionPolicy()
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def ev(i: int, session: str, seconds: float, user: str | None = None, kind: str = "view") -> Event:
+    return Event(f"e{i}", session, f"i{i % 7}", kind, T0 + timedelta(seconds=seconds), user, 2.5)
+
+
+def oracle(events: list[Event]) -> tuple[dict[str, FeatureRow], int]:
+    states: dict[str, SessionState] = {}
+    late = 0
+    for e in events:
+        state = states.setdefault(e.session_id, SessionState(e.session_id))
+        late += fold(state, e, POLICY) is Outcome.LATE
+    return {k: session_row(s) for k, s in states.items()}, late
+
+
+events_strategy = st.lists(
+    st.builds(
+        lambda i, s, t, u, k: (s, t, u, k),
+        st.integers(),
+        st.sampled_from(["a", "b", "c"]),
+        st.floats(0, 4000, allow_nan=False),
+        st.sampled_from([None, "u1", "u2"]),
+        st.sampled_from(["view", "click", "cart", "purchase"]),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(spec=events_strategy, cut=st.integers(1, 20))
+def test_rows_equal_the_per_session_fold_for_any_batching(
+    spec: list[tuple[str, float, str | None, str]], cut: int
+) -> None:
+    events = [ev(i, s, t, u, k) for i, (s, t, u, k) in enumerate(spec)]
+    shard = SessionShard(POLICY, 1800.0)
+    rows: dict[str, FeatureRow] = {}
+    late = 0
+    for start in range(0, len(events), cut):
+        chunk = [Arrival(e, 1.0 + i, "o") for i, e in enumerate(events[start : start + cut])]
+        refused, _ = shard.fold_batch(chunk, now=1.0)
+        late += len(refused)
+        for row in shard.take_rows():
+            assert rows.get(row.key) is None or rows[row.key].version < row.version
+            rows[row.key] = row
+        # A snapshot taken anywhere resumes to the same rows.
+        shard = SessionShard.from_bytes(shard.to_bytes(), POLICY, 1800.0)
+    expected, expected_late = oracle(events)
+    assert late == expected_late
+    assert {k: (r.values, r.version) for k, r in rows.items()} == {
+        k: (r.values, r.version) for k, r in expected.items()
+    }
+
+
+def test_only_the_newest_row_per_session_leaves_a_flush() -> None:
+    shard = SessionShard(POLICY, 60.0)
+    late, created = shard.fold_batch(
+        [Arrival(ev(0, "a", 0), 10.0, "o"), Arrival(ev(1, "a", 5), 12.0, "o"),
+         Arrival(ev(2, "b", 1), 11.0, "o")], now=100.0,
+    )  # fmt: skip
+    assert (late, created) == ([], 2)
+    rows = shard.take_rows()
+    assert [(r.key, r.values["n_events"], r.ingested_at) for r in rows] == [
+        ("a", 2, 12.0),
+        ("b", 1, 11.0),
+    ]
+    assert shard.take_rows() == []
+
+
+def test_ttl_drops_idle_sessions_oldest_first_with_their_pending_rows() -> None:
+    shard = SessionShard(POLICY, 60.0)
+    shard.fold_batch([Arrival(ev(0, "a", 0), 1.0, "o")], now=100.0)
+    shard.take_rows()
+    shard.fold_batch([Arrival(ev(1, "b", 0), 1.0, "o")], now=130.0)
+    assert shard.next_expiry() == 160.0
+    assert shard.expire(159.0) == ([], 0)
+    rows, gone = shard.expire(161.0)
+    assert (rows, gone) == ([], 1) and set(shard.states) == {"b"}
+    rows, gone = shard.expire(191.0)
+    assert gone == 1 and [r.key for r in rows] == ["b"]  # b's row was still pending
+    assert len(shard) == 0 and shard.next_expiry() is None
+
+
+def test_forget_drops_state_and_pending_row() -> None:
+    shard = SessionShard(POLICY, 60.0)
+    shard.fold_batch(
+        [Arrival(ev(0, "a", 0, "u1"), 1.0, "o"), Arrival(ev(1, "b", 0), 1.0, "o")], 1.0
+    )
+    assert shard.forget("a") and not shard.forget("zzz")
+    assert [r.key for r in shard.take_rows()] == ["b"]
+    assert shard.drop_where(lambda s: s.session_id == "b") == 1
+    assert len(shard) == 0
+
+
+def test_a_late_event_is_reported_with_the_sessions_newest_time() -> None:
+    shard = SessionShard(POLICY, 60.0)
+    arrivals = [Arrival(ev(0, "a", 1000), 1.0, "o:1"), Arrival(ev(1, "a", 0), 1.0, "o:2")]
+    late, _ = shard.fold_batch(arrivals, 1.0)
+    assert late == [(1, int((T0 + timedelta(seconds=1000)).timestamp() * 1_000_000))]
+    letter = late_letter(arrivals[1].event, "o:2", late[0][1], POLICY)
+    assert letter.origin == "o:2" and letter.reason.startswith("late event: ts ")
+
+
+def test_snapshots_keep_touch_order_and_pending_rows() -> None:
+    shard = SessionShard(POLICY, 60.0)
+    shard.fold_batch([Arrival(ev(0, "a", 0), 5.0, "o"), Arrival(ev(1, "b", 0), 6.0, "o")], 10.0)
+    again = SessionShard.from_bytes(shard.to_bytes(), POLICY, 60.0)
+    assert list(again.touched.items()) == [("a", 10.0), ("b", 10.0)]
+    assert [(r.key, r.values) for r in again.take_rows()] == [
+        (r.key, r.values) for r in shard.take_rows()
+    ]
+    resumed = SessionShard.from_bytes(shard.to_bytes(), POLICY, 60.0, now=500.0)
+    assert resumed.next_expiry() == 560.0  # a resumed flow gives its sessions a full TTL
+
+
+def test_snapshots_are_incremental_and_exact() -> None:
+    shard = SessionShard(POLICY, 60.0)
+    shard.fold_batch([Arrival(ev(i, f"s{i % 5}", i), 1.0, "o") for i in range(20)], 1.0)
+    first = shard.to_bytes()
+    assert shard.stale == set()
+    shard.fold_batch([Arrival(ev(99, "s1", 50), 1.0, "o")], 2.0)
+    assert shard.stale == {"s1"}
+    shard.forget("s2")
+    second = shard.to_bytes()
+    again = SessionShard.from_bytes(second, POLICY, 60.0)
+    assert again.states == shard.states and list(again.touched) == list(shard.touched)
+    assert SessionShard.from_bytes(first, POLICY, 60.0).states["s1"].n_events == 4
+    assert again.states["s1"].n_events == 5 and "s2" not in again.states
