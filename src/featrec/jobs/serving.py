@@ -173,7 +173,7 @@ def load_model(settings: Settings, model: str) -> LoadedModel | None:
                 f"{', '.join(model_store.list_versions(root)) or 'none'})"
             )
         loaded = model_store.load_model(root / model, trusted_root=root)
-    return LoadedModel(loaded.version, loaded.ranker)
+    return LoadedModel(loaded.version, loaded.predictor)
 
 
 def model_loader(settings: Settings) -> ModelLoader:
