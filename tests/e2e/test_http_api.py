@@ -206,8 +206,9 @@ def test_a_stopped_redis_is_a_degraded_200_never_a_5xx(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_featrec_serve_for_real(tmp_path: Path, redis_url: str) -> None:
-    """The serve command in a subprocess (uvicorn, a free port), the world in Redis."""
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+def test_featrec_serve_for_real(tmp_path: Path, redis_url: str, server: str) -> None:
+    """The serve command in a subprocess (each server, a free port), the world in Redis."""
     RedisLayoutWriter(redis.Redis.from_url(redis_url), "featrec").write(world_rows())
     repo = copy_feature_repo(tmp_path / "feature_repo")
     port = free_port()
@@ -221,6 +222,7 @@ def test_featrec_serve_for_real(tmp_path: Path, redis_url: str) -> None:
     }
     code = "from featrec.cli.serve import serve; serve()"
     args = [sys.executable, "-c", code, "--port", str(port), "--max-session-age", "1e12"]
+    args += ["--server", server, "--workers", "1"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"

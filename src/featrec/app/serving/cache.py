@@ -157,6 +157,15 @@ class ResponseCache(Generic[T]):
             self._slots.move_to_end(session_id)
             return slot.entries.get(key)
 
+    def latest(self, session_id: str) -> T | None:
+        """The answer stored last for the session's newest version (any request key), if any:
+        what an overloaded server may serve instead of computing."""
+        with self._lock:
+            slot = self._slots.get(session_id)
+            if slot is None or not slot.entries:
+                return None
+            return next(reversed(slot.entries.values()))
+
     def shown_before(self, session_id: str, version: int) -> tuple[str, ...] | None:
         """The list served to this session for the newest version older than ``version``."""
         with self._lock:

@@ -9,13 +9,19 @@ variable                          meaning                                       
 FEATREC_SERVE_MAX_BODY_BYTES      larger request bodies are refused (413)         65536
 FEATREC_SERVE_RATE_LIMIT          requests/s per client and worker (0: no limit)  200
 FEATREC_SERVE_RATE_BURST          requests a client may send at once              400
-FEATREC_SERVE_MAX_CONCURRENT      recommendations computed at once per worker     4
+FEATREC_SERVE_MAX_CONCURRENT      recommendations computed at once per worker     1
 FEATREC_SERVE_MAX_INFLIGHT        requests in progress per worker before 503      0 (off)
+FEATREC_SERVE_DEADLINE_MS         a request not answerable in time is shed        50
 ================================  ==============================================  =========
 
-Overload: by default a worker computes ``max_concurrent`` recommendations at once and queues
-the others (nothing is refused, latency grows with the queue; the bound keeps the throughput
-at capacity under overload). ``max_inflight`` > 0 sheds instead: a request arriving while that many
+Deadline: a worker computes one recommendation at a time; a request that cannot be answered
+within ``deadline_ms`` of its arrival (the queue ahead of it, at the measured cost per request,
+is too long) is shed at once: the session's cached answer flagged ``overload``, else 503 with
+``Retry-After`` (:mod:`featrec.app.serving.admission`). The queue is bounded by the deadline.
+
+Overload: a worker computes ``max_concurrent`` recommendations at once (one: the work is CPU
+bound, and a second thread only interleaves two requests on the same core) and queues the
+others, up to the deadline. ``max_inflight`` > 0 sheds instead: a request arriving while that many
 are in progress is answered 503 with ``Retry-After`` at once, so callers can fall back while
 the admitted requests keep their latency (see benchmarks/http_load.py for both, measured).
 """
@@ -34,6 +40,7 @@ ENV_RATE: Final = "FEATREC_SERVE_RATE_LIMIT"
 ENV_BURST: Final = "FEATREC_SERVE_RATE_BURST"
 ENV_MAX_INFLIGHT: Final = "FEATREC_SERVE_MAX_INFLIGHT"
 ENV_MAX_CONCURRENT: Final = "FEATREC_SERVE_MAX_CONCURRENT"
+ENV_DEADLINE_MS: Final = "FEATREC_SERVE_DEADLINE_MS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +53,8 @@ class HttpLimits:
     burst: int = 400
     max_clients: int = 100_000
     max_inflight: int = 0
-    max_concurrent: int = 4
+    max_concurrent: int = 1
+    deadline_ms: float = 50.0
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
@@ -59,6 +67,8 @@ class HttpLimits:
             raise ConfigError(f"max concurrent must be >= 1, got {self.max_concurrent}")
         if self.max_inflight < 0:
             raise ConfigError(f"max in-flight requests must be >= 0, got {self.max_inflight}")
+        if not (math.isfinite(self.deadline_ms) and self.deadline_ms > 0):
+            raise ConfigError(f"the request deadline must be > 0 ms, got {self.deadline_ms}")
         if self.max_clients < 1:
             raise ConfigError(f"max clients must be >= 1, got {self.max_clients}")
 
@@ -73,6 +83,7 @@ class HttpLimits:
             ENV_BURST: str(self.burst),
             ENV_MAX_INFLIGHT: str(self.max_inflight),
             ENV_MAX_CONCURRENT: str(self.max_concurrent),
+            ENV_DEADLINE_MS: repr(self.deadline_ms),
         }
 
     @classmethod
@@ -85,9 +96,10 @@ class HttpLimits:
                 burst=int(environ.get(ENV_BURST) or defaults.burst),
                 max_inflight=int(environ.get(ENV_MAX_INFLIGHT) or defaults.max_inflight),
                 max_concurrent=int(environ.get(ENV_MAX_CONCURRENT) or defaults.max_concurrent),
+                deadline_ms=float(environ.get(ENV_DEADLINE_MS) or defaults.deadline_ms),
             )
         except ValueError as exc:
             raise ConfigError(
-                f"{ENV_MAX_BODY}, {ENV_RATE}, {ENV_BURST}, {ENV_MAX_INFLIGHT} and "
-                f"{ENV_MAX_CONCURRENT} must be numbers: {exc}"
+                f"{ENV_MAX_BODY}, {ENV_RATE}, {ENV_BURST}, {ENV_MAX_INFLIGHT}, "
+                f"{ENV_MAX_CONCURRENT} and {ENV_DEADLINE_MS} must be numbers: {exc}"
             ) from None
