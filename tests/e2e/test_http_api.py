@@ -252,8 +252,10 @@ def test_featrec_serve_for_real(tmp_path: Path, redis_url: str, server: str) -> 
             forgot = http.post("/admin/forget/u1", headers=token, timeout=60)
             assert forgot.status_code == 200, forgot.text
             assert forgot.json()["user_id"] == "u1" and forgot.json()["forgotten"]["sessions"] >= 1
+            # privacy at the door: the forgotten session is answered anonymously, not logged
             after = http.post("/recommend", json={"session_id": "s1", "k": 5}).json()
-            assert after["degraded"] is True and after["degraded_code"] == "no_session"
+            assert after["degraded"] is True and after["degraded_code"] == "forgotten"
+            assert after["logged"] is False and after["user_id"] is None
         assert (tmp_path / "home" / "requests.db").exists()
     finally:
         proc.terminate()

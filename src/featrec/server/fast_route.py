@@ -16,6 +16,8 @@ app's middleware stack (behind the body-size, rate and in-flight limits) and ans
   default: one worker process per core computes one request at a time), so the event loop
   stays free to read, time and shed the requests that queue;
 - the answer (a dataclass) is encoded to JSON bytes by ``msgspec`` in one call;
+- a request naming a forgotten user or session gets the non-personalised answer and leaves
+  nothing in the request log (:mod:`featrec.app.serving.privacy_gate`);
 - :class:`~featrec.app.serving.admission.Admission` bounds the queue by the deadline: a
   request that cannot be answered in time gets the session's cached answer flagged
   ``degraded_code: "overload"`` (200), or, without one, 503 with ``Retry-After``.
@@ -36,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from featrec.app.serving.admission import OVERLOAD, Admission
 from featrec.app.serving.config import MAX_ID_LENGTH, MAX_K, MAX_SHOWN
+from featrec.app.serving.privacy_gate import DenySource, is_forgotten, non_personalised
 from featrec.app.serving.recommender import Recommendation, Recommender
 from featrec.errors import ConfigError
 
@@ -69,7 +72,7 @@ def valid(body: RecommendBody) -> bool:
 def _is_json(scope: Scope) -> bool:
     for key, value in scope["headers"]:
         if key == b"content-type":
-            media = value.decode("latin-1").partition(";")[0].strip().lower()
+            media = str(value.decode("latin-1")).partition(";")[0].strip().lower()
             return media == "application/json" or media.endswith("+json")
     return False
 
@@ -89,6 +92,7 @@ class FastRecommend:
         limiter: anyio.CapacityLimiter,
         on_answer: OnAnswer = lambda answer, seconds: None,
         on_shed: Callable[[str], None] = lambda kind: None,
+        deny: DenySource | None = None,
     ) -> None:
         self.app = app
         self.recommender = recommender
@@ -96,6 +100,7 @@ class FastRecommend:
         self.limiter = limiter
         self.on_answer = on_answer
         self.on_shed = on_shed
+        self.deny = deny
         self._decoder = msgspec.json.Decoder(RecommendBody)
         self._encoder = msgspec.json.Encoder()
 
@@ -120,6 +125,14 @@ class FastRecommend:
             body = None
         if body is None or not valid(body):
             await self.app(scope, _replay(raw, receive), send)
+            return
+        if self.deny is not None and is_forgotten(self.deny(), body.session_id, body.user_id):
+            # At the door: no row read, no cache, nothing logged (featrec.app.serving.privacy_gate).
+            answer = await anyio.to_thread.run_sync(
+                non_personalised, self.recommender, body.session_id, body.k, limiter=self.limiter
+            )
+            self.on_answer(answer, 0.0)
+            await _send(send, 200, self._encoder.encode(answer))
             return
         admission = self.admission
         if not admission.arrive():

@@ -48,6 +48,12 @@ from starlette.requests import Request
 
 from featrec.app.serving.admission import OVERLOAD, Admission
 from featrec.app.serving.config import DEGRADED_CODES, MAX_ID_LENGTH, MAX_K, MAX_SHOWN
+from featrec.app.serving.privacy_gate import (
+    FORGOTTEN,
+    DenySource,
+    is_forgotten,
+    non_personalised,
+)
 from featrec.app.serving.recommender import Recommendation, Recommender
 from featrec.errors import ConfigError, FeatrecError
 from featrec.server.fast_route import FastRecommend
@@ -165,13 +171,15 @@ def create_app(
     forget: Forget | None = None,
     admin_token: str | None = None,
     clock: Callable[[], float] = time.monotonic,
+    deny: DenySource | None = None,
 ) -> FastAPI:
     """The HTTP app around ``recommender``.
 
     ``forget`` serves ``POST /admin/forget/{user_id}`` to callers that present
     ``admin_token`` (at least 16 characters) as a bearer token; without both, admin answers
     503. ``limits``: body size and rate limits (defaults: :class:`HttpLimits`); ``clock``
-    drives the rate limiter's buckets.
+    drives the rate limiter's buckets. ``deny``: the current deny-set; a request naming a
+    forgotten user or session gets a non-personalised answer and is not logged.
     """
     limits = limits if limits is not None else HttpLimits()
     admin_token = admin_token or None
@@ -208,7 +216,7 @@ def create_app(
     registry.register(_RecommenderCollector(recommender))
     for outcome in ("computed", "cached", "degraded"):
         requests.labels(outcome)
-    for code in (*DEGRADED_CODES, OVERLOAD):
+    for code in (*DEGRADED_CODES, OVERLOAD, FORGOTTEN):
         degraded.labels(code)
     for reason in ("rate_limited", "overloaded", "unauthorized"):
         refused.labels(reason)
@@ -224,6 +232,7 @@ def create_app(
         version="1",
         lifespan=lifespan,
     )
+
     def answered(answer: Recommendation, seconds: float) -> None:
         latency.observe(seconds)
         if answer.degraded:
@@ -252,6 +261,7 @@ def create_app(
         limiter=workers,
         on_answer=answered,
         on_shed=shed,
+        deny=deny,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
     if limits.max_inflight:
@@ -272,14 +282,19 @@ def create_app(
     async def recommend(body: RecommendRequest) -> RecommendResponse:
         """The ``k`` best items for the session now, each with its score and reasons."""
         started = time.perf_counter()
-        answer = await anyio.to_thread.run_sync(
-            recommender.recommend,
-            body.session_id,
-            body.user_id,
-            body.k,
-            body.shown,
-            limiter=workers,
-        )
+        if deny is not None and is_forgotten(deny(), body.session_id, body.user_id):
+            answer = await anyio.to_thread.run_sync(
+                non_personalised, recommender, body.session_id, body.k, limiter=workers
+            )
+        else:
+            answer = await anyio.to_thread.run_sync(
+                recommender.recommend,
+                body.session_id,
+                body.user_id,
+                body.k,
+                body.shown,
+                limiter=workers,
+            )
         latency.observe(time.perf_counter() - started)
         if answer.degraded:
             requests.labels("degraded").inc()

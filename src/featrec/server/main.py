@@ -15,6 +15,8 @@ from typing import Final
 
 from fastapi import FastAPI
 
+from featrec.adapters.files.deny_list import DenyWatcher
+from featrec.adapters.redis.deny_list import stores_for
 from featrec.app.serving.http_limits import HttpLimits
 from featrec.jobs.serving import open_recommender, options_from_env
 from featrec.server.http_api import create_app
@@ -26,17 +28,21 @@ ENV_ADMIN_TOKEN: Final = "FEATREC_ADMIN_TOKEN"
 def app_from_env() -> FastAPI:
     settings = Settings.from_env(os.environ)
     token = os.environ.get(ENV_ADMIN_TOKEN, "").strip() or None
+    # The deny-list, re-checked at most every second (and at once after a forget here).
+    deny = DenyWatcher(stores_for(settings))
     return create_app(
         open_recommender(settings, options_from_env(os.environ)),
         limits=HttpLimits.from_env(os.environ),
-        forget=partial(forget_user, settings) if token else None,
+        forget=partial(forget_user, settings, deny) if token else None,
         admin_token=token,
+        deny=deny.current,
     )
 
 
-def forget_user(settings: Settings, user_id: str) -> Mapping[str, object]:
+def forget_user(settings: Settings, deny: DenyWatcher, user_id: str) -> Mapping[str, object]:
     """:func:`featrec.jobs.forget.forget_user`, imported on first use (it opens Feast)."""
     from featrec.jobs.forget import forget_user as forget
 
     report: Mapping[str, object] = forget(settings, user_id).to_dict()
+    deny.refresh()
     return report

@@ -538,6 +538,10 @@ class Recommender:
             self.log_failures += count
             self.last_log_error = message
 
+    def now(self) -> float:
+        """The time requests are answered at (unix seconds, see the class docstring)."""
+        return self._clock()
+
     def health(self) -> Health:
         """Probes the store with one read (ignoring the failure back-off)."""
         try:
