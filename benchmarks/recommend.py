@@ -10,8 +10,9 @@ the version cache never answers: the whole path runs each time (candidates, item
 the bounded-staleness cache, scoring, rerank, request log).
 
 - **in-process**: ``Recommender.recommend`` in this process, pinned to one core;
-- **HTTP**: ``featrec serve``'s app under uvicorn in a subprocess pinned to another core,
-  one keep-alive client in this process (client time included);
+- **HTTP**: ``featrec serve``'s app (one worker; ``--servers granian,uvicorn`` measures each)
+  in a subprocess pinned to another core, one keep-alive client in this process (client
+  time included);
 - **stock reads**: the reads a request makes (session + user row, neighbour lists of the
   session's items and the trending lists, ``item_features`` + ``item_trending`` of every
   candidate) through ``FeatureStore.get_online_features``, one call per entity kind, and
@@ -282,6 +283,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--sizes", default="50,200,500", help="candidate pool sizes, comma-separated")
     ap.add_argument("--skip", choices=["http", "in-process"], default=None)
+    ap.add_argument(
+        "--servers",
+        default="granian",
+        help="HTTP servers to measure side by side (granian,uvicorn)",
+    )
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="featrec-bench-recommend-"))
     server = RedisServer(tmp)
@@ -349,11 +355,12 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
         recommender.log.close()
         print(f"  {n} candidates: in-process done", flush=True)
 
-    for n in sizes if args.skip != "http" else []:
-        results.setdefault("HTTP recommend (client included)", {})[n] = percentiles(
-            over_http(settings, n, order[-n_timed:], args)
-        )
-        print(f"  {n} candidates: HTTP done", flush=True)
+    for server_name in args.servers.split(",") if args.skip != "http" else []:
+        for n in sizes:
+            results.setdefault(f"HTTP {server_name} (client included)", {})[n] = percentiles(
+                over_http(settings, n, order[-n_timed:], args, server_name)
+            )
+            print(f"  {n} candidates: HTTP {server_name} done", flush=True)
 
     print()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -391,14 +398,16 @@ def request_reads(recommender: Recommender, reader: Any, answer: Recommendation)
 
 
 def over_http(
-    settings: Settings, n: int, sessions: list[str], args: argparse.Namespace
+    settings: Settings, n: int, sessions: list[str], args: argparse.Namespace, server: str
 ) -> list[float]:
-    """``featrec serve --candidates n`` on core 1, one keep-alive client here."""
+    """``featrec serve --candidates n --server server`` on core 1, one keep-alive client
+    here."""
     port = free_port()
     env = {**os.environ, **settings.to_env(), "OMP_NUM_THREADS": "1"}
     code = "from featrec.cli.serve import serve; serve()"
     serve = [sys.executable, "-c", code, "--port", str(port), "--candidates", str(n)]
     serve += ["--model", "latest", "--max-session-age", str(MAX_SESSION_AGE_S)]
+    serve += ["--server", server, "--workers", "1"]
     proc = subprocess.Popen(
         ["taskset", "-c", "1", *serve], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

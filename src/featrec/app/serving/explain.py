@@ -111,7 +111,9 @@ def explain_request(
     now_s = body["now_s"]
     session_values = steps.values_of(session)
     user_values = steps.values_of(user)
-    raw = steps.score(scorer, model, candidates, session_values, user_values, items, now_s)
+    # Absent from records logged before two-stage ranking: the model scored every candidate.
+    keep = body.get("rank_top")
+    raw = steps.score(scorer, model, candidates, session_values, user_values, items, now_s, keep)
     purchased = steps.purchased_items(user_values)
     config = RerankConfig(**body["rerank"])
     decisions = steps.post_process(

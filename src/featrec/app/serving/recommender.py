@@ -462,7 +462,9 @@ class Recommender:
         scorer = choose_scorer(reason, model, override)
         if scorer != SCORER_MODEL:
             model = None
-        raw = score(scorer, model, candidates, session_values, user_values, items, now_s)
+        raw = score(
+            scorer, model, candidates, session_values, user_values, items, now_s, cfg.rank_top
+        )
         purchased = purchased_items(user_values)
         decisions = post_process(
             candidates, raw, items, now_s, purchased, shown_before, k, cfg.rerank
@@ -515,6 +517,7 @@ class Recommender:
             "model_version": answer.model_version,
             "session_version": version,
             "session_used": session is not None,
+            "rank_top": cfg.rank_top,
             "rerank": asdict(cfg.rerank),
             "candidates": [c.to_dict() for c in candidates],
             "raw_scores": [float(s) for s in raw],
