@@ -56,7 +56,12 @@ from featrec.app.serving.recommender import Recommendation, Recommender, Serving
 from featrec.core.features import catalog  # noqa: E402
 from featrec.core.features.rows import FeatureRow  # noqa: E402
 from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker  # noqa: E402
-from featrec.jobs.serving import ServingOptions, open_recommender, pool_config  # noqa: E402
+from featrec.jobs.serving import (  # noqa: E402
+    ServingOptions,
+    open_recommender,
+    pool_config,
+    settle_heap,
+)
 from featrec.settings import Settings  # noqa: E402
 from featrec.testing.redis_server import RedisServer, free_port  # noqa: E402
 
@@ -331,6 +336,7 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
         )
         options = ServingOptions(request_log="sqlite", model="latest", config=config)
         recommender = open_recommender(settings, options)
+        settle_heap()  # as the HTTP workers do
         sessions = order[:n_timed]
         answers: list[Recommendation] = []
 

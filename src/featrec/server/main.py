@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from featrec.adapters.files.deny_list import DenyWatcher
 from featrec.adapters.redis.deny_list import stores_for
 from featrec.app.serving.http_limits import HttpLimits
-from featrec.jobs.serving import open_recommender, options_from_env
+from featrec.jobs.serving import open_recommender, options_from_env, settle_heap
 from featrec.server.http_api import create_app
 from featrec.settings import Settings
 
@@ -30,13 +30,15 @@ def app_from_env() -> FastAPI:
     token = os.environ.get(ENV_ADMIN_TOKEN, "").strip() or None
     # The deny-list, re-checked at most every second (and at once after a forget here).
     deny = DenyWatcher(stores_for(settings))
-    return create_app(
+    app = create_app(
         open_recommender(settings, options_from_env(os.environ)),
         limits=HttpLimits.from_env(os.environ),
         forget=partial(forget_user, settings, deny) if token else None,
         admin_token=token,
         deny=deny.current,
     )
+    settle_heap()
+    return app
 
 
 def forget_user(settings: Settings, deny: DenyWatcher, user_id: str) -> Mapping[str, object]:

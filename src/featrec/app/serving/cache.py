@@ -66,21 +66,25 @@ class RowCache:
         out: Found = {}
         missing: dict[str, list[str]] = {}
         positions: dict[str, list[int]] = {}
+        hits = misses = 0
         with self._lock:
-            rows = self._rows
+            lookup = self._rows.get
             for view, keys in wanted.items():
                 found: list[StampedRow | None] = []
+                append = found.append
                 for j, key in enumerate(keys):
-                    entry = rows.get((view, key))
+                    entry = lookup((view, key))
                     if entry is not None and entry[0] >= oldest:
-                        found.append(entry[1])
-                        self.hits += 1
+                        append(entry[1])
                     else:
-                        found.append(None)
+                        append(None)
                         missing.setdefault(view, []).append(key)
                         positions.setdefault(view, []).append(j)
-                        self.misses += 1
+                        misses += 1
+                hits += len(keys)
                 out[view] = found
+            self.hits += hits - misses
+            self.misses += misses
         if not missing:
             return out
         try:
