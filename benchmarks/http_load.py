@@ -277,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--drain-seconds", type=float, default=180.0)
     ap.add_argument("--workers", type=int, default=1, help="featrec serve --workers")
     ap.add_argument("--server", default="granian", help="featrec serve --server")
+    ap.add_argument("--capacity-only", action="store_true", help="measure the capacity phase alone")
     ap.add_argument(
         "--rate-limit",
         type=float,
@@ -324,6 +325,8 @@ def run(args: argparse.Namespace, tmp: Path, redis_url: str) -> None:
         proc.terminate()
         proc.wait(timeout=30)
 
+    if args.capacity_only:
+        return
     rate = args.factor * capacity
     rate_limit = args.rate_limit if args.rate_limit is not None else 10 * rate
     proc, port = start_server(settings, args, rate_limit=rate_limit)
