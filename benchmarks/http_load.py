@@ -4,7 +4,7 @@ The setup is benchmarks/recommend.py's (a private redis-server, the Feast repo a
 temp dir, 5,000 items with neighbours and trending rows, a fitted 200-tree ranker, the request
 log on SQLite), with more sessions so that no request is answered from the session-version
 cache: every request runs the whole path. ``featrec serve`` (``--server``, default granian) runs in
-a subprocess pinned to core 1; the client is this process, asyncio + httpx with keep-alive
+a subprocess pinned to core 1; the client is this process, asyncio with keep-alive
 connections, on core 0. The server's CPU time (its process tree, from /proc) over the
 capacity phase gives its CPU per answer.
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import random
@@ -47,7 +48,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import httpx
 import recommend as setup
 import redis
 
@@ -128,33 +128,74 @@ class Requests:
         return {"session_id": session, "k": 20}
 
 
-async def send(http: httpx.AsyncClient, body: dict[str, object], due: float, tally: Tally) -> None:
+class Connection:
+    """One keep-alive HTTP/1.1 connection speaking just enough of the protocol to POST JSON
+    and read a Content-Length answer. httpx's async client costs ~3 ms of client CPU per
+    request: at 2x capacity it saturated the client's core and the queue it built there was
+    counted as server latency. This costs a few tens of microseconds."""
+
+    def __init__(self, base: str) -> None:
+        host, _, port = base.removeprefix("http://").partition(":")
+        self.host, self.port = host, int(port)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None or self.reader is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.writer.write(head + body)
+        try:
+            raw = await self.reader.readuntil(b"\r\n\r\n")
+            lines = raw.decode("latin-1").split("\r\n")
+            status = int(lines[0].split()[1])
+            length = 0
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            payload = await self.reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.close()
+            raise
+        return status, payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def send(http: Connection, body: dict[str, object], due: float, tally: Tally) -> None:
     try:
-        response = await http.post("/recommend", json=body)
-    except httpx.HTTPError as exc:
+        status, payload = await http.post("/recommend", json.dumps(body).encode())
+    except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
         tally.record(due, None, type(exc).__name__)
         return
     code = None
-    if response.status_code == 200:
-        code = response.json()["degraded_code"]
-    tally.record(due, response.status_code, degraded_code=code)
+    if status == 200:
+        code = json.loads(payload)["degraded_code"]
+    tally.record(due, status, degraded_code=code)
 
 
 async def closed_loop(
     base: str, requests: Requests, concurrency: int, seconds: float
 ) -> tuple[Tally, float]:
     tally = Tally()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as http:
-        start = time.perf_counter()
-        end = start + seconds
+    start = time.perf_counter()
+    end = start + seconds
 
-        async def loop() -> None:
-            while time.perf_counter() < end:
-                await send(http, requests.body(), time.perf_counter(), tally)
+    async def loop() -> None:
+        http = Connection(base)
+        while time.perf_counter() < end:
+            await send(http, requests.body(), time.perf_counter(), tally)
+        http.close()
 
-        await asyncio.gather(*(loop() for _ in range(concurrency)))
-        return tally, time.perf_counter() - start
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    return tally, time.perf_counter() - start
 
 
 async def open_loop(
@@ -171,36 +212,36 @@ async def open_loop(
     A dispatcher puts each request on a queue when it is due; ``connections`` senders take
     them in order (a request waiting for a free connection waits in that queue, and its
     latency counts from when it was due). One queue instead of thousands of tasks waiting
-    in httpx's pool keeps the client's cost per request flat under overload."""
+    in a pool keeps the client's cost per request flat under overload. Each sender owns one
+    keep-alive :class:`Connection`."""
     tally = Tally()
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    timeout = httpx.Timeout(seconds + drain_s)
     due_queue: asyncio.Queue[tuple[float, dict[str, object]] | None] = asyncio.Queue()
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout) as http:
 
-        async def sender() -> None:
-            while (item := await due_queue.get()) is not None:
-                await send(http, item[1], item[0], tally)
+    async def sender() -> None:
+        http = Connection(base)
+        while (item := await due_queue.get()) is not None:
+            await send(http, item[1], item[0], tally)
+        http.close()
 
-        senders = [asyncio.create_task(sender()) for _ in range(connections)]
-        start = time.perf_counter()
-        for i in range(int(rate * seconds)):
-            due = start + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            due_queue.put_nowait((due, requests.body()))
-        for _ in senders:
-            due_queue.put_nowait(None)
-        _, pending = await asyncio.wait(senders, timeout=drain_s)
-        # each unfinished sender holds one request and left its stop marker in the queue
-        unanswered = due_queue.qsize()
-        for task in pending:
-            task.cancel()
-        if unanswered > 0:
-            tally.errors["unanswered at the drain deadline"] += unanswered
-        last = max(tally.answered_at, default=time.perf_counter())
-        return tally, last - start, unanswered
+    senders = [asyncio.create_task(sender()) for _ in range(connections)]
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        due_queue.put_nowait((due, requests.body()))
+    for _ in senders:
+        due_queue.put_nowait(None)
+    _, pending = await asyncio.wait(senders, timeout=drain_s)
+    # each unfinished sender holds one request and left its stop marker in the queue
+    unanswered = due_queue.qsize()
+    for task in pending:
+        task.cancel()
+    if unanswered > 0:
+        tally.errors["unanswered at the drain deadline"] += unanswered
+    last = max(tally.answered_at, default=time.perf_counter())
+    return tally, last - start, unanswered
 
 
 def tree_cpu_s(pid: int) -> float:
