@@ -10,8 +10,9 @@ the version cache never answers: the whole path runs each time (candidates, item
 the bounded-staleness cache, scoring, rerank, request log).
 
 - **in-process**: ``Recommender.recommend`` in this process, pinned to one core;
-- **HTTP**: ``featrec serve``'s app under uvicorn in a subprocess pinned to another core,
-  one keep-alive client in this process (client time included);
+- **HTTP**: ``featrec serve``'s app (one worker; ``--servers granian,uvicorn`` measures each)
+  in a subprocess pinned to another core, one keep-alive client in this process (client
+  time included);
 - **stock reads**: the reads a request makes (session + user row, neighbour lists of the
   session's items and the trending lists, ``item_features`` + ``item_trending`` of every
   candidate) through ``FeatureStore.get_online_features``, one call per entity kind, and
@@ -56,7 +57,12 @@ from featrec.app.serving.record import ServedRequest  # noqa: E402
 from featrec.core.features import catalog  # noqa: E402
 from featrec.core.features.rows import FeatureRow  # noqa: E402
 from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker  # noqa: E402
-from featrec.jobs.serving import ServingOptions, open_recommender, pool_config  # noqa: E402
+from featrec.jobs.serving import (  # noqa: E402
+    ServingOptions,
+    open_recommender,
+    pool_config,
+    settle_heap,
+)
 from featrec.settings import Settings  # noqa: E402
 from featrec.testing.redis_server import RedisServer, free_port  # noqa: E402
 
@@ -283,6 +289,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--sizes", default="50,200,500", help="candidate pool sizes, comma-separated")
     ap.add_argument("--skip", choices=["http", "in-process"], default=None)
+    ap.add_argument(
+        "--servers",
+        default="granian",
+        help="HTTP servers to measure side by side (granian,uvicorn)",
+    )
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="featrec-bench-recommend-"))
     server = RedisServer(tmp)
@@ -326,6 +337,7 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
         )
         options = ServingOptions(request_log="sqlite", model="latest", config=config)
         recommender = open_recommender(settings, options)
+        settle_heap()  # as the HTTP workers do
         sessions = order[:n_timed]
         answers: list[Recommendation] = []
 
@@ -350,11 +362,12 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
         recommender.log.close()
         print(f"  {n} candidates: in-process done", flush=True)
 
-    for n in sizes if args.skip != "http" else []:
-        results.setdefault("HTTP recommend (client included)", {})[n] = percentiles(
-            over_http(settings, n, order[-n_timed:], args)
-        )
-        print(f"  {n} candidates: HTTP done", flush=True)
+    for server_name in args.servers.split(",") if args.skip != "http" else []:
+        for n in sizes:
+            results.setdefault(f"HTTP {server_name} (client included)", {})[n] = percentiles(
+                over_http(settings, n, order[-n_timed:], args, server_name)
+            )
+            print(f"  {n} candidates: HTTP {server_name} done", flush=True)
 
     print()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -392,14 +405,16 @@ def request_reads(recommender: Recommender, reader: Any, answer: Recommendation)
 
 
 def over_http(
-    settings: Settings, n: int, sessions: list[str], args: argparse.Namespace
+    settings: Settings, n: int, sessions: list[str], args: argparse.Namespace, server: str
 ) -> list[float]:
-    """``featrec serve --candidates n`` on core 1, one keep-alive client here."""
+    """``featrec serve --candidates n --server server`` on core 1, one keep-alive client
+    here."""
     port = free_port()
     env = {**os.environ, **settings.to_env(), "OMP_NUM_THREADS": "1"}
     code = "from featrec.cli.serve import serve; serve()"
     serve = [sys.executable, "-c", code, "--port", str(port), "--candidates", str(n)]
     serve += ["--model", "latest", "--max-session-age", str(MAX_SESSION_AGE_S)]
+    serve += ["--server", server, "--workers", "1"]
     proc = subprocess.Popen(
         ["taskset", "-c", "1", *serve], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

@@ -230,8 +230,11 @@ class ServeSettings(EnvModel):
     max_body_bytes: int = var(65536, "larger request bodies are refused (413)", ge=1)
     rate_limit: float = var(200.0, "requests/s per client and worker (0: no limit)", ge=0)
     rate_burst: int = var(400, "requests a client may send at once", ge=1)
-    max_concurrent: int = var(4, "recommendations computed at once per worker", ge=1, le=64)
+    max_concurrent: int = var(1, "recommendations computed at once per worker", ge=1, le=64)
     max_inflight: int = var(0, "requests in progress per worker before 503 (0: off)", ge=0)
+    deadline_ms: float = var(
+        50.0, "a request not answerable within this many ms is shed (degraded or 503)", gt=0
+    )
     model: str = var(
         "auto",
         "model version under `<home>/models`: `auto` (newest, if any), `latest`, `none` or a "

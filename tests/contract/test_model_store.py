@@ -3,6 +3,7 @@ list mismatch, world-writable) with a message that says what is wrong."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from featrec.adapters.files.model_store import (
     MANIFEST_FILE,
     MODEL_FILE,
+    PREDICTOR_FILE,
     feature_list_hash,
     file_sha256,
     latest_version_dir,
@@ -26,6 +28,7 @@ from featrec.adapters.files.model_store import (
     models_dir,
     save_model,
 )
+from featrec.core.ranking.predictor import PREDICTOR_KIND, TreeArrays
 from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker
 from featrec.errors import ConfigError, NotFound
 from featrec.testing.ranking import fitted_ranker as fitted
@@ -176,3 +179,56 @@ def test_other_scikit_learn_versions_are_noted(root: Path) -> None:
 def test_only_fitted_rankers_are_saved(root: Path) -> None:
     with pytest.raises(ConfigError, match="only a fitted Ranker"):
         save_model(Ranker(), root)
+
+
+def test_the_predictor_is_exported_with_its_hash_and_scores_as_the_ranker(root: Path) -> None:
+    ranker = fitted()
+    manifest = save_model(ranker, root)
+    path = root / manifest.version
+    on_disk = json.loads((path / MANIFEST_FILE).read_text())
+    assert on_disk["predictor"] == PREDICTOR_FILE
+    assert on_disk["predictor_kind"] == PREDICTOR_KIND
+    assert on_disk["predictor_sha256"] == file_sha256(path / PREDICTOR_FILE)
+    loaded = load_model(path, trusted_root=root)
+    X = np.random.default_rng(7).random((80, len(RANKING_FEATURES)))
+    X[::3, 5] = np.nan
+    scores = loaded.predictor.score_candidates(X)
+    assert scores.tobytes() == ranker.score_candidates(X).tobytes()
+
+
+def test_a_tampered_predictor_is_refused(root: Path) -> None:
+    path = root / save_model(fitted(), root).version
+    predictor = path / PREDICTOR_FILE
+    data = bytearray(predictor.read_bytes())
+    data[-200] ^= 0x01
+    predictor.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="does not match the manifest"):
+        load_model(path, trusted_root=root)
+
+
+def test_a_predictor_that_scores_differently_is_refused_even_with_a_matching_hash(
+    root: Path,
+) -> None:
+    """Another model's trees under a rewritten hash: the probe comparison catches it."""
+    path = root / save_model(fitted(seed=0), root).version
+    other = TreeArrays.from_model(fitted(seed=1).model_).to_bytes()
+    (path / PREDICTOR_FILE).write_bytes(other)
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    manifest["predictor_sha256"] = hashlib.sha256(other).hexdigest()
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="does not score as its ranker"):
+        load_model(path, trusted_root=root)
+
+
+def test_a_version_saved_before_predictors_gets_one_compiled_at_load(root: Path) -> None:
+    ranker = fitted()
+    path = root / save_model(ranker, root).version
+    (path / PREDICTOR_FILE).unlink()
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    for key in ("predictor", "predictor_sha256", "predictor_kind"):
+        del manifest[key]
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    loaded = load_model(path, trusted_root=root)
+    assert any("compiled one from the ranker" in note for note in loaded.notes)
+    X = np.random.default_rng(8).random((30, len(RANKING_FEATURES)))
+    assert loaded.predictor.score_candidates(X).tobytes() == ranker.score_candidates(X).tobytes()

@@ -206,8 +206,9 @@ def test_a_stopped_redis_is_a_degraded_200_never_a_5xx(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_featrec_serve_for_real(tmp_path: Path, redis_url: str) -> None:
-    """The serve command in a subprocess (uvicorn, a free port), the world in Redis."""
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+def test_featrec_serve_for_real(tmp_path: Path, redis_url: str, server: str) -> None:
+    """The serve command in a subprocess (each server, a free port), the world in Redis."""
     RedisLayoutWriter(redis.Redis.from_url(redis_url), "featrec").write(world_rows())
     repo = copy_feature_repo(tmp_path / "feature_repo")
     port = free_port()
@@ -221,6 +222,7 @@ def test_featrec_serve_for_real(tmp_path: Path, redis_url: str) -> None:
     }
     code = "from featrec.cli.serve import serve; serve()"
     args = [sys.executable, "-c", code, "--port", str(port), "--max-session-age", "1e12"]
+    args += ["--server", server, "--workers", "1"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -250,8 +252,10 @@ def test_featrec_serve_for_real(tmp_path: Path, redis_url: str) -> None:
             forgot = http.post("/admin/forget/u1", headers=token, timeout=60)
             assert forgot.status_code == 200, forgot.text
             assert forgot.json()["user_id"] == "u1" and forgot.json()["forgotten"]["sessions"] >= 1
+            # privacy at the door: the forgotten session is answered anonymously, not logged
             after = http.post("/recommend", json={"session_id": "s1", "k": 5}).json()
-            assert after["degraded"] is True and after["degraded_code"] == "no_session"
+            assert after["degraded"] is True and after["degraded_code"] == "forgotten"
+            assert after["logged"] is False and after["user_id"] is None
         assert (tmp_path / "home" / "requests.db").exists()
     finally:
         proc.terminate()

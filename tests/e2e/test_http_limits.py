@@ -295,7 +295,7 @@ def test_overload_is_shed_with_503_when_max_inflight_is_set() -> None:
     rows = BlockingRows(store)
     app = create_app(
         Recommender(rows, InMemoryRequestLog(), clock=lambda: NOW_S),
-        limits=HttpLimits(max_inflight=2),
+        limits=HttpLimits(max_inflight=2, max_concurrent=2, deadline_ms=60_000),
     )
     with client(app) as c:
         codes: list[int] = []

@@ -25,6 +25,8 @@ from featrec.core.ports.serving import (
     RequestRecord,
     StampedRow,
 )
+from featrec.core.ranking.predictor import compile_ranker
+from featrec.core.ranking.ranker import Ranker
 from featrec.core.ranking.rerank import RerankConfig
 from featrec.core.sessions.fold import SessionPolicy, fold, new_state
 from featrec.core.sessions.fold import session_row as fold_row
@@ -156,6 +158,26 @@ def test_the_model_scores_and_explain_reproduces_bit_for_bit() -> None:
     # every logged row kept its timestamp
     stamps = {(r.view, r.key): r.row.ts_us for r in record.rows if r.row is not None}
     assert stamps[("session_features", "s1")] == T0
+
+
+def test_the_compiled_predictor_serves_and_explain_reproduces_its_scores() -> None:
+    """Serving with the compiled predictor: the log holds what it returned, explain re-scores
+    with it bit for bit, and the scores are the scikit-learn ranker's."""
+    ranker = toy_model().ranker
+    assert isinstance(ranker, Ranker)
+    compiled = LoadedModel("m-compiled", compile_ranker(ranker.model_))
+    recommender, _, log = make(model=compiled)
+    answer = recommender.recommend("s1", "u1", k=5)
+    assert answer.scorer == "model" and answer.model_version == "m-compiled"
+    explanation = recommender.explain(answer.request_id)
+    assert explanation.reproduced and explanation.mismatches == ()
+    record = log.get(answer.request_id)
+    assert record is not None
+    reference, _, _ = make(model=LoadedModel("m-compiled", ranker))
+    same = reference.recommend("s1", "u1", k=5)
+    assert [(i.item_id, i.score) for i in same.items] == [
+        (i.item_id, i.score) for i in answer.items
+    ]
 
 
 def test_explain_notices_a_tampered_log() -> None:

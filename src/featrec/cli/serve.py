@@ -4,8 +4,9 @@ command line.
 Three click commands (registered by :mod:`featrec.cli`); each also works on its own, with
 settings from ``FEATREC_*`` (see :func:`featrec.cli.items.with_settings`). The scoring stack
 (numpy, scikit-learn, Feast) is imported inside the commands, so registering them is cheap.
-``serve`` runs the HTTP app under uvicorn through its import string (the app builds its
-recommender from the environment, so ``--workers N`` processes each build their own).
+``serve`` runs the HTTP app under granian (default) or uvicorn through its import string (the
+app builds its recommender from the environment, so ``--workers N`` processes each build their
+own; one per core by default).
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _DEFAULTS = ServingConfig()
 _LIMITS = HttpLimits()
-#: The uvicorn factory of the HTTP app.
+#: The ASGI factory of the HTTP app.
 APP_FACTORY = "featrec.server.main:app_from_env"
+#: The HTTP servers ``serve`` can run (the first is the default).
+SERVERS = ("granian", "uvicorn")
 #: Enables the admin endpoints (a secret: from the environment only, never a flag).
 ENV_ADMIN_TOKEN = ServeSettings.variable("admin_token")
 
@@ -354,7 +357,27 @@ def explanation_dict(e: Explanation) -> dict[str, Any]:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes [default: one per core this process may run on].",
+)
+@click.option(
+    "--server",
+    type=click.Choice(SERVERS),
+    default=SERVERS[0],
+    show_default=True,
+    help="The HTTP server (granian: ~half uvicorn's CPU per request, see README).",
+)
+@click.option(
+    "--deadline-ms",
+    type=click.FloatRange(0, min_open=True),
+    default=_LIMITS.deadline_ms,
+    show_default=True,
+    help="A request that cannot be answered within this many ms of its arrival is shed: the "
+    "session's cached answer flagged 'overload', else 503 with Retry-After.",
+)
 @click.option(
     "--max-body-bytes",
     type=click.IntRange(1),
@@ -398,7 +421,9 @@ def serve(
     settings: Settings,
     host: str,
     port: int,
-    workers: int,
+    workers: int | None,
+    server: str,
+    deadline_ms: float,
     max_body_bytes: int,
     rate_limit: float,
     rate_burst: int,
@@ -416,8 +441,6 @@ def serve(
     POST /admin/forget/USER_ID is enabled when FEATREC_ADMIN_TOKEN is set (at least 16
     characters; callers send it as 'Authorization: Bearer <token>').
     """
-    import uvicorn
-
     from featrec.jobs.serving import load_model
 
     options = _options(model, request_log, max_session_age, candidates, item_cache, experiment)
@@ -430,14 +453,40 @@ def serve(
         rate_burst,
         max_inflight=max_inflight,
         max_concurrent=max_concurrent,
+        deadline_ms=deadline_ms,
     )
     os.environ.update(limits.to_env())
+    workers = workers or len(os.sched_getaffinity(0))
     token = ServeSettings.from_env(os.environ).admin_token  # validates what the workers will read
     admin = "on" if token is not None else f"off (no {ENV_ADMIN_TOKEN})"
     click.echo(
         f"featrec serving on http://{host}:{port} ({settings.online_store} store, model "
-        f"{options.model}, request log {options.request_log}, admin {admin}); OpenAPI at /docs"
+        f"{options.model}, request log {options.request_log}, admin {admin}; {server}, "
+        f"{workers} worker(s)); OpenAPI at /docs"
     )
+    run_server(server, host, port, workers)
+
+
+def run_server(server: str, host: str, port: int, workers: int) -> None:
+    """Serve :data:`APP_FACTORY` with ``workers`` processes (blocks until stopped)."""
+    if server == "granian":
+        from granian.constants import Interfaces
+        from granian.log import LogLevels
+        from granian.server import Server
+
+        Server(
+            APP_FACTORY,
+            address=host,
+            port=port,
+            interface=Interfaces.ASGI,
+            workers=workers,
+            factory=True,
+            log_level=LogLevels.warning,
+            log_access=False,
+        ).serve()
+        return
+    import uvicorn
+
     uvicorn.run(
         APP_FACTORY,
         factory=True,

@@ -9,9 +9,15 @@ Every bad request is a 4xx with a JSON ``detail`` that says why, never a 5xx:
   not echoed back (they may be huge, NaN, or unencodable lone surrogates);
 - 400: a body that cannot be parsed (malformed JSON, bad UTF-8); 415: a body that is not
   declared as JSON;
-- 413: a body over the size limit; 429: a client over its rate; 503: overloaded, when load
-  shedding is on (see :mod:`featrec.server.limits`);
+- 413: a body over the size limit; 429: a client over its rate; 503 with ``Retry-After``:
+  overloaded, when a request cannot be answered within its deadline and the session has no
+  cached answer (one it has comes back flagged ``degraded_code: "overload"``; see
+  :mod:`featrec.server.fast_route`), or past ``max_inflight`` (:mod:`featrec.server.limits`);
 - 401: an admin request without the right bearer token; 503: admin disabled (no token set).
+
+Valid ``POST /recommend`` requests are answered by the plain ASGI hot path in
+:mod:`featrec.server.fast_route` (msgspec, no pydantic); the FastAPI route documents the API and
+answers the invalid ones with pydantic's messages.
 
 Store trouble is never an error status either: the recommender answers degraded
 (``"degraded": true`` and the reason). Metrics live in a registry of their own per app
@@ -40,9 +46,17 @@ from prometheus_client.registry import Collector
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 
+from featrec.app.serving.admission import OVERLOAD, Admission
 from featrec.app.serving.config import DEGRADED_CODES, MAX_ID_LENGTH, MAX_K, MAX_SHOWN
+from featrec.app.serving.privacy_gate import (
+    FORGOTTEN,
+    DenySource,
+    is_forgotten,
+    non_personalised,
+)
 from featrec.app.serving.recommender import Recommendation, Recommender
 from featrec.errors import ConfigError, FeatrecError
+from featrec.server.fast_route import FastRecommend
 from featrec.server.limits import (
     BodyLimitMiddleware,
     HttpLimits,
@@ -157,13 +171,15 @@ def create_app(
     forget: Forget | None = None,
     admin_token: str | None = None,
     clock: Callable[[], float] = time.monotonic,
+    deny: DenySource | None = None,
 ) -> FastAPI:
     """The HTTP app around ``recommender``.
 
     ``forget`` serves ``POST /admin/forget/{user_id}`` to callers that present
     ``admin_token`` (at least 16 characters) as a bearer token; without both, admin answers
     503. ``limits``: body size and rate limits (defaults: :class:`HttpLimits`); ``clock``
-    drives the rate limiter's buckets.
+    drives the rate limiter's buckets. ``deny``: the current deny-set; a request naming a
+    forgotten user or session gets a non-personalised answer and is not logged.
     """
     limits = limits if limits is not None else HttpLimits()
     admin_token = admin_token or None
@@ -200,7 +216,7 @@ def create_app(
     registry.register(_RecommenderCollector(recommender))
     for outcome in ("computed", "cached", "degraded"):
         requests.labels(outcome)
-    for code in DEGRADED_CODES:
+    for code in (*DEGRADED_CODES, OVERLOAD, FORGOTTEN):
         degraded.labels(code)
     for reason in ("rate_limited", "overloaded", "unauthorized"):
         refused.labels(reason)
@@ -215,6 +231,37 @@ def create_app(
         summary="Real-time recommendations from streaming session features.",
         version="1",
         lifespan=lifespan,
+    )
+
+    def answered(answer: Recommendation, seconds: float) -> None:
+        latency.observe(seconds)
+        if answer.degraded:
+            requests.labels("degraded").inc()
+            degraded.labels(answer.degraded_code or "unknown").inc()
+        else:
+            requests.labels("cached" if answer.cached else "computed").inc()
+
+    def shed(kind: str) -> None:
+        if kind == "degraded":
+            requests.labels("degraded").inc()
+            degraded.labels(OVERLOAD).inc()
+        else:
+            refused.labels("overloaded").inc()
+
+    # At most this many recommendations are computed at once; the others wait here, in the
+    # event loop, at no cost. Without the bound every queued request took one of anyio's 40
+    # threads, and under overload the threads' fight for the GIL halved the throughput.
+    workers = anyio.CapacityLimiter(limits.max_concurrent)
+
+    # Added first: innermost, behind the limits below.
+    app.add_middleware(
+        FastRecommend,
+        recommender=recommender,
+        admission=Admission(deadline_s=limits.deadline_ms / 1000),
+        limiter=workers,
+        on_answer=answered,
+        on_shed=shed,
+        deny=deny,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
     if limits.max_inflight:
@@ -231,23 +278,23 @@ def create_app(
     _add_error_handlers(app)
     _add_admin_routes(app, forget, admin_token, refused.labels("unauthorized").inc)
 
-    # At most this many recommendations are computed at once; the others wait here, in the
-    # event loop, at no cost. Without the bound every queued request took one of anyio's 40
-    # threads, and under overload the threads' fight for the GIL halved the throughput.
-    workers = anyio.CapacityLimiter(limits.max_concurrent)
-
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(body: RecommendRequest) -> RecommendResponse:
         """The ``k`` best items for the session now, each with its score and reasons."""
         started = time.perf_counter()
-        answer = await anyio.to_thread.run_sync(
-            recommender.recommend,
-            body.session_id,
-            body.user_id,
-            body.k,
-            body.shown,
-            limiter=workers,
-        )
+        if deny is not None and is_forgotten(deny(), body.session_id, body.user_id):
+            answer = await anyio.to_thread.run_sync(
+                non_personalised, recommender, body.session_id, body.k, limiter=workers
+            )
+        else:
+            answer = await anyio.to_thread.run_sync(
+                recommender.recommend,
+                body.session_id,
+                body.user_id,
+                body.k,
+                body.shown,
+                limiter=workers,
+            )
         latency.observe(time.perf_counter() - started)
         if answer.degraded:
             requests.labels("degraded").inc()

@@ -17,6 +17,12 @@ temporary name and renamed into place, so a reader never sees half an artifact.
 5. the manifest's feature list must equal the list the caller scores with
    (:data:`~featrec.core.ranking.ranker.RANKING_FEATURES`): a mismatch is a
    :class:`~featrec.errors.ConfigError` naming the missing, extra or moved features.
+
+**The serving predictor** (:mod:`featrec.core.ranking.predictor`) is exported beside the model
+as ``predictor.npz`` (the trees as flat arrays: data, read without pickle), its sha256 and kind
+recorded in the manifest. Loading checks the hash like the model's, then scores a probe matrix
+with both and refuses the version unless the predictor equals the ranker bit for bit. A
+version saved before predictors existed gets one compiled from its ranker at load time.
 """
 
 from __future__ import annotations
@@ -36,10 +42,17 @@ from typing import Any, Final
 import sklearn
 
 from featrec.core.features.catalog import LONG_TERM_SERVICE, SESSION_SERVICE
+from featrec.core.ranking.predictor import (
+    PREDICTOR_KIND,
+    CompiledPredictor,
+    TreeArrays,
+    probe_matrix,
+)
 from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker
 from featrec.errors import ConfigError, NotFound
 
 MODEL_FILE: Final = "model.skops"
+PREDICTOR_FILE: Final = "predictor.npz"
 MANIFEST_FILE: Final = "manifest.json"
 MANIFEST_FORMAT: Final = 1
 
@@ -90,6 +103,10 @@ class Manifest:
     training: Mapping[str, Any] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
     artifact: str = MODEL_FILE
+    #: The exported serving predictor (None: saved before predictors existed).
+    predictor: str | None = None
+    predictor_sha256: str | None = None
+    predictor_kind: str | None = None
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -128,6 +145,15 @@ class Manifest:
             )
         if manifest.artifact != MODEL_FILE:
             raise ConfigError(f"{where}: unexpected artifact name {manifest.artifact!r}")
+        if manifest.predictor not in (None, PREDICTOR_FILE):
+            raise ConfigError(f"{where}: unexpected predictor name {manifest.predictor!r}")
+        if manifest.predictor is not None and (
+            manifest.predictor_sha256 is None or manifest.predictor_kind != PREDICTOR_KIND
+        ):
+            raise ConfigError(
+                f"{where}: predictor kind {manifest.predictor_kind!r} is not supported (this "
+                f"featrec reads {PREDICTOR_KIND!r}, with its sha256): retrain the model"
+            )
         return manifest
 
 
@@ -136,6 +162,8 @@ class LoadedModel:
     ranker: Ranker
     manifest: Manifest
     path: Path
+    #: The serving predictor: scores equal to ``ranker``'s bit for bit (checked at load).
+    predictor: CompiledPredictor
     #: Warnings worth logging (e.g. trained with another scikit-learn version).
     notes: tuple[str, ...] = ()
 
@@ -168,6 +196,8 @@ def save_model(
         model_path = staging / MODEL_FILE
         sio.dump(ranker, model_path)
         sha = file_sha256(model_path)
+        predictor = TreeArrays.from_model(ranker.model_).to_bytes()
+        (staging / PREDICTOR_FILE).write_bytes(predictor)
         name = version or f"{created:%Y%m%dT%H%M%SZ}-{sha[:8]}"
         _check_version_name(name)
         manifest = Manifest(
@@ -181,6 +211,9 @@ def save_model(
             metrics=dict(metrics or {}),
             params={k: _jsonable(v) for k, v in ranker.get_params().items()},
             training=dict(training or {}),
+            predictor=PREDICTOR_FILE,
+            predictor_sha256=hashlib.sha256(predictor).hexdigest(),
+            predictor_kind=PREDICTOR_KIND,
         )
         (staging / MANIFEST_FILE).write_text(manifest.to_json() + "\n")
         target = root / name
@@ -277,7 +310,44 @@ def load_model(
             f"trained with scikit-learn {manifest.sklearn_version}, running "
             f"{sklearn.__version__}: retrain to be sure scores are unchanged"
         )
-    return LoadedModel(ranker, manifest, where, tuple(notes))
+    predictor, note = _load_predictor(where, root, manifest, ranker)
+    notes.extend(note)
+    return LoadedModel(ranker, manifest, where, predictor, tuple(notes))
+
+
+def _load_predictor(
+    where: Path, root: Path, manifest: Manifest, ranker: Ranker
+) -> tuple[CompiledPredictor, list[str]]:
+    """The version's exported predictor (hash-checked), or one compiled from ``ranker`` for a
+    version saved without; refused unless it scores a probe exactly as ``ranker`` does."""
+    notes: list[str] = []
+    if manifest.predictor is None:
+        trees = TreeArrays.from_model(ranker.model_)
+        notes.append("saved without a predictor: compiled one from the ranker at load time")
+    else:
+        path = where / manifest.predictor
+        if not path.is_file() or not path.resolve().is_relative_to(root):
+            raise ConfigError(f"{where}: the predictor {manifest.predictor} is missing")
+        if path.stat().st_mode & stat.S_IWOTH:
+            raise ConfigError(f"refusing {path}: it is writable by everyone (chmod o-w)")
+        data = path.read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != manifest.predictor_sha256:
+            raise ConfigError(
+                f"refusing {path}: its sha256 {actual[:16]}... does not match the manifest's "
+                f"(the file was changed after training; retrain or restore it)"
+            )
+        try:
+            trees = TreeArrays.from_bytes(data)
+        except (ValueError, KeyError, OSError, zipfile.BadZipFile) as e:
+            raise ConfigError(f"refusing {path}: not a featrec predictor ({e})") from None
+    predictor = CompiledPredictor(trees)
+    probe = probe_matrix(trees)
+    if predictor.score_candidates(probe).tobytes() != ranker.score_candidates(probe).tobytes():
+        raise ConfigError(
+            f"refusing {where}: its predictor does not score as its ranker does (retrain)"
+        )
+    return predictor, notes
 
 
 def load_latest(trusted_root: Path, *, features: Sequence[str] = RANKING_FEATURES) -> LoadedModel:

@@ -82,6 +82,7 @@ def evaluation_config(base: ServingConfig | None = None) -> ServingConfig:
         candidates=cfg.candidates,
         rerank=RerankConfig(drop_purchased=True),
         cache_sessions=cfg.cache_sessions,
+        rank_top=cfg.rank_top,
     )
 
 

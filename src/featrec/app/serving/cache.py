@@ -66,21 +66,25 @@ class RowCache:
         out: Found = {}
         missing: dict[str, list[str]] = {}
         positions: dict[str, list[int]] = {}
+        hits = misses = 0
         with self._lock:
-            rows = self._rows
+            lookup = self._rows.get
             for view, keys in wanted.items():
                 found: list[StampedRow | None] = []
+                append = found.append
                 for j, key in enumerate(keys):
-                    entry = rows.get((view, key))
+                    entry = lookup((view, key))
                     if entry is not None and entry[0] >= oldest:
-                        found.append(entry[1])
-                        self.hits += 1
+                        append(entry[1])
                     else:
-                        found.append(None)
+                        append(None)
                         missing.setdefault(view, []).append(key)
                         positions.setdefault(view, []).append(j)
-                        self.misses += 1
+                        misses += 1
+                hits += len(keys)
                 out[view] = found
+            self.hits += hits - misses
+            self.misses += misses
         if not missing:
             return out
         try:
@@ -156,6 +160,15 @@ class ResponseCache(Generic[T]):
                 return None
             self._slots.move_to_end(session_id)
             return slot.entries.get(key)
+
+    def latest(self, session_id: str) -> T | None:
+        """The answer stored last for the session's newest version (any request key), if any:
+        what an overloaded server may serve instead of computing."""
+        with self._lock:
+            slot = self._slots.get(session_id)
+            if slot is None or not slot.entries:
+                return None
+            return next(reversed(slot.entries.values()))
 
     def shown_before(self, session_id: str, version: int) -> tuple[str, ...] | None:
         """The list served to this session for the newest version older than ``version``."""

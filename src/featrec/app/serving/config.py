@@ -15,6 +15,7 @@ from featrec.core.candidates.config import CandidateConfig
 from featrec.core.evaluation.experiments import Experiment
 from featrec.core.features.freshness import BATCH_MAX_AGE
 from featrec.core.ranking.rerank import RerankConfig
+from featrec.core.ranking.two_stage import DEFAULT_KEEP, check_keep
 from featrec.errors import ConfigError
 
 #: Largest ``k`` a request may ask for, and most ``shown`` items it may send.
@@ -69,6 +70,9 @@ class ServingConfig:
         default_factory=lambda: RerankConfig(max_per_category=5, stability_window=2)
     )
     cache_sessions: int = 10_000
+    #: Two-stage ranking: the model scores the first ``rank_top`` candidates of the candidate
+    #: order, the rest follow in that order (None: all; see featrec.core.ranking.two_stage).
+    rank_top: int | None = DEFAULT_KEEP
     #: An A/B experiment: each request is bucketed into an arm, which may change the scorer
     #: or the model version (see :mod:`featrec.core.evaluation.experiments`); None: no experiment.
     experiment: Experiment | None = None
@@ -80,6 +84,10 @@ class ServingConfig:
                 raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
         if self.max_user_age_s is not None and not self.max_user_age_s >= 0:
             raise ConfigError(f"max_user_age_s must be >= 0 or None, got {self.max_user_age_s}")
+        try:
+            check_keep(self.rank_top)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.item_cache_rows < 1 or self.cache_sessions < 1:
             raise ConfigError("item_cache_rows and cache_sessions must be >= 1")
 

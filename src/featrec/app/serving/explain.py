@@ -106,7 +106,8 @@ def explain_request(
     now_s = record.now_s
     session_values = steps.values_of(session)
     user_values = steps.values_of(user)
-    raw = steps.score(scorer, model, candidates, session_values, user_values, items, now_s)
+    keep = record.rank_top  # None (before two-stage ranking): the model scored every candidate
+    raw = steps.score(scorer, model, candidates, session_values, user_values, items, now_s, keep)
     purchased = steps.purchased_items(user_values)
     decisions = steps.post_process(
         candidates, raw, items, now_s, purchased, record.shown_before, record.k, record.rerank

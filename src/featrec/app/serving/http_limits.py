@@ -4,9 +4,14 @@ Read by the HTTP app (:mod:`featrec.server.limits` enforces them) from ``FEATREC
 variables (declared, with defaults and bounds, in :class:`featrec.settings.ServeSettings`),
 which ``featrec serve`` writes from its options.
 
-Overload: by default a worker computes ``max_concurrent`` recommendations at once and queues
-the others (nothing is refused, latency grows with the queue; the bound keeps the throughput
-at capacity under overload). ``max_inflight`` > 0 sheds instead: a request arriving while that many
+Deadline: a worker computes one recommendation at a time; a request that cannot be answered
+within ``deadline_ms`` of its arrival (the queue ahead of it, at the measured cost per request,
+is too long) is shed at once: the session's cached answer flagged ``overload``, else 503 with
+``Retry-After`` (:mod:`featrec.app.serving.admission`). The queue is bounded by the deadline.
+
+Overload: a worker computes ``max_concurrent`` recommendations at once (one: the work is CPU
+bound, and a second thread only interleaves two requests on the same core) and queues the
+others, up to the deadline. ``max_inflight`` > 0 sheds instead: a request arriving while that many
 are in progress is answered 503 with ``Retry-After`` at once, so callers can fall back while
 the admitted requests keep their latency (see benchmarks/http_load.py for both, measured).
 """
@@ -26,6 +31,7 @@ ENV_RATE: Final = ServeSettings.variable("rate_limit")
 ENV_BURST: Final = ServeSettings.variable("rate_burst")
 ENV_MAX_INFLIGHT: Final = ServeSettings.variable("max_inflight")
 ENV_MAX_CONCURRENT: Final = ServeSettings.variable("max_concurrent")
+ENV_DEADLINE_MS: Final = ServeSettings.variable("deadline_ms")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +44,8 @@ class HttpLimits:
     burst: int = 400
     max_clients: int = 100_000
     max_inflight: int = 0
-    max_concurrent: int = 4
+    max_concurrent: int = 1
+    deadline_ms: float = 50.0
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
@@ -51,6 +58,8 @@ class HttpLimits:
             raise ConfigError(f"max concurrent must be >= 1, got {self.max_concurrent}")
         if self.max_inflight < 0:
             raise ConfigError(f"max in-flight requests must be >= 0, got {self.max_inflight}")
+        if not (math.isfinite(self.deadline_ms) and self.deadline_ms > 0):
+            raise ConfigError(f"the request deadline must be > 0 ms, got {self.deadline_ms}")
         if self.max_clients < 1:
             raise ConfigError(f"max clients must be >= 1, got {self.max_clients}")
 
@@ -65,6 +74,7 @@ class HttpLimits:
             ENV_BURST: str(self.burst),
             ENV_MAX_INFLIGHT: str(self.max_inflight),
             ENV_MAX_CONCURRENT: str(self.max_concurrent),
+            ENV_DEADLINE_MS: repr(self.deadline_ms),
         }
 
     @classmethod
@@ -75,6 +85,7 @@ class HttpLimits:
             burst=serve.rate_burst,
             max_inflight=serve.max_inflight,
             max_concurrent=serve.max_concurrent,
+            deadline_ms=serve.deadline_ms,
         )
 
     @classmethod

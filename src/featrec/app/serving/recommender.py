@@ -297,7 +297,9 @@ class Recommender:
         scorer = choose_scorer(reason, model, override)
         if scorer != SCORER_MODEL:
             model = None
-        raw = score(scorer, model, candidates, session_values, user_values, items, now_s)
+        raw = score(
+            scorer, model, candidates, session_values, user_values, items, now_s, cfg.rank_top
+        )
         purchased = purchased_items(user_values)
         decisions = post_process(
             candidates, raw, items, now_s, purchased, shown_before, k, cfg.rerank
@@ -358,6 +360,7 @@ class Recommender:
             decisions=tuple(decisions),
             experiment=arm,
             rows=tuple(logged),
+            rank_top=cfg.rank_top,
         )
         return answer, record
 
@@ -375,6 +378,10 @@ class Recommender:
         with self._counters:
             self.log_failures += count
             self.last_log_error = message
+
+    def now(self) -> float:
+        """The time requests are answered at (unix seconds, see the class docstring)."""
+        return self._clock()
 
     def health(self) -> Health:
         """Probes the store with one read (ignoring the failure back-off)."""

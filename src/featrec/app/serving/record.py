@@ -83,6 +83,9 @@ class ServedRequest:
     decisions: tuple[Decision, ...]
     experiment: ArmAssignment | None
     rows: tuple[LoggedRow, ...] = ()
+    #: Two-stage ranking: the model scored the first ``rank_top`` candidates (None: all of
+    #: them, as before two-stage ranking; the key is then left out of the stored body).
+    rank_top: int | None = None
 
     @property
     def degraded(self) -> bool:
@@ -119,6 +122,7 @@ class ServedRequest:
             "model_version": self.model_version,
             "session_version": self.session_version,
             "session_used": self.session_used,
+            **({} if self.rank_top is None else {"rank_top": self.rank_top}),
             "rerank": asdict(self.rerank),
             "candidates": [c.to_dict() for c in self.candidates],
             "raw_scores": list(self.raw_scores),
@@ -167,6 +171,7 @@ class ServedRequest:
             decisions=body.decisions("decisions"),
             experiment=body.arm("experiment"),
             rows=tuple(record.rows),
+            rank_top=body.optional_integer("rank_top") if "rank_top" in record.body else None,
         )
 
 

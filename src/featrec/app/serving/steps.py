@@ -22,6 +22,7 @@ from featrec.core.features.catalog import ITEM_FEATURES, count_feature
 from featrec.core.ports.serving import StampedRow
 from featrec.core.ranking.ranker import fallback_scores, popularity_score, ranking_matrix
 from featrec.core.ranking.rerank import Decision, RerankConfig, rerank
+from featrec.core.ranking.two_stage import two_stage_scores
 from featrec.errors import ConfigError
 
 #: The features serving reads of views it does not need whole: ``item_features`` has 21, the
@@ -105,13 +106,21 @@ def score(
     user: Mapping[str, object] | None,
     items: Mapping[str, Mapping[str, object] | None],
     now_s: float,
+    keep: int | None = None,
 ) -> Scores:
+    """Raw scores of ``candidates`` by ``scorer``; the model scores the first ``keep``
+    (two-stage ranking, :mod:`featrec.core.ranking.two_stage`; None: all)."""
     if not candidates:
         return np.empty(0, dtype=np.float64)
     if scorer == SCORER_MODEL:
         assert model is not None
-        matrix = ranking_matrix(candidates, session, user, items, now_s)
-        return np.asarray(model.ranker.score_candidates(matrix), dtype=np.float64)
+        ranker = model.ranker
+
+        def head(m: int) -> Scores:
+            matrix = ranking_matrix(candidates, session, user, items, now_s, rows=m)
+            return np.asarray(ranker.score_candidates(matrix), dtype=np.float64)
+
+        return two_stage_scores(head, len(candidates), keep)
     if scorer == SCORER_ORDER:
         return candidate_order_scores(len(candidates))
     if scorer == SCORER_FALLBACK:

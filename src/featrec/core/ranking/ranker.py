@@ -191,13 +191,16 @@ def ranking_matrix(
     now_s: float,
     *,
     trending_config: TrendingConfig = _DEFAULT_TRENDING,
+    rows: int | None = None,
 ) -> Matrix:
     """One row per candidate, columns :data:`RANKING_FEATURES` (float64, NaN = unknown).
 
     ``items`` maps item ids to :func:`item_row` mappings (a missing key is a missing row).
-    ``now_s`` is the request time in unix seconds.
+    ``now_s`` is the request time in unix seconds. ``rows``: only the first ``rows``
+    candidates' rows (two-stage ranking), equal to those rows of the full matrix (the
+    request-relative columns still compare with every candidate).
     """
-    n = len(candidates)
+    n = len(candidates) if rows is None else min(rows, len(candidates))
     max_base = max((c.base_score for c in candidates), default=0.0)
     max_covisit = max((c.score(COVISIT) for c in candidates), default=0.0)
 
@@ -240,8 +243,8 @@ def ranking_matrix(
     terms = _trend_terms(trending_config)
     #: The item columns of a candidate without any item row.
     unknown_item = [NAN] * 8
-    rows: list[list[float]] = []
-    for rank, c in enumerate(candidates):
+    out: list[list[float]] = []
+    for rank, c in enumerate(candidates[:n]):
         item_id, scores, sources, details = c.item_id, c.scores, c.sources, c.details
         covisit = scores.get(COVISIT, 0.0)
         base = covisit + scores.get(SESSION, 0.0)
@@ -271,7 +274,7 @@ def ranking_matrix(
         else:
             same_category = NAN
         user_share = shares.get(category, 0.0) if has_user and category is not None else NAN
-        rows.append(
+        out.append(
             [
                 float(rank),
                 base,
@@ -300,14 +303,19 @@ def ranking_matrix(
                 *context,
             ]
         )
-    if not rows:
+    if not out:
         return np.empty((0, len(RANKING_FEATURES)), dtype=np.float64)
-    matrix = np.array(rows, dtype=np.float64)
+    matrix = np.array(out, dtype=np.float64)
     assert matrix.shape == (n, len(RANKING_FEATURES))
     # Popularity relative to the request's most popular candidate: unlike the absolute trend,
     # it does not drift when every trend decays together (signals frozen or lagging).
     trend = matrix[:, _TREND_NOW]
+    if n < len(candidates):
+        rest = [items.get(c.item_id) for c in candidates[n:]]
+        tail = [_trend_now(item, now_s, terms) for item in rest if item is not None]
+        trend = np.concatenate([trend, np.asarray(tail, dtype=np.float64)])
     top_trend = np.nanmax(trend) if not np.isnan(trend).all() else NAN
+    trend = matrix[:, _TREND_NOW]
     matrix[:, _TREND_SHARE] = trend / top_trend if top_trend > 0 else NAN
     return matrix
 

@@ -136,27 +136,35 @@ def rerank(
                 previous.setdefault(item, q)
     window, margin, cap = config.stability_window, config.stability_margin, config.max_per_category
 
+    # Items whose category is full wait in `waiting` (score order); the others are `open`.
+    # A category only fills up, so an item leaves `open` once, when its category reaches the
+    # cap, and gets its reason at the next slot (as a scan of every item at every slot would).
     placed: list[str] = []
     per_category: dict[str, int] = {}
     fallen: set[str] = set()
-    capped: set[str] = set()
     relaxed: set[str] = set()
-    while remaining and len(placed) < k:
+    category_of = {item: categories.get(item) for item in remaining}
+    position = {item: i for i, item in enumerate(remaining)}
+    open_items = remaining
+    waiting: list[str] = []
+    full: list[str] = []
+    while (open_items or waiting) and len(placed) < k:
         slot = len(placed) + 1
-
-        def fits(item: str) -> bool:
-            category = categories.get(item)
-            return cap is None or category is None or per_category.get(category, 0) < cap
-
-        eligible = [item for item in remaining if fits(item)]
-        for item in remaining:
-            if item not in capped and not fits(item):
-                capped.add(item)
-                reasons[item].append(
-                    f"diversity: category {categories.get(item)} already has {cap} item(s)"
-                )
-        if not eligible:
-            eligible = list(remaining)
+        if full:
+            closed = set(full)
+            moved = [item for item in open_items if category_of[item] in closed]
+            if moved:
+                open_items = [item for item in open_items if category_of[item] not in closed]
+                for item in moved:
+                    reasons[item].append(
+                        f"diversity: category {category_of[item]} already has {cap} item(s)"
+                    )
+                waiting = sorted(waiting + moved, key=position.__getitem__)
+            full = []
+        if open_items:
+            eligible = open_items
+        else:
+            eligible = waiting
             for item in eligible:
                 if item not in relaxed:
                     relaxed.add(item)
@@ -165,10 +173,12 @@ def rerank(
         if choice is None:
             choice = _natural(eligible, previous, fallen, slot, window, margin, adjusted, reasons)
         placed.append(choice)
-        remaining.remove(choice)
-        category = categories.get(choice)
+        eligible.remove(choice)
+        category = category_of[choice]
         if category is not None:
-            per_category[category] = per_category.get(category, 0) + 1
+            count = per_category[category] = per_category.get(category, 0) + 1
+            if cap is not None and count == cap:
+                full.append(category)
 
     out = [
         Decision(item, adjusted[item], rank, True, tuple(reasons[item]), raw[index[item]])
@@ -199,10 +209,12 @@ def _held(
     not clearly outscored by the best eligible item."""
     if not previous:
         return None
+    # Walk the (few) shown items, not the (many) eligible ones.
+    members = set(eligible)
     due = sorted(
-        (previous[item], item)
-        for item in eligible
-        if item in previous and item not in fallen and previous[item] + window <= slot
+        (q, item)
+        for item, q in previous.items()
+        if q + window <= slot and item not in fallen and item in members
     )
     best = eligible[0]
     for q, item in due:
