@@ -47,6 +47,7 @@ BAD_FROM_ENV = {
     "FEATREC_SERVE_RATE_BURST": ("0", "an integer >= 1"),
     "FEATREC_SERVE_MAX_CONCURRENT": ("65", "an integer from 1 to 64"),
     "FEATREC_SERVE_MAX_INFLIGHT": ("-1", "an integer >= 0"),
+    "FEATREC_SERVE_DEADLINE_MS": ("0", "a finite number > 0"),
     "FEATREC_SERVE_REQUEST_LOG": ("kafka", "one of: sqlite, redis"),
     "FEATREC_SERVE_MAX_SESSION_AGE_S": ("-1", "a finite number >= 0"),
     "FEATREC_SERVE_ITEM_CACHE_S": ("a while", "a finite number >= 0"),
