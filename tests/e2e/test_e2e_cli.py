@@ -138,8 +138,13 @@ def test_publish_to_redis_stream_and_run_the_stream_flow(redis_settings: Setting
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEATREC_")}
     env.update(settings.to_env())
+    # SIGINT back to its default in the child: a test run started in the background by a
+    # non-interactive shell inherits it ignored, and the flow would never stop on Ctrl-C.
     flow = subprocess.Popen(
-        [FEATREC, "run", "sessions", "--source", "redis"], env=env, start_new_session=True
+        [FEATREC, "run", "sessions", "--source", "redis"],
+        env=env,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )
     try:
         out = featrec(settings, "publish", str(path)).stdout
