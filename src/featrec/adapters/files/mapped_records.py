@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Final, TypeAlias
 
-from featrec.adapters.files.raw_records import FilePosition, RawFileReader
+from featrec.adapters.files.raw_records import FilePosition, RawFileReader, parquet_rows
 from featrec.core.events.formats import DeadLetter, RawRecord
 from featrec.core.events.mapping import EventMapping, map_record
 from featrec.errors import ConfigError
@@ -34,7 +34,6 @@ _BY_SUFFIX: Final = {
     ".json": "jsonl",
     ".parquet": "parquet",
 }
-_PARQUET_BATCH_ROWS: Final = 4096
 
 
 def mapped_layout(path: Path, mapping: EventMapping) -> str:
@@ -203,33 +202,8 @@ class MappedFileReader:
     # parquet ----------------------------------------------------------------------------
 
     def _open_parquet(self) -> None:
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(self.path)
-        except Exception as exc:  # pyarrow raises ArrowInvalid/OSError subclasses
-            raise ConfigError(f"{self.path}: not a readable Parquet file ({exc})") from None
-        self._columns = list(pf.schema_arrow.names)
+        self._columns, self._rows = parquet_rows(self.path, self._offset)
         self.mapping.check_columns(self._columns, self.name)
-        skip, first_group = self._offset, 0
-        meta = pf.metadata
-        while first_group < meta.num_row_groups and skip >= meta.row_group(first_group).num_rows:
-            skip -= meta.row_group(first_group).num_rows
-            first_group += 1
-        groups = list(range(first_group, meta.num_row_groups))
-        self._rows = self._iter_parquet(pf, groups, skip)
-
-    @staticmethod
-    def _iter_parquet(pf: Any, groups: list[int], skip: int) -> Iterator[dict[str, Any]]:
-        if not groups:
-            return
-        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, row_groups=groups):
-            if skip >= batch.num_rows:
-                skip -= batch.num_rows
-                continue
-            rows = batch.slice(skip).to_pylist() if skip else batch.to_pylist()
-            skip = 0
-            yield from rows
 
     def _read_parquet(self, max_records: int, at: float) -> list[RawRecord | DeadLetter]:
         assert self._rows is not None

@@ -240,33 +240,8 @@ class RawFileReader:
     # parquet ----------------------------------------------------------------------------
 
     def _open_parquet(self) -> None:
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(self.path)
-        except Exception as exc:  # pyarrow raises ArrowInvalid/OSError subclasses
-            raise ConfigError(f"{self.path}: not a readable Parquet file ({exc})") from None
-        _check_columns(self.path, list(pf.schema_arrow.names))
-        # Skip whole row groups from the metadata, then rows inside the first one read.
-        skip, first_group = self._offset, 0
-        meta = pf.metadata
-        while first_group < meta.num_row_groups and skip >= meta.row_group(first_group).num_rows:
-            skip -= meta.row_group(first_group).num_rows
-            first_group += 1
-        groups = list(range(first_group, meta.num_row_groups))
-        self._parquet_rows = self._iter_parquet(pf, groups, skip)
-
-    @staticmethod
-    def _iter_parquet(pf: Any, groups: list[int], skip: int) -> Iterator[dict[str, Any]]:
-        if not groups:
-            return
-        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, row_groups=groups):
-            if skip >= batch.num_rows:
-                skip -= batch.num_rows
-                continue
-            rows = batch.slice(skip).to_pylist() if skip else batch.to_pylist()
-            skip = 0
-            yield from rows
+        columns, self._parquet_rows = parquet_rows(self.path, self._offset)
+        _check_columns(self.path, columns)
 
     def _read_parquet(self, max_records: int, at: float) -> list[RawRecord | DeadLetter]:
         assert self._parquet_rows is not None
@@ -342,3 +317,34 @@ def _number_or_text(value: str) -> float | str:
         return float(value)
     except ValueError:
         return value
+
+
+def parquet_rows(path: Path, offset: int) -> tuple[list[str], Iterator[dict[str, Any]]]:
+    """A Parquet file's column names, and its rows from row ``offset`` on as dicts. Whole row
+    groups before the offset are skipped from the metadata, then rows inside the first one
+    read. Raises ``ConfigError`` for a file that is not readable Parquet."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError subclasses
+        raise ConfigError(f"{path}: not a readable Parquet file ({exc})") from None
+    skip, first_group = offset, 0
+    meta = pf.metadata
+    while first_group < meta.num_row_groups and skip >= meta.row_group(first_group).num_rows:
+        skip -= meta.row_group(first_group).num_rows
+        first_group += 1
+    groups = list(range(first_group, meta.num_row_groups))
+    return list(pf.schema_arrow.names), _iter_parquet(pf, groups, skip)
+
+
+def _iter_parquet(pf: Any, groups: list[int], skip: int) -> Iterator[dict[str, Any]]:
+    if not groups:
+        return
+    for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, row_groups=groups):
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        rows = batch.slice(skip).to_pylist() if skip else batch.to_pylist()
+        skip = 0
+        yield from rows
