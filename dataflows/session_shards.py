@@ -43,7 +43,7 @@ from bytewax.outputs import FixedPartitionedSink, Sink
 from dataflows import metrics
 from dataflows.batching import shard_of
 from dataflows.metrics import FlowStats
-from dataflows.sessions import FORGOTTEN, DenySource
+from dataflows.sessions import FORGOTTEN, DenySource, allowed_rows
 from dataflows.sinks import FeatureSink, WriterFactory
 from dataflows.sources import SourceItem
 from featrec.core.events.batch_decode import Arrival, decode_records
@@ -284,25 +284,6 @@ class ShardLogic(StatefulBatchLogic[ShardValue, ShardOutput, bytes]):
                 out.append(rows)
         if not self.shard.dirty:
             self.flush_at = None
-
-
-def allowed_rows(rows: list[FeatureRow], denied: DenySet) -> list[FeatureRow]:
-    """``rows`` less those of forgotten sessions or users (counted)."""
-    if not denied:
-        return rows
-    kept = [
-        row
-        for row in rows
-        if not denied.contains("session", row.key) and not denied.contains("user", _user_of(row))
-    ]
-    if len(kept) < len(rows):
-        FORGOTTEN.labels(what="row").inc(len(rows) - len(kept))
-    return kept
-
-
-def _user_of(row: FeatureRow) -> str | None:
-    user = row.values.get("user_id")
-    return user if isinstance(user, str) else None
 
 
 def build_batch_flow(

@@ -382,7 +382,9 @@ def build_per_event_flow(
         return isinstance(kv[1], FeatureRow)
 
     def shard_rows(kvs: list[tuple[str, FeatureRow]]) -> list[tuple[str, list[FeatureRow]]]:
-        return shard_chunks(_allowed_rows(kvs, deny_source.current()), _row_key, shards)
+        return shard_chunks(
+            allowed_rows([row for _, row in kvs], deny_source.current()), _row_key, shards
+        )
 
     turns = itertools.count()
 
@@ -425,8 +427,8 @@ def _session_key(item: SessionInput) -> str:
     return item.event.session_id if isinstance(item, Arrival) else item.session_id
 
 
-def _allowed_rows(kvs: list[tuple[str, FeatureRow]], denied: DenySet) -> list[FeatureRow]:
-    rows = [row for _, row in kvs]
+def allowed_rows(rows: list[FeatureRow], denied: DenySet) -> list[FeatureRow]:
+    """``rows`` less those of forgotten sessions or users (counted)."""
     if not denied:
         return rows
     kept = [
