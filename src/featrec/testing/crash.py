@@ -410,8 +410,10 @@ def outage_run(
         caller.start()
         time.sleep(outage_at_s)
         before = scrape(port)
-        caller.phase = "outage"
         shutdown_saving(store)
+        # Only once the store is down: a request begun while it was shutting down may still
+        # have read it, and would be counted as an answer during the outage.
+        caller.phase = "outage"
         went_down = time.monotonic()
         time.sleep(outage_s / 2)
         during = scrape(port)
