@@ -15,7 +15,8 @@ import resource
 import time
 from pathlib import Path
 
-from featrec.adapters.files.event_files import FILE_FORMATS, write_events
+from featrec.adapters.files.event_files import write_events
+from featrec.adapters.files.layouts import FILE_FORMATS
 from featrec.core.events.generator import GeneratorConfig, generate
 
 

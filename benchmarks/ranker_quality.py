@@ -131,7 +131,7 @@ def feast_points(
     from featrec.adapters.duckdb.features import EventLogDB
     from featrec.adapters.feast.repo import apply_repo, open_store
     from featrec.adapters.files.event_log import EventLogWriter
-    from featrec.core.candidates.generation import SignalCandidates
+    from featrec.core.candidates.point_generators import SignalCandidates
     from featrec.jobs.batch import plan_batch, run_batch
     from featrec.jobs.training_sets import build_training_set
     from featrec.settings import Settings

@@ -53,6 +53,7 @@ from featrec.adapters.files.model_store import models_dir, save_model  # noqa: E
 from featrec.adapters.redis.rows import open_redis_row_reader  # noqa: E402
 from featrec.app.item_signals import trending_key  # noqa: E402
 from featrec.app.serving.recommender import Recommendation, Recommender, ServingConfig  # noqa: E402
+from featrec.app.serving.record import ServedRequest  # noqa: E402
 from featrec.core.features import catalog  # noqa: E402
 from featrec.core.features.rows import FeatureRow  # noqa: E402
 from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker  # noqa: E402
@@ -399,7 +400,7 @@ def request_reads(recommender: Recommender, reader: Any, answer: Recommendation)
         "user": session.values["user_id"],
         "last": session.values["last_items"],
         "category": session.values["last_category"],
-        "candidates": [c["item_id"] for c in record.body["candidates"]],
+        "candidates": [c.item_id for c in ServedRequest.from_record(record).candidates],
     }
 
 

@@ -34,7 +34,7 @@ from featrec.core.evaluation.metrics import (
 from featrec.core.events.model import CLICK, Event
 from featrec.core.features.catalog import NEIGHBOURS_K
 from featrec.core.items import covisit, trending
-from featrec.core.items.session_scorer import CandidateConfig, recommend
+from featrec.core.items.session_scorer import ScorerConfig, recommend
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15-100k"
 TRAIN = DATA / "yoochoose-clicks-100k_train_tr.txt"
@@ -43,7 +43,7 @@ K = 20
 
 #: Tuned on this split (train_tr -> train_valid); see the report in the issue.
 DEFAULTS = covisit.CovisitConfig()
-CANDIDATE_DEFAULTS = CandidateConfig()
+CANDIDATE_DEFAULTS = ScorerConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +166,7 @@ def main() -> None:
         half_life_s=args.half_life_days * 86_400 if args.half_life_days else None,
         capacity=args.capacity,
     )
-    candidates = CandidateConfig(
+    candidates = ScorerConfig(
         last_n=args.last_n,
         recency_decay=args.recency_decay,
         normalise=args.normalise,

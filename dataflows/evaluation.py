@@ -39,9 +39,9 @@ from featrec.core.events.formats import DeadLetter, RawRecord
 from featrec.core.features.rows import FeatureRow
 from featrec.core.ports.features import FeatureWriter
 from featrec.errors import ConfigError
-from featrec.settings import Settings
+from featrec.settings import FlowSettings, Settings
 
-ENV_DIR = "FEATREC_EVAL_DIR"
+ENV_DIR = FlowSettings.variable("eval_dir")
 #: How long the source sleeps between polls while an event is in flight.
 POLL = timedelta(microseconds=200)
 
@@ -139,10 +139,10 @@ def flow() -> Dataflow:
     """Factory for ``python -m bytewax.run``: the replay of the work dir in ``FEATREC_EVAL_DIR``."""
     from featrec.jobs.evaluation import open_replay
 
-    raw = os.environ.get(ENV_DIR, "").strip()
-    if not raw:
+    work_dir = FlowSettings.from_env(os.environ).eval_dir
+    if work_dir is None:
         raise ConfigError(f"set {ENV_DIR} to the work directory `featrec evaluate` prepared")
-    replay = open_replay(Path(raw))
+    replay = open_replay(work_dir)
     return replay_flow(replay.gate, replay.settings, replay.dead_letters, replay.work.test_log_dir)
 
 

@@ -76,7 +76,7 @@ from featrec.core.sessions.fold import (
     session_row,
 )
 from featrec.errors import ConfigError, InvalidEvent
-from featrec.settings import Settings
+from featrec.settings import FlowSettings, Settings
 
 FLOW_ID: Final = "featrec_sessions"
 #: Keys the row and event-log batches are sharded over, so several workers share the writes.
@@ -402,7 +402,8 @@ def source_from_env(
     """The source named by ``FEATREC_SOURCE`` (file paths joined by ``os.pathsep``, or
     ``redis``), ``FEATREC_SOURCE_FORMAT`` and ``FEATREC_REPLAY_SPEED``. ``tombstones``: a
     stream source emits (and then deletes) tombstones rather than skipping them."""
-    spec = environ.get("FEATREC_SOURCE", "").strip()
+    flow_settings = FlowSettings.from_env(environ)
+    spec = (flow_settings.source or "").strip()
     if not spec:
         raise ConfigError(
             "set FEATREC_SOURCE to an event file (several joined by "
@@ -413,14 +414,10 @@ def source_from_env(
         return RedisStreamSource(
             settings.stream_url, streams, batch_size=1000, tombstones=tombstones
         )
-    fmt = environ.get("FEATREC_SOURCE_FORMAT", "").strip() or None
-    raw_speed = environ.get("FEATREC_REPLAY_SPEED", "").strip() or "0"
-    try:
-        speed = float(raw_speed)
-    except ValueError:
-        raise ConfigError(f"FEATREC_REPLAY_SPEED={raw_speed!r} is not a number") from None
     paths = [p for p in spec.split(os.pathsep) if p]
-    return FileReplaySource(paths, fmt=fmt, speed=speed)
+    return FileReplaySource(
+        paths, fmt=flow_settings.source_format, speed=flow_settings.replay_speed
+    )
 
 
 def open_online_writer(settings: Settings) -> FeatureWriter:

@@ -26,15 +26,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
-import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows import metrics
+from featrec.adapters.errors import translated
 from featrec.adapters.files.raw_records import FilePosition, RawFileReader, record_time
 from featrec.adapters.redis.streams import EVENT_FIELD, connect, stream_id_ms
 from featrec.core.events.formats import DeadLetter, RawRecord
 from featrec.core.privacy import TOMBSTONE_FIELD, TOMBSTONE_FORMAT
-from featrec.errors import ConfigError
+from featrec.errors import ConfigError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -232,16 +232,14 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, StreamPosition]):
         self.read_tombstones: list[str] = []
 
     def next_batch(self) -> list[SourceItem]:
+        # Only an unavailable store is retried; any other error (a wrong password: ConfigError)
+        # stops the flow with its message.
         try:
-            reply: Any = self.client.xread(
-                {self.stream: self.last_id}, count=self.source.batch_size
-            )
-        except redis.exceptions.AuthenticationError as exc:
-            # Retrying cannot fix a wrong password: stop the flow with a clear message.
-            raise ConfigError(
-                f"stream {self.stream}: {exc} (check the password in FEATREC_REDIS_URL)"
-            ) from exc
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            with translated(f"reading the stream {self.stream!r}"):
+                reply: Any = self.client.xread(
+                    {self.stream: self.last_id}, count=self.source.batch_size
+                )
+        except StoreUnavailable as exc:
             self._back_off(exc)
             return []
         if self.backoff_s:
@@ -284,13 +282,7 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, StreamPosition]):
         metrics.SOURCE_RETRIES.labels(stream=self.stream).inc()
         self.backoff_s = min(max(self.backoff_s * 2, 0.01), self.source.max_backoff_s)
         if self.retries == 1 or self.backoff_s >= self.source.max_backoff_s:
-            log.warning(
-                "stream %s: Redis unreachable (%s); retry %d in %.2f s",
-                self.stream,
-                exc,
-                self.retries,
-                self.backoff_s,
-            )
+            log.warning("%s; retry %d in %.2f s", exc, self.retries, self.backoff_s)
         self.wake = datetime.now(UTC) + timedelta(seconds=self.backoff_s)
 
     def next_awake(self) -> datetime | None:
@@ -307,9 +299,10 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, StreamPosition]):
         if not self.read_tombstones:
             return
         try:
-            self.client.xdel(self.stream, *self.read_tombstones)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            log.warning("stream %s: tombstones not deleted yet (%s)", self.stream, exc)
+            with translated(f"deleting tombstones from {self.stream!r}"):
+                self.client.xdel(self.stream, *self.read_tombstones)
+        except StoreUnavailable as exc:
+            log.warning("tombstones not deleted yet: %s", exc)
             return
         self.read_tombstones = []
 

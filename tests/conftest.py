@@ -10,6 +10,12 @@ The directories are the lanes, and each test gets its directory's marker:
 
 from __future__ import annotations
 
+import os
+
+# One OpenMP thread per test process: the suite runs two xdist workers on two cores, and
+# scikit-learn's default of one thread per core made model fits thrash (minutes, not seconds).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -1,107 +1,168 @@
-"""Settings: one frozen object, read once at the entry point and passed down.
+"""Settings: every ``FEATREC_*`` variable, declared once, read once at the entry point.
 
-Every field can be set with a ``FEATREC_*`` environment variable (name in the table below);
-nothing reads the environment at import time. Secrets (the Redis password) only ever come from
-the environment and are never written to disk: the URL fields are left out of ``repr``, and
-anything that names a Redis server in a message uses :func:`redact_url`.
+Three frozen models (pydantic-settings), one per reader, share one environment reader:
 
-=============================  =================================  ==========================
-variable                       meaning                            default
-=============================  =================================  ==========================
-FEATREC_HOME                   local data: event log, dead        ``.featrec``
-                               letters, recovery store
-FEATREC_REPO                   the Feast repo                     ``feature_repo``
-FEATREC_ONLINE_STORE           ``sqlite`` (embedded) or ``redis`` ``sqlite``
-FEATREC_REDIS_URL              redis-py URL of the online store   ``redis://127.0.0.1:6379/0``
-                               (``redis://``, ``rediss://`` for
-                               TLS; password as
-                               ``redis://:PASSWORD@host:port/0``)
-FEATREC_REDIS_CA_CERT          CA bundle (PEM) that verifies the  none (system CAs)
-                               server of a ``rediss://`` URL;
-                               added to the URLs as
-                               ``?ssl_ca_certs=PATH``
-FEATREC_BUS_URL                redis-py URL of the event bus      FEATREC_REDIS_URL
-                               (event and dead-letter streams)
-FEATREC_STREAM                 Redis stream of raw events         ``featrec:events``
-FEATREC_DEAD_LETTER_STREAM     Redis stream of refused events     ``featrec:deadletters``
-FEATREC_WRITER                 ``fast`` or ``feast``              ``fast``
-FEATREC_BATCH_MAX_ROWS         micro-batch size bound             ``1000``
-FEATREC_BATCH_DEADLINE_MS      micro-batch latency bound          ``20``
-FEATREC_SESSION_GAP_S          inactivity gap (event time)        ``1800``
-FEATREC_ALLOWED_LATENESS_S     out-of-order tolerance             ``300``
-FEATREC_STATE_TTL_S            system-time GC of idle sessions    the gap
-FEATREC_ITEM_WRITE_INTERVAL_S  item signals: least system time    ``5``
-                               between two rows of one item
-FEATREC_ITEM_IDLE_S            item signals: system time before   ``600``
-                               an idle item's state is checked
-                               (dropped once negligible)
-=============================  =================================  ==========================
+- :class:`Settings` — the stores, streams, micro-batches and session policy; everything that
+  runs reads it (CLI, HTTP workers, dataflows).
+- :class:`ServeSettings` — ``FEATREC_SERVE_*`` (written by ``featrec serve`` for its HTTP
+  workers) and ``FEATREC_ADMIN_TOKEN``.
+- :class:`FlowSettings` — what a dataflow process reads beyond :class:`Settings`: its source,
+  and the evaluation replay's work directory.
+
+:data:`OTHER_VARIABLES` names the rest: one featrec writes for Feast's yaml, one only tests read.
+:func:`variables` lists them all (the README's table is checked against it), and reading warns
+(:class:`UnknownVariableWarning`) about any other ``FEATREC_*`` variable, with the closest
+known name, so a misspelt variable is not silently ignored.
+
+Nothing reads the environment at import time or on construction: only ``from_env(environ)``
+reads, and only the mapping it is given. A bad value is a :class:`~featrec.errors.ConfigError`
+with one line that names the variable and its allowed values. Secrets (the Redis password,
+the admin token) only ever come from the environment and are never written to disk: the URL
+fields are left out of ``repr``, and anything that names a Redis server in a message uses
+:func:`redact_url`.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, Self, get_args
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from pydantic import SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
 from featrec.core.sessions.fold import SessionPolicy
+from featrec.environment import (
+    PREFIX,
+    EnvModel,
+    UnknownVariableWarning,
+    Variable,
+    model_variables,
+    redact_url,
+    var,
+)
 from featrec.errors import ConfigError
 
-ONLINE_STORES = ("sqlite", "redis")
-WRITERS = ("fast", "feast")
+OnlineStore = Literal["sqlite", "redis"]
+Writer = Literal["fast", "feast"]
+RequestLog = Literal["sqlite", "redis"]
+SourceFormat = Literal["featrec", "otto", "session-rec"]
+ONLINE_STORES: Final = get_args(OnlineStore)
+WRITERS: Final = get_args(Writer)
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 #: redis-py's URL option (passed on to ``ssl.SSLContext.load_verify_locations``).
 CA_OPTION: Final = "ssl_ca_certs"
 
+#: Variables featrec knows but no model reads: name -> (default, allowed, meaning).
+OTHER_VARIABLES: Final = {
+    "FEATREC_FEAST_REDIS": (
+        "derived",
+        "a Feast Redis connection string",
+        "Feast's Redis connection string, read by `feature_store.redis.yaml`; featrec derives "
+        "it from `FEATREC_REDIS_URL` (set it yourself only to run stock `feast` on that yaml)",
+    ),
+    "FEATREC_KILL_SEED": (
+        "random",
+        "an integer",
+        "tests only: replays the kill times of the crash-recovery test",
+    ),
+}
 
-@dataclass(frozen=True)
-class Settings:
-    home: Path = Path(".featrec")
-    repo: Path = Path("feature_repo")
-    online_store: str = "sqlite"
-    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
-    redis_ca_cert: Path | None = None
-    bus_url: str | None = field(default=None, repr=False)
-    stream: str = "featrec:events"
-    dead_letter_stream: str = "featrec:deadletters"
-    writer: str = "fast"
-    batch_max_rows: int = 1000
-    batch_deadline_ms: float = 20.0
-    session_gap_s: float = 1800.0
-    allowed_lateness_s: float = 300.0
-    state_ttl_s: float | None = None
-    item_write_interval_s: float = 5.0
-    item_idle_s: float = 600.0
+_URL_ALLOWED: Final = "a URL starting with redis://, rediss:// or unix://"
 
-    def __post_init__(self) -> None:
-        if self.online_store not in ONLINE_STORES:
-            raise ConfigError(
-                f"online store must be one of {', '.join(ONLINE_STORES)}, got {self.online_store!r}"
-            )
-        if self.writer not in WRITERS:
-            raise ConfigError(f"writer must be one of {', '.join(WRITERS)}, got {self.writer!r}")
-        if self.batch_max_rows < 1:
-            raise ConfigError(f"batch max rows must be >= 1, got {self.batch_max_rows}")
-        if not self.batch_deadline_ms > 0:
-            raise ConfigError(f"batch deadline must be > 0 ms, got {self.batch_deadline_ms}")
-        if not self.redis_url.startswith(REDIS_SCHEMES):
-            raise ConfigError("FEATREC_REDIS_URL must start with redis://, rediss:// or unix://")
-        if self.bus_url is not None and not self.bus_url.startswith(REDIS_SCHEMES):
-            raise ConfigError("FEATREC_BUS_URL must start with redis://, rediss:// or unix://")
+
+class Settings(EnvModel):
+    """The stores, streams, micro-batches and session policy. Validated, frozen."""
+
+    home: Path = var(
+        Path(".featrec"),
+        "local data: event log, dead letters, recovery store, flow status, models, request log",
+    )
+    repo: Path = var(Path("feature_repo"), "the Feast feature repo")
+    online_store: OnlineStore = var(
+        "sqlite", "the online store: `sqlite` (embedded, no server) or `redis`"
+    )
+    redis_url: str = var(
+        "redis://127.0.0.1:6379/0",
+        "redis-py URL of the online store: `rediss://` for TLS, the password as "
+        "`redis://:PASSWORD@host:port/0` (it only ever comes from here)",
+        allowed=_URL_ALLOWED,
+        secret=True,
+    )
+    redis_ca_cert: Path | None = var(
+        None,
+        "CA bundle (PEM) that verifies the server of a `rediss://` URL; added to every "
+        "client's URL as `?ssl_ca_certs=PATH`, Feast's included",
+        shown="system CAs",
+    )
+    bus_url: str | None = var(
+        None,
+        "redis-py URL of the event bus (event and dead-letter streams) on a Redis of its own",
+        shown="`FEATREC_REDIS_URL`",
+        allowed=_URL_ALLOWED,
+        secret=True,
+    )
+    stream: str = var(
+        "featrec:events", "Redis stream(s) of raw events (several: comma-separated)", min_length=1
+    )
+    dead_letter_stream: str = var(
+        "featrec:deadletters",
+        "Redis stream of refused events (the item flow's: this name + `:items`)",
+        min_length=1,
+    )
+    writer: Writer = var(
+        "fast",
+        "`fast` (Feast's Redis layout written directly / provider batch on SQLite) or `feast` "
+        "(stock `write_to_online_store`)",
+    )
+    batch_max_rows: int = var(1000, "micro-batch size bound (rows)", ge=1)
+    batch_deadline_ms: float = var(20.0, "micro-batch latency bound (ms)", gt=0)
+    session_gap_s: float = var(1800.0, "session inactivity gap (event time, s)", gt=0)
+    allowed_lateness_s: float = var(
+        300.0, "out-of-order tolerance (event time, s; at most the gap)", ge=0
+    )
+    state_ttl_s: float | None = var(
+        None,
+        "system time after which an idle session's state is discarded (s)",
+        shown="the gap",
+        gt=0,
+    )
+    item_write_interval_s: float = var(
+        5.0, "item signals: least system time between two rows of one item (s)", ge=0
+    )
+    item_idle_s: float = var(
+        600.0,
+        "item signals: system time before an idle item's state is checked, dropped once "
+        "negligible (s)",
+        gt=0,
+    )
+
+    @field_validator("redis_url", "bus_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(REDIS_SCHEMES):
+            raise ValueError(_URL_ALLOWED)
+        return url
+
+    @model_validator(mode="after")
+    def _derive(self) -> Self:
         if self.redis_ca_cert is not None:
             # Frozen, but the URLs are what every client is built from: carry the CA there.
             object.__setattr__(self, "redis_url", with_ca_cert(self.redis_url, self.redis_ca_cert))
             if self.bus_url is not None and self.bus_url.startswith("rediss://"):
                 object.__setattr__(self, "bus_url", with_ca_cert(self.bus_url, self.redis_ca_cert))
-        if not self.item_write_interval_s >= 0:
+        if self.allowed_lateness_s > self.session_gap_s:
             raise ConfigError(
-                f"item write interval must be >= 0 s, got {self.item_write_interval_s}"
+                f"{self.variable('allowed_lateness_s')}={self.allowed_lateness_s!r} is not a "
+                f"finite number from 0 to {self.variable('session_gap_s')} "
+                f"({self.session_gap_s!r}): the allowed lateness is at most the session gap"
             )
-        if not self.item_idle_s > 0:
-            raise ConfigError(f"item idle time must be > 0 s, got {self.item_idle_s}")
         self.session_policy  # noqa: B018 - validates gap and lateness early
+        return self
 
     @property
     def items_dead_letter_stream(self) -> str:
@@ -136,27 +197,132 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
-        """Build settings from ``FEATREC_*`` variables, then apply explicit overrides."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(f"FEATREC_{f.name.upper()}")
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _convert(f.name, raw, f.type)
+        """Build settings from ``FEATREC_*`` variables, then apply explicit overrides.
+
+        Every entry point starts here, so this is where unknown ``FEATREC_*`` variables are
+        reported (:func:`warn_unknown`).
+        """
+        warn_unknown(environ, stacklevel=2)
+        values = cls.read(environ)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
 
-    def to_env(self) -> dict[str, str]:
-        """The ``FEATREC_*`` variables that rebuild these settings in a child process."""
-        env: dict[str, str] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None:
-                env[f"FEATREC_{f.name.upper()}"] = str(value)
-        return env
+class ServeSettings(EnvModel):
+    """The HTTP app's limits and serving options (``featrec serve`` writes them for its
+    workers: see :mod:`featrec.app.serving.http_limits` and :mod:`featrec.jobs.serving`), and
+    the admin token (a secret: from the environment only)."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX + "SERVE_")
+
+    max_body_bytes: int = var(65536, "larger request bodies are refused (413)", ge=1)
+    rate_limit: float = var(200.0, "requests/s per client and worker (0: no limit)", ge=0)
+    rate_burst: int = var(400, "requests a client may send at once", ge=1)
+    max_concurrent: int = var(1, "recommendations computed at once per worker", ge=1, le=64)
+    max_inflight: int = var(0, "requests in progress per worker before 503 (0: off)", ge=0)
+    deadline_ms: float = var(
+        50.0, "a request not answerable within this many ms of its arrival is shed", gt=0
+    )
+    model: str = var(
+        "auto",
+        "model version under `<home>/models`: `auto` (newest, if any), `latest`, `none` or a "
+        "version name",
+        allowed="a model version, `auto`, `latest` or `none`",
+        min_length=1,
+    )
+    request_log: RequestLog = var("sqlite", "where served requests are logged")
+    max_session_age_s: float = var(
+        600.0, "a session row older than this is stale: degraded answer (s)", ge=0
+    )
+    item_cache_s: float = var(5.0, "staleness bound of cached item rows and lists (s)", ge=0)
+    candidates: int = var(100, "candidates scored per request", ge=1, le=5000)
+    experiment: dict[str, Any] | None = var(
+        None, "the A/B experiment as JSON (`featrec serve --experiment` writes it)", shown="none"
+    )
+    admin_token: SecretStr | None = var(
+        None,
+        "bearer token of the HTTP admin endpoints, at least 16 characters (unset: admin off)",
+        shown="none",
+        secret=True,
+        alias=PREFIX + "ADMIN_TOKEN",
+    )
+
+    @field_validator("experiment", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            data = json.loads(value)
+        except ValueError:
+            raise ValueError("not JSON") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, token: Any) -> Any:
+        return None if isinstance(token, str) and not token.strip() else token
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ServeSettings:
+        return cls(**cls.read(environ))
+
+
+class FlowSettings(EnvModel):
+    """What a dataflow process reads beyond :class:`Settings`."""
+
+    source: str | None = var(
+        None,
+        "a flow's source: event files joined by the OS path separator, or `redis` (the "
+        "stream `FEATREC_STREAM`)",
+        shown="none",
+        allowed="event file paths or `redis`",
+    )
+    source_format: SourceFormat | None = var(
+        None, "format of the source files", shown="from the file"
+    )
+    replay_speed: float = var(
+        0.0, "file replay pace: 0 as fast as possible, N times the recorded pace", ge=0
+    )
+    eval_dir: Path | None = var(
+        None, "work directory of `featrec evaluate`'s replay flow (set by it)", shown="none"
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> FlowSettings:
+        return cls(**cls.read(environ))
+
+
+MODELS: Final[tuple[type[EnvModel], ...]] = (Settings, ServeSettings, FlowSettings)
+
+
+def variables() -> list[Variable]:
+    """Every ``FEATREC_*`` variable featrec reads or writes, in declaration order."""
+    found = [v for model in MODELS for v in model_variables(model)]
+    return found + [Variable(name, *about) for name, about in OTHER_VARIABLES.items()]
+
+
+def warn_unknown(environ: Mapping[str, str], *, stacklevel: int = 1) -> list[str]:
+    """Warn about each ``FEATREC_*`` variable in ``environ`` that featrec does not read,
+    suggesting the closest known name. Returns the unknown names. ``stacklevel`` 1 blames the
+    caller, 2 the caller's caller."""
+    known = [v.name for v in variables()]
+    unknown = sorted(k for k in environ if k.upper().startswith(PREFIX) and k.upper() not in known)
+    # Compared without the prefix, which every name shares (it would make any two look close).
+    suffixes = [name.removeprefix(PREFIX) for name in known]
+    for name in unknown:
+        close = difflib.get_close_matches(
+            name.upper().removeprefix(PREFIX), suffixes, n=1, cutoff=0.7
+        )
+        hint = f"; did you mean {PREFIX}{close[0]}?" if close else ""
+        warnings.warn(
+            f"{name} is not a featrec variable, ignored{hint}",
+            UnknownVariableWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return unknown
 
 
 def with_ca_cert(url: str, ca_cert: Path) -> str:
@@ -185,29 +351,19 @@ def with_ca_cert(url: str, ca_cert: Path) -> str:
     return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (safe for messages and logs)."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<unparseable Redis URL>"
-    if not password:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def _convert(name: str, raw: str, type_: Any) -> Any:
-    text = str(type_)
-    try:
-        if "Path" in text:
-            return Path(raw)
-        if text.startswith("int"):
-            return int(raw)
-        if text.startswith("float"):
-            return float(raw)
-    except ValueError:
-        raise ConfigError(f"FEATREC_{name.upper()}={raw!r} is not a number") from None
-    return raw
+__all__ = [
+    "MODELS",
+    "ONLINE_STORES",
+    "OTHER_VARIABLES",
+    "WRITERS",
+    "EnvModel",
+    "FlowSettings",
+    "ServeSettings",
+    "Settings",
+    "UnknownVariableWarning",
+    "Variable",
+    "redact_url",
+    "variables",
+    "warn_unknown",
+    "with_ca_cert",
+]

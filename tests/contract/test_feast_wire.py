@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from featrec.adapters.feast.layout import values as feast_wire
 from featrec.adapters.feast.layout.values import InvalidFeatureRow, encode_value
-from featrec.adapters.feast.types import feast_type, to_value_proto
+from featrec.adapters.feast.types import feast_type, value_proto
 from featrec.core.features import catalog
 from featrec.core.features.catalog import Dtype
 from featrec.core.features.rows import FeatureRow
@@ -55,7 +55,7 @@ def test_values_encode_as_protobuf_does(dtype: Dtype, data: st.DataObject) -> No
     value = data.draw(VALUES[dtype])
     expected = protobuf_value(dtype, value).SerializeToString()
     assert encode_value(dtype, value) == expected
-    assert to_value_proto(dtype, value).SerializeToString() == expected
+    assert value_proto(dtype, feast_wire.normalize(dtype, value)).SerializeToString() == expected
 
 
 @pytest.mark.parametrize("dtype", list(Dtype))
@@ -113,7 +113,7 @@ def test_bad_values_are_refused_with_the_reason(dtype: Dtype, value: object, mes
     with pytest.raises(InvalidFeatureRow, match=message):
         encode_value(dtype, value)
     with pytest.raises(InvalidFeatureRow, match=message):
-        to_value_proto(dtype, value)
+        value_proto(dtype, feast_wire.normalize(dtype, value))
 
 
 @given(join_key=st.sampled_from(["session_id", "item_id", "ü_id"]), value=texts)

@@ -31,16 +31,9 @@ from featrec.adapters.files.model_store import (
 from featrec.core.ranking.predictor import PREDICTOR_KIND, TreeArrays
 from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker
 from featrec.errors import ConfigError, NotFound
+from featrec.testing.ranking import fitted_ranker as fitted
 
 WHEN = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-
-def fitted(features: tuple[str, ...] = RANKING_FEATURES, seed: int = 0) -> Ranker:
-    rng = np.random.default_rng(seed)
-    X = rng.random((300, len(features)))
-    X[::5, 3] = np.nan
-    y = (X[:, 0] + X[:, 1] > 1).astype(int)
-    return Ranker(feature_names=features, max_iter=10).fit(X, y)
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from featrec.adapters.feast.layout.decode import DECODERS, UndecodableValue, decode_value
-from featrec.adapters.feast.layout.values import encode_value
+from featrec.adapters.feast.layout.values import encode_value, normalize
 from featrec.adapters.feast.repo import redis_layout_options
 from featrec.adapters.feast.rows import FeastRowReader
-from featrec.adapters.feast.types import to_value_proto
+from featrec.adapters.feast.types import value_proto
 from featrec.adapters.feast.writers import RedisLayoutWriter
 from featrec.adapters.redis.rows import RedisRowReader
 from featrec.app.serving.cache import ResponseCache, RowCache
@@ -47,7 +47,8 @@ def test_decode_inverts_featrec_encoder_and_feast_serializer(data: st.DataObject
     dtype = data.draw(st.sampled_from(list(Dtype)))
     value = data.draw(st.one_of(st.none(), VALUES[dtype]))
     expected = value if value is None or dtype is not Dtype.INT64 else int(value)
-    for encoded in (encode_value(dtype, value), to_value_proto(dtype, value).SerializeToString()):
+    sdk_encoded = value_proto(dtype, normalize(dtype, value)).SerializeToString()
+    for encoded in (encode_value(dtype, value), sdk_encoded):
         decoded = DECODERS[dtype](encoded)
         assert decoded == expected
         if isinstance(expected, float):
@@ -327,7 +328,7 @@ def _random_item_rows(rng: random.Random, n: int) -> dict[str, dict[str, object]
 
 def test_the_served_item_features_are_all_that_ranking_and_fallback_read() -> None:
     from featrec.app.serving.steps import SERVED_FEATURES
-    from featrec.core.candidates.generation import Candidate
+    from featrec.core.candidates.model import Candidate
     from featrec.core.ranking.ranker import (
         fallback_scores,
         item_row,

@@ -9,7 +9,6 @@ import pytest
 from featrec.adapters.redis.streams import (
     append_dead_letters,
     connect,
-    dead_letter_count,
     publish,
     read_dead_letters,
     stream_length,
@@ -49,7 +48,7 @@ def test_dead_letters_round_trip_newest_first(redis_url: str) -> None:
         for i in range(5)
     ]
     append_dead_letters(redis_url, "dl", letters)
-    assert dead_letter_count(redis_url, "dl") == 5
+    assert stream_length(redis_url, "dl") == 5
     newest = read_dead_letters(redis_url, "dl", 2)
     assert [d["origin"] for d in newest] == ["f:4", "f:3"]
     assert set(newest[0]) == {"id", "origin", "reason", "payload", "at"}

@@ -6,6 +6,7 @@ once, and store failures surface as featrec errors.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 from collections.abc import Iterator
@@ -14,13 +15,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from featrec.adapters.sqlite.request_log import (
-    BackgroundRequestLog,
-    RedisRequestLog,
-    SqliteRequestLog,
-)
+from featrec.adapters.background_log import BackgroundRequestLog
+from featrec.adapters.redis.request_log import RedisRequestLog
+from featrec.adapters.sqlite.request_log import SqliteRequestLog
+from featrec.app.serving.recommender import Recommender
+from featrec.app.serving.record import ServedRequest
+from featrec.core.ports.features import InMemoryFeatureStore
 from featrec.core.ports.serving import (
     InMemoryRequestLog,
+    InMemoryRows,
     LoggedRow,
     RequestLog,
     RequestRecord,
@@ -28,6 +31,7 @@ from featrec.core.ports.serving import (
 )
 from featrec.errors import StoreError, StoreUnavailable
 from featrec.testing.redis_server import RedisServer
+from featrec.testing.shop import NOW_S, toy_model, world_rows
 
 # Floats whose shortest decimal form is long or unusual: a lossy encoding would change them.
 AWKWARD = [0.1 + 0.2, 1 / 3, 5e-324, 1.7976931348623157e308, -0.0, 2.0**-1074 * 3, 123456789.1]
@@ -229,3 +233,33 @@ def test_background_log_refuses_when_full_and_reports_failures(tmp_path: Path) -
     finally:
         log.close()
         server.stop()
+
+
+def test_a_log_file_written_before_the_typed_record_still_explains(tmp_path: Path) -> None:
+    """tests/data/request_log_6fb2625.json: SQLite entries and rows as featrec wrote them at
+    commit 6fb2625 (see tests/unit/test_request_record.py), put back byte for byte."""
+    import json
+    import sqlite3
+
+    data = json.loads((Path(__file__).parents[1] / "data" / "request_log_6fb2625.json").read_text())
+    path = tmp_path / "requests.db"
+    SqliteRequestLog(path).close()  # the tables
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executemany(
+            "INSERT INTO requests (request_id, created_at_s, entry) VALUES (?, ?, ?)",
+            [(e["request_id"], e["created_at_s"], json.dumps(e).encode()) for e in data["entries"]],
+        )
+        db.executemany(
+            "INSERT INTO feature_rows (digest, row) VALUES (?, ?)",
+            [(d, json.dumps(row).encode()) for d, row in data["feature_rows"].items()],
+        )
+    log = SqliteRequestLog(path)
+    store = InMemoryFeatureStore()
+    store.write(world_rows())
+    recommender = Recommender(InMemoryRows(store), log, model=toy_model(), clock=lambda: NOW_S)
+    for request_id in data["requests"].values():
+        explanation = recommender.explain(request_id)
+        assert explanation.reproduced, (request_id, explanation.mismatches)
+    listed = {r.request_id: ServedRequest.from_record(r) for r in log.iter_records()}
+    assert sorted(listed) == sorted(data["requests"].values())
+    log.close()

@@ -19,12 +19,10 @@ import numpy as np
 import pytest
 import redis
 
+from featrec.adapters.background_log import BackgroundRequestLog
 from featrec.adapters.files.event_log import EventLogWriter
-from featrec.adapters.sqlite.request_log import (
-    BackgroundRequestLog,
-    RedisRequestLog,
-    SqliteRequestLog,
-)
+from featrec.adapters.redis.request_log import RedisRequestLog
+from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.app.evaluation.ab_report import (
     OUTCOMES,
     Z95,
@@ -34,16 +32,17 @@ from featrec.app.evaluation.ab_report import (
     logged_requests,
     unit_rate,
     welch_difference,
-    wilson,
     wilson_interval,
 )
 from featrec.app.item_signals import ItemSignalsConfig, bootstrap
 from featrec.app.serving.recommender import Recommender, ServingConfig
+from featrec.app.serving.record import ArmAssignment, ServedRequest
 from featrec.core.evaluation.experiments import ArmConfig, Experiment
 from featrec.core.events.generator import GeneratorConfig, generate
 from featrec.core.events.model import CART, CLICK, PURCHASE, VIEW, Event
 from featrec.core.ports.features import InMemoryFeatureStore
 from featrec.core.ports.serving import InMemoryRows, RequestRecord
+from featrec.core.ranking.rerank import Decision, RerankConfig
 from featrec.core.sessions.fold import SessionPolicy, SessionState, fold, new_state, session_row
 from featrec.errors import ConfigError, NotFound
 from featrec.jobs.serving import request_log_path
@@ -68,15 +67,12 @@ from featrec.settings import Settings
 def test_wilson_matches_hand_computed_values(
     successes: int, n: int, low: float, high: float
 ) -> None:
-    got = wilson(successes, n)
+    got = wilson_interval(successes / n, n)
     assert got == pytest.approx((low, high), abs=5e-5)
 
 
-def test_wilson_interval_takes_an_effective_n_and_refuses_nonsense() -> None:
-    assert wilson_interval(0.5, 10) == pytest.approx(wilson(5, 10))
+def test_wilson_interval_of_no_trials_is_everything() -> None:
     assert wilson_interval(0.3, 0) == (0.0, 1.0)
-    with pytest.raises(ValueError):
-        wilson(11, 10)
 
 
 def test_unit_rate_is_the_mean_of_unit_shares_with_wilson_at_the_effective_n() -> None:
@@ -93,7 +89,7 @@ def test_unit_rate_is_the_mean_of_unit_shares_with_wilson_at_the_effective_n() -
     assert unit_rate([(1, 2)] * 4).n_effective == 4
     # ...and no success at all: one observation per unit, not per request
     nothing = unit_rate([(0, 3)] * 5)
-    assert nothing.n_effective == 5 and nothing.high == pytest.approx(wilson(0, 5)[1])
+    assert nothing.n_effective == 5 and nothing.high == pytest.approx(wilson_interval(0.0, 5)[1])
 
 
 def test_the_difference_is_welch_on_unit_means() -> None:
@@ -191,19 +187,32 @@ def record(
     items: Sequence[str],
     experiment: str | None = "e",
 ) -> RequestRecord:
-    body: dict[str, Any] = {
-        "session_id": session,
-        "now_s": T.timestamp() + at,
-        "degraded_reason": None,
-        "decisions": [
-            *({"item_id": i, "kept": True, "rank": n + 1} for n, i in enumerate(items)),
-            {"item_id": "dropped", "kept": False, "rank": None},
-        ],
-        "experiment": None
+    """A logged request of ``experiment`` (None: of none) that recommended ``items``."""
+    kept = [Decision(i, 1.0, n + 1, True, (), 1.0) for n, i in enumerate(items)]
+    return ServedRequest(
+        request_id=request_id,
+        created_at_s=T.timestamp() + at,
+        session_id=session,
+        user_id=unit,
+        k=10,
+        shown=None,
+        shown_before=None,
+        now_s=T.timestamp() + at,
+        degraded_reason=None,
+        degraded_code=None,
+        notes=(),
+        scorer="candidate-order",
+        model_version=None,
+        session_version=None,
+        session_used=True,
+        rerank=RerankConfig(),
+        candidates=(),
+        raw_scores=(),
+        decisions=(*kept, Decision("dropped", 0.5, None, False, ("dropped: cap",), 0.5)),
+        experiment=None
         if experiment is None
-        else {"name": experiment, "arm": arm, "control": "A", "unit": "user", "unit_id": unit},
-    }
-    return RequestRecord(request_id, T.timestamp() + at, body, [])
+        else ArmAssignment(experiment, arm, "A", "user", unit),
+    ).to_record()
 
 
 def test_report_known_answer() -> None:

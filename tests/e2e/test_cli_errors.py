@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -16,8 +19,8 @@ from featrec.cli import main
         (["run", "sessions", "--source", "x", "--speed", "-1"], {}, 2, "--speed"),
         (["generate"], {}, 2, "--out"),
         (["generate", "--out", "x.jsonl", "--events", "0"], {}, 2, "--events"),
-        (["status"], {"FEATREC_ONLINE_STORE": "mongo"}, 1, "online store must be one of"),
-        (["status"], {"FEATREC_BATCH_MAX_ROWS": "lots"}, 1, "is not a number"),
+        (["status"], {"FEATREC_ONLINE_STORE": "mongo"}, 1, "'mongo' is not one of: sqlite, redis"),
+        (["status"], {"FEATREC_BATCH_MAX_ROWS": "lots"}, 1, "'lots' is not an integer >= 1"),
         (["publish", "/no/such/file"], {}, 2, "does not exist"),
         (["no-such-command"], {}, 2, "No such command"),
     ],
@@ -49,3 +52,18 @@ def test_help_everywhere() -> None:
         result = runner.invoke(main, [*args, "--help"])
         assert result.exit_code == 0, (args, result.output)
         assert "Usage:" in result.output
+
+
+def test_status_skips_unreadable_flow_status_files(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.mkdir()
+    (status / "sessions-w0.json").write_text(json.dumps({"events_in": 1234, "rows_written": 5}))
+    (status / "items-w0.json").write_text('{"events_in": 1')  # torn
+    (status / "other-w0.json").write_text("[1, 2]")  # not an object
+    env = {"FEATREC_HOME": str(tmp_path), "FEATREC_ONLINE_STORE": "sqlite", "FEATREC_STREAM": ""}
+    result = CliRunner().invoke(main, ["status"], env=env)
+    assert result.exit_code == 0, result.output
+    flows = [line for line in result.output.splitlines() if line.startswith("flow ")]
+    assert flows == [
+        "flow sessions-w0  events 1,234  dead letters 0  rows written 5  last write never"
+    ]

@@ -36,8 +36,9 @@ from featrec.adapters.files.deny_list import load_deny_set
 from featrec.adapters.files.event_files import read_events, write_events
 from featrec.adapters.files.event_log import read_event_log
 from featrec.adapters.redis.deny_list import stores_for
+from featrec.adapters.redis.request_log import RedisRequestLog
 from featrec.adapters.redis.streams import connect, publish
-from featrec.adapters.sqlite.request_log import RedisRequestLog, SqliteRequestLog
+from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.core.events.generator import GeneratorConfig, generate
 from featrec.core.events.model import MIN_TS, Event
 from featrec.core.features import catalog

@@ -158,7 +158,7 @@ def test_serve_hands_the_experiment_to_its_workers() -> None:
     again = options_from_env(options.to_env())
     assert again.config.experiment == experiment
     assert options_from_env(ServingOptions().to_env()).config.experiment is None
-    with pytest.raises(ConfigError, match="FEATREC_SERVE_EXPERIMENT is not valid JSON"):
+    with pytest.raises(ConfigError, match=r"FEATREC_SERVE_EXPERIMENT='\{' is not a JSON object"):
         options_from_env({"FEATREC_SERVE_EXPERIMENT": "{"})
-    with pytest.raises(ConfigError, match="unknown experiment keys: colour"):
+    with pytest.raises(ConfigError, match="EXPERIMENT: unknown experiment keys: colour"):
         options_from_env({"FEATREC_SERVE_EXPERIMENT": '{"colour": 1}'})

@@ -10,8 +10,9 @@ import pytest
 import redis
 
 from featrec.adapters.feast.writers import RedisLayoutWriter
+from featrec.adapters.redis.request_log import RedisRequestLog
 from featrec.adapters.redis.rows import RedisRowReader, serving_client
-from featrec.adapters.sqlite.request_log import RedisRequestLog, SqliteRequestLog
+from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.app.serving.recommender import Recommender, ServingConfig
 from featrec.testing.redis_server import RedisServer
 from featrec.testing.shop import NOW_S, world_rows

@@ -383,9 +383,8 @@ class _Payload:
 
 
 def test_a_pickle_renamed_to_a_model_is_refused_without_being_unpickled(tmp_path: Path) -> None:
-    from test_model_store import fitted
-
     from featrec.adapters.files.model_store import save_model
+    from featrec.testing.ranking import fitted_ranker as fitted
 
     root = tmp_path / "models"
     version = root / save_model(fitted(), root).version

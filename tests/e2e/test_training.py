@@ -31,8 +31,8 @@ from featrec.app.training import (
 )
 from featrec.cli.batch import batch_group, dataset_group
 from featrec.cli.train import train
-from featrec.core.candidates.generation import Candidate, SignalCandidates
-from featrec.core.candidates.point_generators import PredictionContext
+from featrec.core.candidates.model import Candidate
+from featrec.core.candidates.point_generators import PredictionContext, SignalCandidates
 from featrec.core.events.generator import GeneratorConfig, generate
 from featrec.core.events.model import Event
 from featrec.core.features.rows import micros

@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from featrec.core.candidates.generation import (
+from featrec.core.candidates.config import CandidateConfig
+from featrec.core.candidates.generation import context_categories, generate
+from featrec.core.candidates.model import (
     COVISIT,
     DETAILS,
     HISTORY,
@@ -19,20 +21,14 @@ from featrec.core.candidates.generation import (
     SESSION,
     TRENDING,
     Candidate,
-    CandidateConfig,
-    InMemorySignals,
-    SignalCandidates,
-    SignalLookup,
-    context_categories,
-    generate,
 )
-from featrec.core.candidates.point_generators import PredictionContext
+from featrec.core.candidates.point_generators import PredictionContext, SignalCandidates
+from featrec.core.candidates.signals import InMemorySignals, SignalLookup
 from featrec.core.events.generator import GeneratorConfig
 from featrec.core.events.generator import generate as generate_events
 from featrec.core.events.model import CART, PURCHASE, VIEW, Event
 from featrec.core.items import covisit, trending
-from featrec.core.items.session_scorer import CandidateConfig as SessionScoring
-from featrec.core.items.session_scorer import recommend, score_session
+from featrec.core.items.session_scorer import ScorerConfig, recommend, score_session
 from featrec.core.ranking.examples import build_examples, next_item_targets
 from featrec.errors import ConfigError
 
@@ -173,7 +169,7 @@ def test_base_score_and_order_equal_the_tuned_covisit_scorer() -> None:
     events = list(generate_events(GeneratorConfig(n_events=6000, n_items=300, seed=4)))
     index = covisit.bootstrap(events, covisit.CovisitConfig())
     signals = InMemorySignals(index)
-    scoring = SessionScoring()
+    scoring = ScorerConfig()
     config = CandidateConfig(max_covisit=1000, max_total=1000)
     sessions: dict[str, list[str]] = {}
     for e in events:

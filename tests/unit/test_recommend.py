@@ -26,12 +26,12 @@ from featrec.core.ports.serving import (
     StampedRow,
 )
 from featrec.core.ranking.predictor import compile_ranker
-from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker
+from featrec.core.ranking.ranker import Ranker
 from featrec.core.ranking.rerank import RerankConfig
 from featrec.core.sessions.fold import SessionPolicy, fold, new_state
 from featrec.core.sessions.fold import session_row as fold_row
 from featrec.errors import ConfigError, NotFound
-from featrec.testing.shop import NOW_S, T0, session_row, user_row, world_rows
+from featrec.testing.shop import NOW_S, T0, session_row, toy_model, user_row, world_rows
 
 
 def make(
@@ -136,18 +136,6 @@ def test_bad_arguments_are_refused_with_the_reason(kwargs: dict[str, object], me
 
 
 # -- model, request log, explain ----------------------------------------------------------------
-
-
-def toy_model(version: str = "m-test") -> LoadedModel:
-    """A real fitted Ranker: it learned to like a high base share (column 2) and same category."""
-    rng = np.random.default_rng(0)
-    X = rng.random((600, len(RANKING_FEATURES)))
-    share = RANKING_FEATURES.index("base_share")
-    same = RANKING_FEATURES.index("same_category")
-    X[:, same] = rng.integers(0, 2, 600)
-    y = ((X[:, share] > 0.6) | (X[:, same] > 0.5) & (X[:, share] > 0.2)).astype(int)
-    ranker = Ranker(feature_names=RANKING_FEATURES, max_iter=15, min_samples_leaf=5).fit(X, y)
-    return LoadedModel(version, ranker)
 
 
 def test_the_model_scores_and_explain_reproduces_bit_for_bit() -> None:

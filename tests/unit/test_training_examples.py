@@ -19,7 +19,7 @@ from featrec.core.candidates.point_generators import (
 )
 from featrec.core.events.generator import GeneratorConfig, generate
 from featrec.core.events.model import Event
-from featrec.core.features.freshness import BATCH_MAX_AGE, Freshness, freshness, stale_keys
+from featrec.core.features.freshness import BATCH_MAX_AGE, Freshness, freshness
 from featrec.core.ranking.examples import build_examples, choose_points, next_item_targets
 from featrec.errors import ConfigError
 
@@ -153,7 +153,6 @@ def test_freshness_flags_values_older_than_the_limit() -> None:
         Freshness(timedelta(days=2, seconds=1), True),
     ]
     assert freshness(values, BATCH_MAX_AGE, now)[1].missing
-    assert stale_keys(["a", "b", "c"], values, BATCH_MAX_AGE, now) == ["c"]
     with pytest.raises(ConfigError, match="tz-aware"):
         freshness(values, BATCH_MAX_AGE, now.replace(tzinfo=None))
 

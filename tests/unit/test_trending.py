@@ -114,6 +114,25 @@ def test_global_and_category_top_n() -> None:
         board.top(0)
 
 
+def test_top_lists_equal_top_per_category_at_any_time() -> None:
+    board = TrendingBoard(CONFIG)
+    for i in range(60):
+        board.observe(
+            ev(f"i{i % 17}", i * 600.0, "purchase" if i % 7 == 0 else "view", f"c{i % 3}")
+        )
+    board.observe(ev("nocat", 0))
+    for n in (1, 3, 50):
+        for now in (None, us(40 * HOUR), us(10_000 * HOUR)):
+            top, by_category = board.top_lists(n, now)
+            assert top == board.top(n, now_us=now)
+            categories = {t.category for t in board.items.values()} - {None}
+            assert by_category == {
+                c: got for c in categories if (got := board.top(n, category=c, now_us=now))
+            }
+    with pytest.raises(ValueError, match="n must be"):
+        board.top_lists(0)
+
+
 def test_board_equals_closed_form_and_item_keyed_fold_at_every_checkpoint() -> None:
     """Oracle: each count equals sum(2 ** -(now - t) / h) over the item's events; the
     per-item states of a keyed stream (with snapshots) equal the board bit for bit."""

@@ -17,14 +17,13 @@ so a real item cannot overwrite a list.
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from featrec.core.events.model import Event
-from featrec.core.features.catalog import ITEM_NEIGHBOURS, NEIGHBOURS_K
+from featrec.core.features.catalog import ITEM_NEIGHBOURS, NEIGHBOURS_K, TRENDING_N
 from featrec.core.features.rows import FeatureRow
 from featrec.core.items import covisit
 from featrec.core.items.covisit import CovisitConfig, CovisitIndex, neighbour_row
@@ -35,8 +34,6 @@ from featrec.settings import Settings
 
 #: Key of the global trending list in the ``item_neighbours`` view.
 TRENDING_KEY: Final = "__trending__"
-#: Items a trending list carries.
-TRENDING_N: Final = 50
 #: A sketch whose total decayed weight fell below this may be dropped.
 NEGLIGIBLE_WEIGHT: Final = 0.01
 #: Rows per writer call when writing a bootstrap.
@@ -158,28 +155,12 @@ def bootstrap(events: Iterable[Event], config: ItemSignalsConfig) -> ItemSignals
 def trending_lists(
     board: TrendingBoard, n: int, now_us: int | None = None
 ) -> dict[str, list[tuple[str, float]]]:
-    """Global and per-category top ``n`` in one pass, keyed by :func:`trending_key`.
-
-    Equal to ``board.top(n)`` and ``board.top(n, category=c)`` for every category present
-    (same scores, ties by item id, only positive scores), at ``now_us`` (default: watermark).
-    """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    now = board.watermark_us if now_us is None else now_us
-    config = board.config
-    everything: list[tuple[str, float]] = []
-    by_category: dict[str, list[tuple[str, float]]] = {}
-    for item, trend in board.items.items():
-        score = trend.score(config, now)
-        if score <= 0:
-            continue
-        entry = (item, score)
-        everything.append(entry)
-        if trend.category is not None:
-            by_category.setdefault(trend.category, []).append(entry)
-    out = {TRENDING_KEY: heapq.nsmallest(n, everything, key=_best_first)}
+    """Global and per-category top ``n`` in one pass (:meth:`TrendingBoard.top_lists`), keyed
+    by :func:`trending_key`, categories sorted."""
+    top, by_category = board.top_lists(n, now_us)
+    out = {TRENDING_KEY: top}
     for category in sorted(by_category):
-        out[trending_key(category)] = heapq.nsmallest(n, by_category[category], key=_best_first)
+        out[trending_key(category)] = by_category[category]
     return out
 
 
@@ -213,7 +194,3 @@ def write_rows(writer: FeatureWriter, rows: Sequence[FeatureRow], chunk: int = W
     for start in range(0, len(rows), chunk):
         written += writer.write(rows[start : start + chunk])
     return written
-
-
-def _best_first(entry: tuple[str, float]) -> tuple[float, str]:
-    return (-entry[1], entry[0])

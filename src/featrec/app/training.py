@@ -9,7 +9,7 @@ point, after folding the point's own event, has what the online store would hold
 
 - the ``session_features`` row (:func:`featrec.core.sessions.fold.fold`),
 - the co-visitation lists, trending lists, ``item_trending`` rows and purchase histories
-  (:class:`~featrec.core.candidates.generation.SignalCandidates` observing every event),
+  (:class:`~featrec.core.candidates.point_generators.SignalCandidates` observing every event),
 
 and computes :func:`~featrec.core.ranking.ranker.ranking_matrix` for the point's candidates. The
 sources and source scores of a candidate are those
@@ -39,14 +39,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from featrec.core.candidates.generation import (
-    DEFAULT_CONFIG,
-    Candidate,
-    CandidateConfig,
-    InMemorySignals,
-    SignalCandidates,
-)
-from featrec.core.candidates.point_generators import PredictionContext
+from featrec.core.candidates.config import DEFAULT_CONFIG, CandidateConfig
+from featrec.core.candidates.model import Candidate
+from featrec.core.candidates.point_generators import PredictionContext, SignalCandidates
+from featrec.core.candidates.signals import InMemorySignals
 from featrec.core.evaluation.metrics import hit_rate_at_k, mrr_at_k
 from featrec.core.events.model import Event
 from featrec.core.features.catalog import ITEM_FEATURES, USER_FEATURES

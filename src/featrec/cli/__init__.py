@@ -18,24 +18,16 @@ from typing import Any
 
 import click
 
+from featrec.cli.common import FeatrecGroup
+from featrec.core.events.formats import FORMATS
 from featrec.errors import FeatrecError, NotFound
-from featrec.jobs.launch import INPUT_FORMATS, flow_options, run_flow
+from featrec.jobs.launch import flow_options, run_flow
 from featrec.settings import Settings
 
 pass_settings = click.make_pass_decorator(Settings)
 
 
-class _Group(click.Group):
-    """Turns featrec errors into one-line messages with a non-zero exit."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except FeatrecError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=FeatrecGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="featrec")
 @click.pass_context
 def main(ctx: click.Context) -> None:
@@ -150,7 +142,7 @@ def run_sessions(settings: Settings, /, **options: Any) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(INPUT_FORMATS),
+    type=click.Choice(FORMATS),
     default=None,
     help="Input format (default: from the file name).",
 )
@@ -208,16 +200,20 @@ def features(settings: Settings, session_id: str, as_json: bool) -> None:
 @pass_settings
 def status(settings: Settings) -> None:
     """Store, stream, dead letters and the last write of each running flow."""
+    from featrec.adapters.files.flow_status import read_status
+
     click.echo(f"online store   {settings.online_store} (repo {settings.repo})")
     if settings.online_store == "redis" or settings.stream:
         _redis_status(settings)
     for path in sorted({settings.dead_letter_file, *settings.home.glob("deadletters*.jsonl")}):
         click.echo(f"dead letters   {_count_lines(path):,} in {path}")
-    for path, info in _flow_status(settings.home / "status"):
+    for info in read_status(settings.home):
+        if "error" in info:
+            continue
         last = info.get("last_write_at")
         when = datetime.fromtimestamp(last, tz=UTC).isoformat() if last else "never"
         click.echo(
-            f"flow {path.stem:<12} events {info.get('events_in', 0):,}  "
+            f"flow {Path(info['file']).stem:<12} events {info.get('events_in', 0):,}  "
             f"dead letters {info.get('dead_letters', 0):,}  rows written "
             f"{info.get('rows_written', 0):,}  last write {when}"
         )
@@ -241,16 +237,6 @@ def _count_lines(path: Path) -> int:
         return 0
     with path.open("rb") as f:
         return sum(1 for _ in f)
-
-
-def _flow_status(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
-    out = []
-    for path in sorted(directory.glob("*.json")):
-        try:
-            out.append((path, json.loads(path.read_text())))
-        except (OSError, json.JSONDecodeError):
-            continue
-    return out
 
 
 @main.command()

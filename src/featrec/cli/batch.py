@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from featrec.adapters.files.layouts import READ_FORMATS
 from featrec.cli.common import FeatrecCommand, FeatrecGroup, context_settings
 from featrec.core.features import catalog
 from featrec.errors import ConfigError, FeatrecError
@@ -87,7 +88,7 @@ def log_group() -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["jsonl", "csv", "parquet", "featrec", "otto", "session-rec"]),
+    type=click.Choice(READ_FORMATS),
     default=None,
     help="Input format (default: from the file name).",
 )
@@ -341,8 +342,11 @@ def dataset_build(
     """Label the log's prediction points (1 = the item that came next) over generated
     candidates and join user and item features as of each point (Feast, DuckDB store)."""
     from featrec.adapters.feast.repo import open_store
-    from featrec.core.candidates.generation import SignalCandidates
-    from featrec.core.candidates.point_generators import CandidateGenerator, default_generator
+    from featrec.core.candidates.point_generators import (
+        CandidateGenerator,
+        SignalCandidates,
+        default_generator,
+    )
     from featrec.jobs.training_sets import build_training_set
 
     settings = context_settings(ctx)

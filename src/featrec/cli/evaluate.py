@@ -215,7 +215,7 @@ def evaluate(
     root = out if out is not None else Path(tempfile.mkdtemp(prefix="featrec-eval-"))
     settings = Settings.from_env(os.environ)
     # Only what is not a secret: a Redis URL (with its password) stays in the environment.
-    env = {"FEATREC_ONLINE_STORE": settings.online_store}
+    env: dict[str, str] = {"FEATREC_ONLINE_STORE": settings.online_store}
     spec = EvalSpec(
         train=str(train_path.resolve()),
         test=str(test_path.resolve()) if test_path is not None else "",

@@ -27,9 +27,10 @@ from featrec.app.item_signals import (
     trending_key,
 )
 from featrec.cli.common import context_settings
+from featrec.core.events.formats import FORMATS
 from featrec.core.features.catalog import ITEM_NEIGHBOURS
 from featrec.errors import ConfigError, FeatrecError, NotFound
-from featrec.jobs.launch import INPUT_FORMATS, flow_options, run_flow
+from featrec.jobs.launch import flow_options, run_flow
 from featrec.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -141,7 +142,7 @@ def trending(settings: Settings, category: str | None, k: int, as_json: bool) ->
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(INPUT_FORMATS),
+    type=click.Choice(FORMATS),
     default=None,
     help="Input format of --source (default: from the file name).",
 )

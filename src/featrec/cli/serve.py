@@ -32,7 +32,7 @@ from featrec.core.evaluation.experiments import (
     parse_arms,
 )
 from featrec.errors import ConfigError
-from featrec.settings import Settings
+from featrec.settings import ServeSettings, Settings
 
 if TYPE_CHECKING:
     from featrec.app.serving.explain import Explanation
@@ -47,9 +47,8 @@ _LIMITS = HttpLimits()
 APP_FACTORY = "featrec.server.main:app_from_env"
 #: The HTTP servers ``serve`` can run (the first is the default).
 SERVERS = ("granian", "uvicorn")
-#: Enables the admin endpoints (a secret: from the environment only, never a flag). This is
-#: the variable's name, not a token (hence bandit's B105 is silenced on it).
-ENV_ADMIN_TOKEN = "FEATREC_ADMIN_TOKEN"  # nosec B105
+#: Enables the admin endpoints (a secret: from the environment only, never a flag).
+ENV_ADMIN_TOKEN = ServeSettings.variable("admin_token")
 
 
 def serving_options(command: F) -> F:
@@ -458,7 +457,8 @@ def serve(
     )
     os.environ.update(limits.to_env())
     workers = workers or len(os.sched_getaffinity(0))
-    admin = "on" if os.environ.get(ENV_ADMIN_TOKEN, "").strip() else f"off (no {ENV_ADMIN_TOKEN})"
+    token = ServeSettings.from_env(os.environ).admin_token  # validates what the workers will read
+    admin = "on" if token is not None else f"off (no {ENV_ADMIN_TOKEN})"
     click.echo(
         f"featrec serving on http://{host}:{port} ({settings.online_store} store, model "
         f"{options.model}, request log {options.request_log}, admin {admin}; {server}, "

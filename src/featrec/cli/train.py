@@ -76,7 +76,7 @@ def train(
         click.echo(
             "note: serving would not propose some of the training set's candidates (they "
             "train without sources); build the training set with "
-            "featrec.core.candidates.generation.SignalCandidates so the model learns "
+            "featrec.core.candidates.point_generators.SignalCandidates so the model learns "
             "serving's candidates"
         )
     if f"holdout_model_hr@{k}" in m:

@@ -309,7 +309,7 @@ def _train_on_dataset(
     serving candidates and point-in-time batch features, then the ranker, saved as a model."""
     from featrec.adapters.feast.repo import open_store
     from featrec.app.training import TrainingConfig
-    from featrec.core.candidates.generation import SignalCandidates
+    from featrec.core.candidates.point_generators import SignalCandidates
     from featrec.jobs.training import fit_and_save, load_points
     from featrec.jobs.training_sets import build_training_set
 

@@ -23,17 +23,19 @@ item-level aggregates with no user or session id (see the README's "Forgetting a
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from featrec.adapters.errors import translated
+from featrec.adapters.files.atomic import atomic_write_text
 from featrec.adapters.files.event_log import remove_events, sessions_of_user
 from featrec.adapters.files.snapshots import remove_rows
 from featrec.adapters.redis.deny_list import stores_for
-from featrec.adapters.redis.streams import EVENT_FIELD, connect, translated_errors
-from featrec.adapters.sqlite.request_log import RedisRequestLog, SqliteRequestLog
+from featrec.adapters.redis.request_log import RedisRequestLog
+from featrec.adapters.redis.streams import EVENT_FIELD, connect
+from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.core.events.model import MAX_ID_LENGTH
 from featrec.core.features import catalog
 from featrec.core.privacy import TOMBSTONE_FIELD, tombstones
@@ -195,7 +197,7 @@ class _Places:
         """Every entry of ``stream``, oldest first, a page at a time."""
         start = "-"
         while True:
-            with translated_errors(f"reading the stream {stream!r}"):
+            with translated(f"reading the stream {stream!r}"):
                 page = self.bus.xrange(stream, min=start, max="+", count=STREAM_PAGE)
             yield from page
             if len(page) < STREAM_PAGE:
@@ -218,7 +220,7 @@ class _Places:
         if self.bus is None or not sessions:
             return 0
         payloads = tombstones(sessions)
-        with translated_errors("sending tombstones"):
+        with translated("sending tombstones"):
             for stream in self.streams:
                 for payload in payloads:
                     self.bus.xadd(stream, {TOMBSTONE_FIELD: payload})
@@ -234,7 +236,7 @@ class _Places:
             if _about(fields.get(field), user_id, sessions)
         ]
         removed = 0
-        with translated_errors(f"deleting from the stream {stream!r}"):
+        with translated(f"deleting from the stream {stream!r}"):
             for start in range(0, len(doomed), STREAM_PAGE):
                 removed += int(self.bus.xdel(stream, *doomed[start : start + STREAM_PAGE]))
         return removed
@@ -314,7 +316,5 @@ def _purge_jsonl(path: Path, user_id: str, sessions: Collection[str]) -> int:
             else:
                 kept.append(line)
     if removed:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(kept))
     return removed

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
+from featrec.core.events.formats import FORMATS
 from featrec.errors import ConfigError
 from featrec.settings import Settings
 
@@ -113,8 +114,6 @@ def ensure_recovery_store(recovery_dir: Path, partitions: int) -> None:
     )
 
 
-INPUT_FORMATS = ("featrec", "otto", "session-rec")
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -132,7 +131,7 @@ def flow_options(command: F) -> F:
         click.option(
             "--format",
             "fmt",
-            type=click.Choice(INPUT_FORMATS),
+            type=click.Choice(FORMATS),
             default=None,
             help="Input format (default: from the file name).",
         ),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
+import operator
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featrec.adapters.duckdb.features import sql_file_list, sql_string
+from featrec.adapters.files.atomic import atomic_path
 from featrec.adapters.files.event_log import EVENT_SCHEMA, event_log_files, events_to_table
 from featrec.core.events.formats import DeadLetter
 from featrec.core.events.model import Event
@@ -84,7 +85,7 @@ def import_events(
         staged = staging / "incoming.parquet"
         staged_counts = _stage(records, staged, dead_letter_file, on_progress, deny)
         read, n_dead, first_dead, forgotten = staged_counts
-        files = _write_new(log, staged, staging / "out") if read else []
+        files = _write_new(log, staged) if read else []
         imported = sum(pq.read_metadata(f).num_rows for f in files)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -126,7 +127,7 @@ def _stage(
     return read, n_dead, first_dead, forgotten
 
 
-def _write_new(log: Path, staged: Path, out: Path) -> list[Path]:
+def _write_new(log: Path, staged: Path) -> list[Path]:
     """Write the staged events the log lacks into its partitions; returns the new files."""
     con = duckdb.connect()
     try:
@@ -144,42 +145,33 @@ def _write_new(log: Path, staged: Path, out: Path) -> list[Path]:
             "QUALIFY row_number() OVER (PARTITION BY i.event_id ORDER BY i._seq) = 1 "
             "ORDER BY _day, i.ts, i.event_id"
         ).to_arrow_reader(STAGE_ROWS)
-        return _write_partitions(log, out, iter(reader))
+        return _write_partitions(log, iter(reader))
     finally:
         con.close()
 
 
-def _write_partitions(log: Path, out: Path, batches: Iterator[pa.RecordBatch]) -> list[Path]:
-    """Batches sorted by ``_day`` -> one file per day, moved into the log when complete."""
-    out.mkdir(parents=True, exist_ok=True)
+def _write_partitions(log: Path, batches: Iterator[pa.RecordBatch]) -> list[Path]:
+    """Batches sorted by ``_day`` -> one file per day, renamed into the log when complete."""
     name = f"part-import-{uuid.uuid4().hex}.parquet"
     done: list[Path] = []
-    writer: pq.ParquetWriter | None = None
-    current: int | None = None
-
-    def finish() -> None:
-        if writer is None or current is None:
-            return
-        writer.close()
-        part = log / f"date={(_EPOCH_DAY + timedelta(days=current)).isoformat()}"
+    for day, tables in itertools.groupby(_by_day(batches), key=operator.itemgetter(0)):
+        part = log / f"date={(_EPOCH_DAY + timedelta(days=day)).isoformat()}"
         part.mkdir(parents=True, exist_ok=True)
         final = part / name
-        os.replace(out / f"{current}.parquet", final)
+        with atomic_path(final) as tmp, pq.ParquetWriter(tmp, EVENT_SCHEMA) as writer:
+            for _, table in tables:
+                writer.write_table(table)
         done.append(final)
+    return done
 
+
+def _by_day(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[int, pa.Table]]:
+    """``(day, rows of that day)`` per batch and day, in the batches' order."""
     for batch in batches:
         days = batch.column("_day").to_numpy()
         for day in sorted(set(days.tolist())):
             rows = batch.filter(pa.array(days == day))
-            if day != current:
-                finish()
-                current = day
-                writer = pq.ParquetWriter(out / f"{day}.parquet", EVENT_SCHEMA)
-            assert writer is not None
-            table = pa.Table.from_batches([rows.drop_columns(["_day"])])
-            writer.write_table(table.cast(EVENT_SCHEMA))
-    finish()
-    return done
+            yield day, pa.Table.from_batches([rows.drop_columns(["_day"])]).cast(EVENT_SCHEMA)
 
 
 def _append_dead_letters(path: Path, letters: list[DeadLetter]) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
 
-from featrec.adapters.feast.repo import translate_store_errors
+from featrec.adapters.errors import translated
 from featrec.core.features import catalog
 from featrec.core.features.rows import FeatureRow
 from featrec.core.privacy import DenySet, Kind
@@ -87,7 +87,7 @@ def materialize(
     now = now or datetime.now(UTC)
     done = []
     for name in views:
-        with translate_store_errors(f"materializing {name}"):
+        with translated(f"materializing {name}"):
             fv = store.get_feature_view(name)
             begin = start if start is not None else incremental_start(fv, now)
             if begin >= end:  # already materialized up to end: nothing to do, nothing recorded

@@ -2,13 +2,13 @@
 settings.
 
 Used by ``featrec recommend``, ``featrec explain`` and ``featrec serve`` (the HTTP app builds it
-from ``FEATREC_*`` variables in its own process, see :func:`options_from_env`).
+from ``FEATREC_*`` variables in its own process, see :func:`options_from_settings`).
 
 - Rows: :class:`~featrec.adapters.redis.rows.RedisRowReader` on Redis (Feast's layout read
   directly), :class:`~featrec.adapters.feast.rows.FeastRowReader` otherwise (stock SDK).
 - Request log: SQLite in ``<home>/requests.db`` (default: it keeps working when Redis does
   not) or Redis (``request_log="redis"``: shared by every server process), written by a
-  :class:`~featrec.adapters.sqlite.request_log.BackgroundRequestLog` off the request path.
+  :class:`~featrec.adapters.background_log.BackgroundRequestLog` off the request path.
 - Model: a version under ``<home>/models`` (the trusted directory), loaded by
   :mod:`featrec.adapters.files.model_store` (path, manifest, sha256 and feature list checked):
   ``"auto"`` is the newest version if there is one, ``"none"`` scores by candidate order.
@@ -22,35 +22,33 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from featrec.adapters.sqlite.request_log import (
-    BackgroundRequestLog,
-    RedisRequestLog,
-    SqliteRequestLog,
-)
+from featrec.adapters.background_log import BackgroundRequestLog
+from featrec.adapters.redis.request_log import RedisRequestLog
+from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.app.serving.config import REQUEST_LOGS
 from featrec.app.serving.recommender import LoadedModel, ModelLoader, Recommender, ServingConfig
 from featrec.app.serving.steps import SERVED_FEATURES
-from featrec.core.candidates.generation import CandidateConfig
+from featrec.core.candidates.config import CandidateConfig
 from featrec.core.evaluation.experiments import experiment_from_dict
 from featrec.core.ports.serving import Clock, RowReader
 from featrec.errors import ConfigError
-from featrec.settings import Settings
+from featrec.settings import ServeSettings, Settings
 
-#: Environment variables through which ``featrec serve`` hands its options to the HTTP app.
-ENV_MODEL = "FEATREC_SERVE_MODEL"
-ENV_REQUEST_LOG = "FEATREC_SERVE_REQUEST_LOG"
-ENV_MAX_SESSION_AGE = "FEATREC_SERVE_MAX_SESSION_AGE_S"
-ENV_ITEM_CACHE = "FEATREC_SERVE_ITEM_CACHE_S"
-ENV_CANDIDATES = "FEATREC_SERVE_CANDIDATES"
+#: Environment variables through which ``featrec serve`` hands its options to the HTTP app
+#: (declared in :class:`~featrec.settings.ServeSettings`).
+ENV_MODEL = ServeSettings.variable("model")
+ENV_REQUEST_LOG = ServeSettings.variable("request_log")
+ENV_MAX_SESSION_AGE = ServeSettings.variable("max_session_age_s")
+ENV_ITEM_CACHE = ServeSettings.variable("item_cache_s")
+ENV_CANDIDATES = ServeSettings.variable("candidates")
 #: The A/B experiment as JSON (:meth:`featrec.core.evaluation.experiments.Experiment.to_dict`).
-ENV_EXPERIMENT = "FEATREC_SERVE_EXPERIMENT"
+ENV_EXPERIMENT = ServeSettings.variable("experiment")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,38 +92,25 @@ def pool_config(n: int) -> CandidateConfig:
 
 def options_from_env(environ: Mapping[str, str]) -> ServingOptions:
     """The options :meth:`ServingOptions.to_env` wrote (defaults for unset variables)."""
-    options = ServingOptions(
-        request_log=environ.get(ENV_REQUEST_LOG) or "sqlite",
-        model=environ.get(ENV_MODEL) or "auto",
+    return options_from_settings(ServeSettings.from_env(environ))
+
+
+def options_from_settings(serve: ServeSettings) -> ServingOptions:
+    """The serving options of validated ``FEATREC_SERVE_*`` variables."""
+    config = ServingConfig(
+        max_session_age_s=serve.max_session_age_s, item_cache_s=serve.item_cache_s
     )
     changes: dict[str, Any] = {}
-    for name, var in (("max_session_age_s", ENV_MAX_SESSION_AGE), ("item_cache_s", ENV_ITEM_CACHE)):
-        raw = environ.get(var)
-        if raw:
-            try:
-                changes[name] = float(raw)
-            except ValueError:
-                raise ConfigError(f"{var}={raw!r} is not a number") from None
-            if not math.isfinite(changes[name]):
-                raise ConfigError(f"{var}={raw!r} must be finite")
-    raw = environ.get(ENV_CANDIDATES)
-    if raw:
-        if not raw.isdigit():
-            raise ConfigError(f"{ENV_CANDIDATES}={raw!r} is not a positive integer")
-        if int(raw) != options.config.candidates.max_total:
-            changes["candidates"] = pool_config(int(raw))
-    raw = environ.get(ENV_EXPERIMENT)
-    if raw:
+    if serve.candidates != config.candidates.max_total:
+        changes["candidates"] = pool_config(serve.candidates)
+    if serve.experiment is not None:
         try:
-            data = json.loads(raw)
-        except ValueError as e:
-            raise ConfigError(f"{ENV_EXPERIMENT} is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{ENV_EXPERIMENT} must be a JSON object")
-        changes["experiment"] = experiment_from_dict(data)
+            changes["experiment"] = experiment_from_dict(serve.experiment)
+        except ConfigError as e:
+            raise ConfigError(f"{ENV_EXPERIMENT}: {e}") from None
     if changes:
-        options = replace(options, config=replace(options.config, **changes))
-    return options
+        config = replace(config, **changes)
+    return ServingOptions(request_log=serve.request_log, model=serve.model, config=config)
 
 
 def open_rows(settings: Settings) -> RowReader:

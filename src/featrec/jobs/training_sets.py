@@ -10,7 +10,6 @@ there is none (a row is never dropped: the row count is checked).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -20,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from featrec.adapters.feast.repo import translate_store_errors
+from featrec.adapters.errors import translated
+from featrec.adapters.files.atomic import atomic_path
 from featrec.adapters.files.event_log import read_event_log
 from featrec.core.candidates.point_generators import CandidateGenerator, default_generator
 from featrec.core.events.model import Event
@@ -131,7 +131,7 @@ def join_features(
         raise ConfigError("no examples to join features to")
     frame = examples.append_column("_row", pa.array(range(examples.num_rows), pa.int64()))
     entity_df = frame.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
-    with translate_store_errors("retrieving historical features"):
+    with translated("retrieving historical features"):
         features = store.get_feature_service(service)
         joined: pa.Table = store.get_historical_features(
             entity_df=entity_df, features=features, full_feature_names=True
@@ -183,10 +183,6 @@ def build_training_set(
     progress.stage(f"joining features to {examples.num_rows:,} examples (Feast, point in time)")
     joined = join_features(store, examples)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         pq.write_table(joined, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return TrainingSet(out, joined.num_rows, n_points, hits, len(events))

@@ -1,8 +1,8 @@
 """The factory uvicorn imports: ``uvicorn --factory featrec.server.main:app_from_env``.
 
-Settings come from ``FEATREC_*``, serving options from ``FEATREC_SERVE_*`` (written by
-``featrec serve``, see :mod:`featrec.jobs.serving` and :mod:`featrec.server.limits`), so
-any uvicorn or gunicorn setup can start the same app. The admin endpoints are enabled by
+Settings come from ``FEATREC_*``, serving options and limits from ``FEATREC_SERVE_*`` (written
+by ``featrec serve``; both read once here, see :mod:`featrec.settings`), so any uvicorn or
+gunicorn setup can start the same app. The admin endpoints are enabled by
 ``FEATREC_ADMIN_TOKEN`` (a secret: only ever from the environment).
 """
 
@@ -18,21 +18,22 @@ from fastapi import FastAPI
 from featrec.adapters.files.deny_list import DenyWatcher
 from featrec.adapters.redis.deny_list import stores_for
 from featrec.app.serving.http_limits import HttpLimits
-from featrec.jobs.serving import open_recommender, options_from_env, settle_heap
+from featrec.jobs.serving import open_recommender, options_from_settings, settle_heap
 from featrec.server.http_api import create_app
-from featrec.settings import Settings
+from featrec.settings import ServeSettings, Settings
 
-ENV_ADMIN_TOKEN: Final = "FEATREC_ADMIN_TOKEN"
+ENV_ADMIN_TOKEN: Final = ServeSettings.variable("admin_token")
 
 
 def app_from_env() -> FastAPI:
     settings = Settings.from_env(os.environ)
-    token = os.environ.get(ENV_ADMIN_TOKEN, "").strip() or None
+    serve = ServeSettings.from_env(os.environ)
+    token = serve.admin_token.get_secret_value() if serve.admin_token is not None else None
     # The deny-list, re-checked at most every second (and at once after a forget here).
     deny = DenyWatcher(stores_for(settings))
     app = create_app(
-        open_recommender(settings, options_from_env(os.environ)),
-        limits=HttpLimits.from_env(os.environ),
+        open_recommender(settings, options_from_settings(serve)),
+        limits=HttpLimits.from_settings(serve),
         forget=partial(forget_user, settings, deny) if token else None,
         admin_token=token,
         deny=deny.current,

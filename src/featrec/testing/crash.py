@@ -10,6 +10,7 @@ files, both deduplicated (what readers see) and raw (what is on disk).
 
 from __future__ import annotations
 
+import http.client
 import os
 import random
 import signal
@@ -18,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -104,8 +104,12 @@ def scrape(port: int, wait_s: float = 20.0) -> dict[str, float]:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-                text = reply.read().decode()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                conn.request("GET", "/metrics")
+                text = conn.getresponse().read().decode()
+            finally:
+                conn.close()
             break
         except OSError:
             if time.monotonic() > deadline:

@@ -15,9 +15,13 @@ Known answers (see tests/test_recommend.py):
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from featrec.core.features import catalog
 from featrec.core.features.rows import FeatureRow
+
+if TYPE_CHECKING:
+    from featrec.app.serving.steps import LoadedModel
 
 T0_S = 1_700_000_000
 T0 = T0_S * 1_000_000
@@ -140,3 +144,21 @@ def world_rows() -> list[FeatureRow]:
             )
         )
     return rows
+
+
+def toy_model(version: str = "m-test") -> LoadedModel:
+    """A real fitted Ranker (deterministic): it learned to like a high base share and the same
+    category. Imports scikit-learn, unlike the rest of this module."""
+    import numpy as np
+
+    from featrec.app.serving.steps import LoadedModel
+    from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker
+
+    rng = np.random.default_rng(0)
+    X = rng.random((600, len(RANKING_FEATURES)))
+    share = RANKING_FEATURES.index("base_share")
+    same = RANKING_FEATURES.index("same_category")
+    X[:, same] = rng.integers(0, 2, 600)
+    y = ((X[:, share] > 0.6) | (X[:, same] > 0.5) & (X[:, share] > 0.2)).astype(int)
+    ranker = Ranker(feature_names=RANKING_FEATURES, max_iter=15, min_samples_leaf=5).fit(X, y)
+    return LoadedModel(version, ranker)

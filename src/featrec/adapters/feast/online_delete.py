@@ -17,9 +17,9 @@ import struct
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
+from featrec.adapters.errors import translated
 from featrec.adapters.feast.layout import values as feast_wire
 from featrec.adapters.feast.layout.decode import UndecodableValue, decode_value
-from featrec.adapters.feast.repo import translate_store_errors
 from featrec.core.features import catalog
 from featrec.errors import ConfigError
 
@@ -49,14 +49,14 @@ class OnlineRows:
         if not keys:
             return 0
         join_key = catalog.VIEWS[view].entity.join_key
-        with translate_store_errors(f"deleting {view} rows"):
+        with translated(f"deleting {view} rows"):
             if self.kind == "sqlite":
                 return self._delete_sqlite(view, join_key, sorted(keys))
             return self._delete_redis(join_key, sorted(keys))
 
     def sessions_naming(self, user_id: str) -> set[str]:
         """Session ids whose ``session_features`` row names ``user_id``."""
-        with translate_store_errors("scanning session rows"):
+        with translated("scanning session rows"):
             if self.kind == "sqlite":
                 return self._sessions_sqlite(user_id)
             return self._sessions_redis(user_id)
@@ -64,7 +64,7 @@ class OnlineRows:
     def keys(self, view: str) -> list[str]:
         """Every key with a row in ``view`` (for checks and tests; scans the whole view)."""
         join_key = catalog.VIEWS[view].entity.join_key
-        with translate_store_errors(f"listing {view} rows"):
+        with translated(f"listing {view} rows"):
             if self.kind == "sqlite":
                 conn, table = self._sqlite(view)
                 found = conn.execute(f'SELECT DISTINCT entity_key FROM "{table}"').fetchall()

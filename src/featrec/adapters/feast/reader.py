@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from featrec.adapters.feast.repo import translate_store_errors
+from featrec.adapters.errors import translated
 from featrec.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class FeastOnlineReader:
             return []
         from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
-        with translate_store_errors(f"reading {view} with get_online_features"):
+        with translated(f"reading {view} with get_online_features"):
             join_key, names = self._view(view)
             response = self._store.get_online_features(
                 features=[f"{view}:{name}" for name in names],

@@ -3,30 +3,27 @@
 ``feature_repo/`` stays a stock Feast repo (``feast -c feature_repo apply`` works on it); this
 module reads it the way Feast does, with two additions: the Redis connection string is derived
 from :class:`~featrec.settings.Settings` (so the secret never touches disk), and Feast, Redis and
-SQLite errors are translated into :mod:`featrec.errors` here, at the boundary.
+SQLite errors are translated into :mod:`featrec.errors` by :mod:`featrec.adapters.errors`.
 
 ``import feast`` costs seconds, so Feast is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import sqlite3
 import sys
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import redis.exceptions
-
+from featrec.adapters.errors import translated
 from featrec.adapters.files.snapshots import EMPTY_SNAPSHOT
 from featrec.core.features import catalog
-from featrec.errors import ConfigError, FeatrecError, StoreError, StoreUnavailable
+from featrec.errors import ConfigError, FeatrecError
 from featrec.settings import redact_url
 
 if TYPE_CHECKING:
@@ -186,19 +183,19 @@ def load_repo_config(settings: Settings) -> RepoConfig:
     Relative paths in the yaml resolve against the repo directory, as in stock Feast.
     """
     from feast import RepoConfig
-    from feast.errors import FeastError
     from pydantic import ValidationError
 
     path = yaml_path(settings)
     raw = read_repo_yaml(settings)
     try:
-        config = RepoConfig(**raw)
+        with translated(f"{path} is invalid"):
+            config = RepoConfig(**raw)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
         )
         raise ConfigError(f"{path} is invalid: {problems}") from None
-    except (FeastError, ValueError) as e:
+    except ValueError as e:
         raise ConfigError(f"{path} is invalid: {_first_line(e)}") from None
     config.repo_path = path.parent
     return config
@@ -209,7 +206,7 @@ def open_store(settings: Settings) -> FeatureStore:
     from feast import FeatureStore
 
     config = load_repo_config(settings)
-    with translate_store_errors("opening the Feast store"):
+    with translated("opening the Feast store"):
         return FeatureStore(repo_path=str(config.repo_path), config=config)
 
 
@@ -240,7 +237,7 @@ def apply_repo(settings: Settings) -> list[str]:
     if not contents.projects:
         # As `feast apply` does: a repo without a Project object uses the yaml's project.
         contents.projects.append(Project(name=project))
-    with translate_store_errors("applying the feature repo"):
+    with translated("applying the feature repo"):
         to_apply, to_delete, _, _ = extract_objects_for_apply_delete(
             project, store.registry, contents
         )
@@ -250,41 +247,6 @@ def apply_repo(settings: Settings) -> list[str]:
     applied = sorted(f"applied {_kind(o)} {o.name}" for o in to_apply)
     deleted = sorted(f"deleted {_kind(o)} {o.name}" for o in to_delete)
     return applied + deleted
-
-
-@contextlib.contextmanager
-def translate_store_errors(action: str) -> Iterator[None]:
-    """Re-raise Redis, SQLite and Feast errors as :mod:`featrec.errors` (``action`` says what
-    was being done). Errors that are already featrec's pass through."""
-    try:
-        yield
-    except FeatrecError:
-        raise
-    except Exception as e:
-        translated = translate_error(e, action)
-        if translated is None:
-            raise
-        raise translated from e
-
-
-def translate_error(error: BaseException, action: str) -> FeatrecError | None:
-    """The featrec error for a store library's exception, or None if it is not one of theirs."""
-    message = f"{action}: {type(error).__name__}: {_first_line(error)}"
-    if isinstance(error, redis.exceptions.AuthenticationError):
-        return ConfigError(f"{message} (check the password in FEATREC_REDIS_URL)")
-    if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
-        return StoreUnavailable(message)
-    if isinstance(error, redis.exceptions.RedisError | sqlite3.Error):
-        return StoreError(message)
-    if isinstance(error, ConnectionError | TimeoutError):
-        return StoreUnavailable(message)
-    feast_errors = sys.modules.get("feast.errors")
-    if feast_errors is not None:
-        if isinstance(error, feast_errors.FeastObjectNotFoundException):
-            return StoreError(f"{message} (apply the feature repo first: `feast apply`)")
-        if isinstance(error, feast_errors.FeastError):
-            return StoreError(message)
-    return None
 
 
 def _parse_repo(repo: Path, parse_repo: Any) -> Any:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from featrec.adapters.errors import translated
 from featrec.adapters.feast.reader import view_columns
-from featrec.adapters.feast.repo import translate_store_errors
 from featrec.core.ports.serving import Found, StampedRow, Wanted
 from featrec.errors import ConfigError
 
@@ -41,7 +41,7 @@ class FeastRowReader:
 
     def read_rows(self, wanted: Wanted) -> Found:
         out: Found = {}
-        with translate_store_errors("reading features with get_online_features"):
+        with translated("reading features with get_online_features"):
             singles = {view: keys[0] for view, keys in wanted.items() if len(keys) == 1}
             join_keys = [self._view(view)[0] for view in singles]
             if len(singles) > 1 and len(set(join_keys)) == len(join_keys):

@@ -16,7 +16,6 @@ from feast.protos.feast.types.Value_pb2 import DoubleList, StringList
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.types import Array, Float64, Int64, String
 
-from featrec.adapters.feast.layout.values import normalize
 from featrec.core.features.catalog import Dtype, View
 
 #: Name of the event-time column in batch sources and DataFrames written to Feast.
@@ -68,15 +67,6 @@ def arrow_schema(view: View) -> pa.Schema:
             pa.field(EVENT_TIMESTAMP, pa.timestamp("us", tz="UTC")),
         ]
     )
-
-
-def to_value_proto(dtype: Dtype, value: object) -> Any:
-    """A Feast ``Value`` protobuf for a python value (None, and NaN for floats, give null).
-
-    Raises :class:`~featrec.adapters.feast.layout.values.InvalidFeatureRow` when ``value`` does not
-    fit.
-    """
-    return value_proto(dtype, normalize(dtype, value))
 
 
 def value_proto(dtype: Dtype, normal: Any) -> Any:

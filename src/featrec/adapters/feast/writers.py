@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import redis
 
+from featrec.adapters.errors import translated
 from featrec.adapters.feast.layout import values as feast_wire
 from featrec.adapters.feast.layout.values import (
     InvalidFeatureRow,
@@ -31,11 +32,7 @@ from featrec.adapters.feast.layout.values import (
     normalized_values,
     view_of,
 )
-from featrec.adapters.feast.repo import (
-    open_store,
-    redis_layout_options,
-    translate_store_errors,
-)
+from featrec.adapters.feast.repo import open_store, redis_layout_options
 from featrec.adapters.feast.version_guard import accept_newer, guard_for_store
 from featrec.core.features import catalog
 from featrec.core.features.catalog import View
@@ -73,13 +70,13 @@ class FeastApiWriter:
     def __init__(self, store: FeatureStore, views: Views = catalog.VIEWS) -> None:
         self._store = store
         self._views = dict(views)
-        with translate_store_errors("opening the Feast writer"):
+        with translated("opening the Feast writer"):
             self._guard = guard_for_store(store)
 
     def write(self, rows: Sequence[FeatureRow]) -> int:
         normals = _normalize_all(rows, self._views)
         written = 0
-        with translate_store_errors("writing features with write_to_online_store"):
+        with translated("writing features with write_to_online_store"):
             for name, view_rows in group_by_view(rows).items():
                 view = self._views[name]
                 write = functools.partial(self._write_frame, view, normals=normals)
@@ -125,7 +122,7 @@ class FeastBatchWriter:
         self._config = store.config
         self._views = dict(views)
         self._feature_views: dict[str, Any] = {}
-        with translate_store_errors("opening the Feast batch writer"):
+        with translated("opening the Feast batch writer"):
             self._provider = store._get_provider()
             self._guard = guard_for_store(store)
 
@@ -146,7 +143,7 @@ class FeastBatchWriter:
     def write(self, rows: Sequence[FeatureRow]) -> int:
         normals = _normalize_all(rows, self._views)
         written = 0
-        with translate_store_errors("writing features with online_write_batch"):
+        with translated("writing features with online_write_batch"):
             for name, view_rows in group_by_view(rows).items():
                 view = self._views[name]
                 self._feature_view(view)  # fail before the guard if the view is not applied
@@ -285,7 +282,7 @@ class RedisLayoutWriter:
             view_of(row, self._views)
             plan = self._plans[row.view]
             encoded.append((row, plan.redis_key(row.key), plan.encode(row)))
-        with translate_store_errors("writing Feast's Redis layout"):
+        with translated("writing Feast's Redis layout"):
             if self._guard == "lua":
                 return self._write_lua(encoded)
             return self._write_read_then_set(encoded)

@@ -20,13 +20,13 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from featrec.adapters.files.atomic import atomic_write_text
 from featrec.core.privacy import DenyList, DenySet, new_salt
 from featrec.errors import ConfigError, FeatrecError
 
@@ -92,10 +92,8 @@ class FileDenyStore:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _write(self, deny: DenyList) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         body = {"salt": deny.salt, "digests": sorted(deny.digests)}
-        tmp.write_text(json.dumps(body, indent=0), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(body, indent=0))
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

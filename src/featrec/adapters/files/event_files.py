@@ -20,21 +20,18 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Final, TextIO
 
+from featrec.adapters.files.atomic import atomic_path
 from featrec.adapters.files.event_log import EVENT_SCHEMA, events_to_table
+from featrec.adapters.files.layouts import CSV, FILE_FORMATS, JSONL, PARQUET, READ_FORMATS
 from featrec.adapters.files.raw_records import iter_raw_records
 from featrec.core.events.formats import FORMATS, DeadLetter, decode
 from featrec.core.events.model import Event
 from featrec.errors import ConfigError
 
-JSONL: Final = "jsonl"
-CSV: Final = "csv"
-PARQUET: Final = "parquet"
-FILE_FORMATS: Final = (JSONL, CSV, PARQUET)
 COLUMNS: Final = tuple(EVENT_SCHEMA.names)
 #: Rows per Parquet row group: also how many events are held in memory while writing.
 ROW_GROUP_ROWS: Final = 65_536
@@ -75,16 +72,12 @@ def write_events(
     if row_group_rows < 1:
         raise ConfigError(f"row_group_rows must be >= 1, got {row_group_rows}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         if layout == PARQUET:
             count = _write_parquet(tmp, events, row_group_rows)
         else:
             with tmp.open("w", encoding="utf-8", newline="") as out:
                 count = _write_jsonl(out, events) if layout == JSONL else _write_csv(out, events)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return count
 
 
@@ -101,7 +94,7 @@ def read_events(path: Path | str, fmt: str | None = None) -> Iterator[Event | De
         file_format(path, fmt)
         fmt = "featrec"
     elif fmt is not None and fmt not in FORMATS:
-        names = ", ".join((*FILE_FORMATS, *FORMATS))
+        names = ", ".join(READ_FORMATS)
         raise ConfigError(f"unknown event file format {fmt!r}: use one of {names}")
     for record in iter_raw_records(path, fmt):
         if isinstance(record, DeadLetter):

@@ -15,7 +15,6 @@ replaced atomically by a copy without them (a file left empty is deleted).
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
@@ -27,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from featrec.adapters.files.atomic import atomic_path
 from featrec.core.events.model import Event
 from featrec.core.features.rows import micros
 
@@ -62,10 +62,9 @@ class EventLogWriter:
             part_dir = self.directory / f"date={day.isoformat()}"
             part_dir.mkdir(parents=True, exist_ok=True)
             name = f"part-{self.writer}-{uuid.uuid4().hex}.parquet"
-            tmp = part_dir / f".{name}.tmp"
-            pq.write_table(events_to_table(batch), tmp)
             final = part_dir / name
-            os.replace(tmp, final)
+            with atomic_path(final) as tmp:
+                pq.write_table(events_to_table(batch), tmp)
             written.append(final)
         return written
 
@@ -140,9 +139,8 @@ def remove_events(
             continue
         kept = table.filter(pc.invert(drop))
         if kept.num_rows:
-            tmp = path.with_name(f".{path.name}.tmp")
-            pq.write_table(kept, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                pq.write_table(kept, tmp)
         else:
             path.unlink()
         removed += n

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from featrec.adapters.files.atomic import atomic_write_text
+
 
 def status_dir(home: Path) -> Path:
     return home / "status"
@@ -26,9 +28,8 @@ def status_path(home: Path, flow: str, worker: int) -> Path:
 def write_status(path: Path, status: Mapping[str, Any]) -> None:
     """Replace ``path`` with ``status`` as JSON, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(dict(status), sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(dict(status), sort_keys=True)
+    atomic_write_text(path, text, tag=f".{os.getpid()}")
 
 
 def read_status(home: Path) -> list[dict[str, Any]]:

@@ -36,14 +36,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any, Final, NamedTuple
 
+from featrec.adapters.files.layouts import CSV, JSONL, PARQUET, TSV
 from featrec.core.events.formats import FORMATS, DeadLetter, RawRecord
 from featrec.core.events.model import Event, parse_timestamp
 from featrec.errors import ConfigError, InvalidEvent
-
-JSONL: Final = "jsonl"
-CSV: Final = "csv"
-TSV: Final = "tsv"
-PARQUET: Final = "parquet"
 
 SESSION_REC_HEADER: Final = ("SessionId", "ItemId", "Time")
 EVENT_FIELDS: Final = frozenset(f.name for f in fields(Event))

@@ -14,7 +14,6 @@ the same way (:func:`remove_rows`).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Collection
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from featrec.adapters.files.atomic import atomic_path
 from featrec.errors import ConfigError
 
 #: The schema-only file that keeps a snapshot directory readable before any batch run.
@@ -52,12 +52,8 @@ def write_snapshot(directory: Path | str, as_of: datetime, table: pa.Table) -> P
     """Write (or replace) the snapshot as of ``as_of`` atomically; returns its path."""
     path = snapshot_path(directory, as_of)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -86,10 +82,6 @@ def remove_rows(path: Path | str, column: str, keys: Collection[str]) -> int:
     drop = pc.fill_null(pc.is_in(table[column], value_set=values), False)
     n = int(pc.sum(drop).as_py() or 0)
     if n:
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             pq.write_table(table.filter(pc.invert(drop)), tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     return n

@@ -28,10 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import redis
 
+from featrec.adapters.errors import translated
 from featrec.adapters.feast.bulk_rows import EVENT_TIMESTAMP, checked_newest_rows
 from featrec.adapters.feast.layout import arrow as feast_wire_arrow
 from featrec.adapters.feast.layout import values as feast_wire
-from featrec.adapters.feast.repo import translate_store_errors
 from featrec.core.features.catalog import View
 from featrec.errors import ConfigError, StoreError
 
@@ -75,7 +75,7 @@ class RedisBulkWriter:
         written = 0
         pending: list[Future[None]] = []
         with (
-            translate_store_errors(f"writing {view.name} to Redis"),
+            translated(f"writing {view.name} to Redis"),
             ThreadPoolExecutor(max_workers=1) as writer,
             _Connection(self._client) as reads,
             _Connection(self._client) as writes,

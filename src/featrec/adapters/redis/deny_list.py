@@ -13,8 +13,9 @@ from typing import Any, Final
 
 import redis
 
+from featrec.adapters.errors import translated
 from featrec.adapters.files.deny_list import DenyStore, FileDenyStore, deny_file
-from featrec.adapters.redis.streams import connect, translated_errors
+from featrec.adapters.redis.streams import connect
 from featrec.core.privacy import DenyList, new_salt
 from featrec.settings import Settings
 
@@ -29,7 +30,7 @@ class RedisDenyStore:
         self.key = key
 
     def load(self) -> DenyList | None:
-        with translated_errors(f"reading the deny-list {self.key!r}"):
+        with translated(f"reading the deny-list {self.key!r}"):
             salt = self._client.get(f"{self.key}:salt")
             if salt is None:
                 return None
@@ -37,7 +38,7 @@ class RedisDenyStore:
         return DenyList(salt.decode("ascii"), frozenset(m.decode("ascii") for m in members))
 
     def add(self, user_id: str, session_ids: Iterable[str]) -> DenyList:
-        with translated_errors(f"adding to the deny-list {self.key!r}"):
+        with translated(f"adding to the deny-list {self.key!r}"):
             self._client.set(f"{self.key}:salt", new_salt(), nx=True)
             salt = self._client.get(f"{self.key}:salt").decode("ascii")
             added = DenyList(salt).add(user_id, session_ids)
@@ -50,7 +51,7 @@ class RedisDenyStore:
         return loaded
 
     def version(self) -> object:
-        with translated_errors(f"reading the deny-list version {self.key!r}"):
+        with translated(f"reading the deny-list version {self.key!r}"):
             return self._client.get(f"{self.key}:version")
 
 

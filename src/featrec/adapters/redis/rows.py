@@ -17,9 +17,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from featrec.adapters.errors import translated
 from featrec.adapters.feast.layout import values as feast_wire
 from featrec.adapters.feast.layout.decode import decode_column
-from featrec.adapters.feast.repo import redis_layout_options, translate_store_errors
+from featrec.adapters.feast.repo import redis_layout_options
 from featrec.core.features import catalog
 from featrec.core.features.catalog import View
 from featrec.core.ports.serving import Found, StampedRow, Wanted
@@ -123,7 +124,7 @@ class RedisRowReader:
             n_fields = sum(len(plan.fields) for plan, _ in members)
             commands.append(b"*%d\r\n%s%s" % (2 + n_fields, _HMGET, _bulk(redis_key)))
             commands.extend(plan.packed_fields for plan, _ in members)
-        with translate_store_errors("reading Feast's Redis layout"):
+        with translated("reading Feast's Redis layout"):
             replies = self._round_trip(b"".join(commands), len(groups))
         # per view: the part of each reply that is its fields, and where the row goes
         parts: dict[str, tuple[_ViewReadPlan, list[int], list[Sequence[bytes | None]]]] = {}

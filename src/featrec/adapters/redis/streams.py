@@ -4,20 +4,20 @@ Wire format: one stream entry per event, field ``e`` = the event as featrec JSON
 :meth:`featrec.core.events.model.Event.to_dict`). The sessions dataflow's ``RedisStreamSource``
 reads these entries; refused records go to the dead-letter stream as entries with fields
 ``origin``, ``reason``, ``payload``, ``at``. Redis errors are translated into
-:mod:`featrec.errors` here, once.
+:mod:`featrec.errors` by :func:`featrec.adapters.errors.translated`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import closing
 from typing import Any, Final
 
 import redis
 
+from featrec.adapters.errors import translated
 from featrec.core.events.model import Event
-from featrec.errors import ConfigError, StoreError, StoreUnavailable
 
 EVENT_FIELD: Final = "e"
 DEAD_LETTER_FIELDS: Final = ("origin", "reason", "payload", "at")
@@ -28,19 +28,6 @@ def connect(redis_url: str, timeout_s: float = 10.0) -> redis.Redis[bytes]:
     return redis.Redis.from_url(
         redis_url, socket_timeout=timeout_s, socket_connect_timeout=min(timeout_s, 5.0)
     )
-
-
-@contextmanager
-def translated_errors(what: str) -> Iterator[None]:
-    """Map redis-py exceptions onto featrec's tree; ``what`` says what was being done."""
-    try:
-        yield
-    except redis.exceptions.AuthenticationError as exc:
-        raise ConfigError(f"{what}: {exc} (check the password in FEATREC_REDIS_URL)") from exc
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise StoreUnavailable(f"{what}: Redis unreachable ({exc})") from exc
-    except redis.exceptions.RedisError as exc:
-        raise StoreError(f"{what}: {exc}") from exc
 
 
 def event_json(event: Event | Mapping[str, Any] | str) -> str:
@@ -66,7 +53,7 @@ def publish(
     if batch < 1:
         raise ValueError("batch must be >= 1")
     sent = 0
-    with closing(connect(redis_url)) as client, translated_errors(f"publishing to {stream!r}"):
+    with closing(connect(redis_url)) as client, translated(f"publishing to {stream!r}"):
         pipe = client.pipeline(transaction=False)
         pending = 0
         for event in events:
@@ -86,7 +73,7 @@ def stream_length(redis_url: str, stream: str) -> int:
     """XLEN of ``stream`` (0 if it does not exist)."""
     with (
         closing(connect(redis_url)) as client,
-        translated_errors(f"reading the length of {stream!r}"),
+        translated(f"reading the length of {stream!r}"),
     ):
         return int(client.xlen(stream))
 
@@ -97,7 +84,7 @@ def append_dead_letters(
     """XADD dead letters (mappings with :data:`DEAD_LETTER_FIELDS`) in one pipeline."""
     client = connect(redis_url) if isinstance(redis_url, str) else redis_url
     try:
-        with translated_errors(f"writing dead letters to {stream!r}"):
+        with translated(f"writing dead letters to {stream!r}"):
             pipe = client.pipeline(transaction=False)
             for letter in letters:
                 pipe.xadd(stream, {k: str(letter.get(k, "")) for k in DEAD_LETTER_FIELDS})
@@ -108,14 +95,9 @@ def append_dead_letters(
     return len(letters)
 
 
-def dead_letter_count(redis_url: str, stream: str) -> int:
-    """How many dead letters the stream holds."""
-    return stream_length(redis_url, stream)
-
-
 def read_dead_letters(redis_url: str, stream: str, n: int = 10) -> list[dict[str, str]]:
     """The newest ``n`` dead letters, newest first, each with ``id`` and the letter fields."""
-    with closing(connect(redis_url)) as client, translated_errors(f"reading {stream!r}"):
+    with closing(connect(redis_url)) as client, translated(f"reading {stream!r}"):
         entries = client.xrevrange(stream, count=n)
     out = []
     for entry_id, fields in entries:

@@ -21,9 +21,9 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from featrec.adapters.errors import translated
 from featrec.adapters.feast.bulk_rows import EVENT_TIMESTAMP, checked_newest_rows
 from featrec.adapters.feast.layout import arrow as feast_wire_arrow
-from featrec.adapters.feast.repo import translate_store_errors
 from featrec.core.features.catalog import Dtype, View
 from featrec.errors import ConfigError
 
@@ -65,7 +65,7 @@ class SqliteBulkWriter:
         returns how many entities were written."""
         table = checked_newest_rows(view, table)
         written = 0
-        with translate_store_errors(f"writing {view.name} to SQLite"):
+        with translated(f"writing {view.name} to SQLite"):
             for start in range(0, table.num_rows, chunk_rows):
                 written += self._write_chunk(view, table.slice(start, chunk_rows))
         return written

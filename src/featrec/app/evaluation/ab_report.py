@@ -2,10 +2,9 @@
 
 Every request of an experiment logged its arm, its unit (the user, or the session when the user
 was unknown), the time it was scored for (``now_s``) and the items it recommended (see
-:mod:`featrec.app.serving.recommender`). Its **outcomes** come from the session's later events:
-within
-``horizon_s`` after the request, and only until the session ended (a pause longer than the
-session gap), did the session
+:class:`featrec.app.serving.record.ServedRequest`). Its **outcomes** come from the session's
+later events: within ``horizon_s`` after the request, and only until the session ended (a pause
+longer than the session gap), did the session
 
 - ``hit``: view or click one of the recommended items (CTR-like),
 - ``cart``: add one of them to the cart,
@@ -45,6 +44,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
+from featrec.app.serving.record import ServedRequest
 from featrec.core.events.model import CART, CLICK, PURCHASE, VIEW, Event
 from featrec.core.ports.serving import RequestRecord
 from featrec.errors import ConfigError, NotFound
@@ -82,24 +82,23 @@ class LoggedRequest:
 
 
 def logged_request(record: RequestRecord) -> LoggedRequest | None:
-    """The request as the analysis sees it; None when it was not part of an experiment."""
-    body = record.body
-    experiment = body.get("experiment")
-    if not experiment:
+    """The request as the analysis sees it; None when it was not part of an experiment.
+    Raises :class:`ConfigError` for an entry that is not a readable
+    :class:`~featrec.app.serving.record.ServedRequest`."""
+    served = ServedRequest.from_record(record)
+    arm = served.experiment
+    if arm is None:
         return None
-    items = frozenset(
-        d["item_id"] for d in body["decisions"] if d.get("kept") and d.get("rank") is not None
-    )
     return LoggedRequest(
-        request_id=record.request_id,
-        at_s=float(body["now_s"]),
-        session_id=body["session_id"],
-        experiment=experiment["name"],
-        arm=experiment["arm"],
-        control=experiment["control"],
-        unit=f"{experiment['unit']}:{experiment['unit_id']}",
-        items=items,
-        degraded=body.get("degraded_reason") is not None,
+        request_id=served.request_id,
+        at_s=float(served.now_s),
+        session_id=served.session_id,
+        experiment=arm.experiment,
+        arm=arm.arm,
+        control=arm.control,
+        unit=f"{arm.unit}:{arm.unit_id}",
+        items=frozenset(served.recommended),
+        degraded=served.degraded,
     )
 
 
@@ -116,13 +115,6 @@ def wilson_interval(p: float, n: float, z: float = Z95) -> tuple[float, float]:
     centre = (p + z2 / (2 * n)) / denominator
     half = z / denominator * math.sqrt(max(p * (1 - p), 0.0) / n + z2 / (4 * n * n))
     return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of ``successes`` out of ``n`` independent trials."""
-    if n < 0 or not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
-    return wilson_interval(successes / n if n else 0.0, n, z)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -39,6 +39,7 @@ from featrec.core.evaluation.protocol import PredictionPoint
 from featrec.core.events.model import Event
 from featrec.core.features.catalog import SESSION_FEATURES
 from featrec.core.features.rows import FeatureRow
+from featrec.core.items.order import best_first
 from featrec.core.ports.serving import Found, InMemoryRequestLog, RowReader, StampedRow, Wanted
 from featrec.core.ranking.rerank import RerankConfig
 from featrec.errors import ConfigError, FeatrecError
@@ -338,7 +339,7 @@ class ReplayGate:
 def most_popular(events: Sequence[Event], k: int) -> list[str]:
     """The ``k`` items with the most training events (ties by item id)."""
     counts = training_popularity(events)
-    return [item for item, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+    return [item for item, _ in sorted(counts.items(), key=best_first)[:k]]
 
 
 def training_popularity(events: Sequence[Event]) -> dict[str, float]:
@@ -346,11 +347,3 @@ def training_popularity(events: Sequence[Event]) -> dict[str, float]:
     for event in events:
         counts[event.item_id] = counts.get(event.item_id, 0.0) + 1.0
     return counts
-
-
-def summarise_degraded(answers: Sequence[PointAnswer]) -> Mapping[str, int]:
-    out: dict[str, int] = {}
-    for answer in answers:
-        for name, flag in answer.degraded.items():
-            out[name] = out.get(name, 0) + int(flag)
-    return out

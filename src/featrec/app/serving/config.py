@@ -1,4 +1,5 @@
-"""What the serving path can be told: limits of a request, degraded codes, :class:`ServingConfig`.
+"""What the serving path can be told: limits of a request (checked by :func:`check_request`),
+degraded codes, :class:`ServingConfig`.
 
 A module of its own, free of the scoring stack (numpy, scikit-learn), so the command line can
 build its options without importing it.
@@ -6,10 +7,11 @@ build its options without importing it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from featrec.core.candidates.generation import CandidateConfig
+from featrec.core.candidates.config import CandidateConfig
 from featrec.core.evaluation.experiments import Experiment
 from featrec.core.features.freshness import BATCH_MAX_AGE
 from featrec.core.ranking.rerank import RerankConfig
@@ -26,6 +28,28 @@ STALE_SESSION: Final = "stale_session"
 STORE_UNREACHABLE: Final = "store_unreachable"
 STORE_FAILED: Final = "store_failed"
 DEGRADED_CODES: Final = (NO_SESSION, STALE_SESSION, STORE_UNREACHABLE, STORE_FAILED)
+
+
+def check_request(
+    session_id: str, user_id: str | None, k: int, shown: Sequence[str] | None
+) -> None:
+    """Raise :class:`ConfigError` naming the argument of a request that is out of its limits."""
+    for name, value in (("session_id", session_id), ("user_id", user_id)):
+        if value is None and name == "user_id":
+            continue
+        if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+            raise ConfigError(
+                f"{name} must be a non-empty string of at most {MAX_ID_LENGTH} characters, "
+                f"got {value!r:.80}"
+            )
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise ConfigError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
+    if shown is not None:
+        if isinstance(shown, str) or len(shown) > MAX_SHOWN:
+            raise ConfigError(f"shown must be a list of at most {MAX_SHOWN} item ids")
+        for item in shown:
+            if not isinstance(item, str) or not item:
+                raise ConfigError(f"shown must hold non-empty item ids, got {item!r:.80}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,20 +6,20 @@ post-processing as the request did (:mod:`featrec.app.serving.steps`), and compa
 scores must be bit-identical and every decision the same, else ``mismatches`` says what
 differs. Each candidate comes back with its sources and the reasons it was kept or not.
 A request of an A/B experiment logged the scorer and model version of its arm, so it is
-re-scored with them like any other.
+re-scored with them like any other. The entry is read as a
+:class:`~featrec.app.serving.record.ServedRequest`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from featrec.app.serving import steps
-from featrec.app.serving.steps import LOG_SCHEMA, SCORER_MODEL, LoadedModel, Scores
-from featrec.core.candidates.generation import Candidate
+from featrec.app.serving.record import ServedRequest
+from featrec.app.serving.steps import SCORER_MODEL, LoadedModel, Scores
 from featrec.core.features.catalog import (
     ITEM_FEATURES,
     ITEM_TRENDING,
@@ -28,8 +28,8 @@ from featrec.core.features.catalog import (
 )
 from featrec.core.ports.serving import LoggedRow, RequestLog, StampedRow
 from featrec.core.ranking.ranker import item_row
-from featrec.core.ranking.rerank import Decision, RerankConfig
-from featrec.errors import ConfigError, NotFound
+from featrec.core.ranking.rerank import Decision
+from featrec.errors import NotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,25 +79,20 @@ def explain_request(
 ) -> Explanation:
     """Re-score a logged request from the log alone and say why each item is there.
 
-    Raises :class:`NotFound` for an unknown request id, :class:`ConfigError` when the
-    model version it used cannot be loaded.
+    Raises :class:`NotFound` for an unknown request id, :class:`~featrec.errors.ConfigError`
+    when the entry is of another schema or malformed (see
+    :mod:`featrec.app.serving.record`) or the model version it used cannot be loaded.
     """
-    record = log.get(request_id)
-    if record is None:
+    logged = log.get(request_id)
+    if logged is None:
         raise NotFound(f"request {request_id!r} is not in the request log")
-    body = record.body
-    if body.get("schema") != LOG_SCHEMA:
-        raise ConfigError(
-            f"request {request_id!r} was logged with schema {body.get('schema')!r}; "
-            f"this featrec reads schema {LOG_SCHEMA}"
-        )
+    record = ServedRequest.from_record(logged)
     rows: dict[tuple[str, str], StampedRow | None] = {(r.view, r.key): r.row for r in record.rows}
-    candidates = [Candidate.from_dict(c) for c in body["candidates"]]
-    session_row = rows.get((SESSION_FEATURES.name, body["session_id"]))
-    session = session_row if body["session_used"] else None
-    user_id = body["user_id"]
+    candidates = record.candidates
+    session = rows.get((SESSION_FEATURES.name, record.session_id)) if record.session_used else None
+    user_id = record.user_id
     user = rows.get((USER_FEATURES.name, user_id)) if user_id is not None else None
-    if any(note.startswith("user features ignored") for note in body["notes"]):
+    if record.ignored_user_row:
         user = None
     items = {
         c.item_id: item_row(
@@ -106,21 +101,19 @@ def explain_request(
         )
         for c in candidates
     }
-    scorer = body["scorer"]
-    model = model_for(body["model_version"]) if scorer == SCORER_MODEL else None
-    now_s = body["now_s"]
+    scorer = record.scorer
+    model = model_for(record.model_version) if scorer == SCORER_MODEL else None
+    now_s = record.now_s
     session_values = steps.values_of(session)
     user_values = steps.values_of(user)
-    # Absent from records logged before two-stage ranking: the model scored every candidate.
-    keep = body.get("rank_top")
-    raw = steps.score(scorer, model, candidates, session_values, user_values, items, now_s, keep)
-    purchased = steps.purchased_items(user_values)
-    config = RerankConfig(**body["rerank"])
-    decisions = steps.post_process(
-        candidates, raw, items, now_s, purchased, body["shown_before"], body["k"], config
+    raw = steps.score(
+        scorer, model, candidates, session_values, user_values, items, now_s, record.rank_top
     )
-    mismatches = compare(body, raw, decisions)
-    experiment = body.get("experiment")  # absent from records logged before experiments
+    purchased = steps.purchased_items(user_values)
+    decisions = steps.post_process(
+        candidates, raw, items, now_s, purchased, record.shown_before, record.k, record.rerank
+    )
+    mismatches = compare(record, raw, decisions)
     by_id = {c.item_id: c for c in candidates}
     explained = tuple(
         ExplainedItem(
@@ -135,36 +128,37 @@ def explain_request(
         )
         for d in decisions
     )
+    arm = record.experiment
     return Explanation(
         request_id=record.request_id,
-        session_id=body["session_id"],
+        session_id=record.session_id,
         user_id=user_id,
         created_at_s=record.created_at_s,
         now_s=now_s,
-        degraded_reason=body["degraded_reason"],
-        notes=tuple(body["notes"]),
+        degraded_reason=record.degraded_reason,
+        notes=record.notes,
         scorer=scorer,
-        model_version=body["model_version"],
-        rows=tuple(record.rows),
+        model_version=record.model_version,
+        rows=record.rows,
         items=explained,
         reproduced=not mismatches,
         mismatches=tuple(mismatches),
-        experiment=experiment["name"] if experiment else None,
-        arm=experiment["arm"] if experiment else None,
+        experiment=arm.experiment if arm is not None else None,
+        arm=arm.arm if arm is not None else None,
     )
 
 
-def compare(body: Mapping[str, Any], raw: Scores, decisions: Sequence[Decision]) -> list[str]:
+def compare(record: ServedRequest, raw: Scores, decisions: Sequence[Decision]) -> list[str]:
     """What differs between the logged outcome and the re-scored one."""
     out: list[str] = []
-    logged_raw = np.asarray(body["raw_scores"], dtype=np.float64)
+    logged_raw = np.asarray(record.raw_scores, dtype=np.float64)
     if logged_raw.shape != raw.shape:
         out.append(f"{raw.shape[0]} scores re-computed for {logged_raw.shape[0]} logged")
     elif logged_raw.tobytes() != raw.tobytes():
         diff = int(np.count_nonzero(logged_raw.view(np.int64) != raw.view(np.int64)))
         out.append(f"{diff} raw score(s) differ from the logged ones")
-    logged = body["decisions"]
-    now = [d.to_dict() for d in decisions]
+    logged = list(record.decisions)
+    now = list(decisions)
     if logged != now:
         first = next(
             (i for i, (a, b) in enumerate(zip(logged, now, strict=False)) if a != b),

@@ -1,9 +1,6 @@
 """The HTTP API's limits as settings: request body size and the per-client rate limit.
 
 Read by the HTTP app (:mod:`featrec.server.limits` enforces them) from ``FEATREC_SERVE_*``
-variables, which ``featrec serve`` writes from its options:
-
-================================  ==============================================  =========
 variable                          meaning                                         default
 ================================  ==============================================  =========
 FEATREC_SERVE_MAX_BODY_BYTES      larger request bodies are refused (413)         65536
@@ -13,6 +10,9 @@ FEATREC_SERVE_MAX_CONCURRENT      recommendations computed at once per worker   
 FEATREC_SERVE_MAX_INFLIGHT        requests in progress per worker before 503      0 (off)
 FEATREC_SERVE_DEADLINE_MS         a request not answerable in time is shed        50
 ================================  ==============================================  =========
+=======
+variables (declared, with defaults and bounds, in :class:`featrec.settings.ServeSettings`),
+which ``featrec serve`` writes from its options.
 
 Deadline: a worker computes one recommendation at a time; a request that cannot be answered
 within ``deadline_ms`` of its arrival (the queue ahead of it, at the measured cost per request,
@@ -34,13 +34,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from featrec.errors import ConfigError
+from featrec.settings import ServeSettings
 
-ENV_MAX_BODY: Final = "FEATREC_SERVE_MAX_BODY_BYTES"
-ENV_RATE: Final = "FEATREC_SERVE_RATE_LIMIT"
-ENV_BURST: Final = "FEATREC_SERVE_RATE_BURST"
-ENV_MAX_INFLIGHT: Final = "FEATREC_SERVE_MAX_INFLIGHT"
-ENV_MAX_CONCURRENT: Final = "FEATREC_SERVE_MAX_CONCURRENT"
-ENV_DEADLINE_MS: Final = "FEATREC_SERVE_DEADLINE_MS"
+ENV_MAX_BODY: Final = ServeSettings.variable("max_body_bytes")
+ENV_RATE: Final = ServeSettings.variable("rate_limit")
+ENV_BURST: Final = ServeSettings.variable("rate_burst")
+ENV_MAX_INFLIGHT: Final = ServeSettings.variable("max_inflight")
+ENV_MAX_CONCURRENT: Final = ServeSettings.variable("max_concurrent")
+ENV_DEADLINE_MS: Final = ServeSettings.variable("deadline_ms")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,19 +88,16 @@ class HttpLimits:
         }
 
     @classmethod
+    def from_settings(cls, serve: ServeSettings) -> HttpLimits:
+        return cls(
+            max_body_bytes=serve.max_body_bytes,
+            rate_per_s=serve.rate_limit,
+            burst=serve.rate_burst,
+            max_inflight=serve.max_inflight,
+            max_concurrent=serve.max_concurrent,
+            deadline_ms=serve.deadline_ms,
+        )
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> HttpLimits:
-        defaults = cls()
-        try:
-            return cls(
-                max_body_bytes=int(environ.get(ENV_MAX_BODY) or defaults.max_body_bytes),
-                rate_per_s=float(environ.get(ENV_RATE) or defaults.rate_per_s),
-                burst=int(environ.get(ENV_BURST) or defaults.burst),
-                max_inflight=int(environ.get(ENV_MAX_INFLIGHT) or defaults.max_inflight),
-                max_concurrent=int(environ.get(ENV_MAX_CONCURRENT) or defaults.max_concurrent),
-                deadline_ms=float(environ.get(ENV_DEADLINE_MS) or defaults.deadline_ms),
-            )
-        except ValueError as exc:
-            raise ConfigError(
-                f"{ENV_MAX_BODY}, {ENV_RATE}, {ENV_BURST}, {ENV_MAX_INFLIGHT}, "
-                f"{ENV_MAX_CONCURRENT} and {ENV_DEADLINE_MS} must be numbers: {exc}"
-            ) from None
+        return cls.from_settings(ServeSettings.from_env(environ))

@@ -1,4 +1,4 @@
-"""The steps ``recommend`` and ``explain`` share: scoring, post-processing, the log schema.
+"""The steps ``recommend`` and ``explain`` share: scoring and post-processing.
 
 Both call the same functions on the same inputs, which is what makes a logged request
 reproducible: :func:`score` (the ranker on :func:`~featrec.core.ranking.ranker.ranking_matrix`, the
@@ -16,7 +16,7 @@ from typing import Any, Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from featrec.core.candidates.generation import Candidate
+from featrec.core.candidates.model import Candidate
 from featrec.core.events.model import PURCHASE, VIEW
 from featrec.core.features.catalog import ITEM_FEATURES, count_feature
 from featrec.core.ports.serving import StampedRow
@@ -24,9 +24,6 @@ from featrec.core.ranking.ranker import fallback_scores, popularity_score, ranki
 from featrec.core.ranking.rerank import Decision, RerankConfig, rerank
 from featrec.core.ranking.two_stage import two_stage_scores
 from featrec.errors import ConfigError
-
-#: Version of the request-log body schema (written by recommend, read by explain).
-LOG_SCHEMA: Final = 1
 
 #: The features serving reads of views it does not need whole: ``item_features`` has 21, the
 #: ranking features and the fallback scorer use these (a test checks that the matrix and the

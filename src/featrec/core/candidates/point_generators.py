@@ -8,7 +8,9 @@ past. The training-set builder and the online scorer share these generators, so 
 the candidates serving will see.
 
 The default, :func:`default_generator`, is the session's own items (newest first) followed by
-the globally most popular items as of the prediction time.
+the globally most popular items as of the prediction time. :class:`SignalCandidates` is the
+serving generation (:func:`~featrec.core.candidates.generation.generate`) over signals learned
+from the replay, so a model is trained on the candidates serving will score.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from featrec.core.candidates.config import DEFAULT_CONFIG, CandidateConfig
+from featrec.core.candidates.generation import generate
+from featrec.core.candidates.model import Candidate
+from featrec.core.candidates.signals import InMemorySignals
 from featrec.core.events.model import Event
+from featrec.core.features.catalog import LAST_ITEMS_N
+from featrec.core.features.rows import micros
 from featrec.errors import ConfigError
 
 
@@ -128,6 +136,63 @@ class Combined:
                 out.setdefault(item, None)
         items = list(out)
         return items if self.limit is None else items[: self.limit]
+
+
+class SignalCandidates:
+    """:func:`~featrec.core.candidates.generation.generate` as a training-set candidate
+    generator (:class:`CandidateGenerator` and :class:`EventObserver`).
+
+    It sees what serving sees: the session's newest ``LAST_ITEMS_N`` items (the
+    ``last_items`` of its ``session_features`` row, no event types), the session's last
+    category, and the ``top_categories`` categories with the user's most events so far (the
+    live twin of ``user_features.top_categories``).
+    """
+
+    def __init__(
+        self,
+        config: CandidateConfig = DEFAULT_CONFIG,
+        signals: InMemorySignals | None = None,
+        top_categories: int = 3,
+    ) -> None:
+        self.config = config
+        self.signals = signals if signals is not None else InMemorySignals()
+        self.top_categories = top_categories
+        self._last_category: dict[str, str | None] = {}
+        self._user_categories: dict[str, dict[str, int]] = {}
+        self.last_us = 0
+
+    def observe(self, event: Event) -> None:
+        self.signals.observe(event)
+        self._last_category[event.session_id] = event.category
+        if event.user_id is not None and event.category is not None:
+            counts = self._user_categories.setdefault(event.user_id, {})
+            counts[event.category] = counts.get(event.category, 0) + 1
+        self.last_us = micros(event.ts)
+
+    def categories(self, session_id: str, user_id: str | None) -> list[str]:
+        out: list[str] = []
+        last = self._last_category.get(session_id)
+        if last is not None:
+            out.append(last)
+        if user_id is not None:
+            counts = self._user_categories.get(user_id, {})
+            top = sorted(counts, key=lambda c: (-counts[c], c))[: self.top_categories]
+            out.extend(c for c in top if c not in out)
+        return out
+
+    def generate(self, context: PredictionContext) -> list[Candidate]:
+        recent = list(reversed(context.items[-LAST_ITEMS_N:]))
+        return generate(
+            recent,
+            None,
+            context.user_id,
+            self.signals,
+            self.config,
+            categories=self.categories(context.session_id, context.user_id),
+        )
+
+    def candidates(self, context: PredictionContext) -> list[str]:
+        return [c.item_id for c in self.generate(context)]
 
 
 def default_generator(session_items: int = 20, popular: int = 20) -> Combined:

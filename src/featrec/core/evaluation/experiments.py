@@ -79,11 +79,6 @@ class ArmConfig:
     def effective_scorer(self) -> str | None:
         return "model" if self.model_version is not None else self.scorer
 
-    def describe(self) -> str:
-        if self.model_version is not None:
-            return f"model@{self.model_version}"
-        return self.scorer or "default"
-
 
 @dataclass(frozen=True)
 class Experiment:

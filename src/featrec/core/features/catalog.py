@@ -103,6 +103,8 @@ SESSION_SERVICE: Final = "session_v1"
 
 #: How many neighbours an ``item_neighbours`` row carries by default (heaviest first).
 NEIGHBOURS_K: Final = 50
+#: How many items a trending list (an ``item_neighbours`` row under a trending key) carries.
+TRENDING_N: Final = 50
 
 ITEM_NEIGHBOURS: Final = View(
     name="item_neighbours",

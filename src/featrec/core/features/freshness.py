@@ -59,14 +59,3 @@ def freshness(timed: Sequence[Timed | None], max_age: timedelta, now: datetime) 
         age = now - value.event_time
         out.append(Freshness(age, age > max_age))
     return out
-
-
-def stale_keys(
-    keys: Sequence[str], timed: Sequence[Timed | None], max_age: timedelta, now: datetime
-) -> list[str]:
-    """The keys whose value exists but is older than ``max_age`` (for logs and metrics)."""
-    if len(keys) != len(timed):
-        raise ValueError(f"{len(keys)} keys for {len(timed)} values")
-    return [
-        key for key, fresh in zip(keys, freshness(timed, max_age, now), strict=True) if fresh.stale
-    ]

@@ -2,7 +2,7 @@
 
 Two pure steps, one per keyed stage of a dataflow:
 
-1. **Session-keyed.** :func:`observe` (:func:`pair_updates`, then :func:`remember`) pairs an
+1. **Session-keyed.** :func:`observe` pairs an
    event's item with up to ``window_n`` previous items of the same session seen within
    ``window_s`` seconds, and returns :class:`PairUpdate` s. The session's :class:`RecentItems`
    buffer is the only state.
@@ -42,6 +42,7 @@ from typing import Final, NamedTuple
 from featrec.core.events.model import CART, CLICK, PURCHASE, VIEW, Event
 from featrec.core.features.catalog import ITEM_NEIGHBOURS, NEIGHBOURS_K
 from featrec.core.features.rows import FeatureRow, micros
+from featrec.core.items.order import best_first
 from featrec.errors import ConfigError
 
 #: Default weights of event types: an order says more than a click.
@@ -128,18 +129,10 @@ class RecentItems:
         return RecentItems(list(self.entries))
 
 
-def pair_updates(recent: RecentItems, event: Event, config: CovisitConfig) -> list[PairUpdate]:
-    """The pair updates ``event`` makes with the session's recent items (does not mutate)."""
-    return _pairs(recent, micros(event.ts), event.item_id, event.type, config)
-
-
-def remember(recent: RecentItems, event: Event, config: CovisitConfig) -> None:
-    """Append ``event`` to the buffer, keeping at most ``window_n`` entries within the window."""
-    _remember(recent, micros(event.ts), event.item_id, event.type, config)
-
-
 def observe(recent: RecentItems, event: Event, config: CovisitConfig) -> list[PairUpdate]:
-    """Pair ``event`` with the recent items, then remember it: the session-step fold."""
+    """Pair ``event`` with the recent items, then remember it: the session-step fold.
+
+    The buffer keeps at most ``window_n`` entries, none older than the window."""
     ts = micros(event.ts)
     updates = _pairs(recent, ts, event.item_id, event.type, config)
     _remember(recent, ts, event.item_id, event.type, config)
@@ -277,7 +270,7 @@ class NeighbourSketch:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         factor = self._decay(config, now_us)
-        best = heapq.nsmallest(k, self.counts.items(), key=_heaviest_first)
+        best = heapq.nsmallest(k, self.counts.items(), key=best_first)
         return [(item, count * factor) for item, count in best]
 
     def weight(self, neighbour: str, config: CovisitConfig, now_us: int | None = None) -> float:
@@ -318,10 +311,6 @@ class NeighbourSketch:
             return 1.0
         now = self.last_us if now_us is None else now_us
         return float(2.0 ** -((now - self.ref_us) / half_life))
-
-
-def _heaviest_first(entry: tuple[str, float]) -> tuple[float, str]:
-    return (-entry[1], entry[0])
 
 
 class CovisitIndex:

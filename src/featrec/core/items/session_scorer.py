@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from featrec.core.items.covisit import DEFAULT_TYPE_WEIGHTS
+from featrec.core.items.order import best_first
 from featrec.errors import ConfigError
 
 #: Neighbours of one anchor: ``[(item, weight), ...]``, heaviest first.
@@ -36,7 +37,7 @@ NORMALISATIONS: Final = ("max", "sum", "none")
 
 
 @dataclass(frozen=True, slots=True)
-class CandidateConfig:
+class ScorerConfig:
     """How a session's recent items are combined into candidate scores. Validated.
 
     Defaults tuned on RSC15-100k next-item prediction together with :class:`CovisitConfig`'s.
@@ -72,7 +73,7 @@ class CandidateConfig:
 def score_session(
     items: Sequence[str],
     neighbours: NeighbourLookup,
-    config: CandidateConfig,
+    config: ScorerConfig,
     types: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Candidate scores from the session's ``items`` (newest first; ``types`` aligned with them,
@@ -104,7 +105,7 @@ def recommend(
     items: Sequence[str],
     neighbours: NeighbourLookup,
     k: int,
-    config: CandidateConfig,
+    config: ScorerConfig,
     *,
     types: Sequence[str] | None = None,
     fallback: Sequence[str] = (),
@@ -113,7 +114,7 @@ def recommend(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     scores = score_session(items, neighbours, config, types)
-    best = [i for i, s in heapq.nsmallest(k, scores.items(), key=_best_first) if s > 0]
+    best = [i for i, s in heapq.nsmallest(k, scores.items(), key=best_first) if s > 0]
     if len(best) < k:
         chosen = set(best)
         for item in fallback:
@@ -137,7 +138,3 @@ def _normalised(
     else:
         norm = 1.0
     return row, norm if norm > 0 else 1.0
-
-
-def _best_first(entry: tuple[str, float]) -> tuple[float, str]:
-    return (-entry[1], entry[0])

@@ -31,6 +31,7 @@ from typing import Final
 from featrec.core.events.model import CART, CLICK, PURCHASE, VIEW, Event
 from featrec.core.features.catalog import ITEM_TRENDING, TRENDING_TYPES
 from featrec.core.features.rows import FeatureRow, micros
+from featrec.core.items.order import best_first
 from featrec.errors import ConfigError
 
 _HOUR: Final = 3600.0
@@ -192,8 +193,33 @@ class TrendingBoard:
             for item, trend in self.items.items()
             if category is None or trend.category == category
         )
-        best = heapq.nsmallest(n, scored, key=_best_first)
+        best = heapq.nsmallest(n, scored, key=best_first)
         return [(item, score) for item, score in best if score > 0]
+
+    def top_lists(
+        self, n: int, now_us: int | None = None
+    ) -> tuple[list[tuple[str, float]], dict[str, list[tuple[str, float]]]]:
+        """The global top ``n`` and every category's, in one pass over the items.
+
+        Equal to ``top(n)`` and ``top(n, category=c)`` for every category present (same
+        scores, ties by item id, only positive scores), at ``now_us`` (default: watermark).
+        Categories are in the order their first item was seen.
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        now = self.watermark_us if now_us is None else now_us
+        everything: list[tuple[str, float]] = []
+        by_category: dict[str, list[tuple[str, float]]] = {}
+        for item, trend in self.items.items():
+            score = trend.score(self.config, now)
+            if score <= 0:
+                continue
+            entry = (item, score)
+            everything.append(entry)
+            if trend.category is not None:
+                by_category.setdefault(trend.category, []).append(entry)
+        top = heapq.nsmallest(n, everything, key=best_first)
+        return top, {c: heapq.nsmallest(n, e, key=best_first) for c, e in by_category.items()}
 
     def prune(self, now_us: int | None = None) -> int:
         """Drop items whose counters all decayed below ``epsilon``; returns how many."""
@@ -216,7 +242,3 @@ def bootstrap(
 
 def _decayed(count: float, elapsed_us: float, half_life_us: float) -> float:
     return count * float(2.0 ** -(elapsed_us / half_life_us))
-
-
-def _best_first(entry: tuple[str, float]) -> tuple[float, str]:
-    return (-entry[1], entry[0])

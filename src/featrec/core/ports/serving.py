@@ -79,10 +79,11 @@ class RequestRecord:
     """One request-log entry.
 
     ``body`` is JSON-ready (str, int, float, bool, None, lists, dicts with str keys): the
-    request, candidates, raw scores, post-processing decisions, model version (its schema
-    belongs to :mod:`featrec.app.serving.recommender`). ``rows`` are the feature rows read; stores
-    may
-    keep each distinct row once and refer to it from every entry that used it.
+    request, candidates, raw scores, post-processing decisions, model version; opaque to the
+    stores, except that its ``session_id`` and ``user_id`` say whom the entry is about (for
+    forgetting). Its schema belongs to :mod:`featrec.app.serving.record`, the one place that
+    writes and reads it. ``rows`` are the feature rows read; stores may keep each distinct row
+    once and refer to it from every entry that used it.
     """
 
     request_id: str

@@ -32,7 +32,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 from threadpoolctl import ThreadpoolController
 
-from featrec.core.candidates.generation import (
+from featrec.core.candidates.model import (
     COVISIT,
     DETAILS,
     HISTORY,

@@ -1,0 +1,108 @@
+"""A request log written off the request path, by a thread of its own, in batches: either
+backend (:class:`~featrec.adapters.sqlite.request_log.SqliteRequestLog`,
+:class:`~featrec.adapters.redis.request_log.RedisRequestLog`) behind
+:class:`BackgroundRequestLog` (serving uses it)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, cast
+
+from featrec.core.ports.serving import RequestLog, RequestRecord
+from featrec.errors import ConfigError, FeatrecError, StoreError
+
+
+class BatchRequestLog(RequestLog, Protocol):
+    """A request log that can write several records at once (one transaction or round trip)."""
+
+    def append_many(self, records: Sequence[RequestRecord]) -> None: ...
+
+
+class BackgroundRequestLog:
+    """Takes request records off the request path: ``append`` queues, a thread of its own
+    writes them in order, in batches (one transaction per batch on SQLite).
+
+    A full queue (the store is slow or down) refuses the record with a
+    :class:`~featrec.errors.StoreError` instead of blocking the request. A batch that fails
+    to write is reported to ``on_error(count, message)``. ``get`` first waits for the records
+    queued before it, so a request can be explained as soon as it was answered.
+    """
+
+    def __init__(
+        self,
+        inner: BatchRequestLog,
+        *,
+        max_pending: int = 10_000,
+        max_batch: int = 256,
+        on_error: Callable[[int, str], None] | None = None,
+    ) -> None:
+        if max_pending < 1 or max_batch < 1:
+            raise ConfigError("max_pending and max_batch must be >= 1")
+        self.inner = inner
+        self.max_batch = max_batch
+        self.on_error = on_error
+        self.failed = 0
+        self.last_error: str | None = None
+        self._queue: queue.Queue[RequestRecord | None] = queue.Queue(max_pending)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="featrec-request-log", daemon=True)
+        self._thread.start()
+
+    def append(self, record: RequestRecord) -> None:
+        if self._closed:
+            raise StoreError("the request log is closed")
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            raise StoreError(
+                f"request log queue full ({self._queue.maxsize} records pending): the log "
+                f"store is too slow or down (last error: {self.last_error})"
+            ) from None
+
+    def flush(self) -> None:
+        """Wait until every record queued so far is written (or has failed)."""
+        self._queue.join()
+
+    def get(self, request_id: str) -> RequestRecord | None:
+        self.flush()
+        return self.inner.get(request_id)
+
+    def iter_records(self, since_s: float | None = None) -> Iterator[RequestRecord]:
+        """The inner log's :meth:`SqliteRequestLog.iter_records` (or Redis's), after the
+        records queued so far are written."""
+        self.flush()
+        inner: Any = self.inner
+        return cast(Iterator[RequestRecord], inner.iter_records(since_s))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+        self.inner.close()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            records = [r for r in batch if r is not None]
+            try:
+                if records:
+                    self.inner.append_many(records)
+            except FeatrecError as e:
+                self.failed += len(records)
+                self.last_error = str(e)
+                if self.on_error is not None:
+                    self.on_error(len(records), str(e))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if len(records) < len(batch):
+                return

@@ -1,0 +1,139 @@
+"""The request log's stored form, shared by its SQLite and Redis backends.
+
+An entry is JSON: ``{"request_id", "created_at_s", "body", "rows": [[view, key, digest], ...]}``.
+The body is opaque here (the serving application writes and reads it, see
+:mod:`featrec.app.serving.record`), except for the ``session_id`` and ``user_id`` that say whom
+the entry is about (forgetting a user). Each distinct feature row is stored once, apart from the
+entries, as ``{"ts_us", "values"}`` JSON addressed by a digest of its content: two hundred item
+rows are shared by every request that used them, so an entry costs the size of its candidates
+and scores, not of its features. JSON keeps floats exact (shortest round-trip representation),
+so a record reads back bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Iterable, Sequence
+from typing import Final
+
+import orjson
+
+from featrec.core.ports.serving import LoggedRow, RequestRecord, StampedRow
+from featrec.errors import StoreError
+
+_JSON_OPTIONS: Final = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+#: Row digests remembered per process (rows already stored need not be sent again).
+_MEMO_SIZE: Final = 200_000
+#: Entries read per page (SQLite query, Redis SCAN + MGET) when iterating the log.
+PAGE: Final = 1000
+
+
+def _dumps(value: object) -> bytes:
+    return orjson.dumps(value, option=_JSON_OPTIONS)
+
+
+class RowDigests:
+    """Content digests of rows, memoised by object identity (cached rows are shared objects),
+    and which digests this process has stored, and when."""
+
+    def __init__(self, size: int = _MEMO_SIZE) -> None:
+        self._size = size
+        self._by_id: dict[int, tuple[StampedRow, str, bytes]] = {}
+        self.stored: dict[str, float] = {}
+
+    def encode(self, logged: LoggedRow) -> tuple[str, bytes]:
+        """``(digest, json)`` of a row (the row must not be None)."""
+        row = logged.row
+        assert row is not None
+        found = self._by_id.get(id(row))
+        if found is not None and found[0] is row:
+            return found[1], found[2]
+        data = _dumps({"ts_us": row.ts_us, "values": row.values})
+        digest = hashlib.blake2b(
+            logged.view.encode() + b"\0" + logged.key.encode() + b"\0" + data, digest_size=16
+        ).hexdigest()
+        self._by_id[id(row)] = (row, digest, data)
+        if len(self._by_id) > self._size:
+            for _ in range(len(self._by_id) // 4):
+                del self._by_id[next(iter(self._by_id))]
+        return digest, data
+
+    def remember(self, digests: Iterable[str], now: float) -> None:
+        for digest in digests:
+            self.stored[digest] = now
+        if len(self.stored) > self._size:
+            for _ in range(len(self.stored) // 4):
+                del self.stored[next(iter(self.stored))]
+
+
+def entry_json(record: RequestRecord, refs: Sequence[str | None]) -> bytes:
+    return _dumps(
+        {
+            "request_id": record.request_id,
+            "created_at_s": record.created_at_s,
+            "body": record.body,
+            "rows": [
+                [logged.view, logged.key, ref]
+                for logged, ref in zip(record.rows, refs, strict=True)
+            ],
+        }
+    )
+
+
+def entry_from_json(data: bytes, rows: dict[str, bytes | None]) -> RequestRecord:
+    raw = orjson.loads(data)
+    logged: list[LoggedRow] = []
+    for view, key, ref in raw["rows"]:
+        if ref is None:
+            logged.append(LoggedRow(view, key, None))
+            continue
+        row_data = rows.get(ref)
+        if row_data is None:
+            raise StoreError(
+                f"request {raw['request_id']}: the logged {view} row of {key!r} ({ref}) is "
+                "no longer in the request log"
+            )
+        row = orjson.loads(row_data)
+        logged.append(LoggedRow(view, key, StampedRow(row["values"], row["ts_us"])))
+    return RequestRecord(raw["request_id"], raw["created_at_s"], raw["body"], logged)
+
+
+def body_only(data: bytes) -> RequestRecord:
+    """An entry without its feature rows (they are not read)."""
+    raw = orjson.loads(data)
+    return RequestRecord(raw["request_id"], raw["created_at_s"], raw["body"], [])
+
+
+def row_refs(data: bytes) -> list[str]:
+    return [ref for _, _, ref in orjson.loads(data)["rows"] if ref is not None]
+
+
+#: Views whose logged rows describe one person: they go with the entry when forgetting.
+_PERSONAL_VIEWS = {"session_features": "session", "user_features": "user"}
+
+
+def names(data: bytes, user_id: str, session_ids: Collection[str]) -> bool:
+    """Whether an entry is about ``user_id`` or one of ``session_ids``."""
+    body = orjson.loads(data)["body"]
+    return body.get("user_id") == user_id or body.get("session_id") in session_ids
+
+
+def personal_refs(data: bytes, user_id: str, session_ids: Collection[str]) -> list[str]:
+    """Digests of the entry's logged rows of ``user_id`` or of ``session_ids``."""
+    out = []
+    for view, key, ref in orjson.loads(data)["rows"]:
+        kind = _PERSONAL_VIEWS.get(view)
+        if ref is not None and (
+            (kind == "user" and key == user_id) or (kind == "session" and key in session_ids)
+        ):
+            out.append(ref)
+    return out
+
+
+def sessions_named(entries: Iterable[bytes], user_id: str) -> set[str]:
+    found: set[str] = set()
+    for data in entries:
+        body = orjson.loads(data)["body"]
+        if body.get("user_id") == user_id and isinstance(body.get("session_id"), str):
+            found.add(body["session_id"])
+    return found
