@@ -354,6 +354,7 @@ class Recommender:
             model_version=model_version,
             session_version=version,
             session_used=session is not None,
+            rank_top=cfg.rank_top,
             rerank=cfg.rerank,
             candidates=tuple(candidates),
             raw_scores=tuple(raw.tolist()),
