@@ -361,7 +361,6 @@ class Recommender:
             decisions=tuple(decisions),
             experiment=arm,
             rows=tuple(logged),
-            rank_top=cfg.rank_top,
         )
         return answer, record
 

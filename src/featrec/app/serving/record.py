@@ -106,12 +106,6 @@ class ServedRequest:
         return RequestRecord(self.request_id, self.created_at_s, self._body(), list(self.rows))
 
     def _body(self) -> dict[str, Any]:
-        body = self._fields()
-        if self.rank_top is not None:  # absent from entries logged before two-stage ranking
-            body["rank_top"] = self.rank_top
-        return body
-
-    def _fields(self) -> dict[str, Any]:
         arm = self.experiment
         return {
             "schema": LOG_SCHEMA,
