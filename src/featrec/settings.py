@@ -220,6 +220,19 @@ class Settings(EnvModel):
         return cls(**values)
 
 
+def json_object(value: Any) -> Any:
+    """A variable holding a JSON object, parsed (a value that is not a string is kept)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        data = json.loads(value)
+    except ValueError:
+        raise ValueError("not JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
 class ServeSettings(EnvModel):
     """The HTTP app's limits and serving options (``featrec serve`` writes them for its
     workers: see :mod:`featrec.app.serving.http_limits` and :mod:`featrec.jobs.serving`), and
@@ -262,15 +275,7 @@ class ServeSettings(EnvModel):
     @field_validator("experiment", mode="before")
     @classmethod
     def _json_object(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            data = json.loads(value)
-        except ValueError:
-            raise ValueError("not JSON") from None
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        return data
+        return json_object(value)
 
     @field_validator("admin_token", mode="before")
     @classmethod
@@ -311,15 +316,7 @@ class FlowSettings(EnvModel):
     @field_validator("source_mapping", mode="before")
     @classmethod
     def _mapping_json(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            data = json.loads(value)
-        except ValueError:
-            raise ValueError("not JSON") from None
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        return data
+        return json_object(value)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> FlowSettings:
