@@ -301,7 +301,7 @@ def check_walkthrough_with_a_foreign_schema(installed: Installed) -> None:
 
     [port] = free_ports(1)
     server = subprocess.Popen(
-        ["featrec", "serve", "--port", str(port)],
+        ["featrec", "serve", "--port", str(port), "--workers", "1"],
         cwd=shop,
         env=installed.env,
         stdout=subprocess.DEVNULL,
@@ -311,7 +311,7 @@ def check_walkthrough_with_a_foreign_schema(installed: Installed) -> None:
         body = _post_when_up(port, {"session_id": session, "k": 5})
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.wait(timeout=60)
     assert len(body["items"]) == 5, body
 
 

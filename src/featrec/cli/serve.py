@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -469,6 +470,10 @@ def serve(
 
 def run_server(server: str, host: str, port: int, workers: int) -> None:
     """Serve :data:`APP_FACTORY` with ``workers`` processes (blocks until stopped)."""
+    # Started in the background by a non-interactive shell, a process inherits SIGINT as
+    # ignored, and so would the workers the server stops with it: a server must stop.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if server == "granian":
         from granian.constants import Interfaces
         from granian.log import LogLevels
