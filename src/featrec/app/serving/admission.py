@@ -58,10 +58,14 @@ class Admission:
         return self.waiting == 1 or self.waiting * self.service_s <= self.deadline_s
 
     def start(self, arrived: float) -> bool:
-        """True when a request that arrived at ``arrived`` can still be answered in time
-        (or has not waited at all: see :meth:`arrive`)."""
+        """True when a request that arrived at ``arrived`` can still be answered in time, or
+        when it is alone in the worker: as in :meth:`arrive`, shedding the only request makes
+        nothing faster (its wait was the hop to the worker thread, not a queue), and a busy
+        machine must not turn a quiet server's answers into 503s."""
+        if self.waiting <= 1:
+            return True
         waited = self.clock() - arrived
-        return waited + self.service_s <= self.deadline_s or waited <= self.service_s / 10
+        return waited + self.service_s <= self.deadline_s
 
     def done(self, seconds: float) -> None:
         self.waiting -= 1
