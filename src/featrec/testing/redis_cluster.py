@@ -26,6 +26,7 @@ from pathlib import Path
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 
 NODE_TIMEOUT_MS = 2000
 BUS_OFFSET = 10000  # a node's cluster bus listens on its port + 10000
@@ -231,6 +232,37 @@ class RedisClusterServers:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"Redis Cluster replicas not in sync after {timeout_s} s")
+
+    def masters_now(self) -> list[ClusterNodeProcess]:
+        """The live nodes that are masters at this moment."""
+        return [
+            n for n in self.nodes if n.alive and n.client().info("replication")["role"] == "master"
+        ]
+
+    def owner_of(self, key: bytes) -> ClusterNodeProcess:
+        """The master that serves ``key``'s slot now."""
+        slot = key_slot(key)
+        live = next(n for n in self.nodes if n.alive)
+        for start, end, master, *_ in live.client().cluster("slots"):
+            if start <= slot <= end:
+                return next(n for n in self.nodes if n.port == int(master[1]))
+        raise RuntimeError(f"slot {slot} has no master")
+
+    def move_slot_of(self, key: bytes, target: ClusterNodeProcess) -> None:
+        """Migrate ``key``'s slot, with its keys, to the master ``target`` (as a resharding
+        does), so clients with the old slot map get ``MOVED``."""
+        slot = key_slot(key)
+        source = self.owner_of(key)
+        if source.port == target.port:
+            raise ValueError("the slot is already on that node")
+        src, dst = source.client(), target.client()
+        src_id, dst_id = src.execute_command("CLUSTER MYID"), dst.execute_command("CLUSTER MYID")
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        for node in self.masters_now():
+            node.client().execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
 
     def master_with_replica(self) -> ClusterNodeProcess:
         """A live master that has at least one live replica (needs ``replicas >= 1``)."""
