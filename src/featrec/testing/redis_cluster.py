@@ -217,6 +217,10 @@ class RedisClusterServers:
             time.sleep(0.1)
         raise RuntimeError(f"Redis Cluster not ready after {timeout_s} s: {last}")
 
+    def wait_replicas_online(self, timeout_s: float = 30) -> None:
+        """Wait until every master has its replicas attached and in sync (``state=online``)."""
+        self._wait_replicas_online(timeout_s)
+
     def _wait_replicas_online(self, timeout_s: float) -> None:
         """Wait until every master has its replicas attached and in sync (``state=online``)."""
         deadline = time.monotonic() + timeout_s
@@ -281,6 +285,14 @@ class RedisClusterServers:
         os.kill(node.proc.pid, signal.SIGKILL)
         node.proc.wait(timeout=10)
         return node
+
+    def restart(self, node: ClusterNodeProcess) -> None:
+        """Start a stopped node again on its port with its ``nodes.conf``: a killed master
+        rejoins as a replica of the node that took its slots."""
+        if node.alive:
+            raise ValueError(f"node {node.port} is running")
+        self._spawn(node)
+        self._wait_ping(node)
 
     def wait_failover(self, killed: ClusterNodeProcess, timeout_s: float = 30) -> None:
         """Wait until the killed master's slots are served again (its replica promoted)."""
