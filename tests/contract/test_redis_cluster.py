@@ -11,15 +11,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from dataflows.sinks import retry_unavailable
 from featrec.adapters.feast.cluster_writer import ClusterFlushWriter
 from featrec.adapters.feast.reader import FeastOnlineReader
 from featrec.adapters.feast.repo import apply_repo, load_repo_config, open_store
+from featrec.adapters.feast.types import arrow_schema
 from featrec.adapters.feast.writers import FeastApiWriter, RedisLayoutWriter, open_writer
+from featrec.adapters.redis.bulk_writer import ClusterBulkWriter, bulk_writer_for
 from featrec.adapters.redis.cluster import online_client
 from featrec.adapters.redis.deny_list import CLUSTER_KEY, stores_for
 from featrec.adapters.redis.request_log import RedisRequestLog
@@ -286,3 +290,36 @@ def test_a_master_killed_mid_stream_fails_over_with_nothing_lost(
     fast.close()
     # stock Feast reads the same rows
     assert FeastOnlineReader(open_store(settings)).read(SESSION, keys) == expected
+
+
+def test_the_bulk_materialization_writer_splits_chunks_per_node(
+    store: Any, redis_cluster: RedisClusterServers
+) -> None:
+    """Feast's own cluster client goes to the bulk writer (as ``materialize --fast`` does);
+    chunks of rows over every node, a slot moved between two writes, stock Feast reads."""
+    t1, t2 = datetime(2031, 1, 1, tzinfo=UTC), datetime(2031, 1, 2, tzinfo=UTC)
+
+    def table(n: int, at: datetime) -> pa.Table:
+        rows = []
+        for i in range(n):
+            values: dict[str, Any] = dict.fromkeys(catalog.USER_FEATURES.feature_names)
+            values.update(user_id=f"b{i}", n_view_1d=i, top_categories=["c", str(i)])
+            values.update(top_category_shares=[0.5, 0.25], event_timestamp=at)
+            rows.append(values)
+        return pa.Table.from_pylist(rows, schema=arrow_schema(catalog.USER_FEATURES))
+
+    online = store._get_provider().online_store
+    writer = bulk_writer_for(
+        online._get_client(store.config.online_store), "featrec", key_ttl_seconds=None
+    )
+    assert isinstance(writer, ClusterBulkWriter)
+    assert writer.write_table(catalog.USER_FEATURES, table(500, t1), chunk_rows=128) == 500
+    assert writer.write_table(catalog.USER_FEATURES, table(500, t1), chunk_rows=128) == 0
+    key = RedisLayoutWriter(redis_cluster.client(), "featrec")._plans[USER].redis_key("b7")
+    owner = redis_cluster.owner_of(key)
+    redis_cluster.move_slot_of(key, next(n for n in redis_cluster.masters_now() if n != owner))
+    assert writer.write_table(catalog.USER_FEATURES, table(500, t2), chunk_rows=128) == 500
+    got = FeastOnlineReader(store).read_with_timestamps(USER, [f"b{i}" for i in range(500)])
+    assert all(g is not None and g.event_time == t2 for g in got)
+    assert [g.values["n_view_1d"] for g in got if g] == list(range(500))
+    assert got[7] is not None and got[7].values["top_categories"] == ["c", "7"]
