@@ -80,8 +80,19 @@ def start_flow(
         return [subprocess.Popen(args, env=env)]
     addresses = cluster_addresses(processes)
     return [
-        subprocess.Popen([*args, "-i", str(i), "-a", addresses], env=env) for i in range(processes)
+        subprocess.Popen([*args, "-i", str(i), "-a", addresses], env=process_env(env, i))
+        for i in range(processes)
     ]
+
+
+def process_env(env: dict[str, str], index: int) -> dict[str, str]:
+    """Process ``index``'s environment: with bytewax's dataflow API on, each process of a
+    cluster on one host serves its metrics on its own port, ``BYTEWAX_DATAFLOW_API_PORT``
+    (default 3030) + ``index``."""
+    if env.get("BYTEWAX_DATAFLOW_API_ENABLED") not in {"1", "true", "True"}:
+        return env
+    base = int(env.get("BYTEWAX_DATAFLOW_API_PORT") or 3030)
+    return {**env, "BYTEWAX_DATAFLOW_API_PORT": str(base + index)}
 
 
 def cluster_addresses(processes: int) -> str:
@@ -244,6 +255,12 @@ def flow_options(command: F) -> F:
             default=None,
             help="Serve the launcher's Prometheus metrics (featrec_cluster_*) on this port.",
         ),
+        click.option(
+            "--metrics-host",
+            default="127.0.0.1",
+            show_default=True,
+            help="Address the launcher's metrics listen on (0.0.0.0 in a container).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -264,6 +281,7 @@ def run_flow(
     max_restarts: int = 10,
     restart_backoff: float = 1.0,
     metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
     mapping_table: Mapping[str, Any] | None = None,
 ) -> None:
     """Check the sources, launch ``target`` with settings in the environment, wait for it.
@@ -301,7 +319,7 @@ def run_flow(
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, addr="127.0.0.1")
+        start_http_server(metrics_port, addr=metrics_host)
     policy = RestartPolicy(max_restarts=max_restarts, backoff_s=restart_backoff)
     code = launch_flow(
         target,
