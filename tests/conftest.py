@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from _feast_fixtures import *  # noqa: F403
 
+from featrec.testing.redis_cluster import RedisClusterServers
 from featrec.testing.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,35 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     """URL of the private server, emptied after each test (it is ours alone)."""
     yield redis_server.url
     redis_server.client().flushall()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_servers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RedisClusterServers]:
+    """A 3-master Redis Cluster this test session started itself (~2 s to form)."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"), masters=3)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_servers: RedisClusterServers) -> Iterator[RedisClusterServers]:
+    """The private 3-master cluster, emptied after each test (it is ours alone)."""
+    yield redis_cluster_servers
+    redis_cluster_servers.flushall()
+
+
+@pytest.fixture
+def redis_cluster_with_replicas(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RedisClusterServers]:
+    """A fresh 3-master, 3-replica cluster for one test (a failover test kills a master)."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster6"), masters=3, replicas=1)
+    cluster.start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

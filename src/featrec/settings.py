@@ -105,6 +105,21 @@ class Settings(EnvModel):
         "client's URL as `?ssl_ca_certs=PATH`, Feast's included",
         shown="system CAs",
     )
+    redis_cluster_nodes: str | None = var(
+        None,
+        "seed nodes of a Redis Cluster online store, `host:port,host:port,...`; when set, "
+        "every featrec Redis client (and Feast, as `redis_type: redis_cluster`) uses the "
+        "cluster; password and TLS still come from `FEATREC_REDIS_URL`, whose host is unused",
+        shown="none (a single Redis)",
+        allowed="comma-separated `host:port`",
+    )
+    redis_cluster_wait_replicas: int = var(
+        0,
+        "Redis Cluster: the dataflow writer ends each flush with `WAIT N` on every master it "
+        "wrote to, and retries the flush unless N replicas acknowledged it (1: no acknowledged "
+        "row is lost when a master fails over; 0: no wait)",
+        ge=0,
+    )
     bus_url: str | None = var(
         None,
         "redis-py URL of the event bus (event and dead-letter streams) on a Redis of its own",
@@ -162,6 +177,17 @@ class Settings(EnvModel):
         "sessions dataflow shape: `batch` (one item per shard and source batch) or "
         "`per-event` (the previous shape, kept as the benchmarks' baseline)",
     )
+
+    @field_validator("redis_cluster_nodes")
+    @classmethod
+    def _cluster_nodes(cls, nodes: str | None) -> str | None:
+        if nodes is None or not nodes.strip():
+            return None
+        for node in nodes.split(","):
+            host, _, port = node.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"a comma-separated list of host:port, got {node.strip()!r}")
+        return ",".join(n.strip() for n in nodes.split(","))
 
     @field_validator("redis_url", "bus_url")
     @classmethod

@@ -69,13 +69,18 @@ SHARED = StampedRow(
 )
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "background-sqlite", "background-redis"])
+@pytest.fixture(
+    params=["memory", "sqlite", "redis", "redis-cluster", "background-sqlite", "background-redis"]
+)
 def request_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RequestLog]:
     log: RequestLog
     if request.param == "memory":
         log = InMemoryRequestLog()
     elif request.param.endswith("sqlite"):
         log = SqliteRequestLog(tmp_path / "requests.db")
+    elif request.param == "redis-cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        log = RedisRequestLog(cluster.client(), owns_client=True)
     else:
         url = request.getfixturevalue("redis_url")
         log = RedisRequestLog(redis.Redis.from_url(url), owns_client=True)

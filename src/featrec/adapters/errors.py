@@ -13,7 +13,8 @@ In short (:data:`TABLE` is the exact list, :data:`SQLITE_CODES` refines sqlite3 
 
     redis ConnectionError, TimeoutError,       -> StoreUnavailable  (retrying may help)
       BusyLoadingError, MaxConnectionsError,
-      ClusterDownError, MasterDownError, TryAgainError
+      ClusterDownError, MasterDownError, TryAgainError,
+      ClusterError, SlotNotCoveredError (a Redis Cluster failing over)
     redis AuthenticationError                  -> ConfigError       (check the password)
     redis NoPermissionError (ACL)              -> ConfigError       (the user lacks a command)
     any other RedisError, RedisClusterException -> StoreError       (WRONGTYPE, OOM, ...)
@@ -107,7 +108,9 @@ TABLE: Final[Mapping[str, Rule]] = {
     f"{_R}InvalidResponse": Rule(
         StoreError, hint="does FEATREC_REDIS_URL name a Redis server? (redis:// or rediss://)"
     ),
-    f"{_R}ClusterError": Rule(StoreError),
+    # redis-py's cluster client gave up after its retries (a failover under way): retry later
+    f"{_R}ClusterError": Rule(StoreUnavailable, "Redis Cluster did not answer"),
+    f"{_R}SlotNotCoveredError": Rule(StoreUnavailable, "Redis Cluster has a slot without a node"),
     f"{_R}ClusterDownError": Rule(StoreUnavailable, "Redis Cluster is down"),
     f"{_R}MasterDownError": Rule(StoreUnavailable, "the Redis primary is down"),
     f"{_R}TryAgainError": Rule(StoreUnavailable, "Redis Cluster is resharding"),
@@ -185,11 +188,10 @@ NOT_LISTED: Final[Mapping[str, str]] = {
     "ResponseError",
     f"{_R}MovedError": "a Redis Cluster redirection the cluster client follows itself; maps as "
     "ResponseError",
-    f"{_R}ClusterCrossSlotError": "Redis Cluster only (featrec's fast paths refuse a cluster); "
-    "maps as ResponseError",
+    f"{_R}ClusterCrossSlotError": "featrec sends no command whose keys span slots (a bug if "
+    "raised); maps as ResponseError",
     f"{_R}CrossSlotTransactionError": "Redis Cluster only; maps as RedisClusterException",
     f"{_R}InvalidPipelineStack": "Redis Cluster only; maps as RedisClusterException",
-    f"{_R}SlotNotCoveredError": "Redis Cluster only; maps as RedisClusterException",
     f"{_R}IncorrectPolicyType": "a misuse of redis-py's cluster request policies, a bug: "
     "passes through",
     f"{_R}ChildDeadlockedError": "a client used across fork(), a bug in the caller: passes through",

@@ -32,6 +32,7 @@ from featrec.adapters.errors import translated
 from featrec.adapters.files.atomic import atomic_write_text
 from featrec.adapters.files.event_log import remove_events, sessions_of_user
 from featrec.adapters.files.snapshots import remove_rows
+from featrec.adapters.redis.cluster import online_client
 from featrec.adapters.redis.deny_list import stores_for
 from featrec.adapters.redis.request_log import RedisRequestLog
 from featrec.adapters.redis.streams import EVENT_FIELD, connect
@@ -154,9 +155,14 @@ class _Places:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         on_redis = settings.online_store == "redis"
-        self.store_client: Any = connect(settings.redis_url) if on_redis else None
+        self.store_client: Any = online_client(settings) if on_redis else None
         uses_bus = on_redis or settings.bus_url is not None
-        self.bus: Any = connect(settings.stream_url) if uses_bus else None
+        self.bus: Any = None
+        if settings.redis_cluster_nodes and settings.bus_url is None and on_redis:
+            # the streams live on the cluster (one key each: every command is single-slot)
+            self.bus = online_client(settings)
+        elif uses_bus:
+            self.bus = connect(settings.stream_url)
         self.streams = [s.strip() for s in settings.stream.split(",") if s.strip()]
 
     def __enter__(self) -> _Places:

@@ -182,12 +182,12 @@ def _write_redis(
     table: pa.Table,
     on_rows: Callable[[str, int], None] | None,
 ) -> int:
-    from featrec.adapters.redis.bulk_writer import RedisBulkWriter, check_single_server
+    from featrec.adapters.redis.bulk_writer import bulk_writer_for, check_single_server
 
     config = store.config
     check_single_server(config.online_store)
     online: Any = store._get_provider().online_store
-    writer = RedisBulkWriter(
+    writer = bulk_writer_for(
         online._get_client(config.online_store),
         config.project,
         key_ttl_seconds=config.online_store.key_ttl_seconds,

@@ -127,9 +127,9 @@ def open_rows(settings: Settings) -> RowReader:
 
 def open_request_log(settings: Settings, kind: str) -> SqliteRequestLog | RedisRequestLog:
     if kind == "redis":
-        from featrec.adapters.redis.rows import serving_client
+        from featrec.adapters.redis.rows import serving_online_client
 
-        return RedisRequestLog(serving_client(settings.redis_url), owns_client=True)
+        return RedisRequestLog(serving_online_client(settings), owns_client=True)
     if kind == "sqlite":
         return SqliteRequestLog(request_log_path(settings))
     raise ConfigError(f"request log must be one of {', '.join(REQUEST_LOGS)}, got {kind!r}")

@@ -23,6 +23,7 @@ row is guarded).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -72,7 +73,8 @@ class FlushWriter(RedisLayoutWriter):
         self._n_fields = {name: len(view.features) for name, view in self._views.items()}
         self._conn: Any = None
         self._reader = hiredis.Reader()
-        self._sha = b""
+        #: The script's SHA1 is what SCRIPT LOAD answers, on every server and node.
+        self._sha = hashlib.sha1(_CAS_SCRIPT.encode(), usedforsecurity=False).hexdigest().encode()
 
     def write(self, rows: Sequence[FeatureRow]) -> int:
         if not rows:
@@ -81,10 +83,11 @@ class FlushWriter(RedisLayoutWriter):
             return self._write(rows)
 
     def _write(self, rows: Sequence[FeatureRow]) -> int:
-        conn = self._connection()
         ttl = self._ttl
         remember = self._remember
         parts: list[bytes] = []
+        #: Per command: its key (a cluster routes by it).
+        keys: list[bytes] = []
         #: Per command: (view, key, version) for a script call, None for HSET and EXPIRE.
         scripted: list[tuple[str, bytes, int] | None] = []
         # Versions written by this call, seen by its later rows (rows apply in order).
@@ -104,10 +107,12 @@ class FlushWriter(RedisLayoutWriter):
                 if version <= known:
                     continue
                 parts.append(resp.hset(key, plan.ts_field, ts, fields, n_fields))
+                keys.append(key)
                 scripted.append(None)
                 blind += 1
                 if ttl:
                     parts.append(_pack(("EXPIRE", key, ttl)))
+                    keys.append(key)
                     scripted.append(None)
                 if remember:
                     written[(view, key)] = version
@@ -117,20 +122,11 @@ class FlushWriter(RedisLayoutWriter):
                 parts.append(
                     resp.evalsha(self._sha, key, head, plan.ts_field, ts, fields, n_fields)
                 )
+                keys.append(key)
                 scripted.append((view, key, version))
         if not parts:
             return 0
-        replies = self._round_trip(conn, b"".join(parts), len(parts))
-        no_script = [i for i, r in enumerate(replies) if _is_noscript(r)]
-        if no_script:
-            # The server lost its script cache (restart, SCRIPT FLUSH): load it again and
-            # send the script calls once more (guarded, so repeating them is safe).
-            old_sha = self._sha
-            self._load_script(conn)
-            again = [parts[i].replace(old_sha, self._sha, 1) for i in no_script]
-            retried = self._round_trip(conn, b"".join(again), len(again))
-            for i, reply in zip(no_script, retried, strict=True):
-                replies[i] = reply
+        replies = self._send(parts, keys)
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 raise redis.exceptions.ResponseError(str(reply))
@@ -145,6 +141,21 @@ class FlushWriter(RedisLayoutWriter):
         if remember and written:
             self._remember_written(written)
         return accepted
+
+    def _send(self, parts: list[bytes], keys: list[bytes]) -> list[Any]:
+        """Every command in one round trip; their replies in order, errors as values."""
+        conn = self._connection()
+        replies = self._round_trip(conn, b"".join(parts), len(parts))
+        no_script = [i for i, r in enumerate(replies) if _is_noscript(r)]
+        if no_script:
+            # The server lost its script cache (restart, SCRIPT FLUSH): load it again and
+            # send the script calls once more (guarded, so repeating them is safe).
+            self._load_script(conn)
+            again = [parts[i] for i in no_script]
+            retried = self._round_trip(conn, b"".join(again), len(again))
+            for i, reply in zip(no_script, retried, strict=True):
+                replies[i] = reply
+        return replies
 
     def _encoded(self, row: FeatureRow) -> tuple[bytes, bytes]:
         """The row's Redis key and the RESP of its field/value pairs (row checked first)."""

@@ -93,6 +93,16 @@ def feast_redis_connection(url: str) -> str:
     return ",".join([node, *(f"{key}={value}" for key, value in params)])
 
 
+def feast_cluster_connection(nodes: str, url: str) -> str:
+    """Feast's connection string for a Redis Cluster: the seed ``nodes``, then the options of
+    the redis-py ``url`` (password, TLS) as :func:`feast_redis_connection` spells them, without
+    ``db`` (a cluster has only database 0)."""
+    options = feast_redis_connection(url).split(",")[1:]
+    return ",".join(
+        [*(n.strip() for n in nodes.split(",")), *(o for o in options if not o.startswith("db="))]
+    )
+
+
 def yaml_path(settings: Settings) -> Path:
     """The repo's config file for the configured online store."""
     name = REDIS_YAML if settings.online_store == "redis" else SQLITE_YAML
@@ -103,7 +113,12 @@ def config_environment(settings: Settings) -> dict[str, str]:
     """Variables the repo's yaml may reference: the environment plus the derived Redis string."""
     env = dict(os.environ)
     if settings.online_store == "redis":
-        env[REDIS_ENV] = feast_redis_connection(settings.redis_url)
+        if settings.redis_cluster_nodes:
+            env[REDIS_ENV] = feast_cluster_connection(
+                settings.redis_cluster_nodes, settings.redis_url
+            )
+        else:
+            env[REDIS_ENV] = feast_redis_connection(settings.redis_url)
     return env
 
 
@@ -139,7 +154,27 @@ def read_repo_yaml(settings: Settings) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid YAML: {_first_line(e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} is not a YAML mapping")
+    online = raw.get("online_store")
+    if settings.online_store == "redis" and isinstance(online, dict):
+        _set_redis_type(online, settings, path)
     return raw
+
+
+def _set_redis_type(online: dict[str, Any], settings: Settings, path: Path) -> None:
+    """``redis_type`` from the settings when the yaml leaves it out (the shipped yaml does);
+    one the yaml states must agree with ``FEATREC_REDIS_CLUSTER_NODES``."""
+    wanted = "redis_cluster" if settings.redis_cluster_nodes else "redis"
+    stated = online.get("redis_type")
+    if stated is None:
+        online["redis_type"] = wanted
+    elif stated != wanted and "redis_sentinel" not in (stated, wanted):
+        hint = (
+            "set FEATREC_REDIS_CLUSTER_NODES to the cluster's nodes"
+            if stated == "redis_cluster"
+            else "remove redis_type from the yaml (featrec derives it) or unset "
+            "FEATREC_REDIS_CLUSTER_NODES"
+        )
+        raise ConfigError(f"{path} says redis_type: {stated}, the settings {wanted}: {hint}")
 
 
 def redis_layout_options(settings: Settings) -> tuple[str, int | None]:
@@ -159,14 +194,23 @@ def redis_layout_options(settings: Settings) -> tuple[str, int | None]:
     online = raw.get("online_store")
     if not isinstance(online, dict) or online.get("type") != "redis":
         raise ConfigError(f"{path}: online_store.type must be redis")
-    if online.get("redis_type", "redis") != "redis":
+    if online.get("redis_type", "redis") not in ("redis", "redis_cluster"):
         raise ConfigError(
-            f"{path}: the fast writer supports a single Redis server, not "
+            f"{path}: the fast writer supports a single Redis server or a Redis Cluster, not "
             f"{online['redis_type']}: set FEATREC_WRITER=feast"
         )
-    expected = feast_redis_connection(settings.redis_url)
     configured = str(online.get("connection_string", "localhost:6379"))
-    if _node_and_db(configured) != _node_and_db(expected):
+    if settings.redis_cluster_nodes:
+        expected = feast_cluster_connection(settings.redis_cluster_nodes, settings.redis_url)
+        if _cluster_nodes(configured) != _cluster_nodes(expected):
+            raise ConfigError(
+                f"{path} connects to the cluster nodes {sorted(_cluster_nodes(configured))} "
+                f"but FEATREC_REDIS_CLUSTER_NODES is {sorted(_cluster_nodes(expected))}: the "
+                "fast writer and Feast must use the same cluster"
+            )
+    elif _node_and_db(configured) != _node_and_db(
+        expected := feast_redis_connection(settings.redis_url)
+    ):
         raise ConfigError(
             f"{path} connects to {_node_and_db(configured)} but FEATREC_REDIS_URL is "
             f"{_node_and_db(expected)}: the fast writer and Feast must use the same server"
@@ -295,6 +339,10 @@ def _write_empty_parquet(path: Path, view: catalog.View) -> None:
 
 def _kind(obj: object) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", " ", type(obj).__name__).lower()
+
+
+def _cluster_nodes(connection_string: str) -> set[str]:
+    return {p.strip() for p in connection_string.split(",") if "=" not in p}
 
 
 def _node_and_db(connection_string: str) -> str:

@@ -353,12 +353,16 @@ def open_writer(
     ``flow=True`` (a dataflow's sink) picks, on Redis,
     :class:`~featrec.adapters.feast.flush_writer.FlushWriter` (one round trip per call);
     ``exclusive=True`` says the caller is the only writer of its entities, so that writer may
-    remember what it wrote instead of guarding every row in Redis.
+    remember what it wrote instead of guarding every row in Redis. With
+    ``FEATREC_REDIS_CLUSTER_NODES`` set the same writers run on the cluster (the flow's is
+    :class:`~featrec.adapters.feast.cluster_writer.ClusterFlushWriter`).
     """
     if settings.writer == "feast":
         return FeastApiWriter(store if store is not None else open_store(settings))
     if settings.online_store == "redis":
         project, ttl = redis_layout_options(settings)
+        if settings.redis_cluster_nodes:
+            return _cluster_writer(settings, project, ttl, flow=flow, exclusive=exclusive)
         client = redis.Redis.from_url(settings.redis_url)
         if flow:
             from featrec.adapters.feast.flush_writer import FlushWriter
@@ -368,3 +372,25 @@ def open_writer(
             )
         return RedisLayoutWriter(client, project, key_ttl_seconds=ttl, owns_client=True)
     return FeastBatchWriter(store if store is not None else open_store(settings))
+
+
+def _cluster_writer(
+    settings: Settings, project: str, ttl: int | None, *, flow: bool, exclusive: bool
+) -> FeatureWriter:
+    """:func:`open_writer`'s writers on a Redis Cluster (``FEATREC_REDIS_CLUSTER_NODES``)."""
+    from featrec.adapters.redis.cluster import online_client
+
+    client = online_client(settings)
+    if flow:
+        from featrec.adapters.feast.cluster_writer import ClusterFlushWriter
+
+        return ClusterFlushWriter(
+            client,
+            project,
+            key_ttl_seconds=ttl,
+            remember=exclusive,
+            owns_client=True,
+            wait_replicas=settings.redis_cluster_wait_replicas,
+        )
+    # redis-py splits this writer's pipelines per node and follows redirections itself.
+    return RedisLayoutWriter(client, project, key_ttl_seconds=ttl, owns_client=True)

@@ -15,7 +15,8 @@ one chunk while the next is read and encoded (Redis and Python then use a core e
 Feast's own Redis store, a concurrent writer could slip in between a row's read and its write;
 materialization is the only writer of the batch views.
 
-Needs a single Redis server (not Cluster or Sentinel) with ``CLIENT REPLY`` (Redis >= 3.2).
+Needs ``CLIENT REPLY`` (Redis >= 3.2) on a single Redis server or, with
+:class:`ClusterBulkWriter`, on every master of a Redis Cluster (not Sentinel).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final
 
+import hiredis
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,11 +34,14 @@ from featrec.adapters.errors import translated
 from featrec.adapters.feast.bulk_rows import EVENT_TIMESTAMP, checked_newest_rows
 from featrec.adapters.feast.layout import arrow as feast_wire_arrow
 from featrec.adapters.feast.layout import values as feast_wire
+from featrec.adapters.redis.cluster import NodeChannels, is_cluster, is_redirect
 from featrec.core.features.catalog import View
 from featrec.errors import ConfigError, StoreError
 
 #: Rows read, encoded and written per round trip.
 CHUNK_ROWS: Final = 20_000
+#: Redis Cluster: writes of one chunk, at most, until every row is verified.
+CLUSTER_ATTEMPTS: Final = 3
 
 # KEYS: entity hashes; ARGV[1]: a field. The field of every key (false: none), one reply.
 _READ_FIELD: Final = """
@@ -207,10 +212,111 @@ class _Connection:
 
 
 def check_single_server(online_store_config: Any) -> None:
-    """Refuse Redis Cluster and Sentinel configurations (one connection cannot serve them)."""
+    """Refuse Sentinel configurations (the fast path writes to a server or a cluster)."""
     kind = getattr(online_store_config, "redis_type", "redis")
-    if str(getattr(kind, "value", kind)) != "redis":
+    if str(getattr(kind, "value", kind)) not in ("redis", "redis_cluster"):
         raise StoreError(
-            f"the fast materialization path supports a single Redis server, not {kind}: "
-            "run without --fast"
+            f"the fast materialization path supports a single Redis server or a Redis "
+            f"Cluster, not {kind}: run without --fast"
         )
+
+
+class ClusterBulkWriter(RedisBulkWriter):
+    """:class:`RedisBulkWriter` on a Redis Cluster: every chunk is split per master.
+
+    Per chunk: the stored ``_ts:<view>`` of every key is read with pipelined ``HGET`` per
+    master (a script cannot read keys of several slots); each master then gets its rows'
+    ``HSET`` commands (built by the same Arrow kernels) between ``CLIENT REPLY OFF`` and
+    ``ON`` in one write, all masters in parallel; and the same read verifies them. Rows a
+    verification finds missing (a slot moved or a master failed over while replies were off,
+    so its ``MOVED`` was never seen) are written again on a fresh slot map, up to
+    :data:`CLUSTER_ATTEMPTS` times; still missing is an error, never a silent loss.
+    """
+
+    def __init__(self, client: Any, project: str, *, key_ttl_seconds: int | None = None) -> None:
+        if not is_cluster(client):
+            raise ConfigError("ClusterBulkWriter needs a Redis Cluster client")
+        self._client = client
+        self._project = project.encode()
+        self._ttl = key_ttl_seconds or 0
+        self._sha = None
+        self._channels = NodeChannels(client)
+
+    def write_table(self, view: View, table: pa.Table, chunk_rows: int = CHUNK_ROWS) -> int:
+        table = checked_newest_rows(view, table)
+        written = 0
+        with translated(f"writing {view.name} to Redis Cluster"):
+            try:
+                for start in range(0, table.num_rows, chunk_rows):
+                    written += self._write_chunk(view, table.slice(start, chunk_rows))
+            finally:
+                self._channels.close()
+        return written
+
+    def _write_chunk(self, view: View, chunk: pa.Table) -> int:
+        keys = feast_wire_arrow.entity_keys(
+            view.entity.join_key, chunk.column(view.entity.join_key), self._project
+        )
+        micros = _micros(chunk)
+        newer = micros * 1000 > self._stored_ns_per_node(view, keys)
+        n = int(newer.sum())
+        if n == 0:
+            return 0
+        mask = pa.array(newer)
+        chunk, keys, micros = chunk.filter(mask), keys.filter(mask), micros[newer]
+        for _ in range(CLUSTER_ATTEMPTS):
+            by_node = self._channels.split(keys.to_pylist())
+            payloads = {}
+            for node, idx in by_node.items():
+                take = pa.array(idx, pa.int64())
+                payload = self._hsets(view, chunk.take(take), keys.take(take), micros[idx])
+                payloads[node] = (_REPLY_OFF + payload + _REPLY_ON, 1)
+            for node, [reply] in self._channels.exchange(payloads).items():
+                if reply != b"OK":
+                    raise StoreError(
+                        f"CLIENT REPLY is not available on {node} ({reply!r}): run without --fast"
+                    )
+            missing = self._stored_ns_per_node(view, keys) < micros * 1000
+            if not missing.any():
+                return n
+            # replies were off: a redirection went unseen. Write those rows again.
+            self._channels.stale = True
+            keep = pa.array(missing)
+            chunk, keys, micros = chunk.filter(keep), keys.filter(keep), micros[missing]
+        raise StoreError(f"{len(keys)} {view.name} rows were not written to the Redis Cluster")
+
+    def _stored_ns_per_node(self, view: View, keys: pa.Array) -> Micros:
+        """Per key: the stored ``_ts:<view>`` in ns, -1 where there is none."""
+        field = feast_wire.ts_field(view.name)
+        channels = self._channels
+        by_node = channels.split(keys.to_pylist())
+        payloads = {}
+        for node, idx in by_node.items():
+            sub = keys.take(pa.array(idx, pa.int64()))
+            payloads[node] = (
+                feast_wire_arrow.resp_commands([b"HGET", sub, field], len(idx)),
+                len(idx),
+            )
+        got = channels.exchange(payloads)
+        stored = np.full(len(keys), -1, dtype=np.int64)
+        decoded: dict[bytes, int] = {}
+        for node, idx in by_node.items():
+            for i, reply in zip(idx, got[node], strict=True):
+                value = reply
+                if is_redirect(reply):
+                    value = channels.client.hget(keys[i].as_py(), field)
+                elif isinstance(reply, hiredis.ReplyError):
+                    raise redis.exceptions.ResponseError(str(reply))
+                if value is not None:
+                    ns = decoded.get(value)
+                    if ns is None:
+                        ns = decoded[value] = feast_wire.decode_timestamp_ns(value)
+                    stored[i] = ns
+        return stored
+
+
+def bulk_writer_for(client: Any, project: str, *, key_ttl_seconds: int | None) -> RedisBulkWriter:
+    """The bulk writer for Feast's Redis client: a single server's or a cluster's."""
+    if is_cluster(client):
+        return ClusterBulkWriter(client, project, key_ttl_seconds=key_ttl_seconds)
+    return RedisBulkWriter(client, project, key_ttl_seconds=key_ttl_seconds)

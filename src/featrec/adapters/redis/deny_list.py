@@ -12,20 +12,26 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 import redis
+from redis.cluster import RedisCluster
 
 from featrec.adapters.errors import translated
 from featrec.adapters.files.deny_list import DenyStore, FileDenyStore, deny_file
-from featrec.adapters.redis.streams import connect
+from featrec.adapters.redis.cluster import online_client
 from featrec.core.privacy import DenyList, new_salt
 from featrec.settings import Settings
 
 REDIS_KEY: Final = "featrec:forgotten"
+#: On a Redis Cluster: the same key with a hash tag, so the set, its salt and its version share
+#: one slot and are updated in one transaction.
+CLUSTER_KEY: Final = "{featrec:forgotten}"
 
 
 class RedisDenyStore:
     """The deny-list as a Redis set (see the module doc)."""
 
-    def __init__(self, client: redis.Redis[bytes], key: str = REDIS_KEY) -> None:
+    def __init__(
+        self, client: redis.Redis[bytes] | RedisCluster[bytes], key: str = REDIS_KEY
+    ) -> None:
         self._client: Any = client
         self.key = key
 
@@ -55,13 +61,12 @@ class RedisDenyStore:
             return self._client.get(f"{self.key}:version")
 
 
-def stores_for(
-    settings: Settings, *, redis_client: redis.Redis[bytes] | None = None
-) -> list[DenyStore]:
+def stores_for(settings: Settings, *, redis_client: Any = None) -> list[DenyStore]:
     """The stores ``settings`` use: the file next to the event log, and the Redis set when
     the online store is Redis."""
     stores: list[DenyStore] = [FileDenyStore(deny_file(settings.event_log_dir))]
     if settings.online_store == "redis":
-        client = redis_client if redis_client is not None else connect(settings.redis_url)
-        stores.append(RedisDenyStore(client))
+        client = redis_client if redis_client is not None else online_client(settings)
+        key = CLUSTER_KEY if settings.redis_cluster_nodes else REDIS_KEY
+        stores.append(RedisDenyStore(client, key))
     return stores

@@ -12,14 +12,17 @@ and user rows they logged (item rows hold no one's data).
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from featrec.adapters.errors import translated
+from featrec.adapters.redis.cluster import is_cluster
 from featrec.adapters.request_entries import (
     PAGE,
     RowDigests,
@@ -44,7 +47,7 @@ class RedisRequestLog:
 
     def __init__(
         self,
-        client: redis.Redis[bytes],
+        client: redis.Redis[bytes] | RedisCluster[bytes],
         *,
         prefix: str = "featrec:reqlog:",
         ttl_s: int = 7 * 86_400,
@@ -105,36 +108,38 @@ class RedisRequestLog:
             if data is None:
                 return None
             refs = sorted(set(row_refs(data)))
-            values = self._client.execute_command("MGET", *map(self._row_key, refs)) if refs else []
+            values = self._mget([self._row_key(r) for r in refs]) if refs else []
         return entry_from_json(data, dict(zip(refs, values, strict=True)))
+
+    def _mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """``MGET`` on a single server; on a Redis Cluster one ``MGET`` per slot, as redis-py's
+        ``mget_nonatomic`` does (the keys spread over every node)."""
+        if is_cluster(self._client):
+            return list(self._client.mget_nonatomic(list(keys)))
+        return list(self._client.execute_command("MGET", *keys))
 
     def iter_records(self, since_s: float | None = None) -> Iterator[RequestRecord]:
         """Every entry (not yet expired) created at or after ``since_s``, *without* its feature
-        rows (``rows`` is empty), in no particular order: a ``SCAN`` over the entry keys."""
-        pattern = self._prefix + b"req:*"
-        cursor = 0
-        while True:
-            with translated("reading the request log from Redis"):
-                cursor, keys = self._client.execute_command(
-                    "SCAN", cursor, "MATCH", pattern, "COUNT", PAGE
-                )
-                entries = self._client.execute_command("MGET", *keys) if keys else []
-            for entry in entries:
-                if entry is None:  # expired between SCAN and MGET
-                    continue
-                record = body_only(entry)
-                if since_s is None or record.created_at_s >= since_s:
-                    yield record
-            if int(cursor) == 0:
-                return
+        rows (``rows`` is empty), in no particular order: a ``SCAN`` over the entry keys (of
+        every node of a Redis Cluster)."""
+        for _, entry in self._entries():
+            record = body_only(entry)
+            if since_s is None or record.created_at_s >= since_s:
+                yield record
 
     def _entries(self) -> Iterator[tuple[bytes, bytes]]:
-        """``(key, entry)`` of every entry not yet expired (SCAN, then MGET per page)."""
-        keys = list(self._client.scan_iter(match=self._prefix + b"req:*", count=PAGE))
-        for start in range(0, len(keys), PAGE):
-            chunk = keys[start : start + PAGE]
-            values = self._client.execute_command("MGET", *chunk)
-            yield from ((k, v) for k, v in zip(chunk, values, strict=True) if v is not None)
+        """``(key, entry)`` of every entry not yet expired (SCAN, then MGET a page at a time)."""
+        page: list[bytes] = []
+        with translated("reading the request log from Redis"):
+            keys = self._client.scan_iter(match=self._prefix + b"req:*", count=PAGE)
+        while True:
+            with translated("reading the request log from Redis"):
+                page = list(itertools.islice(keys, PAGE))
+                values = self._mget(page) if page else []
+            # None: expired between SCAN and MGET
+            yield from ((k, v) for k, v in zip(page, values, strict=True) if v is not None)
+            if len(page) < PAGE:
+                return
 
     def sessions_of(self, user_id: str) -> set[str]:
         """Session ids of the entries that name ``user_id`` (scans every entry)."""
@@ -154,7 +159,8 @@ class RedisRequestLog:
                     rows.update(map(self._row_key, personal_refs(entry, user_id, sessions)))
             doomed = [*entries, *rows]
             for start in range(0, len(doomed), PAGE):
-                self._client.execute_command("DEL", *doomed[start : start + PAGE])
+                # redis-py's cluster client splits a DEL of many keys per slot
+                self._client.delete(*doomed[start : start + PAGE])
         with self._lock:
             self._digests = RowDigests()
         return len(entries)

@@ -10,17 +10,21 @@ tests compare them).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import hiredis
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from featrec.adapters.errors import translated
 from featrec.adapters.feast.layout import values as feast_wire
 from featrec.adapters.feast.layout.decode import decode_column
 from featrec.adapters.feast.repo import redis_layout_options
+from featrec.adapters.redis.cluster import NodeChannels, cluster_client, is_redirect
 from featrec.core.features import catalog
 from featrec.core.features.catalog import View
 from featrec.core.ports.serving import Found, StampedRow, Wanted
@@ -122,10 +126,17 @@ class RedisRowReader:
         commands = []
         for redis_key, members in groups.items():
             n_fields = sum(len(plan.fields) for plan, _ in members)
-            commands.append(b"*%d\r\n%s%s" % (2 + n_fields, _HMGET, _bulk(redis_key)))
-            commands.extend(plan.packed_fields for plan, _ in members)
+            commands.append(
+                b"*%d\r\n%s%s%s"
+                % (
+                    2 + n_fields,
+                    _HMGET,
+                    _bulk(redis_key),
+                    b"".join([plan.packed_fields for plan, _ in members]),
+                )
+            )
         with translated("reading Feast's Redis layout"):
-            replies = self._round_trip(b"".join(commands), len(groups))
+            replies = self._fetch(commands, list(groups))
         # per view: the part of each reply that is its fields, and where the row goes
         parts: dict[str, tuple[_ViewReadPlan, list[int], list[Sequence[bytes | None]]]] = {}
         for members, reply in zip(groups.values(), replies, strict=True):
@@ -141,6 +152,10 @@ class RedisRowReader:
             for j, row in zip(places, plan.decode(chunks), strict=True):
                 found[j] = row
         return out
+
+    def _fetch(self, commands: list[bytes], keys: list[bytes]) -> list[Any]:
+        """The replies of the packed ``HMGET`` commands (one per key), in order."""
+        return self._round_trip(b"".join(commands), len(commands))
 
     def _round_trip(self, packed: bytes, n_replies: int) -> list[Any]:
         """Send pre-packed commands on one pooled connection and read their replies.
@@ -172,6 +187,67 @@ class RedisRowReader:
             self._client.close()
 
 
+class ClusterRowReader(RedisRowReader):
+    """:class:`RedisRowReader` on a Redis Cluster: the ``HMGET`` commands are sent per master
+    in one write each and read back in parallel (:class:`~featrec.adapters.redis.cluster.
+    NodeChannels`). A redirected command is read again through redis-py; a connection error
+    is tried once more on a fresh slot map (serving fails fast, then falls back)."""
+
+    def __init__(
+        self,
+        client: RedisCluster[bytes],
+        project: str,
+        *,
+        views: Mapping[str, View] = catalog.VIEWS,
+        features: Mapping[str, Sequence[str]] | None = None,
+        owns_client: bool = False,
+    ) -> None:
+        super().__init__(
+            client,  # type: ignore[arg-type]  # the base only keeps it and closes it
+            project,
+            views=views,
+            features=features,
+            owns_client=owns_client,
+        )
+        self._channels = NodeChannels(client)
+        self._lock = threading.Lock()
+
+    def _fetch(self, commands: list[bytes], keys: list[bytes]) -> list[Any]:
+        # One set of channels, used by one request at a time (serving threads share it).
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    return self._fetch_per_node(commands, keys)
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
+
+    def _fetch_per_node(self, commands: list[bytes], keys: list[bytes]) -> list[Any]:
+        channels = self._channels
+        by_node = channels.split(keys)
+        got = channels.exchange(
+            {
+                node: (b"".join([commands[i] for i in idx]), len(idx))
+                for node, idx in by_node.items()
+            }
+        )
+        replies: list[Any] = [None] * len(commands)
+        for node, idx in by_node.items():
+            for i, reply in zip(idx, got[node], strict=True):
+                if is_redirect(reply):
+                    replies[i] = channels.slow(commands[i])
+                elif isinstance(reply, hiredis.ReplyError):
+                    raise redis.exceptions.ResponseError(str(reply))
+                else:
+                    replies[i] = reply
+        return replies
+
+    def close(self) -> None:
+        self._channels.close()
+        super().close()
+
+
 def serving_client(url: str) -> redis.Redis[bytes]:
     """A redis-py client that fails fast (short timeouts, one immediate retry that covers a
     pooled connection broken by a server restart) instead of redis-py's default backoff of
@@ -185,11 +261,36 @@ def serving_client(url: str) -> redis.Redis[bytes]:
     return client
 
 
+def serving_cluster_client(settings: Settings) -> RedisCluster[bytes]:
+    """:func:`serving_client`'s short timeouts and one immediate retry, on the Redis Cluster of
+    ``FEATREC_REDIS_CLUSTER_NODES``."""
+    assert settings.redis_cluster_nodes
+    return cluster_client(
+        settings.redis_cluster_nodes,
+        settings.redis_url,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 1),
+    )
+
+
+def serving_online_client(settings: Settings) -> Any:
+    """The serving client of the online store: the cluster's, or :func:`serving_client`."""
+    if settings.redis_cluster_nodes:
+        return serving_cluster_client(settings)
+    return serving_client(settings.redis_url)
+
+
 def open_redis_row_reader(
     settings: Settings, features: Mapping[str, Sequence[str]] | None = None
 ) -> RedisRowReader:
-    """The fast reader on ``settings.redis_url``, for the project in the repo's Redis yaml."""
+    """The fast reader on the online store's Redis (a single server or a Redis Cluster), for
+    the project in the repo's Redis yaml."""
     project, _ = redis_layout_options(settings)
+    if settings.redis_cluster_nodes:
+        return ClusterRowReader(
+            serving_cluster_client(settings), project, features=features, owns_client=True
+        )
     return RedisRowReader(
         serving_client(settings.redis_url), project, features=features, owns_client=True
     )
