@@ -131,14 +131,47 @@ def restore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def store_rows(settings: Settings, keys: list[str]) -> dict[str, Any]:
+    """Every session's row (version, values) through featrec's fast reader, on a single Redis
+    or a Redis Cluster: the shape of :func:`featrec.testing.crash.session_rows`."""
+    from featrec.adapters.redis.rows import open_redis_row_reader
+
+    if not settings.redis_cluster_nodes:
+        return session_rows(settings.redis_url, keys)
+    reader = open_redis_row_reader(settings)
+    try:
+        found = reader.read_rows({SESSION_FEATURES.name: keys})[SESSION_FEATURES.name]
+    finally:
+        reader.close()
+    return {
+        k: None if row is None else (row.ts_us, tuple(sorted(row.values.items())))
+        for k, row in zip(keys, found, strict=True)
+    }
+
+
 @pytest.mark.e2e
 @pytest.mark.redis
+@pytest.mark.parametrize("store", ["redis", "redis-cluster"])
 def test_two_processes_on_four_partitions_write_the_rows_of_a_file_replay(
-    kafka: KafkaBroker, world: tuple[Settings, list[Event], dict[str, Any]], tmp_path: Path
+    kafka: KafkaBroker,
+    world: tuple[Settings, list[Event], dict[str, Any]],
+    tmp_path: Path,
+    store: str,
+    request: pytest.FixtureRequest,
 ) -> None:
+    """The store: db 2 of the private Redis, or a private 3-master Redis Cluster (emptied
+    after the test). The reference is the single-Redis file replay either way."""
     base, events, reference = world
-    settings = base.with_(redis_url=db_url(base.redis_url, 2), home=tmp_path / "home")
-    topic = "eq-events"
+    if store == "redis":
+        settings = base.with_(redis_url=db_url(base.redis_url, 2), home=tmp_path / "home")
+    else:
+        cluster = request.getfixturevalue("redis_cluster")
+        settings = base.with_(
+            redis_url=cluster.url,
+            redis_cluster_nodes=cluster.connection_string,
+            home=tmp_path / "home",
+        )
+    topic = f"eq-events-{store}"
     kafka.create_topic(topic, PARTITIONS)
     kafka.create_topic(topic + ".dead", 1)
     env = cluster_env(settings, kafka, topic, FEATREC_SOURCE_UNTIL_END="1")
@@ -165,7 +198,7 @@ def test_two_processes_on_four_partitions_write_the_rows_of_a_file_replay(
     assert run.returncode == 0, run.stderr[-3000:]
 
     keys = sorted(reference)
-    assert session_rows(settings.redis_url, keys) == reference
+    assert store_rows(settings, keys) == reference
     assert stock_feast_rows(settings, keys) == stock_feast_rows(base, keys)
     # Both processes read partitions of the topic, and together every event once.
     read = [status(settings.home, f"sessions-w{w}.json").get("events_in", 0) for w in (0, 1)]
