@@ -294,7 +294,7 @@ def run_flow(
     for source in sources:
         if source not in BUS_SOURCES and not Path(source).is_file():
             raise ConfigError(
-                f"--source {source!r} is neither 'redis', 'kafka' nor an existing file"
+                f"--source {source!r} is neither 'redis' nor an existing file, nor 'kafka'"
             )
     mapping_env: dict[str, str] = {}
     if mapping_table is not None:
