@@ -64,13 +64,15 @@ from dataflows.item_logic import (
 from dataflows.metrics import FlowStats, reason_field
 from dataflows.sessions import (
     FORGOTTEN,
+    ITEMS_DEAD_LETTER_FILE,
     DenySource,
     open_deny_watcher,
     open_online_writer,
     source_from_env,
 )
-from dataflows.sinks import DeadLetterSink, FeatureSink, WriterFactory
-from dataflows.sources import RedisStreamSource, SourceItem
+from dataflows.sessions import dead_letter_sink as dead_letter_sink_for
+from dataflows.sinks import FeatureSink, WriterFactory
+from dataflows.sources import SourceItem
 from featrec.app.item_signals import (
     TRENDING_KEY,
     ItemSignalsConfig,
@@ -91,7 +93,7 @@ FLOW_ID: Final = "featrec_items"
 #: Keys the row batches are sharded over (so several workers share them).
 DEFAULT_SHARDS: Final = 4
 #: Where a file-fed flow's dead letters go, under the featrec home.
-DEAD_LETTER_FILE: Final = "deadletters-items.jsonl"
+DEAD_LETTER_FILE: Final = ITEMS_DEAD_LETTER_FILE
 #: Suffix of the Redis dead-letter stream of a stream-fed flow (after the sessions' stream).
 
 K = TypeVar("K")
@@ -307,14 +309,14 @@ def _row_key(row: FeatureRow) -> str:
     return row.key
 
 
-def dead_letter_sink(settings: Settings, source: Source[SourceItem]) -> DeadLetterSink:
+def dead_letter_sink(
+    settings: Settings, source: Source[SourceItem], environ: Mapping[str, str] | None = None
+) -> Sink[DeadLetter]:
     """The flow's own dead letters (the sessions flow reports the same bad records in its
-    own): ``<dead-letter stream>:items`` for a Redis source, else
-    ``<home>/deadletters-items.jsonl``."""
-    if isinstance(source, RedisStreamSource):
-        stream = settings.items_dead_letter_stream
-        return DeadLetterSink(redis_url=settings.stream_url, stream=stream)
-    return DeadLetterSink(file=settings.home / DEAD_LETTER_FILE)
+    own): the topic ``<dead-letter topic>.items`` for a Kafka source, the stream
+    ``<dead-letter stream>:items`` for a Redis source, else ``<home>/deadletters-items.jsonl``."""
+    env = os.environ if environ is None else environ
+    return dead_letter_sink_for(env, settings, source, items=True)
 
 
 def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
@@ -333,7 +335,7 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
         source,
         settings,
         writer_factory=factory,
-        dead_letter_sink=dead_letter_sink(settings, source),
+        dead_letter_sink=dead_letter_sink(settings, source, env),
         status_home=settings.home,
         deny=open_deny_watcher(settings),
     )

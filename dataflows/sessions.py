@@ -52,6 +52,7 @@ from prometheus_client import Counter
 from dataflows import metrics
 from dataflows.batching import micro_batch, shard_chunks
 from dataflows.gc_tuning import tune_gc, tune_switch_interval
+from dataflows.kafka import KafkaDeadLetterSink, KafkaEventSource
 from dataflows.metrics import FlowStats
 from dataflows.sinks import DeadLetterSink, EventLogSink, FeatureSink, WriterFactory
 from dataflows.sources import FileReplaySource, RedisStreamSource, SourceItem
@@ -79,7 +80,7 @@ from featrec.core.sessions.fold import (
 )
 from featrec.core.sessions.shard import Forget
 from featrec.errors import ConfigError, InvalidEvent
-from featrec.settings import FlowSettings, Settings
+from featrec.settings import FlowSettings, KafkaSettings, Settings
 
 FLOW_ID: Final = "featrec_sessions"
 #: ``FEATREC_FLOW_SHAPE``: ``batch`` (one item per shard and source batch) or ``per-event``.
@@ -89,6 +90,8 @@ FLOW_SHAPES: Final = ("batch", "per-event")
 #: landed on one worker (measured); 16 split 6/10.
 DEFAULT_SHARDS: Final = 16
 #: Event-log batch bounds: large files, but never more than this late on disk.
+#: The item signals flow's dead-letter file under ``<home>`` (for file sources).
+ITEMS_DEAD_LETTER_FILE: Final = "deadletters-items.jsonl"
 EVENT_LOG_MAX_ROWS: Final = 20_000
 EVENT_LOG_DEADLINE: Final = timedelta(seconds=5)
 
@@ -457,21 +460,30 @@ def _value(kv: tuple[str, DeadLetter]) -> DeadLetter:
 def source_from_env(
     environ: Mapping[str, str], settings: Settings, *, tombstones: bool = False
 ) -> Source[SourceItem]:
-    """The source named by ``FEATREC_SOURCE`` (file paths joined by ``os.pathsep``, or
-    ``redis``), ``FEATREC_SOURCE_FORMAT`` (or ``FEATREC_SOURCE_MAPPING``, an event mapping as
-    JSON) and ``FEATREC_REPLAY_SPEED``. ``tombstones``: a
-    stream source emits (and then deletes) tombstones rather than skipping them."""
+    """The source named by ``FEATREC_SOURCE`` (file paths joined by ``os.pathsep``, ``redis``
+    or ``kafka``), ``FEATREC_SOURCE_FORMAT`` (or ``FEATREC_SOURCE_MAPPING``, an event mapping
+    as JSON), ``FEATREC_REPLAY_SPEED`` and ``FEATREC_SOURCE_UNTIL_END``; Kafka's from
+    ``FEATREC_KAFKA_*``. ``tombstones``: a stream source emits (and then deletes) tombstones
+    rather than skipping them."""
     flow_settings = FlowSettings.from_env(environ)
     spec = (flow_settings.source or "").strip()
     if not spec:
         raise ConfigError(
             "set FEATREC_SOURCE to an event file (several joined by "
-            f"{os.pathsep!r}) or to 'redis' to read the stream {settings.stream!r}"
+            f"{os.pathsep!r}), to 'redis' to read the stream {settings.stream!r}, or to "
+            "'kafka' to read the topic FEATREC_KAFKA_TOPIC"
         )
     if spec == "redis":
         streams = [s.strip() for s in settings.stream.split(",") if s.strip()]
         return RedisStreamSource(
             settings.stream_url, streams, batch_size=1000, tombstones=tombstones
+        )
+    if spec == "kafka":
+        from featrec.adapters.kafka.config import client_config
+
+        kafka = KafkaSettings.from_env(environ)
+        return KafkaEventSource(
+            client_config(kafka), kafka.topic, tail=not flow_settings.source_until_end
         )
     paths = [p for p in spec.split(os.pathsep) if p]
     mapping = (
@@ -482,6 +494,25 @@ def source_from_env(
     return FileReplaySource(
         paths, fmt=flow_settings.source_format, speed=flow_settings.replay_speed, mapping=mapping
     )
+
+
+def dead_letter_sink(
+    environ: Mapping[str, str], settings: Settings, source: Source[SourceItem], *, items: bool
+) -> Sink[DeadLetter]:
+    """Where a flow's refused records go, beside its source: the dead-letter topic for Kafka,
+    the dead-letter stream for Redis, else a JSON-lines file under ``<home>``. ``items``: the
+    item signals flow's own (``.items`` / ``:items`` / ``deadletters-items.jsonl``)."""
+    if isinstance(source, KafkaEventSource):
+        from featrec.adapters.kafka.config import producer_config
+
+        kafka = KafkaSettings.from_env(environ)
+        topic = kafka.items_dead_letter_topic if items else kafka.dead_letter_topic
+        return KafkaDeadLetterSink(producer_config(kafka), topic)
+    if isinstance(source, RedisStreamSource):
+        stream = settings.items_dead_letter_stream if items else settings.dead_letter_stream
+        return DeadLetterSink(redis_url=settings.stream_url, stream=stream)
+    file = settings.home / ITEMS_DEAD_LETTER_FILE if items else settings.dead_letter_file
+    return DeadLetterSink(file=file)
 
 
 def open_online_writer(settings: Settings, *, exclusive: bool = False) -> FeatureWriter:
@@ -496,19 +527,16 @@ def open_online_writer(settings: Settings, *, exclusive: bool = False) -> Featur
 def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
     """Factory for ``python -m bytewax.run "dataflows.sessions:flow()"``.
 
-    Settings come from ``FEATREC_*`` variables, read once here. Dead letters go to the Redis
-    dead-letter stream when the source is Redis, else to ``<home>/deadletters.jsonl``.
+    Settings come from ``FEATREC_*`` variables, read once here. Dead letters go beside the
+    source (:func:`dead_letter_sink`): the Kafka dead-letter topic, the Redis dead-letter
+    stream, or ``<home>/deadletters.jsonl``.
     """
     env = os.environ if environ is None else environ
     tune_gc()
     tune_switch_interval()
     settings = Settings.from_env(env)
     source = source_from_env(env, settings, tombstones=True)
-    dead: DeadLetterSink
-    if isinstance(source, RedisStreamSource):
-        dead = DeadLetterSink(redis_url=settings.stream_url, stream=settings.dead_letter_stream)
-    else:
-        dead = DeadLetterSink(file=settings.dead_letter_file)
+    dead = dead_letter_sink(env, settings, source, items=False)
     factory: Callable[[], FeatureWriter] = partial(open_online_writer, settings, exclusive=True)
     return build_flow(
         source,

@@ -1,6 +1,6 @@
 """Settings: every ``FEATREC_*`` variable, declared once, read once at the entry point.
 
-Three frozen models (pydantic-settings), one per reader, share one environment reader:
+Four frozen models (pydantic-settings), one per reader, share one environment reader:
 
 - :class:`Settings` — the stores, streams, micro-batches and session policy; everything that
   runs reads it (CLI, HTTP workers, dataflows).
@@ -8,6 +8,8 @@ Three frozen models (pydantic-settings), one per reader, share one environment r
   workers) and ``FEATREC_ADMIN_TOKEN``.
 - :class:`FlowSettings` — what a dataflow process reads beyond :class:`Settings`: its source,
   and the evaluation replay's work directory.
+- :class:`KafkaSettings` — ``FEATREC_KAFKA_*``: the Kafka bus's brokers, topics and client
+  security (environment only).
 
 :data:`OTHER_VARIABLES` names the rest: one featrec writes for Feast's yaml, one only tests read.
 :func:`variables` lists them all (the README's table is checked against it), and reading warns
@@ -52,6 +54,9 @@ Writer = Literal["fast", "feast"]
 RequestLog = Literal["sqlite", "redis"]
 SourceFormat = Literal["featrec", "otto", "session-rec"]
 FlowShape = Literal["batch", "per-event"]
+Bus = Literal["redis", "kafka"]
+KafkaSecurity = Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 ONLINE_STORES: Final = get_args(OnlineStore)
 WRITERS: Final = get_args(Writer)
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
@@ -124,6 +129,11 @@ class Settings(EnvModel):
     )
     stream: str = var(
         "featrec:events", "Redis stream(s) of raw events (several: comma-separated)", min_length=1
+    )
+    bus: Bus = var(
+        "redis",
+        "the event bus `featrec publish` writes to: `redis` (the stream `FEATREC_STREAM`) or "
+        "`kafka` (the topic `FEATREC_KAFKA_TOPIC`)",
     )
     dead_letter_stream: str = var(
         "featrec:deadletters",
@@ -318,10 +328,10 @@ class FlowSettings(EnvModel):
 
     source: str | None = var(
         None,
-        "a flow's source: event files joined by the OS path separator, or `redis` (the "
-        "stream `FEATREC_STREAM`)",
+        "a flow's source: event files joined by the OS path separator, `redis` (the "
+        "stream `FEATREC_STREAM`) or `kafka` (the topic `FEATREC_KAFKA_TOPIC`)",
         shown="none",
-        allowed="event file paths or `redis`",
+        allowed="event file paths, `redis` or `kafka`",
     )
     source_format: SourceFormat | None = var(
         None, "format of the source files", shown="from the file"
@@ -339,6 +349,13 @@ class FlowSettings(EnvModel):
         shown="none",
     )
 
+    source_until_end: bool = var(
+        False,
+        "a Kafka source stops once every partition is read to its end (backfills, tests, "
+        "benchmarks); by default it waits for new events",
+        allowed="`1`/`true` or `0`/`false`",
+    )
+
     @field_validator("source_mapping", mode="before")
     @classmethod
     def _mapping_json(cls, value: Any) -> Any:
@@ -349,7 +366,69 @@ class FlowSettings(EnvModel):
         return cls(**cls.read(environ))
 
 
-MODELS: Final[tuple[type[EnvModel], ...]] = (Settings, ServeSettings, FlowSettings)
+class KafkaSettings(EnvModel):
+    """The Kafka bus (``FEATREC_KAFKA_*``): brokers, topics and client security.
+
+    Read from the environment only (a project's ``featrec.toml`` never holds them), so SASL
+    credentials and TLS paths are never written to disk; they are passed through to
+    librdkafka by :func:`featrec.adapters.kafka.config.client_config`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX + "KAFKA_")
+
+    brokers: str = var(
+        "127.0.0.1:9092",
+        "bootstrap brokers of the Kafka bus, `host:port` comma-separated",
+        min_length=1,
+    )
+    topic: str = var(
+        "featrec.events",
+        "Kafka topic of raw events, keyed by session id (its partitions are the flows' unit "
+        "of parallelism)",
+        min_length=1,
+    )
+    dead_letter_topic: str = var(
+        "featrec.deadletters",
+        "Kafka topic of refused events (the item flow's: this name + `.items`)",
+        min_length=1,
+    )
+    security_protocol: KafkaSecurity = var(
+        "plaintext", "librdkafka `security.protocol` (TLS and/or SASL to the brokers)"
+    )
+    sasl_mechanism: SaslMechanism | None = var(
+        None, "librdkafka `sasl.mechanism`, with a `sasl_*` protocol", shown="none"
+    )
+    sasl_username: str | None = var(None, "SASL user name", shown="none")
+    sasl_password: SecretStr | None = var(
+        None, "SASL password (it only ever comes from here)", shown="none", secret=True
+    )
+    ssl_ca_location: Path | None = var(
+        None, "CA bundle (PEM) that verifies the brokers' TLS certificates", shown="system CAs"
+    )
+
+    @property
+    def items_dead_letter_topic(self) -> str:
+        """The item signals flow's dead-letter topic (beside the sessions flow's)."""
+        return self.dead_letter_topic + ".items"
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> Self:
+        if self.security_protocol.startswith("sasl") and (
+            self.sasl_mechanism is None or self.sasl_username is None or self.sasl_password is None
+        ):
+            raise ConfigError(
+                f"{self.variable('security_protocol')}={self.security_protocol!r} needs "
+                f"{self.variable('sasl_mechanism')}, {self.variable('sasl_username')} and "
+                f"{self.variable('sasl_password')}"
+            )
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> KafkaSettings:
+        return cls(**cls.read(environ))
+
+
+MODELS: Final[tuple[type[EnvModel], ...]] = (Settings, ServeSettings, FlowSettings, KafkaSettings)
 
 
 def variables() -> list[Variable]:
@@ -412,6 +491,7 @@ __all__ = [
     "WRITERS",
     "EnvModel",
     "FlowSettings",
+    "KafkaSettings",
     "ServeSettings",
     "Settings",
     "UnknownVariableWarning",

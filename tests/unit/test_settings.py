@@ -18,6 +18,7 @@ from featrec.settings import (
     MODELS,
     EnvModel,
     FlowSettings,
+    KafkaSettings,
     ServeSettings,
     Settings,
     UnknownVariableWarning,
@@ -58,6 +59,10 @@ BAD_FROM_ENV = {
     "FEATREC_SOURCE_FORMAT": ("csv", "one of: featrec, otto, session-rec"),
     "FEATREC_REPLAY_SPEED": ("-2", "a finite number >= 0"),
     "FEATREC_SOURCE_MAPPING": ('["fields"]', "a JSON object"),
+    "FEATREC_SOURCE_UNTIL_END": ("maybe", "`1`/`true` or `0`/`false`"),
+    "FEATREC_BUS": ("nats", "one of: redis, kafka"),
+    "FEATREC_KAFKA_SECURITY_PROTOCOL": ("tls", "one of: plaintext, ssl, sasl_plaintext"),
+    "FEATREC_KAFKA_SASL_MECHANISM": ("GSSAPI", "one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
 }
 
 #: Variables whose every (non-empty) string is valid: a wrong type given in code still gets
@@ -70,7 +75,13 @@ BAD_IN_CODE = {
     "FEATREC_DEAD_LETTER_STREAM": ("", "a non-empty string"),
     "FEATREC_SERVE_MODEL": ("", "a model version, `auto`, `latest` or `none`"),
     "FEATREC_ADMIN_TOKEN": (12, "a secret"),
-    "FEATREC_SOURCE": (7, "event file paths or `redis`"),
+    "FEATREC_SOURCE": (7, "event file paths, `redis` or `kafka`"),
+    "FEATREC_KAFKA_BROKERS": ("", "a non-empty string"),
+    "FEATREC_KAFKA_TOPIC": ("", "a non-empty string"),
+    "FEATREC_KAFKA_DEAD_LETTER_TOPIC": ("", "a non-empty string"),
+    "FEATREC_KAFKA_SASL_USERNAME": (7, "a non-empty string"),
+    "FEATREC_KAFKA_SASL_PASSWORD": (12, "a secret"),
+    "FEATREC_KAFKA_SSL_CA_LOCATION": (7, "a path"),
     "FEATREC_EVAL_DIR": (7, "a path"),
     "FEATREC_PROJECT": (7, "a path"),
 }
@@ -135,11 +146,13 @@ def model_and_field(variable: str) -> tuple[type[EnvModel], str]:
 
 
 def read(model: type[EnvModel], environ: dict[str, str]) -> EnvModel:
-    """``model.from_env``, for any of the three models."""
+    """``model.from_env``, for any of the models."""
     if model is Settings:
         return Settings.from_env(environ)
     if model is ServeSettings:
         return ServeSettings.from_env(environ)
+    if model is KafkaSettings:
+        return KafkaSettings.from_env(environ)
     return FlowSettings.from_env(environ)
 
 
@@ -168,7 +181,7 @@ def test_a_bad_value_in_code_names_the_variable_too(variable: str, case: tuple[A
     with pytest.raises(ConfigError) as info:
         model(**{name: value})
     message = str(info.value)
-    if variable == "FEATREC_ADMIN_TOKEN":  # a secret is never echoed
+    if variable in {"FEATREC_ADMIN_TOKEN", "FEATREC_KAFKA_SASL_PASSWORD"}:  # never echoed
         assert message == f"{variable} is not {allowed}"
     else:
         assert message == f"{variable}={value!r} is not {allowed}"
@@ -271,6 +284,7 @@ OLD_DEFAULTS = {
     "redis_cluster_wait_replicas": 0,
     "bus_url": None,
     "stream": "featrec:events",
+    "bus": "redis",
     "dead_letter_stream": "featrec:deadletters",
     "writer": "fast",
     "batch_max_rows": 1000,
@@ -354,6 +368,49 @@ def test_round_trip_through_the_environment(tmp_path: Path) -> None:
     assert ServeSettings.from_env(serve.to_env()) == serve
     flow = FlowSettings(source="a.jsonl", source_format="otto", replay_speed=2, eval_dir=tmp_path)
     assert FlowSettings.from_env(flow.to_env()) == flow
+    kafka = KafkaSettings(
+        brokers="k1:9093,k2:9093",
+        topic="t",
+        security_protocol="sasl_ssl",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="shop",
+        sasl_password="s3cret",
+        ssl_ca_location=ca,
+    )
+    assert KafkaSettings.from_env(kafka.to_env()) == kafka
+    assert "s3cret" not in repr(kafka)
+
+
+def test_kafka_security_is_passed_through_and_sasl_must_be_complete(tmp_path: Path) -> None:
+    from featrec.adapters.kafka.config import client_config, describe, producer_config
+
+    env = {
+        "FEATREC_KAFKA_BROKERS": "k1:9093,k2:9093",
+        "FEATREC_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+        "FEATREC_KAFKA_SASL_MECHANISM": "PLAIN",
+        "FEATREC_KAFKA_SASL_USERNAME": "shop",
+        "FEATREC_KAFKA_SASL_PASSWORD": "s3cret",
+        "FEATREC_KAFKA_SSL_CA_LOCATION": str(tmp_path / "ca.pem"),
+    }
+    config = client_config(KafkaSettings.from_env(env))
+    assert config == {
+        "bootstrap.servers": "k1:9093,k2:9093",
+        "security.protocol": "sasl_ssl",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "shop",
+        "sasl.password": "s3cret",
+        "ssl.ca.location": str(tmp_path / "ca.pem"),
+    }
+    produce = producer_config(KafkaSettings.from_env(env))
+    assert produce["partitioner"] == "murmur2_random" and produce["sasl.password"] == "s3cret"
+    assert "s3cret" not in describe(KafkaSettings.from_env(env))
+    assert client_config(KafkaSettings.from_env({})) == {
+        "bootstrap.servers": "127.0.0.1:9092",
+        "security.protocol": "plaintext",
+    }
+    del env["FEATREC_KAFKA_SASL_PASSWORD"]
+    with pytest.raises(ConfigError, match="FEATREC_KAFKA_SECURITY_PROTOCOL='sasl_ssl' needs"):
+        KafkaSettings.from_env(env)
 
 
 def test_from_env_reads_only_the_mapping_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -195,20 +195,31 @@ def run_sessions(
     default=None,
     help="Input format (default: from the file name).",
 )
-@click.option("--stream", default=None, help="Stream key (default: FEATREC_STREAM).")
+@click.option(
+    "--bus",
+    type=click.Choice(["redis", "kafka"]),
+    default=None,
+    help="The bus to publish to (default: FEATREC_BUS).",
+)
+@click.option(
+    "--stream",
+    default=None,
+    help="Redis stream key or Kafka topic (default: FEATREC_STREAM / FEATREC_KAFKA_TOPIC).",
+)
 @mapping_options
 @pass_settings
 def publish(
     settings: Settings,
     file: Path,
     fmt: str | None,
+    bus: str | None,
     stream: str | None,
     mapping: str | None,
     map_pairs: tuple[str, ...],
 ) -> None:
-    """Send a file's events to the Redis event stream (XADD), in featrec's schema."""
+    """Send a file's events to the event bus, in featrec's schema: XADD to the Redis stream,
+    or produce to the Kafka topic keyed by session id."""
     from featrec.adapters.files.event_files import read_events
-    from featrec.adapters.redis.streams import publish as publish_events
     from featrec.core.events.model import Event
 
     resolved = resolve_mapping(click.get_current_context(), mapping, map_pairs)
@@ -221,8 +232,22 @@ def publish(
             else:
                 rejected.append(item)
 
-    n = publish_events(settings.stream_url, stream or settings.stream, valid())
-    click.echo(f"published {n:,} events to {stream or settings.stream}")
+    if (bus or settings.bus) == "kafka":
+        from featrec.adapters.kafka.config import producer_config
+        from featrec.adapters.kafka.producer import publish as produce_events
+        from featrec.settings import KafkaSettings
+
+        kafka = KafkaSettings.from_env(os.environ)
+        target = stream or kafka.topic
+        n = produce_events(producer_config(kafka), target, valid())
+        where = f"the Kafka topic {target}"
+    else:
+        from featrec.adapters.redis.streams import publish as publish_events
+
+        target = stream or settings.stream
+        n = publish_events(settings.stream_url, target, valid())
+        where = target
+    click.echo(f"published {n:,} events to {where}")
     if rejected:
         click.echo(
             f"{len(rejected):,} invalid records not published, first: "
@@ -259,14 +284,18 @@ def features(settings: Settings, session_id: str, as_json: bool) -> None:
 def status(settings: Settings) -> None:
     """Store, stream, dead letters and the last write of each running flow."""
     from featrec.adapters.files.flow_status import read_status
+    from featrec.jobs.cluster import cluster_summary
 
     click.echo(f"online store   {settings.online_store} (repo {settings.repo})")
     if settings.online_store == "redis" or settings.stream:
         _redis_status(settings)
     for path in sorted({settings.dead_letter_file, *settings.home.glob("deadletters*.jsonl")}):
         click.echo(f"dead letters   {_count_lines(path):,} in {path}")
-    for info in read_status(settings.home):
-        if "error" in info:
+    statuses = read_status(settings.home)
+    for line in cluster_summary(statuses):
+        click.echo(line)
+    for info in statuses:
+        if "error" in info or info.get("kind") == "cluster":
             continue
         last = info.get("last_write_at")
         when = datetime.fromtimestamp(last, tz=UTC).isoformat() if last else "never"

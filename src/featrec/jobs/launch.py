@@ -1,13 +1,16 @@
 """Launching dataflows through bytewax's own runner (``python -m bytewax.run``).
 
 featrec never imports bytewax outside ``dataflows/``: the CLI starts the runner as child
-processes, one per bytewax process of the cluster, and passes settings as ``FEATREC_*``
-environment variables.
+processes, one per bytewax process of the cluster (``-i``/``-a``: the processes share the
+source's partitions, e.g. a Kafka topic's), and passes settings as ``FEATREC_*`` environment
+variables. With a recovery store the set is supervised (:mod:`featrec.jobs.cluster`): when one
+process dies, all are restarted from the store with back-off.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -22,7 +25,14 @@ import click
 
 from featrec.core.events.formats import FORMATS
 from featrec.errors import ConfigError
+from featrec.jobs.cluster import ClusterSupervisor, RestartPolicy
 from featrec.settings import Settings
+
+#: Recovery partitions created for a new store: at least this many, and at least the
+#: processes of the first run (a store cannot be resumed by more processes than partitions).
+MIN_RECOVERY_PARTITIONS = 4
+#: Sources that are a bus rather than files.
+BUS_SOURCES = ("redis", "kafka")
 
 
 def free_ports(n: int) -> list[int]:
@@ -59,17 +69,36 @@ def start_flow(
     processes: int = 1,
     recovery_dir: Path | None = None,
     snapshot_interval: float = 5.0,
+    recovery_partitions: int | None = None,
 ) -> list[subprocess.Popen[bytes]]:
     """Start the flow's processes and return them (the caller waits or stops them)."""
     if recovery_dir is not None:
-        ensure_recovery_store(recovery_dir, partitions=max(4, processes))
+        partitions = recovery_partitions or max(MIN_RECOVERY_PARTITIONS, processes)
+        ensure_recovery_store(recovery_dir, partitions=partitions, processes=processes)
     args = flow_command(target, recovery_dir=recovery_dir, snapshot_interval=snapshot_interval)
     if processes == 1:
         return [subprocess.Popen(args, env=env)]
-    addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
+    addresses = cluster_addresses(processes)
     return [
-        subprocess.Popen([*args, "-i", str(i), "-a", addresses], env=env) for i in range(processes)
+        subprocess.Popen([*args, "-i", str(i), "-a", addresses], env=process_env(env, i))
+        for i in range(processes)
     ]
+
+
+def process_env(env: dict[str, str], index: int) -> dict[str, str]:
+    """Process ``index``'s environment: with bytewax's dataflow API on, each process of a
+    cluster on one host serves its metrics on its own port, ``BYTEWAX_DATAFLOW_API_PORT``
+    (default 3030) + ``index``."""
+    if env.get("BYTEWAX_DATAFLOW_API_ENABLED") not in {"1", "true", "True"}:
+        return env
+    base = int(env.get("BYTEWAX_DATAFLOW_API_PORT") or 3030)
+    return {**env, "BYTEWAX_DATAFLOW_API_PORT": str(base + index)}
+
+
+def cluster_addresses(processes: int) -> str:
+    """``-a`` for a cluster on this host: free loopback ports (fresh for every start, so a
+    restart never waits for a dead process's port)."""
+    return ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
 
 
 def wait_all(procs: list[subprocess.Popen[bytes]]) -> int:
@@ -91,22 +120,55 @@ def launch_flow(
     processes: int = 1,
     recovery_dir: Path | None = None,
     snapshot_interval: float = 5.0,
+    restart: RestartPolicy | None = None,
+    home: Path | None = None,
+    recovery_partitions: int | None = None,
 ) -> int:
-    """Run the flow to completion (or Ctrl-C) and return its exit status."""
-    return wait_all(
-        start_flow(
+    """Run the flow to completion (or Ctrl-C) and return its exit status.
+
+    With a recovery store and a ``restart`` policy, the processes are supervised: when one
+    dies, all are restarted from the store (:class:`~featrec.jobs.cluster.ClusterSupervisor`;
+    ``home`` gets its status file). Without a store nothing is restarted (a restart would
+    start over from scratch)."""
+
+    def start() -> list[subprocess.Popen[bytes]]:
+        return start_flow(
             target,
             env,
             processes=processes,
             recovery_dir=recovery_dir,
             snapshot_interval=snapshot_interval,
+            recovery_partitions=recovery_partitions,
         )
-    )
+
+    if recovery_dir is None or restart is None or restart.max_restarts == 0:
+        return wait_all(start())
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
+    name = target.split(":", 1)[0].rsplit(".", 1)[-1]
+    return ClusterSupervisor(start, restart, flow=name, home=home).run().status
 
 
-def ensure_recovery_store(recovery_dir: Path, partitions: int) -> None:
-    """Create bytewax's recovery partitions once (``python -m bytewax.recovery DIR N``)."""
-    if recovery_dir.is_dir() and any(recovery_dir.glob("*.sqlite3")):
+def recovery_partition_count(recovery_dir: Path) -> int:
+    """How many partitions a recovery store has (0: none yet)."""
+    return len(list(recovery_dir.glob("part-*.sqlite3"))) if recovery_dir.is_dir() else 0
+
+
+def ensure_recovery_store(recovery_dir: Path, partitions: int, processes: int = 1) -> None:
+    """Create bytewax's recovery partitions once (``python -m bytewax.recovery DIR N``).
+
+    An existing store is kept; it must have at least as many partitions as processes (the
+    sizing rule: create it with as many as the most processes you will ever run)."""
+    existing = recovery_partition_count(recovery_dir)
+    if existing:
+        if existing < processes:
+            raise ConfigError(
+                f"the recovery store {recovery_dir} has {existing} partitions, fewer than "
+                f"{processes} processes: resume with at most {existing} processes, or start a "
+                "new store with at least as many partitions as the most processes you will run"
+            )
         return
     recovery_dir.mkdir(parents=True, exist_ok=True)
     subprocess.run(
@@ -127,7 +189,8 @@ def flow_options(command: F) -> F:
             required=True,
             multiple=True,
             help="An event file (.jsonl .csv .parquet, OTTO jsonl, session-rec .txt) or "
-            "'redis'. Repeat for several files (one partition each, shared among processes).",
+            "'redis' or 'kafka' (the bus). Repeat for several files (one partition each, shared "
+            "among processes).",
         ),
         click.option(
             "--format",
@@ -161,7 +224,42 @@ def flow_options(command: F) -> F:
             type=click.IntRange(1, 64),
             default=1,
             show_default=True,
-            help="Bytewax processes (a cluster on this host).",
+            help="Bytewax processes (a cluster on this host; they share the source's "
+            "partitions: at most as many as partitions do work).",
+        ),
+        click.option(
+            "--recovery-partitions",
+            type=click.IntRange(1, 1024),
+            default=None,
+            help="Partitions of a new recovery store (default: max(4, processes)); at least "
+            "the most processes this flow will ever run.",
+        ),
+        click.option(
+            "--max-restarts",
+            type=click.IntRange(0),
+            default=10,
+            show_default=True,
+            help="With --recovery-dir: restarts of the whole cluster in a row, from recovery, "
+            "after a process dies (0: none).",
+        ),
+        click.option(
+            "--restart-backoff",
+            type=click.FloatRange(0),
+            default=1.0,
+            show_default=True,
+            help="Seconds before the first restart; doubles per restart in a row, up to 60.",
+        ),
+        click.option(
+            "--metrics-port",
+            type=click.IntRange(1, 65535),
+            default=None,
+            help="Serve the launcher's Prometheus metrics (featrec_cluster_*) on this port.",
+        ),
+        click.option(
+            "--metrics-host",
+            default="127.0.0.1",
+            show_default=True,
+            help="Address the launcher's metrics listen on (0.0.0.0 in a container).",
         ),
     ]
     for option in reversed(options):
@@ -179,24 +277,32 @@ def run_flow(
     recovery_dir: Path | None,
     snapshot_interval: float,
     processes: int,
+    recovery_partitions: int | None = None,
+    max_restarts: int = 10,
+    restart_backoff: float = 1.0,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
     mapping_table: Mapping[str, Any] | None = None,
 ) -> None:
     """Check the sources, launch ``target`` with settings in the environment, wait for it.
 
     ``mapping_table``: an event mapping (:mod:`featrec.core.events.mapping`) the file source
     reads through; checked here against every file, handed to the flow as JSON."""
-    if "redis" in sources and len(sources) > 1:
-        raise ConfigError("--source redis reads the stream; do not mix it with files")
+    bus = [s for s in sources if s in BUS_SOURCES]
+    if bus and len(sources) > 1:
+        raise ConfigError(f"--source {bus[0]} reads the bus; do not mix it with other sources")
     for source in sources:
-        if source != "redis" and not Path(source).is_file():
-            raise ConfigError(f"--source {source!r} is neither 'redis' nor an existing file")
+        if source not in BUS_SOURCES and not Path(source).is_file():
+            raise ConfigError(
+                f"--source {source!r} is neither 'redis' nor an existing file, nor 'kafka'"
+            )
     mapping_env: dict[str, str] = {}
     if mapping_table is not None:
         from featrec.adapters.files.mapped_records import open_file_reader
         from featrec.core.events.mapping import parse_mapping
 
-        if "redis" in sources:
-            raise ConfigError("a mapping reads files; the Redis stream holds featrec events")
+        if bus:
+            raise ConfigError("a mapping reads files; the bus holds featrec events")
         mapping = parse_mapping(mapping_table)
         for source in sources:
             open_file_reader(source, fmt, mapping=mapping).close()
@@ -210,12 +316,20 @@ def run_flow(
     }
     if fmt:
         env["FEATREC_SOURCE_FORMAT"] = fmt
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=metrics_host)
+    policy = RestartPolicy(max_restarts=max_restarts, backoff_s=restart_backoff)
     code = launch_flow(
         target,
         env,
         processes=processes,
         recovery_dir=recovery_dir,
         snapshot_interval=snapshot_interval,
+        restart=policy,
+        home=settings.home,
+        recovery_partitions=recovery_partitions,
     )
     if code != 0:
         raise click.ClickException(f"the dataflow {target} exited with status {code}")
