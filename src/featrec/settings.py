@@ -149,8 +149,9 @@ class Settings(EnvModel):
     )
     flow_shape: FlowShape = var(
         "batch",
-        "sessions dataflow shape: `batch` (one item per shard and source batch) or "
-        "`per-event` (the previous shape, kept as the benchmarks' baseline)",
+        "sessions and items dataflow shape: `batch` (state folded per shard, one item per "
+        "shard and source batch) or `per-event` (the previous shape, kept as the benchmarks' "
+        "baseline)",
     )
 
     @field_validator("redis_url", "bus_url")
