@@ -303,21 +303,22 @@ class NeighbourShardLogic(ThrottledShardLogic[PairChunk, FeatureRow, NeighbourSk
 
     def fold(self, values: list[PairChunk]) -> Iterable[str]:
         states, ingested, config = self.states, self.ingested, self.config.covisit
-        touched: dict[str, None] = {}
+        #: anchor -> newest ingestion time of its updates here (first touch first).
+        touched: dict[str, float] = {}
         created = 0
         for chunk in values:
             at = chunk.ingested_at
-            for update in chunk.updates:
-                anchor = update.anchor
+            for anchor, neighbour, weight, ts_us in chunk.updates:
                 sketch = states.get(anchor)
                 if sketch is None:
                     sketch = states[anchor] = NeighbourSketch()
                     created += 1
-                sketch.add(update.neighbour, update.weight, update.ts_us, config)
-                if anchor not in touched:
-                    touched[anchor] = None
-                if at > ingested.get(anchor, 0.0):
-                    ingested[anchor] = at
+                sketch.add(neighbour, weight, ts_us, config)
+                if touched.get(anchor, 0.0) < at:
+                    touched[anchor] = at
+        for anchor, at in touched.items():
+            if at > ingested.get(anchor, 0.0):
+                ingested[anchor] = at
         if created:
             self.created(created)
         return touched

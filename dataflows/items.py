@@ -185,14 +185,25 @@ def shard_pairs(
     """:func:`group_pairs` for the batch shape: one chunk per shard of the anchors."""
     made = sorted((m for _, ms in kvs for m in ms), key=_seq_of)
     names: dict[str, str] = {}
-
-    def shard(update: PairUpdate) -> str:
-        name = names.get(update.anchor)
-        if name is None:
-            name = names[update.anchor] = shard_of(update.anchor, shards)
-        return name
-
-    return _grouped(made, shard)
+    groups: dict[str, list[PairUpdate]] = {}
+    newest = 0.0
+    n_updates = 0
+    for event_pairs in made:
+        newest = max(newest, event_pairs.ingested_at)
+        updates = event_pairs.updates
+        n_updates += len(updates)
+        for update in updates:
+            name = names.get(update.anchor)
+            if name is None:
+                name = names[update.anchor] = shard_of(update.anchor, shards)
+            group = groups.get(name)
+            if group is None:
+                groups[name] = [update]
+            else:
+                group.append(update)
+    if n_updates:
+        item_metrics.PAIR_UPDATES.inc(n_updates)
+    return [(k, PairChunk(newest, updates)) for k, updates in groups.items()]
 
 
 def _grouped(
