@@ -89,6 +89,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "else --half-rate)",
     )
     ap.add_argument("--half-rate", type=int, default=0, help="second freshness rate, events/s")
+    ap.add_argument(
+        "--deadlines",
+        default="",
+        help="comma-separated FEATREC_BATCH_DEADLINE_MS values to run the freshness part at "
+        "(default: the setting's default)",
+    )
     args = ap.parse_args(argv)
     print(f"load average at start: {os.getloadavg()}")
 
@@ -140,10 +146,16 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
         baselines(args, tmp, settings, events_path, client)
     # 3. Freshness at a steady rate, and at half the measured maximum.
     if "freshness" in parts:
-        for i, target in enumerate((args.rate, int(rate / 2))):
-            if target:
+        deadlines = [float(d) for d in args.deadlines.split(",") if d] or [
+            settings.batch_deadline_ms
+        ]
+        runs = 0
+        for target in (args.rate, int(rate / 2)):
+            for deadline in deadlines if target else []:
                 client.flushall()
-                freshness(events_path, settings, server.url, target, args.rate_seconds, f"f{i}")
+                at = settings.with_(batch_deadline_ms=deadline)
+                freshness(events_path, at, server.url, target, args.rate_seconds, f"f{runs}", n)
+                runs += 1
     # 4. Memory per live session.
     if "memory" in parts:
         memory_per_session(events_path, min(200_000, n))
@@ -453,11 +465,11 @@ print(time.perf_counter() - start, flush=True)
 
 
 def freshness(
-    path: Path, settings: Settings, url: str, rate: int, seconds: float, name: str
+    path: Path, settings: Settings, url: str, rate: int, seconds: float, name: str, n: int
 ) -> None:
     """Publish at a steady rate from another process while the flow runs; percentiles."""
-    total = int(rate * seconds)
     warmup = 500
+    total = min(int(rate * seconds), n - warmup)  # the file holds n events
     samples: list[Sample] = []
     s = settings.with_(stream=f"bench:{name}")
     parts = flow_parts(s, "batch", name)

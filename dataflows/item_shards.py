@@ -27,7 +27,7 @@ recovery store, which bytewax fills with pickles anyway.
 from __future__ import annotations
 
 import heapq
-import pickle  # nosec B403 - snapshots go to and come from the flow's own recovery store
+import pickle  # nosec B403
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -54,7 +54,8 @@ def _dumps(obj: object) -> bytes:
 
 
 def _loads(data: bytes) -> Any:
-    return pickle.loads(data)  # nosec B301 - our own snapshot, from the flow's recovery store
+    # Our own snapshot, read back from the flow's own recovery store.
+    return pickle.loads(data)  # nosec B301
 
 
 def _at(ts: float | None) -> datetime | None:
