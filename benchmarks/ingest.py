@@ -89,6 +89,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "else --half-rate)",
     )
     ap.add_argument("--half-rate", type=int, default=0, help="second freshness rate, events/s")
+    ap.add_argument(
+        "--deadlines",
+        default="",
+        help="comma-separated FEATREC_BATCH_DEADLINE_MS values to run the freshness part at "
+        "(default: the setting's default)",
+    )
     args = ap.parse_args(argv)
     print(f"load average at start: {os.getloadavg()}")
 
@@ -140,10 +146,16 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
         baselines(args, tmp, settings, events_path, client)
     # 3. Freshness at a steady rate, and at half the measured maximum.
     if "freshness" in parts:
-        for i, target in enumerate((args.rate, int(rate / 2))):
-            if target:
+        deadlines = [float(d) for d in args.deadlines.split(",") if d] or [
+            settings.batch_deadline_ms
+        ]
+        runs = 0
+        for target in (args.rate, int(rate / 2)):
+            for deadline in deadlines if target else []:
                 client.flushall()
-                freshness(events_path, settings, server.url, target, args.rate_seconds, f"f{i}")
+                at = settings.with_(batch_deadline_ms=deadline)
+                freshness(events_path, at, server.url, target, args.rate_seconds, f"f{runs}", n)
+                runs += 1
     # 4. Memory per live session.
     if "memory" in parts:
         memory_per_session(events_path, min(200_000, n))
@@ -312,17 +324,62 @@ def print_stages(totals: dict[str, float], n: int, cpu: float) -> None:
 # -- freshness ---------------------------------------------------------------------------------
 
 
-class TimingWriter:
-    """Wraps a real writer; records, per written row, now minus the row's ``ingested_at``."""
+#: id(row) -> when the fold let it out (SessionShard.take_rows / expire, wrapped while a
+#: freshness run lasts): splits a sample into its parts.
+FLUSHED: dict[int, float] = {}
 
-    def __init__(self, inner: FeatureWriter, samples: list[tuple[float, float]]) -> None:
+
+@contextmanager
+def flush_stamps() -> Iterator[None]:
+    """Stamp every row the fold lets out with the time it did (see :data:`FLUSHED`)."""
+    take_rows, expire = SessionShard.take_rows, SessionShard.expire
+
+    def stamped_take(shard: SessionShard) -> list[FeatureRow]:
+        rows = take_rows(shard)
+        at = time.time()
+        for r in rows:
+            FLUSHED[id(r)] = at
+        return rows
+
+    def stamped_expire(shard: SessionShard, now: float) -> tuple[list[FeatureRow], int]:
+        rows, gone = expire(shard, now)
+        at = time.time()
+        for r in rows:
+            FLUSHED[id(r)] = at
+        return rows, gone
+
+    SessionShard.take_rows = stamped_take  # type: ignore[method-assign]
+    SessionShard.expire = stamped_expire  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        SessionShard.take_rows = take_rows  # type: ignore[method-assign]
+        SessionShard.expire = expire  # type: ignore[method-assign]
+        FLUSHED.clear()
+
+
+#: One sample per written row: (ingested_at, total, in the fold until flushed (source poll,
+#: decode, the flush policy's wait), flushed -> write call (routing, sink), the write call).
+Sample = tuple[float, float, float, float, float]
+
+
+class TimingWriter:
+    """Wraps a real writer; records, per written row, now minus the row's ``ingested_at``,
+    split into its parts (see :data:`Sample`)."""
+
+    def __init__(self, inner: FeatureWriter, samples: list[Sample]) -> None:
         self.inner = inner
         self.samples = samples
 
     def write(self, rows: Sequence[FeatureRow]) -> int:
+        called = time.time()
         n = self.inner.write(rows)
         done = time.time()
-        self.samples.extend((r.ingested_at, done - r.ingested_at) for r in rows if r.ingested_at)
+        for r in rows:
+            at = r.ingested_at
+            if at:
+                flushed = FLUSHED.pop(id(r), called)
+                self.samples.append((at, done - at, flushed - at, called - flushed, done - called))
         return n
 
     def close(self) -> None:
@@ -408,12 +465,12 @@ print(time.perf_counter() - start, flush=True)
 
 
 def freshness(
-    path: Path, settings: Settings, url: str, rate: int, seconds: float, name: str
+    path: Path, settings: Settings, url: str, rate: int, seconds: float, name: str, n: int
 ) -> None:
     """Publish at a steady rate from another process while the flow runs; percentiles."""
-    total = int(rate * seconds)
     warmup = 500
-    samples: list[tuple[float, float]] = []
+    total = min(int(rate * seconds), n - warmup)  # the file holds n events
+    samples: list[Sample] = []
     s = settings.with_(stream=f"bench:{name}")
     parts = flow_parts(s, "batch", name)
     parts["writer_factory"] = lambda: TimingWriter(
@@ -428,20 +485,33 @@ def freshness(
         text=True,
     )  # fmt: skip
     c0, t0 = time.process_time(), time.perf_counter()
-    run_main(flow)
+    with flush_stamps():
+        run_main(flow)
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     out, _ = producer.communicate(timeout=60)
     steady_from_s, produced_s = out.split()[:2]
     steady_from = float(steady_from_s) - 0.001  # stream ids have millisecond resolution
-    steady = sorted(lat for at, lat in samples if at >= steady_from)
-    q = statistics.quantiles(steady, n=100)
+    steady = sorted((x for x in samples if x[0] >= steady_from), key=lambda x: x[1])
+    totals = [x[1] for x in steady]
+    q = statistics.quantiles(totals, n=100)
     print(
         f"\n[freshness] {total:,} events at {rate:,}/s (published in {float(produced_s):.1f} s) "
         f"after {warmup} warm-up events, {len(steady):,} row writes: p50 {q[49] * 1000:.1f} ms, "
-        f"p99 {q[98] * 1000:.1f} ms, max {steady[-1] * 1000:.1f} ms (XADD -> row readable; "
-        f"batch deadline {s.batch_deadline_ms:g} ms); flow CPU {cpu / wall * 100:.0f}% of a "
-        f"core; load {os.getloadavg()[0]:.2f}"
+        f"p99 {q[98] * 1000:.1f} ms, max {totals[-1] * 1000:.1f} ms (XADD -> row readable; "
+        f"batch deadline {s.batch_deadline_ms:g} ms, {s.batch_max_rows} rows); flow CPU "
+        f"{cpu / wall * 100:.0f}% of a core; load {os.getloadavg()[0]:.2f}"
     )
+    # Where the time goes: each part's p50/p99 over all samples, and its mean over the
+    # samples at or above the p99 of the total (what the tail is made of).
+    tail = [x for x in steady if x[1] >= q[98]]
+    parts = ("XADD -> out of the fold", "fold -> write call", "write call")
+    for i, label in enumerate(parts, start=2):
+        values = sorted(x[i] for x in steady)
+        qi = statistics.quantiles(values, n=100)
+        print(
+            f"  {label:<24} p50 {qi[49] * 1000:6.1f} ms, p99 {qi[98] * 1000:6.1f} ms; "
+            f"in the slowest 1%: mean {statistics.fmean(x[i] for x in tail) * 1000:6.1f} ms"
+        )
 
 
 # -- memory and the gap ------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from bytewax.operators import KeyedStream
 from bytewax.outputs import Sink
 
 from dataflows import item_metrics
-from dataflows.batching import micro_batch, shard_chunks
+from dataflows.batching import micro_batch, shard_chunks, shard_of
 from dataflows.gc_tuning import tune_gc
 from dataflows.item_logic import (
     BoardLogic,
@@ -61,6 +61,7 @@ from dataflows.item_logic import (
     TrendOutput,
     TrendUpdate,
 )
+from dataflows.item_shards import NeighbourShardLogic, PairShardLogic, TrendShardLogic
 from dataflows.metrics import FlowStats, reason_field
 from dataflows.sessions import (
     FORGOTTEN,
@@ -177,7 +178,39 @@ def group_by(
 def group_pairs(kvs: list[tuple[str, EventPairs]]) -> list[tuple[str, PairChunk]]:
     """Regroup the session step's pair updates by anchor, in arrival order of their events
     (the session step emits its keys in key order; the sequence number restores the order)."""
-    made = sorted((m for _, m in kvs), key=_seq_of)
+    return _grouped(sorted((m for _, m in kvs), key=_seq_of), _anchor_of)
+
+
+def shard_pairs(
+    shards: int, kvs: list[tuple[str, list[EventPairs]]]
+) -> list[tuple[str, PairChunk]]:
+    """:func:`group_pairs` for the batch shape: one chunk per shard of the anchors."""
+    made = sorted((m for _, ms in kvs for m in ms), key=_seq_of)
+    names: dict[str, str] = {}
+    groups: dict[str, list[PairUpdate]] = {}
+    newest = 0.0
+    n_updates = 0
+    for event_pairs in made:
+        newest = max(newest, event_pairs.ingested_at)
+        updates = event_pairs.updates
+        n_updates += len(updates)
+        for update in updates:
+            name = names.get(update.anchor)
+            if name is None:
+                name = names[update.anchor] = shard_of(update.anchor, shards)
+            group = groups.get(name)
+            if group is None:
+                groups[name] = [update]
+            else:
+                group.append(update)
+    if n_updates:
+        item_metrics.PAIR_UPDATES.inc(n_updates)
+    return [(k, PairChunk(newest, updates)) for k, updates in groups.items()]
+
+
+def _grouped(
+    made: list[EventPairs], key: Callable[[PairUpdate], str]
+) -> list[tuple[str, PairChunk]]:
     groups: dict[str, list[PairUpdate]] = {}
     newest = 0.0
     n_updates = 0
@@ -185,14 +218,22 @@ def group_pairs(kvs: list[tuple[str, EventPairs]]) -> list[tuple[str, PairChunk]
         newest = max(newest, event_pairs.ingested_at)
         n_updates += len(event_pairs.updates)
         for update in event_pairs.updates:
-            group = groups.get(update.anchor)
+            k = key(update)
+            group = groups.get(k)
             if group is None:
-                groups[update.anchor] = [update]
+                groups[k] = [update]
             else:
                 group.append(update)
     if n_updates:
         item_metrics.PAIR_UPDATES.inc(n_updates)
-    return [(anchor, PairChunk(newest, updates)) for anchor, updates in groups.items()]
+    return [(k, PairChunk(newest, updates)) for k, updates in groups.items()]
+
+
+def shard_by(
+    key: Callable[[Sequenced], str], shards: int, batch: list[Sequenced]
+) -> list[tuple[str, list[Sequenced]]]:
+    """One ``(shard, events)`` chunk per shard of ``key`` (arrival order kept)."""
+    return shard_chunks(batch, key, shards)
 
 
 def add_item_signals(
@@ -244,6 +285,61 @@ def add_item_signals(
     return op.merge("all_rows", neighbour_rows, trend_rows, board_rows)
 
 
+def add_sharded_item_signals(
+    arrivals: Stream[Sequenced],
+    settings: Settings,
+    config: ItemSignalsConfig,
+    clock: EventClock,
+    shards: int,
+) -> KeyedStream[FeatureRow | list[FeatureRow]]:
+    """:func:`add_item_signals` in the batch shape (:mod:`dataflows.item_shards`): sessions,
+    anchors and items folded per shard; rows leave as one list per shard and activation."""
+    interval_s = settings.item_write_interval_s
+    idle_s = settings.item_idle_s
+    ttl_s = max(settings.state_ttl, config.covisit.window_s)
+    if ttl_s <= 0:
+        raise ConfigError(f"state TTL must be positive, got {settings.state_ttl} s")
+
+    def pairs_builder(resume: bytes | None) -> PairShardLogic:
+        return PairShardLogic(config, ttl_s, resume)
+
+    def neighbours_builder(resume: bytes | None) -> NeighbourShardLogic:
+        return NeighbourShardLogic(config, interval_s, idle_s, clock, resume)
+
+    def trending_builder(resume: bytes | None) -> TrendShardLogic:
+        return TrendShardLogic(config, interval_s, idle_s, clock, resume)
+
+    def board_builder(resume: Throttled[BoardState] | None) -> BoardLogic:
+        return BoardLogic(config, timedelta(seconds=interval_s), timedelta(seconds=idle_s), resume)
+
+    def rows_of(out: list[FeatureRow | TrendUpdate]) -> list[FeatureRow]:
+        return [x for x in out if type(x) is FeatureRow]
+
+    def to_board(
+        kvs: list[tuple[str, list[FeatureRow | TrendUpdate]]],
+    ) -> list[tuple[str, list[TrendUpdate]]]:
+        updates = [x for _, out in kvs for x in out if type(x) is TrendUpdate]
+        return [(TRENDING_KEY, updates)] if updates else []
+
+    by_session = op.flat_map_batch(
+        "shard_sessions", arrivals, partial(shard_by, _session_of, shards)
+    )
+    made = op.stateful_batch("pair_shards", by_session, pairs_builder)
+    by_anchor = op.flat_map_batch("shard_pairs", made, partial(shard_pairs, shards))
+    neighbour_rows = op.stateful_batch("neighbour_shards", by_anchor, neighbours_builder)
+
+    by_item = op.flat_map_batch("shard_items", arrivals, partial(shard_by, _item_of, shards))
+    trends = op.stateful_batch("trend_shards", by_item, trending_builder)
+    trend_rows = op.map_value("trend_rows", trends, rows_of)
+    board_rows = op.stateful_batch(
+        "board", op.flat_map_batch("key_board", trends, to_board), board_builder
+    )
+    rows: KeyedStream[FeatureRow | list[FeatureRow]] = op.merge(
+        "all_rows", neighbour_rows, trend_rows, board_rows
+    )
+    return rows
+
+
 def build_flow(
     source: Source[SourceItem],
     settings: Settings,
@@ -274,8 +370,16 @@ def build_flow(
     def is_arrival(item: Decoded) -> TypeGuard[Sequenced]:
         return isinstance(item, Sequenced)
 
-    def shard_rows(kvs: list[tuple[str, FeatureRow]]) -> list[tuple[str, list[FeatureRow]]]:
-        return shard_chunks((row for _, row in kvs), _row_key, shards)
+    def shard_rows(
+        kvs: list[tuple[str, FeatureRow | list[FeatureRow]]],
+    ) -> list[tuple[str, list[FeatureRow]]]:
+        flat: list[FeatureRow] = []
+        for _, out in kvs:
+            if type(out) is list:
+                flat.extend(out)
+            else:
+                flat.append(cast(FeatureRow, out))
+        return shard_chunks(flat, _row_key, shards)
 
     flow = Dataflow(FLOW_ID)
     records = op.input("input", flow, source)
@@ -283,7 +387,14 @@ def build_flow(
         "decode", records, partial(decode_batch, seq=seq, clock=clock, stats=stats, deny=deny)
     )
     split = op.branch("split", decoded, is_arrival)
-    rows = add_item_signals(split.trues, settings, config, clock)
+    rows: KeyedStream[FeatureRow | list[FeatureRow]]
+    if settings.flow_shape == "per-event":
+        rows = cast(
+            KeyedStream[FeatureRow | list[FeatureRow]],
+            add_item_signals(split.trues, settings, config, clock),
+        )
+    else:
+        rows = add_sharded_item_signals(split.trues, settings, config, clock, shards)
     op.output("dead_letters", cast(Stream[DeadLetter], split.falses), dead_letter_sink)
 
     chunks = op.flat_map_batch("shard_rows", rows, shard_rows)
@@ -303,6 +414,10 @@ def _session_of(arrival: Sequenced) -> str:
 
 def _item_of(arrival: Sequenced) -> str:
     return arrival.event.item_id
+
+
+def _anchor_of(update: PairUpdate) -> str:
+    return update.anchor
 
 
 def _row_key(row: FeatureRow) -> str:

@@ -125,10 +125,17 @@ def test_the_compiled_packer_gives_the_generic_bytes(view: str) -> None:
     spec = catalog.VIEWS[view]
     rng = random.Random(7)
     samples: dict[catalog.Dtype, list[object]] = {
-        catalog.Dtype.INT64: [0, 1, 127, 128, -1, 2**40, 2**63 - 1, None],
+        catalog.Dtype.INT64: [0, 1, 127, 128, -1, 2**40, 2**63 - 1, None, 16383, 16384, 2**62],
         catalog.Dtype.FLOAT64: [0.0, -0.0, 1.5, math.nan, math.inf, None, 3, 1e300],
-        catalog.Dtype.STRING: ["", "a", "é" * 200, None, "x" * 5000],
-        catalog.Dtype.STRING_LIST: [[], ["a", "b"], None, ["é" * 130]],
+        catalog.Dtype.STRING: ["", "a", "é" * 200, None, "x" * 5000, "y" * 125, "y" * 126, "é"],
+        catalog.Dtype.STRING_LIST: [
+            [],
+            ["a", "b"],
+            None,
+            ["é" * 130],
+            ["z" * 127, "z" * 128, ""],
+            ["a", "é"],
+        ],
         catalog.Dtype.FLOAT64_LIST: [[], [1.0, math.nan], None, [2]],
     }
     packer = resp.fields_packer(spec)
@@ -139,6 +146,33 @@ def test_the_compiled_packer_gives_the_generic_bytes(view: str) -> None:
              ENCODERS[f.dtype](values[f.name]))])
         )  # fmt: skip
         assert b"*%d\r\n$1\r\nX\r\n" % (2 * len(spec.features) + 1) + packer(values) == expected
+
+
+def test_varint_tables_give_the_protobuf_varint() -> None:
+    """The table-driven varint == the plain 7-bit loop, at every boundary of 7 and 14 bits."""
+    from featrec.adapters.feast.layout.values import varint
+
+    def reference(n: int) -> bytes:
+        n &= 0xFFFF_FFFF_FFFF_FFFF
+        out = bytearray()
+        while n > 0x7F:
+            out.append((n & 0x7F) | 0x80)
+            n >>= 7
+        out.append(n)
+        return bytes(out)
+
+    edges = {0, 1, -1, -(2**63), 2**63 - 1, 2**64 - 1}
+    for bits in range(1, 64):
+        edges |= {2**bits - 1, 2**bits, 2**bits + 1}
+    for n in sorted(edges):
+        assert varint(n) == reference(n), n
+
+
+def test_a_string_list_that_is_not_all_str_is_refused_naming_the_item() -> None:
+    from featrec.adapters.feast.layout.values import InvalidFeatureRow, encode_value
+
+    with pytest.raises(InvalidFeatureRow, match="item 1 is int"):
+        encode_value(catalog.Dtype.STRING_LIST, ["a", 3])
 
 
 def test_a_bad_value_names_its_feature(redis_settings: Settings) -> None:

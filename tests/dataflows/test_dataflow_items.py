@@ -29,6 +29,7 @@ from dataflows.item_logic import (
     Throttled,
     TrendLogic,
 )
+from dataflows.item_shards import NeighbourShardLogic, PairShardLogic, TrendShardLogic
 from dataflows.items import FLOW_ID, build_flow, dead_letter_sink, flow
 from dataflows.metrics import FlowStats
 from dataflows.sessions import FORGOTTEN
@@ -49,7 +50,7 @@ from featrec.core.features.rows import FeatureRow
 from featrec.core.items.covisit import CovisitConfig, PairUpdate
 from featrec.core.ports.features import InMemoryFeatureStore
 from featrec.core.privacy import DenyList, DenySet, new_salt
-from featrec.settings import Settings
+from featrec.settings import FlowShape, Settings
 
 T0 = 1_700_000_000.0
 YEAR = 365 * 86_400.0
@@ -141,14 +142,25 @@ def assert_store_equals(store: InMemoryFeatureStore, signals: ItemSignals) -> No
 
 
 @pytest.mark.parametrize(
-    ("interval_s", "batch_size", "max_rows"),
-    [(0.0, 100, 1000), (3600.0, 7, 64), (0.0, 1000, 1)],
+    ("interval_s", "batch_size", "max_rows", "shape"),
+    [
+        (0.0, 100, 1000, "batch"),
+        (3600.0, 7, 64, "batch"),
+        (0.0, 1000, 1, "batch"),
+        (3600.0, 7, 64, "per-event"),
+    ],
 )
 def test_final_rows_equal_the_batch_bootstrap(
-    tmp_path: Path, interval_s: float, batch_size: int, max_rows: int
+    tmp_path: Path, interval_s: float, batch_size: int, max_rows: int, shape: FlowShape
 ) -> None:
+    """Both shapes (the batch shape by default, the per-event one kept as the baseline)."""
     events = with_disorder(generated(3000))
-    settings = Settings(home=tmp_path, item_write_interval_s=interval_s, batch_max_rows=max_rows)
+    settings = Settings(
+        home=tmp_path,
+        item_write_interval_s=interval_s,
+        batch_max_rows=max_rows,
+        flow_shape=shape,
+    )
     store = InMemoryFeatureStore()
     letters = run_flow(TestingSource(records(events), batch_size=batch_size), settings, store)
     assert letters == []
@@ -408,6 +420,70 @@ def test_a_dirty_snapshot_is_written_after_resume() -> None:
     assert update.trend.version == row.version
 
 
+def test_shard_logic_rate_limits_each_key_and_drops_it_once_negligible() -> None:
+    """The batch shape's timer path, two anchors in one shard, with a fake system clock:
+    each key is written at once, then at most once per interval; idle keys are dropped
+    only once negligible at the event clock."""
+    now = [1_000_000.0]
+    clock = EventClock()
+    logic = NeighbourShardLogic(ItemSignalsConfig(), 5.0, 60.0, clock, now=lambda: now[0])
+    t = int(T0 * 1_000_000)
+    clock.advance(t)
+    first = [PairUpdate("A", "B", 1.0, t), PairUpdate("A", "C", 2.0, t), PairUpdate("X", "Y", 1, t)]
+    [out], discard = logic.on_batch([PairChunk(1.0, first)])
+    assert [(r.key, r.values["neighbour_ids"]) for r in out] == [("A", ["C", "B"]), ("X", ["Y"])]
+    assert not discard and live_states("neighbours") >= 2
+    out, _ = logic.on_batch([PairChunk(1.0, [PairUpdate("A", "B", 5.0, t + 1)])])
+    assert list(out) == [] and logic.notify_at() == datetime.fromtimestamp(now[0] + 5, UTC)
+    now[0] += 5
+    [out], _ = logic.on_notify()
+    assert [(r.key, r.values["neighbour_ids"]) for r in out] == [("A", ["B", "C"])]
+    now[0] += 60
+    out, discard = logic.on_notify()
+    assert list(out) == [] and not discard  # both still weigh something at the event clock
+    assert set(logic.states) == {"A", "X"}
+    clock.advance(t + int(YEAR * 1_000_000))
+    now[0] += 60
+    out, discard = logic.on_notify()
+    assert list(out) == [] and discard and logic.states == {}
+
+
+def test_a_dirty_shard_snapshot_is_written_after_resume() -> None:
+    now = 1_000_000.0
+    clock = EventClock()
+    config = ItemSignalsConfig()
+    logic = TrendShardLogic(config, 3600.0, 3600.0, clock, now=lambda: now)
+    e1, e2, e3 = ev(0, "s", "A", 0), ev(1, "s", "A", 1), ev(2, "s", "B", 2)
+    logic.on_batch([[Sequenced(0, e1, 1.0)]])
+    assert logic.on_batch([[Sequenced(1, e2, 1.0), Sequenced(2, e3, 1.0)]])[0] != ()
+    snap = logic.snapshot()
+    assert isinstance(snap, bytes)
+    resumed = TrendShardLogic(config, 3600.0, 3600.0, clock, snap, lambda: now)
+    assert resumed.notify_at() == datetime.fromtimestamp(now, UTC)
+    [out], _ = resumed.on_notify()
+    [row, update] = out  # A owed a row; B was written at once before the snapshot
+    assert isinstance(row, FeatureRow) and row.key == "A"
+    assert row.values["trend_view"] == pytest.approx(2.0, rel=1e-3)
+    assert update.trend.version == row.version
+
+
+def test_pair_shard_drops_idle_sessions_and_snapshots_them() -> None:
+    now = [1_000_000.0]
+    logic = PairShardLogic(ItemSignalsConfig(), 10.0, None, now=lambda: now[0])
+    [made], _ = logic.on_batch([[Sequenced(0, ev(0, "s1", "A", 0), 1.0)],
+                                [Sequenced(1, ev(1, "s1", "B", 1), 1.0),
+                                 Sequenced(2, ev(2, "s2", "C", 2), 1.0)]])  # fmt: skip
+    assert [m.seq for m in made] == [1] and {u.anchor for u in made[0].updates} == {"A", "B"}
+    resumed = PairShardLogic(ItemSignalsConfig(), 10.0, logic.snapshot(), now=lambda: now[0])
+    assert set(resumed.states) == {"s1", "s2"}
+    now[0] += 5
+    resumed.on_batch([[Sequenced(3, ev(3, "s2", "D", 3), 1.0)]])
+    now[0] += 6
+    assert resumed.on_notify() == ((), False) and set(resumed.states) == {"s2"}
+    now[0] += 10
+    assert resumed.on_notify() == ((), True) and resumed.states == {}
+
+
 # -- input, recovery, wiring -----------------------------------------------------------------
 
 
@@ -485,6 +561,13 @@ def test_step_ids_are_stable(otto_sample: Path, tmp_path: Path) -> None:
     built = flow({"FEATREC_SOURCE": str(otto_sample), "FEATREC_HOME": str(tmp_path)})
     assert built.flow_id == FLOW_ID
     assert [s.step_name for s in built.substeps] == [
+        "input", "decode", "split", "shard_sessions", "pair_shards", "shard_pairs",
+        "neighbour_shards", "shard_items", "trend_shards", "trend_rows", "key_board", "board",
+        "all_rows", "dead_letters", "shard_rows", "batch_rows", "unkey_rows", "write",
+    ]  # fmt: skip
+    env = {"FEATREC_SOURCE": str(otto_sample), "FEATREC_HOME": str(tmp_path)}
+    per_event = flow({**env, "FEATREC_FLOW_SHAPE": "per-event"})
+    assert [s.step_name for s in per_event.substeps] == [
         "input", "decode", "split", "key_sessions", "pairs", "shard_pairs", "neighbours",
         "key_items", "trending", "split_trends", "key_board", "board", "all_rows",
         "dead_letters", "shard_rows", "batch_rows", "unkey_rows", "write",

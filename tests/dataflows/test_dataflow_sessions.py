@@ -350,9 +350,11 @@ def test_stats_are_shared_by_the_steps_of_one_flow(tmp_path: Path) -> None:
     stats = FlowStats()
     events = generated(200)
     recs = [*records(events), RawRecord("featrec", "t:x", "nope", 1.0)]
+    # A deadline longer than the run: every session's row leaves once, at end of input (with
+    # the default deadline a slow machine may flush a session twice).
     run_flow(
         TestingSource(recs, batch_size=32),
-        Settings(home=tmp_path),
+        Settings(home=tmp_path, batch_deadline_ms=600_000),
         InMemoryFeatureStore(),
         stats=stats,
     )

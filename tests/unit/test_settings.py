@@ -288,7 +288,7 @@ OLD_DEFAULTS = {
     "dead_letter_stream": "featrec:deadletters",
     "writer": "fast",
     "batch_max_rows": 1000,
-    "batch_deadline_ms": 20.0,
+    "batch_deadline_ms": 10.0,
     "session_gap_s": 1800.0,
     "allowed_lateness_s": 300.0,
     "state_ttl_s": None,

@@ -244,8 +244,11 @@ class NeighbourSketch:
                 self._rescale(2.0**-exponent, ts_us)
                 exponent = 0.0
             weight *= 2.0**exponent
-        self.version = max(self.version + 1, ts_us)
-        self.last_us = max(self.last_us, ts_us)
+        # Plain comparisons, not max(): this runs once per pair update (~8 per event).
+        version = self.version + 1
+        self.version = version if version > ts_us else ts_us
+        last = self.last_us
+        self.last_us = ts_us if ts_us > last else last
         self.total += weight
         counts = self.counts
         old = counts.get(neighbour)

@@ -40,39 +40,51 @@ def _len(n: int) -> bytes:
 
 def fields_packer(view: View) -> FieldsPacker:
     """A function: a row's values (every feature of ``view``) -> RESP of its field/value pairs."""
+    dtypes = {f.name: f.dtype for f in view.features}
+    names = list(dtypes)
     env: dict[str, Any] = {
         "_LEN": LEN,
-        "_len": _len,
         "_CRLF": CRLF,
         "_DOUBLE": b"$9\r\n" + wire._TAG_DOUBLE,
         "_pack_d": struct.Struct("<d").pack,
         "_SMALL": [bulk(wire._TAG_INT64 + bytes((i,))) for i in range(128)],
-        "_enc": {dtype: wire.ENCODERS[dtype] for dtype in Dtype},
-        "_Dtype": Dtype,
+        # "$<n+2>\r\n" + string tag + one-byte length, for strings of n < 126 bytes.
+        "_STR": [_len(n + 2) + wire._TAG_STRING + bytes((n,)) for n in range(126)],
+        "_INT": wire._TAG_INT64,
+        "_varint": wire.varint,
+        "_bulk": bulk,
     }
     lines = ["def pack(values):"]
     parts = []
-    for i, feature in enumerate(view.features):
-        head = bulk(wire.field_hash(view.name, feature.name))
-        env[f"_H{i}"] = head
-        lines.append(f"    v = values[{feature.name!r}]")
-        if feature.dtype is Dtype.FLOAT64:
+    for i, name in enumerate(names):
+        dtype = dtypes[name]
+        env[f"_H{i}"] = bulk(wire.field_hash(view.name, name))
+        env[f"_E{i}"] = wire.ENCODERS[dtype]
+        lines.append(f"    v = values[{name!r}]")
+        # The inline branch covers the common Python type of the dtype; anything else (None,
+        # NaN, another type, a non-ASCII string) takes the generic encoder: the same bytes.
+        if dtype is Dtype.FLOAT64:
             lines.append(
                 f"    e{i} = _DOUBLE + _pack_d(v) + _CRLF if type(v) is float and v == v "
-                f"else _bulk(_enc[_Dtype.FLOAT64](v))"
+                f"else _bulk(_E{i}(v))"
             )
-        elif feature.dtype is Dtype.INT64:
+        elif dtype is Dtype.INT64:
             lines.append(
-                f"    e{i} = _SMALL[v] if type(v) is int and 0 <= v < 128 "
-                f"else _bulk(_enc[_Dtype.INT64](v))"
+                f"    e{i} = (_SMALL[v] if 0 <= v < 128 else _bulk(_INT + _varint(v))) "
+                f"if type(v) is int and 0 <= v < 9223372036854775808 else _bulk(_E{i}(v))"
+            )
+        elif dtype is Dtype.STRING:
+            lines.append(
+                f"    e{i} = _STR[len(v)] + v.encode() + _CRLF "
+                f"if type(v) is str and len(v) < 126 and v.isascii() else _bulk(_E{i}(v))"
             )
         else:
-            lines.append(f"    e{i} = _bulk(_enc[_Dtype.{feature.dtype.name}](v))")
+            lines.append(f"    e{i} = _bulk(_E{i}(v))")
         parts.append(f"_H{i}, e{i}")
     lines.append(f"    return b''.join(({', '.join(parts)},))")
-    env["_bulk"] = bulk
     # The source is generated from the catalog's feature names (repr-quoted) and dtypes only.
-    exec(compile("\n".join(lines), f"<fields packer of {view.name}>", "exec"), env)  # nosec B102
+    code = compile("\n".join(lines), f"<fields packer of {view.name}>", "exec")
+    exec(code, env)  # nosec B102
     packer: FieldsPacker = env["pack"]
     return packer
 

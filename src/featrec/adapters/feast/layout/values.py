@@ -140,19 +140,24 @@ def normalize(dtype: Dtype, value: object) -> object:
 
 
 _BYTE = [bytes((i,)) for i in range(128)]
+# Varints 14 bits at a time from two tables (~2x faster than a loop over 7-bit groups for the
+# 5-8 byte varints of every row: versions, timestamps): _VARINT14[n] is the whole varint of
+# n < 2**14, _CONT14[n] the two continuation bytes of a 14-bit group with more to follow.
+_VARINT14 = [_BYTE[i] if i < 128 else bytes(((i & 0x7F) | 0x80, i >> 7)) for i in range(1 << 14)]
+_CONT14 = [bytes(((i & 0x7F) | 0x80, ((i >> 7) & 0x7F) | 0x80)) for i in range(1 << 14)]
 
 
 def varint(n: int) -> bytes:
     """Protobuf base-128 varint; negative numbers as their 64-bit two's complement."""
-    if 0 <= n < 128:
-        return _BYTE[n]
+    if 0 <= n < 16384:
+        return _VARINT14[n]
     n &= 0xFFFF_FFFF_FFFF_FFFF
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    parts = []
+    while n >= 16384:
+        parts.append(_CONT14[n & 0x3FFF])
+        n >>= 14
+    parts.append(_VARINT14[n])
+    return b"".join(parts)
 
 
 # The encoders below take a fast path for the exact python types rows normally carry and fall
@@ -190,6 +195,23 @@ def _string_item(text: str) -> bytes:
 
 
 def _enc_string_list(value: object) -> bytes:
+    if type(value) is list:
+        try:
+            # One join tells both that every item is a str and that all are ASCII (the usual
+            # ids): then characters are bytes and no item can fail to encode.
+            ascii_strs = "".join(value).isascii()
+        except TypeError:
+            ascii_strs = False  # not all str: the slow path converts or names the bad item
+        if ascii_strs:
+            inner = b"".join(
+                [
+                    _ITEM_HEAD[len(text)] + text.encode()
+                    if len(text) < 128
+                    else _TAG_LIST_ITEM + varint(len(text)) + text.encode()
+                    for text in value
+                ]
+            )
+            return _TAG_STRING_LIST + varint(len(inner)) + inner
     if type(value) is list and set(map(type, value)) <= {str}:
         try:
             encoded = [item.encode("utf-8") for item in value]
