@@ -27,8 +27,8 @@ into the training-set builder, so a model is trained on the candidates serving w
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Final
 
 from featrec.core.candidates.config import DEFAULT_CONFIG, CandidateConfig
@@ -42,7 +42,6 @@ from featrec.core.candidates.model import (
     Candidate,
 )
 from featrec.core.candidates.signals import SignalLookup
-from featrec.core.items.order import best_first
 from featrec.core.items.session_scorer import ScorerConfig, score_session
 
 
@@ -179,10 +178,13 @@ _SOURCES_OF: Final = tuple(
 
 
 def _top(scores: Mapping[str, float], n: int) -> list[str]:
+    """The ``n`` best-scored items with a positive score, best first, ties by item id (the
+    order of :func:`featrec.core.items.order.best_first`, sorted as ``(-score, item)`` tuples
+    without a key call per item)."""
     if n <= 0:
         return []
-    best = heapq.nsmallest(n, scores.items(), key=best_first)
-    return [item for item, score in best if score > 0]
+    best = sorted([(-score, item) for item, score in scores.items()])[:n]
+    return [item for negated, item in best if -negated > 0]
 
 
 def _covisit_details(
@@ -219,7 +221,7 @@ def _covisit_details(
 
 def _norm(row: Sequence[tuple[str, float]], how: str) -> float:
     if how == "max":
-        norm = max(w for _, w in row)
+        norm = max(row, key=_weight)[1]
     elif how == "sum":
         norm = sum(w for _, w in row)
     else:
@@ -243,6 +245,8 @@ def _reminders(
         out[item] = out.get(item, 0.0) + t * scoring.reminder_weight * p**-scoring.reminder_decay
     return out
 
+
+_weight: Final = itemgetter(1)
 
 #: Order of the sources that come after the co-visitation scorer's candidates.
 _LATER: Final = (SESSION, HISTORY, TRENDING, POPULAR)
