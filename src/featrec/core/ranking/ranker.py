@@ -199,19 +199,10 @@ def ranking_matrix(
     ``now_s`` is the request time in unix seconds. ``rows``: only the first ``rows``
     candidates' rows (two-stage ranking), equal to those rows of the full matrix (the
     request-relative columns still compare with every candidate).
-
-    Built column by column: values are read out of the candidates and rows once, every
-    arithmetic step runs over a whole column (the same IEEE operations, in the same order, as
-    one row at a time: the tests compare with the row-at-a-time oracle bit for bit), and the
-    request's context columns are broadcast. ``math.log``/``log1p`` and the trend decay's
-    ``2.0 ** x`` stay scalar Python calls (numpy's vector kernels may round differently).
     """
     n = len(candidates) if rows is None else min(rows, len(candidates))
-    width = len(RANKING_FEATURES)
     max_base = max((c.base_score for c in candidates), default=0.0)
     max_covisit = max((c.score(COVISIT) for c in candidates), default=0.0)
-    if n == 0:
-        return np.empty((0, width), dtype=np.float64)
 
     last_items = _strings(session, "last_items")
     position: dict[str, float] = {}
@@ -232,83 +223,7 @@ def ranking_matrix(
     bought = set(_strings(user, "recent_purchases"))
     user_price = _num(user, "avg_price_viewed_90d")
 
-    head = candidates[:n]
-    matrix = np.empty((n, width), dtype=np.float64)
-    col = _COLUMN
-    ids = [c.item_id for c in head]
-    score_maps = [c.scores for c in head]
-    covisit = np.array([s.get(COVISIT, 0.0) for s in score_maps], dtype=np.float64)
-    session_scores = np.array([s.get(SESSION, 0.0) for s in score_maps], dtype=np.float64)
-    base = covisit + session_scores
-    matrix[:, col["candidate_rank"]] = np.arange(n, dtype=np.float64)
-    matrix[:, col["base_score"]] = base
-    matrix[:, col["base_share"]] = base / max_base if max_base > 0 else 0.0
-    matrix[:, col["covisit_score"]] = covisit
-    matrix[:, col["covisit_share"]] = covisit / max_covisit if max_covisit > 0 else 0.0
-    detail_maps = [c.details for c in head]
-    for name, default in _DETAIL_DEFAULTS:
-        matrix[:, col[name]] = [d.get(name, default) for d in detail_maps]
-    matrix[:, col["session_score"]] = session_scores
-    matrix[:, col["history_score"]] = [s.get(HISTORY, 0.0) for s in score_maps]
-    matrix[:, col["trending_score"]] = [
-        max(s.get(TRENDING, 0.0), s.get(POPULAR, 0.0)) for s in score_maps
-    ]
-    sources = [c.sources for c in head]
-    for source in SOURCES:
-        matrix[:, col[f"src_{source}"]] = [1.0 if source in s else 0.0 for s in sources]
-    matrix[:, col["n_sources"]] = [float(len(s)) for s in sources]
-
-    terms = _trend_terms(trending_config)
-    decay = _Decay(now_s, terms)
-    item_part = np.empty((n, 8), dtype=np.float64)
-    prices = np.empty(n, dtype=np.float64)
-    categories: list[str | None] = [None] * n
-    for i, item_id in enumerate(ids):
-        item = items.get(item_id)
-        if item is None:
-            prices[i] = NAN
-            item_part[i] = NAN
-            continue
-        get = item.get
-        price = prices[i] = _float(get("price"))
-        raw_category = get("category")
-        if isinstance(raw_category, str) and raw_category:
-            categories[i] = raw_category
-        trend_view, trend_purchase = _float(get("trend_view")), _float(get("trend_purchase"))
-        item_part[i] = (
-            decay.trend(item),
-            NAN,  # item_trend_share, filled in below
-            trend_purchase / trend_view if trend_view > 0 else NAN,
-            _float(get(_VIEWS_7D)),
-            _float(get(_PURCHASES_30D)),
-            _float(get("conversion_rate_30d")),
-            (now_s - _float(get("first_seen_s"))) / 86_400.0,
-            math.log1p(price) if price >= 0 else NAN,
-        )
-    matrix[:, _TREND_NOW : _TREND_NOW + 8] = item_part
-    matrix[:, col["price_vs_session"]] = [_log_ratio(float(p), last_price) for p in prices]
-    if last_category is not None:
-        matrix[:, col["same_category"]] = [
-            NAN if c is None else 1.0 if c == last_category else 0.0 for c in categories
-        ]
-    else:
-        matrix[:, col["same_category"]] = NAN
-    if has_session:
-        matrix[:, col["session_position"]] = [position.get(i, NAN) for i in ids]
-        matrix[:, col["session_count"]] = [count.get(i, 0.0) for i in ids]
-    else:
-        matrix[:, col["session_position"]] = NAN
-        matrix[:, col["session_count"]] = NAN
-    if has_user:
-        matrix[:, col["user_category_share"]] = [
-            NAN if c is None else shares.get(c, 0.0) for c in categories
-        ]
-        matrix[:, col["user_bought_item"]] = [1.0 if i in bought else 0.0 for i in ids]
-    else:
-        matrix[:, col["user_category_share"]] = NAN
-        matrix[:, col["user_bought_item"]] = NAN
-    matrix[:, col["price_vs_user"]] = [_log_ratio(float(p), user_price) for p in prices]
-    matrix[:, _CONTEXT_START:] = [
+    context = [
         _num(session, "n_events"),
         _num(session, "n_distinct_items"),
         _num(session, "duration_s"),
@@ -324,59 +239,85 @@ def ranking_matrix(
         _num(user, "repeat_purchase_rate"),
         _num(user, "days_since_last_event"),
     ]
+
+    terms = _trend_terms(trending_config)
+    #: The item columns of a candidate without any item row.
+    unknown_item = [NAN] * 8
+    out: list[list[float]] = []
+    for rank, c in enumerate(candidates[:n]):
+        item_id, scores, sources, details = c.item_id, c.scores, c.sources, c.details
+        covisit = scores.get(COVISIT, 0.0)
+        base = covisit + scores.get(SESSION, 0.0)
+        item = items.get(item_id)
+        category: str | None = None
+        if item is None:
+            price = NAN
+            item_part = unknown_item
+        else:
+            get = item.get
+            price = _float(get("price"))
+            raw_category = get("category")
+            category = raw_category if isinstance(raw_category, str) and raw_category else None
+            trend_view, trend_purchase = _float(get("trend_view")), _float(get("trend_purchase"))
+            item_part = [
+                _trend_now(item, now_s, terms),
+                NAN,  # item_trend_share, filled in below
+                trend_purchase / trend_view if trend_view > 0 else NAN,
+                _float(get(_VIEWS_7D)),
+                _float(get(_PURCHASES_30D)),
+                _float(get("conversion_rate_30d")),
+                (now_s - _float(get("first_seen_s"))) / 86_400.0,
+                math.log1p(price) if price >= 0 else NAN,
+            ]
+        if last_category is not None and category is not None:
+            same_category = 1.0 if category == last_category else 0.0
+        else:
+            same_category = NAN
+        user_share = shares.get(category, 0.0) if has_user and category is not None else NAN
+        out.append(
+            [
+                float(rank),
+                base,
+                base / max_base if max_base > 0 else 0.0,
+                covisit,
+                covisit / max_covisit if max_covisit > 0 else 0.0,
+                details.get("covisit_last", 0.0),
+                details.get("covisit_second", 0.0),
+                details.get("covisit_last_raw", 0.0),
+                details.get("covisit_last_rank", NAN),
+                details.get("covisit_best_rank", NAN),
+                details.get("covisit_anchors", 0.0),
+                scores.get(SESSION, 0.0),
+                scores.get(HISTORY, 0.0),
+                max(scores.get(TRENDING, 0.0), scores.get(POPULAR, 0.0)),
+                *[1.0 if s in sources else 0.0 for s in SOURCES],
+                float(len(sources)),
+                *item_part,
+                _log_ratio(price, last_price),
+                same_category,
+                position.get(item_id, NAN) if has_session else NAN,
+                count.get(item_id, 0.0) if has_session else NAN,
+                user_share,
+                (1.0 if item_id in bought else 0.0) if has_user else NAN,
+                _log_ratio(price, user_price),
+                *context,
+            ]
+        )
+    if not out:
+        return np.empty((0, len(RANKING_FEATURES)), dtype=np.float64)
+    matrix = np.array(out, dtype=np.float64)
+    assert matrix.shape == (n, len(RANKING_FEATURES))
     # Popularity relative to the request's most popular candidate: unlike the absolute trend,
     # it does not drift when every trend decays together (signals frozen or lagging).
     trend = matrix[:, _TREND_NOW]
     if n < len(candidates):
         rest = [items.get(c.item_id) for c in candidates[n:]]
-        tail = [decay.trend(item) for item in rest if item is not None]
+        tail = [_trend_now(item, now_s, terms) for item in rest if item is not None]
         trend = np.concatenate([trend, np.asarray(tail, dtype=np.float64)])
     top_trend = np.nanmax(trend) if not np.isnan(trend).all() else NAN
     trend = matrix[:, _TREND_NOW]
     matrix[:, _TREND_SHARE] = trend / top_trend if top_trend > 0 else NAN
     return matrix
-
-
-#: Column index of every ranking feature, the first context column, and the DETAILS columns'
-#: values for a candidate that lacks them.
-_COLUMN: Final = {name: i for i, name in enumerate(RANKING_FEATURES)}
-_CONTEXT_START: Final = RANKING_FEATURES.index("session_n_events")
-_DETAIL_DEFAULTS: Final = (
-    ("covisit_last", 0.0),
-    ("covisit_second", 0.0),
-    ("covisit_last_raw", 0.0),
-    ("covisit_last_rank", NAN),
-    ("covisit_best_rank", NAN),
-    ("covisit_anchors", 0.0),
-)
-
-
-class _Decay:
-    """:func:`_trend_now` for many items of one request: the decay factor
-    ``2.0 ** -(elapsed / half_life)`` is computed once per distinct ``as_of_s`` (the trending
-    flow writes every item's row at once, so a request usually sees one or two)."""
-
-    def __init__(self, now_s: float, terms: _TrendTerms) -> None:
-        self._now_s = now_s
-        self._terms = terms
-        self._factors: dict[float, tuple[float, ...]] = {}
-
-    def trend(self, item: Row) -> float:
-        as_of = _float(item.get("as_of_s"))
-        now_s = self._now_s
-        elapsed = now_s - as_of if as_of < now_s else 0.0  # False for NaN: no decay
-        factors = self._factors.get(elapsed)
-        if factors is None:
-            factors = self._factors[elapsed] = tuple(
-                2.0 ** -(elapsed / half_life) for _, _, half_life in self._terms
-            )
-        total, seen = 0.0, False
-        for (column, weight, _), factor in zip(self._terms, factors, strict=True):
-            count = _float(item.get(column))
-            if not math.isnan(count):
-                seen = True
-                total += weight * count * factor
-        return total if seen else NAN
 
 
 def _repeat_share(session: Row | None) -> float:
@@ -412,12 +353,10 @@ def popularity_score(
     """Each candidate's popularity now: its trend score decayed to ``now_s`` from ``items``
     rows, else its trending/popular source score; 0 when nothing is known."""
     out = np.zeros(len(candidates), dtype=np.float64)
-    decay = _Decay(now_s, _trend_terms(trending_config)) if now_s is not None else None
     for i, c in enumerate(candidates):
         value = NAN
-        if items is not None and decay is not None:
-            item = items.get(c.item_id)
-            value = NAN if item is None else decay.trend(item)
+        if items is not None and now_s is not None:
+            value = trend_now(items.get(c.item_id), now_s, trending_config)
         if math.isnan(value):
             value = max(c.score(TRENDING), c.score(POPULAR))
         out[i] = value
