@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,6 +205,34 @@ def test_background_log_writes_in_order_in_batches_and_get_waits(tmp_path: Path)
     reopened = SqliteRequestLog(tmp_path / "requests.db")
     assert all(reopened.get(f"r{i}") is not None for i in range(300))
     reopened.close()
+
+
+def test_background_log_builds_deferred_records_off_the_request_path(tmp_path: Path) -> None:
+    """A deferred record is built by the writer thread, reads back like an appended one, and a
+    build that raises is counted as a failed record while the others are written."""
+    errors: list[tuple[int, str]] = []
+    log = BackgroundRequestLog(
+        SqliteRequestLog(tmp_path / "requests.db"), on_error=lambda n, m: errors.append((n, m))
+    )
+    builders: list[str] = []
+
+    def build(rid: str) -> RequestRecord:
+        builders.append(threading.current_thread().name)
+        return make_record(rid, SHARED)
+
+    def broken() -> RequestRecord:
+        raise ValueError("boom")
+
+    log.append_deferred(lambda: build("d1"))
+    log.append_deferred(broken)
+    log.append_deferred(lambda: build("d2"))
+    assert log.get("d1") == make_record("d1", SHARED)
+    assert log.get("d2") == make_record("d2", SHARED)
+    assert builders == ["featrec-request-log"] * 2
+    assert log.failed == 1 and errors == [
+        (1, "building a request-log record failed: ValueError('boom')")
+    ]
+    log.close()
 
 
 def test_background_log_refuses_when_full_and_reports_failures(tmp_path: Path) -> None:

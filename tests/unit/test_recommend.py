@@ -4,6 +4,7 @@ the request log and explain (bit for bit)."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -417,3 +418,41 @@ def test_an_arm_that_needs_a_model_refuses_to_start_without_one() -> None:
     versioned = Experiment("e", "", {"a": 1, "b": 1}, configs={"b": ArmConfig(model_version="v9")})
     with pytest.raises(ConfigError, match="model 'v9', which is not loaded"):
         make(config=ServingConfig(experiment=versioned))
+
+
+def test_an_items_merged_row_follows_its_rows_when_they_are_read_again() -> None:
+    """The merged item row and its log entries are made once per pair of cached rows: while
+    the cache holds the rows they are reused, and once the rows are read again (the cache aged
+    out) the request scores and logs the new values."""
+    store = InMemoryFeatureStore()
+    store.write(world_rows())
+    clock = [0.0]
+    log = InMemoryRequestLog()
+    recommender = Recommender(
+        InMemoryRows(store),
+        log,
+        config=ServingConfig(item_cache_s=10.0),
+        clock=lambda: NOW_S,
+        monotonic=lambda: clock[0],
+    )
+
+    def logged_price(request_id: str, item: str) -> object:
+        record = log.get(request_id)
+        assert record is not None
+        [row] = [r.row for r in record.rows if r.view == "item_features" and r.key == item]
+        assert row is not None
+        return row.values["price"]
+
+    first = recommender.recommend("s1", "u1", k=5)
+    item = first.items[0].item_id
+    old_price = logged_price(first.request_id, item)
+    [current] = [r for r in world_rows() if r.view == "item_features" and r.key == item]
+    store.write([replace(current, values={**current.values, "price": 999.0}, version=T0 + 1)])
+    recommender.responses = type(recommender.responses)(recommender.config.cache_sessions)
+    again = recommender.recommend("s1", "u1", k=5)
+    assert logged_price(again.request_id, item) == old_price  # the cached rows, reused
+    clock[0] = 11.0  # the item cache ages out: rows are read again
+    recommender.responses = type(recommender.responses)(recommender.config.cache_sessions)
+    fresh = recommender.recommend("s1", "u1", k=5)
+    assert logged_price(fresh.request_id, item) == 999.0
+    assert recommender.explain(fresh.request_id).reproduced

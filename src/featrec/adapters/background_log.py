@@ -45,12 +45,17 @@ class BackgroundRequestLog:
         self.on_error = on_error
         self.failed = 0
         self.last_error: str | None = None
-        self._queue: queue.Queue[RequestRecord | None] = queue.Queue(max_pending)
+        self._queue: queue.Queue[RequestRecord | Callable[[], RequestRecord] | None] = queue.Queue(
+            max_pending
+        )
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="featrec-request-log", daemon=True)
         self._thread.start()
 
     def append(self, record: RequestRecord) -> None:
+        self._put(record)
+
+    def _put(self, record: RequestRecord | Callable[[], RequestRecord]) -> None:
         if self._closed:
             raise StoreError("the request log is closed")
         try:
@@ -60,6 +65,12 @@ class BackgroundRequestLog:
                 f"request log queue full ({self._queue.maxsize} records pending): the log "
                 f"store is too slow or down (last error: {self.last_error})"
             ) from None
+
+    def append_deferred(self, build: Callable[[], RequestRecord]) -> None:
+        """Queue a record that the writer thread builds (``build()``) just before writing it:
+        the request path only queues, the record's JSON-ready body is made off it. A
+        ``build`` that raises counts as a failed record (``on_error``)."""
+        self._put(build)
 
     def flush(self) -> None:
         """Wait until every record queued so far is written (or has failed)."""
@@ -92,17 +103,28 @@ class BackgroundRequestLog:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            records = [r for r in batch if r is not None]
+            records: list[RequestRecord] = []
             try:
+                for item in batch:
+                    if isinstance(item, RequestRecord):
+                        records.append(item)
+                    elif item is not None:
+                        try:
+                            records.append(item())
+                        except Exception as e:  # a bug in building one record: count it
+                            self._failed(1, f"building a request-log record failed: {e!r}")
                 if records:
                     self.inner.append_many(records)
             except FeatrecError as e:
-                self.failed += len(records)
-                self.last_error = str(e)
-                if self.on_error is not None:
-                    self.on_error(len(records), str(e))
+                self._failed(len(records), str(e))
             finally:
                 for _ in batch:
                     self._queue.task_done()
-            if len(records) < len(batch):
+            if any(item is None for item in batch):
                 return
+
+    def _failed(self, count: int, message: str) -> None:
+        self.failed += count
+        self.last_error = message
+        if self.on_error is not None:
+            self.on_error(count, message)

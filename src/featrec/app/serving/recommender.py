@@ -94,9 +94,11 @@ from featrec.core.features.catalog import (
 )
 from featrec.core.ports.serving import (
     Clock,
+    DeferredRequestLog,
     LoggedRow,
     RequestLog,
     RowReader,
+    StampedRow,
 )
 from featrec.core.ranking.ranker import item_row
 from featrec.errors import ConfigError, FeatrecError, StoreError
@@ -115,6 +117,11 @@ __all__ = [
     "Recommender",
     "RowSignals",
     "ServingConfig",
+]
+
+#: An item's rows (``item_features``, ``item_trending``), their merged row and log entries.
+_ItemView = tuple[
+    StampedRow | None, StampedRow | None, dict[str, object] | None, tuple[LoggedRow, LoggedRow]
 ]
 
 #: The session key the health probe reads (it need not exist).
@@ -161,6 +168,8 @@ class Recommender:
         self.last_log_error: str | None = None
         self._arm_models: dict[str, LoadedModel] = {}
         self._arm_models = self._load_arm_models()
+        self._views: dict[str, _ItemView] = {}
+        self._defer = log.append_deferred if isinstance(log, DeferredRequestLog) else None
 
     def _load_arm_models(self) -> dict[str, LoadedModel]:
         """The model of every arm that names a version (loaded now, not on the request path);
@@ -282,11 +291,8 @@ class Recommender:
         found = self.item_cache.get(
             {ITEM_FEATURES.name: ids, ITEM_TRENDING.name: ids}, offline=offline
         )
-        item_rows = list(zip(found[ITEM_FEATURES.name], found[ITEM_TRENDING.name], strict=True))
-        items = {
-            item: item_row(values_of(f), values_of(t))
-            for item, (f, t) in zip(ids, item_rows, strict=True)
-        }
+        views = self._item_views(ids, found[ITEM_FEATURES.name], found[ITEM_TRENDING.name])
+        items = {item: view[2] for item, view in zip(ids, views, strict=True)}
         override = None
         model = self.model
         if arm is not None and cfg.experiment is not None:
@@ -335,9 +341,8 @@ class Recommender:
                 else []
             ),
         ]
-        for item, (f, t) in zip(ids, item_rows, strict=True):
-            logged.append(LoggedRow(ITEM_FEATURES.name, item, f))
-            logged.append(LoggedRow(ITEM_TRENDING.name, item, t))
+        for view in views:
+            logged += view[3]
         record = ServedRequest(
             request_id=request_id,
             created_at_s=self._wall_clock(),
@@ -364,9 +369,41 @@ class Recommender:
         )
         return answer, record
 
+    def _item_views(
+        self,
+        ids: Sequence[str],
+        features: Sequence[StampedRow | None],
+        trending: Sequence[StampedRow | None],
+    ) -> list[_ItemView]:
+        """Per item, its two rows, their merged :func:`item_row` and their log entries, made
+        once per pair of rows: the row cache hands out the same row objects until it re-reads
+        them, so an item's merged row and log entries are reused while its rows are (the
+        merged row is only read, never changed)."""
+        memo = self._views
+        out: list[_ItemView] = []
+        for item, f, t in zip(ids, features, trending, strict=True):
+            view = memo.get(item)
+            if view is None or view[0] is not f or view[1] is not t:
+                if len(memo) >= self.item_cache.capacity:
+                    memo.clear()
+                view = memo[item] = (
+                    f,
+                    t,
+                    item_row(values_of(f), values_of(t)),
+                    (
+                        LoggedRow(ITEM_FEATURES.name, item, f),
+                        LoggedRow(ITEM_TRENDING.name, item, t),
+                    ),
+                )
+            out.append(view)
+        return out
+
     def _append(self, record: ServedRequest) -> bool:
         try:
-            self.log.append(record.to_record())
+            if self._defer is not None:
+                self._defer(record.to_record)  # the body is built by the log's writer thread
+            else:
+                self.log.append(record.to_record())
         except FeatrecError as e:
             self.log_failed(1, str(e))
             return False

@@ -27,8 +27,8 @@ into the training-set builder, so a model is trained on the candidates serving w
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Final
 
 from featrec.core.candidates.config import DEFAULT_CONFIG, CandidateConfig
@@ -42,7 +42,6 @@ from featrec.core.candidates.model import (
     Candidate,
 )
 from featrec.core.candidates.signals import SignalLookup
-from featrec.core.items.order import best_first
 from featrec.core.items.session_scorer import ScorerConfig, score_session
 
 
@@ -94,30 +93,28 @@ def generate(
     def lookup(anchor: str) -> Sequence[tuple[str, float]]:
         return found.get(anchor, ())
 
-    scores: dict[str, dict[str, float]] = {}
-    admitted: dict[str, set[str]] = {}
-
-    def add(source: str, item: str, score: float) -> None:
-        scores.setdefault(item, {})[source] = score
+    # One score dict per source (a later write of a source wins, as for trending lists that
+    # share an item) and the admitting sources of each item as a bit mask (bit i: SOURCES[i]).
+    by_source: dict[str, dict[str, float]] = {source: {} for source in SOURCES}
+    admitted: dict[str, int] = {}
 
     def admit(source: str, items: Iterable[str]) -> None:
+        bit = _BIT[source]
+        get = admitted.get
         for item in items:
-            admitted.setdefault(item, set()).add(source)
+            admitted[item] = get(item, 0) | bit
 
     neighbour_scores = score_session(anchors, lookup, config._plain, types)
-    for item, score in neighbour_scores.items():
-        add(COVISIT, item, score)
+    by_source[COVISIT] = neighbour_scores
     admit(COVISIT, _top(neighbour_scores, config.max_covisit))
 
-    details = _covisit_details(anchors, lookup, scoring.normalise)
     reminders = _reminders(anchors, types, scoring)
-    for item, score in reminders.items():
-        add(SESSION, item, score)
+    session_scores = by_source[SESSION] = dict(reminders)
     if config.include_session_items and config.max_session:
         own = list(dict.fromkeys(session_items))[: config.max_session]
         for item in own:
             if item not in reminders:
-                add(SESSION, item, 0.0)
+                session_scores[item] = 0.0
         admit(SESSION, own)
 
     if history:
@@ -128,58 +125,76 @@ def generate(
         else:
             for p, item in enumerate(history, start=1):
                 history_scores[item] = history_scores.get(item, 0.0) + p**-scoring.recency_decay
-        for item, score in history_scores.items():
-            add(HISTORY, item, score)
+        by_source[HISTORY] = history_scores
         admit(HISTORY, _top(history_scores, config.max_history))
 
+    trending_scores = by_source[TRENDING]
     global_list = list(signals.trending(None)) if config.max_trending or config.max_popular else []
     for category in list(dict.fromkeys(categories))[: config.max_categories]:
         head = list(signals.trending(category))[: config.max_category_trending]
-        for item, score in head:
-            add(TRENDING, item, score)
+        trending_scores.update(head)
         admit(TRENDING, (item for item, _ in head))
     head = global_list[: config.max_trending]
-    for item, score in head:
-        add(TRENDING, item, score)
+    trending_scores.update(head)
     admit(TRENDING, (item for item, _ in head))
 
     popular_n = 0
+    popular_scores = by_source[POPULAR]
     for item, score in global_list[config.max_trending :]:
         if len(admitted) >= config.min_total or popular_n >= config.max_popular:
             break
         if item in admitted:
             continue
-        add(POPULAR, item, score)
+        popular_scores[item] = score
         admit(POPULAR, (item,))
         popular_n += 1
 
-    out = [
-        Candidate(
-            item,
-            tuple(s for s in SOURCES if s in sources),
-            {s: scores[item][s] for s in SOURCES if s in scores[item]},
-            details.get(item, {}),
+    # The candidate order on plain numbers; Candidate objects only for the pool that is kept.
+    keys = [_order_key(item, mask, by_source) for item, mask in admitted.items()]
+    keys.sort()
+    kept = keys[: config.max_total]
+    details = _covisit_details(anchors, lookup, scoring.normalise, {key[2] for key in kept})
+    source_dicts = [(source, by_source[source]) for source in SOURCES]
+    out = []
+    for key in kept:
+        item = key[2]
+        mask = admitted[item]
+        out.append(
+            Candidate(
+                item,
+                _SOURCES_OF[mask],
+                {s: scores[item] for s, scores in source_dicts if item in scores},
+                details.get(item, {}),
+            )
         )
-        for item, sources in admitted.items()
-    ]
-    out.sort(key=_candidate_order)
-    return out[: config.max_total]
+    return out
+
+
+#: Bit of each source in an admitted item's mask, and the sources (in SOURCES order) per mask.
+_BIT: Final = {source: 1 << i for i, source in enumerate(SOURCES)}
+_SOURCES_OF: Final = tuple(
+    tuple(s for i, s in enumerate(SOURCES) if mask & (1 << i)) for mask in range(1 << len(SOURCES))
+)
 
 
 def _top(scores: Mapping[str, float], n: int) -> list[str]:
+    """The ``n`` best-scored items with a positive score, best first, ties by item id (the
+    order of :func:`featrec.core.items.order.best_first`, sorted as ``(-score, item)`` tuples
+    without a key call per item)."""
     if n <= 0:
         return []
-    best = heapq.nsmallest(n, scores.items(), key=best_first)
-    return [item for item, score in best if score > 0]
+    best = sorted([(-score, item) for item, score in scores.items()])[:n]
+    return [item for negated, item in best if -negated > 0]
 
 
 def _covisit_details(
     anchors: Sequence[str],
     lookup: Callable[[str], Sequence[tuple[str, float]]],
     normalise: str,
+    wanted: set[str],
 ) -> dict[str, dict[str, float]]:
-    """Per neighbour of the session's distinct anchors (newest first): see
-    :data:`~featrec.core.candidates.model.DETAILS`."""
+    """Per neighbour of the session's distinct anchors (newest first) that is in ``wanted``
+    (the candidates kept): see :data:`~featrec.core.candidates.model.DETAILS`."""
     out: dict[str, dict[str, float]] = {}
     for p, anchor in enumerate(dict.fromkeys(anchors)):
         row = lookup(anchor)
@@ -187,6 +202,8 @@ def _covisit_details(
             continue
         norm = _norm(row, normalise) if p < 2 else 1.0
         for rank, (item, w) in enumerate(row, start=1):
+            if item not in wanted:
+                continue
             entry = out.get(item)
             if entry is None:
                 entry = out[item] = {"covisit_anchors": 0.0, "covisit_best_rank": float(rank)}
@@ -204,7 +221,7 @@ def _covisit_details(
 
 def _norm(row: Sequence[tuple[str, float]], how: str) -> float:
     if how == "max":
-        norm = max(w for _, w in row)
+        norm = max(row, key=_weight)[1]
     elif how == "sum":
         norm = sum(w for _, w in row)
     else:
@@ -229,15 +246,21 @@ def _reminders(
     return out
 
 
+_weight: Final = itemgetter(1)
+
 #: Order of the sources that come after the co-visitation scorer's candidates.
 _LATER: Final = (SESSION, HISTORY, TRENDING, POPULAR)
 
 
-def _candidate_order(c: Candidate) -> tuple[int, float, str]:
-    base = c.base_score
+def _order_key(
+    item: str, mask: int, by_source: Mapping[str, Mapping[str, float]]
+) -> tuple[int, float, str]:
+    """The candidate order: the co-visitation scorer's score (covisit + session) first, then
+    the best later source that admitted the item (its score), ties by item id."""
+    base = by_source[COVISIT].get(item, 0.0) + by_source[SESSION].get(item, 0.0)
     if base > 0:
-        return (0, -base, c.item_id)
+        return (0, -base, item)
     for rank, source in enumerate(_LATER, start=1):
-        if source in c.sources:
-            return (rank, -c.score(source), c.item_id)
-    return (len(_LATER) + 1, 0.0, c.item_id)
+        if mask & _BIT[source]:
+            return (rank, -by_source[source].get(item, 0.0), item)
+    return (len(_LATER) + 1, 0.0, item)

@@ -24,6 +24,7 @@ import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Final
 
 from featrec.core.items.covisit import DEFAULT_TYPE_WEIGHTS
@@ -132,7 +133,7 @@ def _normalised(
     if not row:
         return row, 1.0
     if how == "max":
-        norm = max(w for _, w in row)
+        norm = max(row, key=itemgetter(1))[1]
     elif how == "sum":
         norm = sum(w for _, w in row)
     else:

@@ -126,3 +126,11 @@ class InMemoryRequestLog:
 
     def close(self) -> None:
         return None
+
+
+@runtime_checkable
+class DeferredRequestLog(Protocol):
+    """A request log that can take a record to build later, off the request path (the
+    background log's writer thread builds it just before writing)."""
+
+    def append_deferred(self, build: Callable[[], RequestRecord]) -> None: ...

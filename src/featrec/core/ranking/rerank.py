@@ -28,6 +28,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from featrec.errors import ConfigError
 
 
@@ -128,13 +130,16 @@ def rerank(
                     adjusted[item] = raw[index[item]] - abs(raw[index[item]]) * cut
                     reasons[item].append(f"popularity damping: score -{cut:.1%}")
 
-    remaining = sorted(pool, key=lambda item: (-adjusted[item], index[item]))
+    remaining = _score_order(pool, adjusted, index)
     previous: dict[str, int] = {}
     if config.stability_window > 0 and shown_before:
         for q, item in enumerate(shown_before, start=1):
             if item in adjusted:
                 previous.setdefault(item, q)
     window, margin, cap = config.stability_window, config.stability_margin, config.max_per_category
+    if cap is None and not previous:
+        # Neither rule can move an item: the list is the score order's head.
+        return _decisions(items, remaining[:k], adjusted, raw, index, reasons, pool, k)
 
     # Items whose category is full wait in `waiting` (score order); the others are `open`.
     # A category only fills up, so an item leaves `open` once, when its category reaches the
@@ -180,17 +185,45 @@ def rerank(
             if cap is not None and count == cap:
                 full.append(category)
 
+    return _decisions(items, placed, adjusted, raw, index, reasons, pool, k)
+
+
+def _score_order(
+    pool: list[str], adjusted: Mapping[str, float], index: Mapping[str, int]
+) -> list[str]:
+    """``pool`` by adjusted score, best first, ties in input order: one stable ``argsort`` of
+    the negated scores over the pool in input order (``pool`` is in input order, and the
+    negation and comparison are exact, so this is ``sorted`` with key ``(-score, index)``)."""
+    if len(pool) < 2:
+        return list(pool)
+    negated = np.fromiter((-adjusted[item] for item in pool), dtype=np.float64, count=len(pool))
+    return [pool[i] for i in np.argsort(negated, kind="stable").tolist()]
+
+
+def _decisions(
+    items: Sequence[str],
+    placed: list[str],
+    adjusted: Mapping[str, float],
+    raw: list[float],
+    index: Mapping[str, int],
+    reasons: dict[str, list[str]],
+    pool: list[str],
+    k: int,
+) -> list[Decision]:
+    """The kept items' decisions in rank order, then every other item's in input order."""
     out = [
         Decision(item, adjusted[item], rank, True, tuple(reasons[item]), raw[index[item]])
         for rank, item in enumerate(placed, start=1)
     ]
     kept = set(placed)
+    in_pool = set(pool)
+    below = f"below the top {k}"
     for item in items:
         if item in kept:
             continue
         why = reasons[item]
-        if item in adjusted and item in pool:
-            why.append(f"below the top {k}")
+        if item in in_pool:
+            why.append(below)
         out.append(Decision(item, adjusted[item], None, False, tuple(why), raw[index[item]]))
     return out
 
