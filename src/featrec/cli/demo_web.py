@@ -14,12 +14,12 @@ from collections.abc import Callable
 from types import FrameType
 
 from featrec.errors import FeatrecError
-from featrec.jobs.storefront import prepare, start, stop, wait_ready
+from featrec.jobs.storefront import prepare, start, stop, wait_flowing, wait_ready
 from featrec.settings import Settings
 
 Echo = Callable[[str], None]
 #: Events of generated history behind the demo shop.
-HISTORY_EVENTS = 20_000
+HISTORY_EVENTS = 6_000
 
 
 def run_web_demo(settings: Settings, *, port: int, echo: Echo) -> None:
@@ -34,6 +34,7 @@ def run_web_demo(settings: Settings, *, port: int, echo: Echo) -> None:
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         wait_ready(running)
+        wait_flowing(running)
         echo(
             f"ready in {time.monotonic() - started:.0f} s: both dataflows tail the collector log, "
             f"the server uses the trained ranker (logs: {log})"

@@ -169,6 +169,33 @@ def wait_ready(running: Running, timeout_s: float = 60.0) -> None:
     raise FeatrecError(f"the server did not answer {health} within {timeout_s:g} s")
 
 
+def wait_flowing(running: Running, timeout_s: float = 120.0) -> float:
+    """Wait until an event posted to ``/events`` shows in ``/recommend`` (the sessions flow is
+    up and tailing the collector log); returns the seconds that took. The probe is one view
+    of a session of its own (``featrec-probe-...``), which no shopper's answer depends on."""
+    import uuid
+
+    import httpx
+
+    base = running.url.removesuffix("/shop")
+    session = f"featrec-probe-{uuid.uuid4().hex[:12]}"
+    now = time.time()
+    probe = {"event_id": session, "session_id": session, "item_id": "i0", "type": "view"}
+    posted = httpx.post(f"{base}/events", json={**probe, "ts": now}, timeout=10)
+    if posted.status_code != 202:
+        raise FeatrecError(f"the collector refused the probe: {posted.text}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for p in running.all:
+            if p.poll() is not None:
+                raise FeatrecError(f"{p.args!r} exited with status {p.returncode}")
+        answer = httpx.post(f"{base}/recommend", json={"session_id": session, "k": 1}, timeout=10)
+        if (answer.json().get("session_version") or 0) >= int(now * 1e6) - 1000:
+            return time.time() - now
+        time.sleep(0.2)
+    raise FeatrecError(f"an event did not reach the online store within {timeout_s:g} s")
+
+
 def stop(running: Running, grace_s: float = 15.0) -> None:
     """Stop every process: SIGINT, SIGTERM after ``grace_s``, SIGKILL after as long again."""
     for p in running.all:

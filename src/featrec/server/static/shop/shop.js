@@ -154,7 +154,8 @@ async function sendEvent(type, item) {
     state.refused += 1;
     const body = await r.json().catch(() => ({}));
     const why = (body.refused && body.refused[0] && body.refused[0].reason) || body.detail || r.status;
-    banner(`Event refused (${r.status}): ${why}`);
+    state.refusal = `Event refused (${r.status}): ${why}`;
+    banner(state.refusal);
     refreshRail(null, type, sentAt);
     return;
   }
@@ -178,7 +179,9 @@ async function refreshRail(wantVersion, kind, sentAt) {
     }
     const reached = answer && wantVersion !== null && (answer.session_version || 0) >= wantVersion;
     const late = performance.now() - started > GIVE_UP_MS;
-    if (answer && (reached || wantVersion === null || late || answer.degraded)) {
+    // Until the flow has written the session's row the answer is degraded ("no session"):
+    // keep asking; only a refused or unsent event (wantVersion null) takes the first answer.
+    if (answer && (reached || wantVersion === null || late)) {
       renderRail(answer);
       if (reached && sentAt !== undefined) reportLatency(kind, performance.now() - sentAt);
       return;
@@ -225,8 +228,8 @@ function renderRail(answer) {
     ? "no session features yet (popular items)"
     : `session features from ${Math.max(0, age).toFixed(1)} s ago`) + ` · ${scorer}` +
     (answer.cached ? " · cached" : "");
-  if (answer.degraded) banner(`Degraded recommendations: ${answer.degraded_reason}`);
-  else if (!state.refused) banner(null);
+  const degraded = answer.degraded ? `Degraded recommendations: ${answer.degraded_reason}` : null;
+  banner([state.refusal, degraded].filter(Boolean).join(" · ") || null);
 }
 
 function reportLatency(kind, ms) {
@@ -246,10 +249,10 @@ async function start() {
   $("back").addEventListener("click", showGrid);
   $("add-to-cart").addEventListener("click", addToCart);
   $("new-session").addEventListener("click", () => {
-    sessionId(true); state.shown = []; state.cart = 0; state.refused = 0;
+    sessionId(true); state.shown = []; state.cart = 0; state.refusal = null;
     $("cart-count").textContent = "0"; banner(null); refreshRail(null);
   });
-  $("user").addEventListener("change", () => { state.refused = 0; banner(null); refreshRail(null); });
+  $("user").addEventListener("change", () => { state.refusal = null; banner(null); refreshRail(null); });
   try {
     const r = await fetch("/shop/api/catalogue");
     const body = await r.json();
