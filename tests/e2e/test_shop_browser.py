@@ -79,9 +79,11 @@ def test_the_rail_follows_clicks_through_the_real_flow(
             page.on("console", lambda m: traffic.append(f"console: {m.text}"))
             page.on(
                 "response",
-                lambda r: traffic.append(f"{r.request.method} {r.url} {r.status}")
-                if "/static/" not in r.url
-                else None,
+                lambda r: (
+                    traffic.append(f"{r.request.method} {r.url} {r.status}")
+                    if "/static/" not in r.url
+                    else None
+                ),
             )
             page.goto(running.url)
             page.wait_for_function("window.featrecShop.ready && window.featrecShop.lastAnswer")
