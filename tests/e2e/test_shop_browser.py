@@ -26,7 +26,7 @@ from featrec.adapters.files.deny_list import FileDenyStore, deny_file
 from featrec.jobs.storefront import Running, prepare, start, stop, wait_flowing, wait_ready
 from featrec.settings import Settings
 from featrec.testing.feast_repo import copy_feature_repo
-from featrec.testing.redis_server import free_port
+from featrec.testing.redis_server import RedisServer, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 SESSION_REASON = "often viewed with the items in this session"
@@ -159,3 +159,65 @@ def test_the_rail_follows_clicks_through_the_real_flow(
     assert 'featrec_shop_rail_seconds_count{kind="click"}' in metrics
     assert "featrec_collector_accepted_total 9.0" in metrics  # 8 and the readiness probe
     assert 'featrec_collector_refused_total{reason="forgotten"} 1.0' in metrics
+
+
+@pytest.fixture(scope="module")
+def redis_shop(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Running, RedisServer, Path]]:
+    root = tmp_path_factory.mktemp("redis-shop")
+    server = RedisServer(root)
+    server.start()
+    settings = Settings(
+        home=root / ".featrec",
+        repo=copy_feature_repo(root / "feature_repo"),
+        online_store="redis",
+        redis_url=server.url,
+    )
+    try:
+        prepare(settings, n_events=1000, train=False, echo=print)
+        running = start(settings, port=free_port(), model="none", log=root / "processes.log")
+        try:
+            wait_ready(running, timeout_s=120)
+            print(f"first event through the flow after {wait_flowing(running):.1f} s")
+            yield running, server, root
+        finally:
+            stop(running)
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis
+def test_with_redis_stopped_the_page_still_works_and_says_it_is_degraded(
+    redis_shop: tuple[Running, RedisServer, Path],
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    running, server, root = redis_shop
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.goto(running.url)
+            page.wait_for_function("window.featrecShop.ready && window.featrecShop.lastAnswer")
+            page.locator("#grid .card").nth(2).click()  # through the Redis stream and the flow
+            _wait_latencies(page, 1)
+            assert page.evaluate("window.featrecShop.lastAnswer.degraded") is False
+            assert not page.locator("#banner").is_visible()
+
+            server.stop()
+            page.locator("#add-to-cart").click()
+            page.wait_for_function(
+                "document.getElementById('banner').textContent.includes('Degraded')",
+                timeout=30_000,
+            )
+            banner = page.locator("#banner").inner_text()
+            assert "Event refused (503)" in banner and "event bus is unavailable" in banner
+            assert page.evaluate("window.featrecShop.lastAnswer.degraded") is True
+            assert page.locator("#rail-items li").count() > 0  # still an answer to show
+            page.locator("#back").click()  # and the shop itself still works
+            page.locator("#grid .card").first.click()
+            assert page.locator("#product-name").inner_text()
+            page.screenshot(path=str(_screens(root) / "shop-degraded.png"))
+        finally:
+            browser.close()

@@ -8,8 +8,9 @@ run (``featrec log import``, ``batch run``, ``materialize --fast``, ``dataset bu
 ``train``), run as a child process so the demo exercises exactly that path.
 
 :func:`start` starts the live part: both dataflows tailing the collector log
-(``FEATREC_SOURCE=collector``, with a recovery store so a restart resumes) and ``featrec
-serve``. :func:`stop` stops them all (SIGINT, then SIGTERM, then SIGKILL after a grace).
+(``FEATREC_SOURCE=collector``; the Redis stream when the online store is Redis), with recovery
+stores so a restart resumes, and ``featrec serve``. :func:`stop` stops them all (SIGINT, then
+SIGTERM, then SIGKILL after a grace).
 """
 
 from __future__ import annotations
@@ -120,8 +121,12 @@ def start(
     serve_env: Mapping[str, str] | None = None,
     log: Path | None = None,
 ) -> Running:
-    """Start both dataflows on the collector log and ``featrec serve`` (one worker)."""
-    env = cli_env(settings, {"FEATREC_SOURCE": "collector"})
+    """Start both dataflows on the collector's bus and ``featrec serve`` (one worker).
+
+    The bus is the collector log on the embedded default, the Redis stream when the online
+    store is Redis (as ``FEATREC_SERVE_COLLECT_BUS=auto`` resolves it)."""
+    source = "redis" if settings.collector_bus("auto") == "redis" else "collector"
+    env = cli_env(settings, {"FEATREC_SOURCE": source})
     out = open(log, "ab") if log is not None else None  # noqa: SIM115 - children keep it
     flows = []
     for i, target in enumerate(FLOWS):

@@ -118,7 +118,11 @@ async function openProduct(id) {
     const r = await fetch(`/shop/api/together/${encodeURIComponent(id)}?k=6`);
     const body = await r.json();
     for (const other of body.items || []) together.append(card(product(other), () => openProduct(other)));
-    if (!(body.items || []).length) together.textContent = "nothing yet: no co-visits of this item";
+    if (!(body.items || []).length) {
+      together.textContent = body.degraded
+        ? "unavailable: the online store cannot be read"
+        : "nothing yet: no co-visits of this item";
+    }
   } catch (e) {
     together.textContent = "unavailable";
   }
