@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import click
 
@@ -116,6 +116,8 @@ def ensure_recovery_store(recovery_dir: Path, partitions: int) -> None:
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: Sources that are the event bus, not files: the Redis stream, the collector log (tailed).
+BUS_SOURCES: Final = ("redis", "collector")
 
 
 def flow_options(command: F) -> F:
@@ -126,8 +128,9 @@ def flow_options(command: F) -> F:
             "sources",
             required=True,
             multiple=True,
-            help="An event file (.jsonl .csv .parquet, OTTO jsonl, session-rec .txt) or "
-            "'redis'. Repeat for several files (one partition each, shared among processes).",
+            help="An event file (.jsonl .csv .parquet, OTTO jsonl, session-rec .txt), 'redis' "
+            "(the stream) or 'collector' (tails the log POST /events writes). Repeat for several "
+            "files (one partition each, shared among processes).",
         ),
         click.option(
             "--format",
@@ -185,18 +188,21 @@ def run_flow(
 
     ``mapping_table``: an event mapping (:mod:`featrec.core.events.mapping`) the file source
     reads through; checked here against every file, handed to the flow as JSON."""
-    if "redis" in sources and len(sources) > 1:
-        raise ConfigError("--source redis reads the stream; do not mix it with files")
+    for bus in BUS_SOURCES:
+        if bus in sources and len(sources) > 1:
+            raise ConfigError(f"--source {bus} reads the event bus; do not mix it with files")
     for source in sources:
-        if source != "redis" and not Path(source).is_file():
-            raise ConfigError(f"--source {source!r} is neither 'redis' nor an existing file")
+        if source not in BUS_SOURCES and not Path(source).is_file():
+            raise ConfigError(
+                f"--source {source!r} is neither 'redis', 'collector' nor an existing file"
+            )
     mapping_env: dict[str, str] = {}
     if mapping_table is not None:
         from featrec.adapters.files.mapped_records import open_file_reader
         from featrec.core.events.mapping import parse_mapping
 
-        if "redis" in sources:
-            raise ConfigError("a mapping reads files; the Redis stream holds featrec events")
+        if set(sources) & set(BUS_SOURCES):
+            raise ConfigError("a mapping reads files; the event bus holds featrec events")
         mapping = parse_mapping(mapping_table)
         for source in sources:
             open_file_reader(source, fmt, mapping=mapping).close()
