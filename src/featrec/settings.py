@@ -72,6 +72,11 @@ OTHER_VARIABLES: Final = {
         "an integer",
         "tests only: replays the kill times of the crash-recovery test",
     ),
+    "FEATREC_SHOP_SCREENSHOTS": (
+        "the test's temp dir",
+        "a path",
+        "tests only: where the shop's browser test saves its screenshots",
+    ),
 }
 
 _URL_ALLOWED: Final = "a URL starting with redis://, rediss:// or unix://"
