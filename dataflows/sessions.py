@@ -55,7 +55,12 @@ from dataflows.gc_tuning import tune_gc, tune_switch_interval
 from dataflows.kafka import KafkaDeadLetterSink, KafkaEventSource
 from dataflows.metrics import FlowStats
 from dataflows.sinks import DeadLetterSink, EventLogSink, FeatureSink, WriterFactory
-from dataflows.sources import FileReplaySource, RedisStreamSource, SourceItem
+from dataflows.sources import (
+    CollectorLogSource,
+    FileReplaySource,
+    RedisStreamSource,
+    SourceItem,
+)
 from featrec.core.events.batch_decode import Arrival
 from featrec.core.events.formats import DeadLetter, RawRecord, decode
 from featrec.core.events.mapping import parse_mapping
@@ -461,18 +466,21 @@ def source_from_env(
     environ: Mapping[str, str], settings: Settings, *, tombstones: bool = False
 ) -> Source[SourceItem]:
     """The source named by ``FEATREC_SOURCE`` (file paths joined by ``os.pathsep``, ``redis``
-    or ``kafka``), ``FEATREC_SOURCE_FORMAT`` (or ``FEATREC_SOURCE_MAPPING``, an event mapping
-    as JSON), ``FEATREC_REPLAY_SPEED`` and ``FEATREC_SOURCE_UNTIL_END``; Kafka's from
-    ``FEATREC_KAFKA_*``. ``tombstones``: a stream source emits (and then deletes) tombstones
-    rather than skipping them."""
+    or ``kafka``: the bus; or ``collector``: the collector log, tailed), ``FEATREC_SOURCE_FORMAT``
+    (or ``FEATREC_SOURCE_MAPPING``, an event mapping as JSON), ``FEATREC_REPLAY_SPEED`` and
+    ``FEATREC_SOURCE_UNTIL_END``; Kafka's from ``FEATREC_KAFKA_*``. ``tombstones``: a stream
+    source emits (and then deletes) tombstones rather than skipping them."""
     flow_settings = FlowSettings.from_env(environ)
     spec = (flow_settings.source or "").strip()
     if not spec:
         raise ConfigError(
             "set FEATREC_SOURCE to an event file (several joined by "
-            f"{os.pathsep!r}), to 'redis' to read the stream {settings.stream!r}, or to "
-            "'kafka' to read the topic FEATREC_KAFKA_TOPIC"
+            f"{os.pathsep!r}), to 'redis' to read the stream {settings.stream!r}, to "
+            "'kafka' to read the topic FEATREC_KAFKA_TOPIC, or to 'collector' to tail the "
+            "collector log"
         )
+    if spec == "collector":
+        return CollectorLogSource(settings.collector_log)
     if spec == "redis":
         streams = [s.strip() for s in settings.stream.split(",") if s.strip()]
         return RedisStreamSource(

@@ -1,4 +1,4 @@
-"""Bytewax sources of raw records: file replay and Redis Streams.
+"""Bytewax sources of raw records: file replay, the collector log and Redis Streams.
 
 Both are ``FixedPartitionedSource``\\ s whose snapshot is the read position, so a dataflow run
 with a recovery store resumes exactly after the last record of the last committed epoch.
@@ -30,8 +30,10 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows import metrics
 from featrec.adapters.errors import translated
+from featrec.adapters.files.collector_log import read_lines
 from featrec.adapters.files.mapped_records import FileReader, open_file_reader
 from featrec.adapters.files.raw_records import FilePosition, record_time
+from featrec.adapters.redis.collector_bus import RECEIVED_FIELD
 from featrec.adapters.redis.streams import EVENT_FIELD, connect, stream_id_ms
 from featrec.core.events.formats import DeadLetter, RawRecord
 from featrec.core.events.mapping import EventMapping
@@ -173,6 +175,54 @@ class _PacedFilePartition(StatefulSourcePartition[SourceItem, FilePosition]):
         self.reader.close()
 
 
+class CollectorLogSource(FixedPartitionedSource[SourceItem, int]):
+    """Tails the collector log (:mod:`featrec.adapters.files.collector_log`): one partition,
+    whose state is the byte offset after the last line emitted, so a flow with a recovery store
+    resumes exactly there. Never ends; when caught up it sleeps ``idle_ms``.
+
+    Each line becomes a featrec record whose ``ingested_at`` is the server's receive time and
+    whose origin is ``<path>@<byte offset>``.
+    """
+
+    def __init__(self, path: Path | str, batch_size: int = 1000, idle_ms: float = 10.0) -> None:
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.idle = timedelta(milliseconds=idle_ms)
+
+    def list_parts(self) -> list[str]:
+        return [str(self.path)]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> StatefulSourcePartition[SourceItem, int]:
+        return _CollectorLogPartition(self, resume_state or 0)
+
+
+class _CollectorLogPartition(StatefulSourcePartition[SourceItem, int]):
+    def __init__(self, source: CollectorLogSource, offset: int) -> None:
+        self.source = source
+        self.offset = offset
+        self.wake: datetime | None = None
+
+    def next_batch(self) -> list[SourceItem]:
+        lines, self.offset = read_lines(self.source.path, self.offset, self.source.batch_size)
+        if not lines:
+            self.wake = datetime.now(UTC) + self.source.idle
+            return []
+        self.wake = None
+        path = self.source.path
+        return [
+            RawRecord("featrec", f"{path}@{line.offset}", line.text, line.received_at)
+            for line in lines
+        ]
+
+    def next_awake(self) -> datetime | None:
+        return self.wake
+
+    def snapshot(self) -> int:
+        return self.offset
+
+
 @dataclass(frozen=True)
 class StreamPosition:
     """Recovery state of a stream partition: the id of the last entry emitted."""
@@ -282,7 +332,7 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, StreamPosition]):
                 out.append(DeadLetter(origin, reason, repr(fields)[:4096]))
             else:
                 text = raw.decode("utf-8", "surrogateescape")
-                out.append(RawRecord("featrec", origin, text, stream_id_ms(sid) / 1000.0))
+                out.append(RawRecord("featrec", origin, text, _received(fields, sid)))
         self.last_id = entries[-1][0].decode("ascii")
         return out
 
@@ -318,3 +368,17 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, StreamPosition]):
     def close(self) -> None:
         self._delete_tombstones()
         self.client.close()
+
+
+_RECEIVED: Final = RECEIVED_FIELD.encode()
+
+
+def _received(fields: dict[bytes, bytes], entry_id: str) -> float:
+    """The collector's receive time of an entry (field ``r``), else its XADD time."""
+    stamp = fields.get(_RECEIVED)
+    if stamp is not None:
+        try:
+            return float(stamp)
+        except ValueError:
+            pass
+    return stream_id_ms(entry_id) / 1000.0

@@ -57,6 +57,7 @@ FlowShape = Literal["batch", "per-event"]
 Bus = Literal["redis", "kafka"]
 KafkaSecurity = Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+CollectBus = Literal["auto", "redis", "file"]
 ONLINE_STORES: Final = get_args(OnlineStore)
 WRITERS: Final = get_args(Writer)
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
@@ -75,6 +76,11 @@ OTHER_VARIABLES: Final = {
         "random",
         "an integer",
         "tests only: replays the kill times of the crash-recovery test",
+    ),
+    "FEATREC_SHOP_SCREENSHOTS": (
+        "the test's temp dir",
+        "a path",
+        "tests only: where the shop's browser test saves its screenshots",
     ),
 }
 
@@ -244,6 +250,17 @@ class Settings(EnvModel):
     def recovery_dir(self) -> Path:
         return self.home / "recovery"
 
+    @property
+    def collector_log(self) -> Path:
+        """The append-only log ``POST /events`` writes when the bus is not Redis."""
+        return self.home / "collector" / "events.jsonl"
+
+    def collector_bus(self, choice: str) -> str:
+        """``redis`` or ``file``: ``FEATREC_SERVE_COLLECT_BUS`` with ``auto`` resolved."""
+        if choice == "auto":
+            return "redis" if self.online_store == "redis" else "file"
+        return choice
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
         """Build settings from ``FEATREC_*`` variables, then apply explicit overrides.
@@ -309,15 +326,46 @@ class ServeSettings(EnvModel):
         alias=PREFIX + "ADMIN_TOKEN",
     )
 
+    collect_bus: CollectBus = var(
+        "auto",
+        "where `POST /events` appends: `redis` (the stream `FEATREC_STREAM`), `file` (the "
+        "collector log `<home>/collector/events.jsonl`, no server) or `auto` (redis when the "
+        "online store is Redis)",
+    )
+    collect_rate: float = var(
+        100.0, "events/s per client and worker accepted by `POST /events` (0: no limit)", ge=0
+    )
+    collect_burst: int = var(500, "events a client may post at once", ge=1)
+    collect_max_events: int = var(200, "events in one `POST /events` batch", ge=1, le=10_000)
+    cors_origins: str = var(
+        "",
+        "browser origins allowed to call `/events` and `/recommend` from another site, "
+        "comma-separated (`*`: any; empty: same origin only)",
+        shown="none",
+        allowed="comma-separated origins, or `*`",
+    )
+    ingest_token: SecretStr | None = var(
+        None,
+        "bearer token `POST /events` requires, at least 16 characters (unset: open); the "
+        "shop page reads it from its URL fragment `#token=...`",
+        shown="none",
+        secret=True,
+        alias=PREFIX + "INGEST_TOKEN",
+    )
+
     @field_validator("experiment", mode="before")
     @classmethod
     def _json_object(cls, value: Any) -> Any:
         return json_object(value)
 
-    @field_validator("admin_token", mode="before")
+    @field_validator("admin_token", "ingest_token", mode="before")
     @classmethod
     def _blank_is_unset(cls, token: Any) -> Any:
         return None if isinstance(token, str) and not token.strip() else token
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ServeSettings:
@@ -330,9 +378,10 @@ class FlowSettings(EnvModel):
     source: str | None = var(
         None,
         "a flow's source: event files joined by the OS path separator, `redis` (the "
-        "stream `FEATREC_STREAM`) or `kafka` (the topic `FEATREC_KAFKA_TOPIC`)",
+        "stream `FEATREC_STREAM`), `kafka` (the topic `FEATREC_KAFKA_TOPIC`) or `collector` "
+        "(tails the collector log)",
         shown="none",
-        allowed="event file paths, `redis` or `kafka`",
+        allowed="event file paths, `redis`, `kafka` or `collector`",
     )
     source_format: SourceFormat | None = var(
         None, "format of the source files", shown="from the file"

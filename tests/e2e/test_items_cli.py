@@ -228,7 +228,7 @@ def test_missing_rows_are_reported_not_printed_empty(sqlite_settings: Settings) 
     result = invoke(items, ["trending", "--category", "shoes"], sqlite_settings)
     one_line_error(result, 1, "no trending list for category 'shoes'")
     result = invoke(run_items, ["--source", "/no/such/file.jsonl"], sqlite_settings)
-    one_line_error(result, 1, "neither 'redis' nor an existing file")
+    one_line_error(result, 1, "neither 'redis', 'kafka', 'collector' nor an existing file")
 
 
 def test_help() -> None:

@@ -56,6 +56,10 @@ BAD_FROM_ENV = {
     "FEATREC_SERVE_ITEM_CACHE_S": ("a while", "a finite number >= 0"),
     "FEATREC_SERVE_CANDIDATES": ("5001", "an integer from 1 to 5000"),
     "FEATREC_SERVE_EXPERIMENT": ("[1, 2]", "a JSON object"),
+    "FEATREC_SERVE_COLLECT_BUS": ("kafka", "one of: auto, redis, file"),
+    "FEATREC_SERVE_COLLECT_RATE": ("-1", "a finite number >= 0"),
+    "FEATREC_SERVE_COLLECT_BURST": ("0", "an integer >= 1"),
+    "FEATREC_SERVE_COLLECT_MAX_EVENTS": ("10001", "an integer from 1 to 10000"),
     "FEATREC_SOURCE_FORMAT": ("csv", "one of: featrec, otto, session-rec"),
     "FEATREC_REPLAY_SPEED": ("-2", "a finite number >= 0"),
     "FEATREC_SOURCE_MAPPING": ('["fields"]', "a JSON object"),
@@ -75,13 +79,15 @@ BAD_IN_CODE = {
     "FEATREC_DEAD_LETTER_STREAM": ("", "a non-empty string"),
     "FEATREC_SERVE_MODEL": ("", "a model version, `auto`, `latest` or `none`"),
     "FEATREC_ADMIN_TOKEN": (12, "a secret"),
-    "FEATREC_SOURCE": (7, "event file paths, `redis` or `kafka`"),
+    "FEATREC_SOURCE": (7, "event file paths, `redis`, `kafka` or `collector`"),
     "FEATREC_KAFKA_BROKERS": ("", "a non-empty string"),
     "FEATREC_KAFKA_TOPIC": ("", "a non-empty string"),
     "FEATREC_KAFKA_DEAD_LETTER_TOPIC": ("", "a non-empty string"),
     "FEATREC_KAFKA_SASL_USERNAME": (7, "a non-empty string"),
     "FEATREC_KAFKA_SASL_PASSWORD": (12, "a secret"),
     "FEATREC_KAFKA_SSL_CA_LOCATION": (7, "a path"),
+    "FEATREC_SERVE_CORS_ORIGINS": (7, "comma-separated origins, or `*`"),
+    "FEATREC_INGEST_TOKEN": (12, "a secret"),
     "FEATREC_EVAL_DIR": (7, "a path"),
     "FEATREC_PROJECT": (7, "a path"),
 }
@@ -181,7 +187,7 @@ def test_a_bad_value_in_code_names_the_variable_too(variable: str, case: tuple[A
     with pytest.raises(ConfigError) as info:
         model(**{name: value})
     message = str(info.value)
-    if variable in {"FEATREC_ADMIN_TOKEN", "FEATREC_KAFKA_SASL_PASSWORD"}:  # never echoed
+    if variable in {"FEATREC_ADMIN_TOKEN", "FEATREC_KAFKA_SASL_PASSWORD", "FEATREC_INGEST_TOKEN"}:
         assert message == f"{variable} is not {allowed}"
     else:
         assert message == f"{variable}={value!r} is not {allowed}"

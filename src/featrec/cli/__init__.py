@@ -342,9 +342,23 @@ def _count_lines(path: Path) -> int:
     show_default=True,
     help="Sessions to follow live.",
 )
+@click.option(
+    "--web",
+    is_flag=True,
+    help="Start the whole system and the shop page instead (both flows, batch features, "
+    "trained ranker, HTTP server) and print the URL; Ctrl-C stops it.",
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @pass_settings
-def demo(settings: Settings, n_events: int, speed: float | None, n_watch: int) -> None:
+def demo(
+    settings: Settings, n_events: int, speed: float | None, n_watch: int, web: bool, port: int
+) -> None:
     """Generate traffic, replay it through the sessions dataflow, watch features change."""
+    if web:
+        from featrec.cli.demo_web import run_web_demo
+
+        run_web_demo(settings, port=port, echo=click.echo)
+        return
     from featrec.cli.demo import run_demo
 
     run_demo(settings, n_events=n_events, speed=speed, n_watch=n_watch, echo=click.echo)

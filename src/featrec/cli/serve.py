@@ -437,7 +437,8 @@ def serve(
     item_cache: float,
     experiment: Experiment | None,
 ) -> None:
-    """Serve recommendations over HTTP: POST /recommend, GET /health, GET /metrics, /docs.
+    """Serve recommendations over HTTP: POST /recommend, GET /health, GET /metrics, /docs;
+    the event collector POST /events and the shop page /shop (see README: The storefront).
 
     POST /admin/forget/USER_ID is enabled when FEATREC_ADMIN_TOKEN is set (at least 16
     characters; callers send it as 'Authorization: Bearer <token>').

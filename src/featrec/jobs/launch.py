@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import click
 
@@ -31,8 +31,9 @@ from featrec.settings import Settings
 #: Recovery partitions created for a new store: at least this many, and at least the
 #: processes of the first run (a store cannot be resumed by more processes than partitions).
 MIN_RECOVERY_PARTITIONS = 4
-#: Sources that are a bus rather than files.
-BUS_SOURCES = ("redis", "kafka")
+#: Sources that are the event bus, not files: the Redis stream, the Kafka topic, the
+#: collector log (tailed).
+BUS_SOURCES: Final = ("redis", "kafka", "collector")
 
 
 def free_ports(n: int) -> list[int]:
@@ -188,9 +189,9 @@ def flow_options(command: F) -> F:
             "sources",
             required=True,
             multiple=True,
-            help="An event file (.jsonl .csv .parquet, OTTO jsonl, session-rec .txt) or "
-            "'redis' or 'kafka' (the bus). Repeat for several files (one partition each, shared "
-            "among processes).",
+            help="An event file (.jsonl .csv .parquet, OTTO jsonl, session-rec .txt), or a bus: "
+            "'redis' (the stream), 'kafka' (the topic) or 'collector' (tails the log POST /events "
+            "writes). Repeat for several files (one partition each, shared among processes).",
         ),
         click.option(
             "--format",
@@ -294,7 +295,7 @@ def run_flow(
     for source in sources:
         if source not in BUS_SOURCES and not Path(source).is_file():
             raise ConfigError(
-                f"--source {source!r} is neither 'redis' nor an existing file, nor 'kafka'"
+                f"--source {source!r} is neither 'redis', 'kafka', 'collector' nor an existing file"
             )
     mapping_env: dict[str, str] = {}
     if mapping_table is not None:

@@ -38,6 +38,7 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -56,6 +57,7 @@ from featrec.app.serving.privacy_gate import (
 )
 from featrec.app.serving.recommender import Recommendation, Recommender
 from featrec.errors import ConfigError, FeatrecError
+from featrec.server.collector import CollectorMetrics, CollectorRoute, Storefront
 from featrec.server.fast_route import FastRecommend
 from featrec.server.limits import (
     BodyLimitMiddleware,
@@ -172,6 +174,7 @@ def create_app(
     admin_token: str | None = None,
     clock: Callable[[], float] = time.monotonic,
     deny: DenySource | None = None,
+    storefront: Storefront | None = None,
 ) -> FastAPI:
     """The HTTP app around ``recommender``.
 
@@ -180,6 +183,8 @@ def create_app(
     503. ``limits``: body size and rate limits (defaults: :class:`HttpLimits`); ``clock``
     drives the rate limiter's buckets. ``deny``: the current deny-set; a request naming a
     forgotten user or session gets a non-personalised answer and is not logged.
+    ``storefront``: ``POST /events`` (:mod:`featrec.server.collector`), the ``/shop`` page
+    (:mod:`featrec.server.shop`) and the CORS policy.
     """
     limits = limits if limits is not None else HttpLimits()
     admin_token = admin_token or None
@@ -263,6 +268,22 @@ def create_app(
         on_shed=shed,
         deny=deny,
     )
+    if storefront is not None:
+        buckets_ = None
+        if storefront.rate_per_s > 0:
+            buckets_ = TokenBuckets(storefront.rate_per_s, storefront.burst, limits.max_clients)
+        app.add_middleware(
+            CollectorRoute,
+            collector=storefront.collector,
+            metrics=CollectorMetrics(registry),
+            buckets=buckets_,
+            max_events=storefront.max_events,
+            token=storefront.token,
+        )
+        if storefront.shop_page:
+            from featrec.server.shop import add_shop
+
+            add_shop(app, recommender.item_cache, registry)
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
     if limits.max_inflight:
         app.add_middleware(
@@ -274,6 +295,14 @@ def create_app(
         buckets = TokenBuckets(limits.rate_per_s, limits.burst, limits.max_clients, clock)
         app.add_middleware(
             RateLimitMiddleware, buckets=buckets, on_limited=refused.labels("rate_limited").inc
+        )
+    if storefront is not None and storefront.cors_origins:  # outermost: answers preflights
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(storefront.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["content-type", "authorization"],
+            max_age=600,
         )
     _add_error_handlers(app)
     _add_admin_routes(app, forget, admin_token, refused.labels("unauthorized").inc)

@@ -100,15 +100,16 @@ class TokenBuckets:
         #: key -> (tokens, time of the last refill), least recently seen first.
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def take(self, key: str) -> float:
+    def take(self, key: str, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens (a request: 1; a batch of events: one per event)."""
         now = self.clock()
         tokens, then = self._buckets.pop(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - then) * self.rate)
         wait = 0.0
-        if tokens >= 1.0:
-            tokens -= 1.0
+        if tokens >= cost:
+            tokens -= cost
         else:
-            wait = (1.0 - tokens) / self.rate
+            wait = (cost - tokens) / self.rate
         self._buckets[key] = (tokens, now)
         if len(self._buckets) > self.max_keys:
             self._buckets.popitem(last=False)

@@ -3,7 +3,9 @@
 Settings come from ``FEATREC_*``, serving options and limits from ``FEATREC_SERVE_*`` (written
 by ``featrec serve``; both read once here, see :mod:`featrec.settings`), so any uvicorn or
 gunicorn setup can start the same app. The admin endpoints are enabled by
-``FEATREC_ADMIN_TOKEN`` (a secret: only ever from the environment).
+``FEATREC_ADMIN_TOKEN`` (a secret: only ever from the environment). ``POST /events`` and the
+``/shop`` page are always on; the collector appends to the bus ``FEATREC_SERVE_COLLECT_BUS``
+names (:func:`open_bus`) and requires ``FEATREC_INGEST_TOKEN`` when it is set.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from fastapi import FastAPI
 
 from featrec.adapters.files.deny_list import DenyWatcher
 from featrec.adapters.redis.deny_list import stores_for
+from featrec.app.collector import Collector, EventBus
 from featrec.app.serving.http_limits import HttpLimits
+from featrec.app.serving.privacy_gate import DenySource
+from featrec.errors import ConfigError
 from featrec.jobs.serving import open_recommender, options_from_settings, settle_heap
-from featrec.server.http_api import create_app
+from featrec.server.collector import Storefront
+from featrec.server.http_api import MIN_ADMIN_TOKEN_LENGTH, create_app
 from featrec.settings import ServeSettings, Settings
 
 ENV_ADMIN_TOKEN: Final = ServeSettings.variable("admin_token")
@@ -37,9 +43,43 @@ def app_from_env() -> FastAPI:
         forget=partial(forget_user, settings, deny) if token else None,
         admin_token=token,
         deny=deny.current,
+        storefront=storefront_from_settings(settings, serve, deny.current),
     )
     settle_heap()
     return app
+
+
+def open_bus(settings: Settings, serve: ServeSettings) -> EventBus:
+    """The collector's bus: the first stream of ``FEATREC_STREAM`` on the bus Redis, or the
+    collector log under ``FEATREC_HOME`` (tailed by ``FEATREC_SOURCE=collector`` flows)."""
+    if settings.collector_bus(serve.collect_bus) == "redis":
+        from featrec.adapters.redis.collector_bus import RedisBus
+
+        stream = settings.stream.split(",")[0].strip()
+        return RedisBus(settings.stream_url, stream)
+    from featrec.adapters.files.collector_log import CollectorLog
+
+    return CollectorLog(settings.collector_log)
+
+
+def storefront_from_settings(
+    settings: Settings, serve: ServeSettings, deny: DenySource | None = None
+) -> Storefront:
+    """The collector, its limits and CORS from ``FEATREC_SERVE_COLLECT_*`` and friends."""
+    token = serve.ingest_token.get_secret_value() if serve.ingest_token is not None else None
+    if token is not None and len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"FEATREC_INGEST_TOKEN must have at least {MIN_ADMIN_TOKEN_LENGTH} characters "
+            f"(got {len(token)}): generate one, e.g. `openssl rand -hex 32`"
+        )
+    return Storefront(
+        collector=Collector(open_bus(settings, serve), deny),
+        rate_per_s=serve.collect_rate,
+        burst=serve.collect_burst,
+        max_events=serve.collect_max_events,
+        token=token,
+        cors_origins=tuple(serve.cors_origin_list),
+    )
 
 
 def forget_user(settings: Settings, deny: DenyWatcher, user_id: str) -> Mapping[str, object]:
