@@ -140,10 +140,9 @@ def build_flow(
         "decode", records, partial(decode_to_shards, shards=1, stats=stats, deny=deny_source)
     )
     split = op.branch("split", decoded, is_chunk)
-    routed = op.flat_map_batch(
+    keyed: KeyedStream[Routed] = op.flat_map_batch(
         "route", split.trues, partial(route, by_entity=by_entity, shards=shards)
     )
-    keyed = cast(KeyedStream[Routed], routed)
     rows = op.stateful_batch(DECLARED_STEP, keyed, builder)
     sink = FeatureSink(writer_factory, stats=stats, flow_name="declared")
     op.output("write", op.key_rm("unkey_rows", rows), sink)

@@ -23,8 +23,8 @@ from featrec.core.features.declared.model import (
 )
 from featrec.core.features.declared.state import DeclaredState
 
-#: ``(window_us, hop_us)`` of the event-time windows the issue names (None: the session).
-WINDOWS: tuple[tuple[int, int] | None, ...] = (
+#: ``(window_us, hop_us)`` of the event-time windows the issue names.
+WINDOWS: tuple[tuple[int, int], ...] = (
     (HOUR_US, 5 * 60 * US),
     (24 * HOUR_US, HOUR_US),
     (7 * DAY_US, DAY_US),
@@ -63,9 +63,11 @@ def covering_declarations(
     that fits the entity (the session window and windows up to 24 h on sessions)."""
     out = []
     for entity in entities:
-        windows = [w for w in WINDOWS if entity != "session" or w[0] <= 24 * HOUR_US]
+        windows: list[tuple[int, int] | None] = [
+            w for w in WINDOWS if entity != "session" or w[0] <= 24 * HOUR_US
+        ]
         if entity == "session":
-            windows = [None, *windows]
+            windows.insert(0, None)
         for fname, filters in FILTERS.items():
             aggs = tuple(
                 Aggregation(

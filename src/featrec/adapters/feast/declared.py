@@ -21,8 +21,9 @@ featrec's stream flow and DuckDB batch engine do, from :func:`declaration_of`.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,6 +179,15 @@ def applied_declarations(store: Any) -> list[Declaration]:
     """The declarations of the views applied to ``store``'s registry (what flows compute)."""
     from featrec.adapters.errors import translated
 
-    with translated("reading the declared views from the registry"):
+    with quiet_stream_views(), translated("reading the declared views from the registry"):
         views = store.list_stream_feature_views()
     return declarations_in(views)
+
+
+@contextlib.contextmanager
+def quiet_stream_views() -> Iterator[None]:
+    """Silence Feast's "stream feature views are experimental" warning, which it repeats
+    whenever it reads one from the registry: featrec computes them itself."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Stream feature views are experimental")
+        yield

@@ -130,7 +130,8 @@ class FeastBatchWriter:
         fv = self._feature_views.get(view.name)
         if fv is None:
             fv = _registered_view(self._store, view.name)
-            registered = {f.name for f in fv.features}
+            # A StreamFeatureView read back from the registry lists its join key as a feature.
+            registered = {f.name for f in fv.features} - {view.entity.join_key}
             if registered != set(view.feature_names):
                 raise ConfigError(
                     f"feature view {view.name!r} in the registry has features "
