@@ -196,7 +196,6 @@ def skew(
 def publish_gauges(report: SkewReport, registry: Any) -> None:
     """Set the skew gauges (``featrec_skew_mismatch_rate{view,feature}`` and friends)."""
     gauges = _gauges(registry)
-    gauges["rate"].clear()
     for skew_ in report.features.values():
         gauges["rate"].labels(view=skew_.view, feature=skew_.feature).set(skew_.rate)
     gauges["rows"].set(report.rows)
