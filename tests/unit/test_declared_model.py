@@ -3,6 +3,7 @@ known answers and bounded state."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -28,7 +29,10 @@ from featrec.core.features.declared.state import DeclaredState
 COUNT_1H = Aggregation("n_1h", "item_id", Function.COUNT, window_us=HOUR_US, hop_us=300 * US)
 
 
-def decl(*aggs: Aggregation, entity: str = "user", filters: Filters = Filters()) -> Declaration:
+NO_FILTERS = Filters()
+
+
+def decl(*aggs: Aggregation, entity: str = "user", filters: Filters = NO_FILTERS) -> Declaration:
     return Declaration("my_view", entity, aggs or (COUNT_1H,), filters)
 
 
@@ -151,7 +155,7 @@ def test_state_is_bounded_by_the_window() -> None:
     assert state.values()["n_1h"] == 60
     state.update(ev(99_999, 10_080))  # a new hop bucket: the window moves on by 5 minutes
     assert state.values()["n_1h"] == 56
-    assert all(b > a for a, b in zip(versions, versions[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(versions))
 
 
 def test_a_shard_drops_keys_past_their_retention_and_round_trips() -> None:
