@@ -102,38 +102,60 @@ def combine(agg: Aggregation, partials: Iterable[Partial]) -> Any:
 
 
 class _HopGroup:
-    """The aggregations sharing one hop ``H``: buckets ``ts // H`` -> partials (aligned)."""
+    """The aggregations sharing one hop ``H`` (the plan; buckets live in the state)."""
 
-    __slots__ = ("aggs", "buckets", "hop", "keep", "spans")
+    __slots__ = ("aggs", "hop", "keep", "spans")
 
     def __init__(self, hop: int, aggs: list[tuple[int, Aggregation]]) -> None:
         self.hop = hop
         self.aggs = aggs
         self.spans = [agg.window_us // hop for _, agg in aggs]  # type: ignore[operator]
         self.keep = max(self.spans)
-        self.buckets: dict[int, list[Partial]] = {}
+
+
+Plan = tuple[list[tuple[int, Aggregation]], list[_HopGroup]]
+# By id: hashing a Declaration walks all its aggregations (measurably slow per new key).
+# The declaration is kept alongside, so its id cannot be reused while cached.
+_PLANS: dict[int, tuple[Declaration, Plan]] = {}
+
+
+def _plan(decl: Declaration) -> Plan:
+    """Session aggregations and hop groups of a declaration, computed once per declaration."""
+    cached = _PLANS.get(id(decl))
+    if cached is not None and cached[0] is decl:
+        return cached[1]
+    plan = _make_plan(decl)
+    _PLANS[id(decl)] = (decl, plan)
+    return plan
+
+
+def _make_plan(decl: Declaration) -> Plan:
+    session = [(i, agg) for i, agg in enumerate(decl.aggregations) if agg.window_us is None]
+    by_hop: dict[int, list[tuple[int, Aggregation]]] = {}
+    for i, agg in enumerate(decl.aggregations):
+        if agg.window_us is not None:
+            by_hop.setdefault(agg.hop_us or agg.window_us, []).append((i, agg))
+    return session, [_HopGroup(hop, aggs) for hop, aggs in sorted(by_hop.items())]
 
 
 class DeclaredState:
-    """One key's state for one declaration; ``update`` per event, ``row`` for the store."""
+    """One key's state for one declaration; ``update`` per event, ``row`` for the store.
 
-    __slots__ = ("as_of_us", "decl", "groups", "key", "session", "version")
+    Holds only values: the session partials, and per hop group a dict ``bucket -> partials``
+    plus its lowest bucket index (so eviction is checked in O(1) per event)."""
+
+    __slots__ = ("as_of_us", "buckets", "decl", "key", "lows", "plan", "session", "version")
 
     def __init__(self, decl: Declaration, key: str) -> None:
         self.decl = decl
         self.key = key
         self.as_of_us = -1
         self.version = 0
-        self.session = [
-            (i, agg, Partial(agg.function))
-            for i, agg in enumerate(decl.aggregations)
-            if agg.window_us is None
-        ]
-        by_hop: dict[int, list[tuple[int, Aggregation]]] = {}
-        for i, agg in enumerate(decl.aggregations):
-            if agg.window_us is not None:
-                by_hop.setdefault(agg.hop_us or agg.window_us, []).append((i, agg))
-        self.groups = [_HopGroup(hop, aggs) for hop, aggs in sorted(by_hop.items())]
+        # Shared by every state of the declaration (one reference; pickle keeps it shared).
+        self.plan = session, groups = _plan(decl)
+        self.session = [Partial(agg.function) for _, agg in session]
+        self.buckets: list[dict[int, list[Partial]]] = [{} for _ in groups]
+        self.lows: list[int | None] = [None] * len(groups)
 
     def update(self, event: Event) -> None:
         """Fold one event of this key (any arrival order)."""
@@ -141,39 +163,47 @@ class DeclaredState:
         self.as_of_us = max(self.as_of_us, ts)
         as_of = self.as_of_us
         matches = self.decl.filters.matches(event)
+        session, groups = self.plan
         if matches:
-            for _, agg, partial in self.session:
+            for (_, agg), partial in zip(session, self.session, strict=True):
                 value = _value(event, agg)
                 if value is not None:
                     partial.add(agg, ts, event.event_id, value)
-        for group in self.groups:
+        for g, group in enumerate(groups):
+            buckets = self.buckets[g]
             oldest = as_of // group.hop - group.keep + 1
-            if group.buckets and min(group.buckets) < oldest:
-                for b in [b for b in group.buckets if b < oldest]:
-                    del group.buckets[b]
+            low = self.lows[g]
+            if low is not None and low < oldest:
+                for b in [b for b in buckets if b < oldest]:
+                    del buckets[b]
+                low = self.lows[g] = min(buckets) if buckets else None
             b = ts // group.hop
             if not matches or b < oldest:
                 continue
-            partials = group.buckets.get(b)
+            partials = buckets.get(b)
             for slot, (_, agg) in enumerate(group.aggs):
                 value = _value(event, agg)
                 if value is None:
                     continue
                 if partials is None:
-                    partials = group.buckets[b] = [Partial(a.function) for _, a in group.aggs]
+                    partials = buckets[b] = [Partial(a.function) for _, a in group.aggs]
+                    if low is None or b < low:
+                        low = self.lows[g] = b
                 partials[slot].add(agg, ts, event.event_id, value)
 
     def values(self) -> dict[str, Any]:
         """Every declared feature as of the key's newest event time, plus ``as_of_us``."""
         out: list[Any] = [None] * len(self.decl.aggregations)
-        for i, agg, partial in self.session:
+        session, groups = self.plan
+        for (i, agg), partial in zip(session, self.session, strict=True):
             out[i] = combine(agg, [partial])
         as_of = self.as_of_us
-        for group in self.groups:
+        for g, group in enumerate(groups):
             current = as_of // group.hop
+            buckets = self.buckets[g]
             for slot, (i, agg) in enumerate(group.aggs):
                 first = current - group.spans[slot] + 1
-                out[i] = combine(agg, (ps[slot] for b, ps in group.buckets.items() if b >= first))
+                out[i] = combine(agg, (ps[slot] for b, ps in buckets.items() if b >= first))
         values = {agg.name: v for agg, v in zip(self.decl.aggregations, out, strict=True)}
         values[AS_OF] = as_of
         return values
@@ -185,7 +215,7 @@ class DeclaredState:
         return FeatureRow(self.decl.name, self.key, self.values(), self.version, ingested_at)
 
     def n_buckets(self) -> int:
-        return sum(len(g.buckets) for g in self.groups)
+        return sum(len(b) for b in self.buckets)
 
 
 def _value(event: Event, agg: Aggregation) -> Any:
