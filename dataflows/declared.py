@@ -35,7 +35,7 @@ from bytewax.outputs import Sink
 from dataflows.batching import shard_of
 from dataflows.metrics import FlowStats
 from dataflows.session_shards import Decoded, ShardItem, decode_to_shards
-from dataflows.sessions import DenySource, NothingDenied, source_from_env
+from dataflows.sessions import DenySource, NothingDenied, open_deny_watcher, source_from_env
 from dataflows.sinks import DeadLetterSink, FeatureSink, WriterFactory
 from dataflows.sources import SourceItem
 from featrec.core.events.batch_decode import Arrival
@@ -94,8 +94,8 @@ def route(
     out: dict[str, list[Arrival]] = {}
     entity_of: dict[str, str] = {}
     for _, value in chunks:
-        if not isinstance(value, list):  # a tombstone's Forget: declared state is keyed by
-            continue  # event time and ages out; forgetting it is not implemented yet
+        if not isinstance(value, list):  # a tombstone's Forget: the user's later events are
+            continue  # dropped at "decode"; existing declared state ages out with its windows
         for arrival in value:
             for entity, join_key in by_entity.items():
                 key = getattr(arrival.event, join_key)
@@ -178,4 +178,5 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
         declarations,
         writer_factory=factory,
         dead_letter_sink=DeadLetterSink(file=settings.home / "declared-deadletters.jsonl"),
+        deny=open_deny_watcher(settings),
     )

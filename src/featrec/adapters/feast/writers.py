@@ -347,7 +347,10 @@ def _registered_view(store: FeatureStore, name: str) -> Any:
     try:
         return store.get_feature_view(name)
     except FeatureViewNotFoundException:
-        return store.get_stream_feature_view(name)
+        from featrec.adapters.feast.declared import quiet_stream_views
+
+        with quiet_stream_views():
+            return store.get_stream_feature_view(name)
 
 
 def open_writer(
