@@ -168,7 +168,8 @@ def skew(
         raise ConfigError(f"--sample must be at least 1, got {sample}")
     store = open_store(settings)
     declared = load_declarations(store, views)
-    rng = random.Random(seed)  # nosec B311: sampling, not security
+    # Sampling keys to check, not security.
+    rng = random.Random(seed)  # nosec B311
     report = SkewReport()
     with DeclaredBatch(settings.event_log_dir) as batch:
         for decl in declared:

@@ -10,7 +10,8 @@ windows), when every bucket it holds has left every window anyway.
 
 from __future__ import annotations
 
-import pickle  # nosec B403: snapshots are this flow's own state, read back from its own store
+# Snapshots are this flow's own state, read back from its own recovery store.
+import pickle  # nosec B403
 from collections.abc import Iterable, Sequence
 
 from featrec.core.events.model import Event
@@ -73,7 +74,7 @@ class DeclaredShard:
         """A shard resumed from a snapshot. States of declarations that no longer exist (or
         changed) are dropped: a changed declaration starts empty, as a new one does."""
         shard = cls(declarations)
-        newest, states = pickle.loads(blob)  # nosec B301: our own snapshot, see the import
+        newest, states = pickle.loads(blob)  # nosec B301
         shard.newest_us = newest
         index = {d: i for i, d in enumerate(shard.declarations)}
         for (_, key), state in states.items():
