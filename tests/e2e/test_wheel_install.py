@@ -138,11 +138,13 @@ def check_artifacts(installed: Installed) -> None:
         "dataflows/sessions.py",
         "dataflows/items.py",
         "dataflows/evaluation.py",
+        "dataflows/declared.py",
         "featrec/templates/project/featrec.toml",
         "featrec/templates/project/gitignore",
         "featrec/templates/feature_repo/feature_store.yaml",
         "featrec/templates/feature_repo/feature_store.redis.yaml",
         "featrec/templates/feature_repo/featrec_views.py",
+        "featrec/templates/feature_repo/featrec_declared.py",
     ):
         assert needed in names, needed
     assert not any("/data/" in n and "feature_repo" in n for n in names)

@@ -367,6 +367,7 @@ def demo(
 def _register_subcommands() -> None:
     """Commands that live in their own modules (imported here: they import nothing heavy)."""
     from featrec.cli.batch import batch_group, dataset_group, log_group, materialize_command
+    from featrec.cli.declared import declared_group, run_declared, skew_command
     from featrec.cli.evaluate import evaluate
     from featrec.cli.forget import forget
     from featrec.cli.items import items, run_items
@@ -376,6 +377,7 @@ def _register_subcommands() -> None:
     main.add_command(items)
     main.add_command(map_group)
     run.add_command(run_items)
+    run.add_command(run_declared)
     for command in (
         log_group,
         batch_group,
@@ -387,6 +389,8 @@ def _register_subcommands() -> None:
         serve,
         forget,
         evaluate,
+        declared_group,
+        skew_command,
     ):
         main.add_command(command)
 

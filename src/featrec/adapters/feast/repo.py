@@ -269,6 +269,7 @@ def apply_repo(settings: Settings) -> list[str]:
     repo = Path(store.repo_path)
     (repo / "data").mkdir(parents=True, exist_ok=True)
     contents = _parse_repo(repo, parse_repo)
+    _prepare_declared(repo, contents.stream_feature_views)
     for view in contents.feature_views:
         source = view.batch_source
         if isinstance(source, FileSource) and view.name in catalog.VIEWS:
@@ -291,6 +292,22 @@ def apply_repo(settings: Settings) -> list[str]:
     applied = sorted(f"applied {_kind(o)} {o.name}" for o in to_apply)
     deleted = sorted(f"deleted {_kind(o)} {o.name}" for o in to_delete)
     return applied + deleted
+
+
+def _prepare_declared(repo: Path, views: list[Any]) -> None:
+    """Validate the declared views (a bad one fails the apply, naming it) and give each an
+    empty offline history file if it has none (historical retrieval fails without one)."""
+    from feast.infra.offline_stores.file_source import FileSource
+
+    from featrec.adapters.feast.declared import declarations_in
+
+    by_name = {v.name: v for v in views}
+    for decl in declarations_in(views):
+        source = by_name[decl.name].batch_source
+        if isinstance(source, FileSource):
+            path = Path(FileSource.get_uri_for_file_path(repo, source.path))
+            if not path.exists():
+                _write_empty_parquet(path, decl.view())
 
 
 def _parse_repo(repo: Path, parse_repo: Any) -> Any:

@@ -100,7 +100,7 @@ class FeastApiWriter:
         if all(v is None for r in rows for v in normals[id(r)]):
             # write_to_online_store skips (with only a warning) a frame whose feature columns
             # are all null; the provider call behind it writes the nulls as any other row.
-            self._store._get_provider().ingest_df(self._store.get_feature_view(view.name), frame)
+            self._store._get_provider().ingest_df(_registered_view(self._store, view.name), frame)
         else:
             self._store.write_to_online_store(view.name, frame)
 
@@ -129,8 +129,9 @@ class FeastBatchWriter:
     def _feature_view(self, view: View) -> Any:
         fv = self._feature_views.get(view.name)
         if fv is None:
-            fv = self._store.get_feature_view(view.name)
-            registered = {f.name for f in fv.features}
+            fv = _registered_view(self._store, view.name)
+            # A StreamFeatureView read back from the registry lists its join key as a feature.
+            registered = {f.name for f in fv.features} - {view.entity.join_key}
             if registered != set(view.feature_names):
                 raise ConfigError(
                     f"feature view {view.name!r} in the registry has features "
@@ -339,12 +340,26 @@ class RedisLayoutWriter:
             self._client.close()
 
 
+def _registered_view(store: FeatureStore, name: str) -> Any:
+    """A feature view from the registry; a declared view is a ``StreamFeatureView``."""
+    from feast.errors import FeatureViewNotFoundException
+
+    try:
+        return store.get_feature_view(name)
+    except FeatureViewNotFoundException:
+        from featrec.adapters.feast.declared import quiet_stream_views
+
+        with quiet_stream_views():
+            return store.get_stream_feature_view(name)
+
+
 def open_writer(
     settings: Settings,
     store: FeatureStore | None = None,
     *,
     flow: bool = False,
     exclusive: bool = False,
+    views: Views = catalog.VIEWS,
 ) -> FeatureWriter:
     """The writer ``settings`` ask for.
 
@@ -353,29 +368,45 @@ def open_writer(
     ``flow=True`` (a dataflow's sink) picks, on Redis,
     :class:`~featrec.adapters.feast.flush_writer.FlushWriter` (one round trip per call);
     ``exclusive=True`` says the caller is the only writer of its entities, so that writer may
-    remember what it wrote instead of guarding every row in Redis. With
+    remember what it wrote instead of guarding every row in Redis. ``views``: the views rows
+    may name (default: the catalog's; the declared flow passes its declared views). With
     ``FEATREC_REDIS_CLUSTER_NODES`` set the same writers run on the cluster (the flow's is
     :class:`~featrec.adapters.feast.cluster_writer.ClusterFlushWriter`).
     """
     if settings.writer == "feast":
-        return FeastApiWriter(store if store is not None else open_store(settings))
+        return FeastApiWriter(store if store is not None else open_store(settings), views)
     if settings.online_store == "redis":
         project, ttl = redis_layout_options(settings)
         if settings.redis_cluster_nodes:
-            return _cluster_writer(settings, project, ttl, flow=flow, exclusive=exclusive)
+            return _cluster_writer(
+                settings, project, ttl, flow=flow, exclusive=exclusive, views=views
+            )
         client = redis.Redis.from_url(settings.redis_url)
         if flow:
             from featrec.adapters.feast.flush_writer import FlushWriter
 
             return FlushWriter(
-                client, project, key_ttl_seconds=ttl, remember=exclusive, owns_client=True
+                client,
+                project,
+                key_ttl_seconds=ttl,
+                views=views,
+                remember=exclusive,
+                owns_client=True,
             )
-        return RedisLayoutWriter(client, project, key_ttl_seconds=ttl, owns_client=True)
-    return FeastBatchWriter(store if store is not None else open_store(settings))
+        return RedisLayoutWriter(
+            client, project, key_ttl_seconds=ttl, views=views, owns_client=True
+        )
+    return FeastBatchWriter(store if store is not None else open_store(settings), views)
 
 
 def _cluster_writer(
-    settings: Settings, project: str, ttl: int | None, *, flow: bool, exclusive: bool
+    settings: Settings,
+    project: str,
+    ttl: int | None,
+    *,
+    flow: bool,
+    exclusive: bool,
+    views: Views,
 ) -> FeatureWriter:
     """:func:`open_writer`'s writers on a Redis Cluster (``FEATREC_REDIS_CLUSTER_NODES``)."""
     from featrec.adapters.redis.cluster import online_client
@@ -388,9 +419,10 @@ def _cluster_writer(
             client,
             project,
             key_ttl_seconds=ttl,
+            views=views,
             remember=exclusive,
             owns_client=True,
             wait_replicas=settings.redis_cluster_wait_replicas,
         )
     # redis-py splits this writer's pipelines per node and follows redirections itself.
-    return RedisLayoutWriter(client, project, key_ttl_seconds=ttl, owns_client=True)
+    return RedisLayoutWriter(client, project, key_ttl_seconds=ttl, views=views, owns_client=True)

@@ -1,0 +1,27 @@
+"""Declared features: aggregations a data scientist declares once in ``feature_repo/``.
+
+:mod:`.model` holds a declaration and its validation, :mod:`.state` the incremental (stream)
+computation with bounded state. The batch computation of the same declarations is DuckDB SQL in
+:mod:`featrec.adapters.duckdb.declared`; the Feast objects they are written with live in
+:mod:`featrec.adapters.feast.declared`.
+"""
+
+from featrec.core.features.declared.model import (
+    Aggregation,
+    Declaration,
+    DeclarationError,
+    Filters,
+    Function,
+    parse_function,
+)
+from featrec.core.features.declared.state import DeclaredState
+
+__all__ = [
+    "Aggregation",
+    "Declaration",
+    "DeclarationError",
+    "DeclaredState",
+    "Filters",
+    "Function",
+    "parse_function",
+]

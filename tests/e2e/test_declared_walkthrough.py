@@ -1,0 +1,230 @@
+"""The README's "adding a feature" walkthrough, run for real on a copy of ``feature_repo/``:
+add a declared feature, ``featrec apply``, replay events through the declared flow, backfill,
+build a point-in-time training set through stock Feast, train, read the feature online through
+stock Feast; then ``featrec skew`` finds 0 mismatches, and reports a planted one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from bytewax.testing import TestingSink, TestingSource, run_main
+from click.testing import CliRunner
+from prometheus_client import CollectorRegistry
+from sklearn.linear_model import LogisticRegression
+
+from dataflows.declared import build_flow, open_declared, open_declared_writer
+from featrec.adapters.duckdb.declared import POINTS_SCHEMA, DeclaredBatch
+from featrec.adapters.feast.repo import open_store
+from featrec.adapters.feast.writers import open_writer
+from featrec.adapters.files.event_log import EventLogWriter
+from featrec.cli import main
+from featrec.core.events.formats import RawRecord
+from featrec.core.events.generator import GeneratorConfig, generate
+from featrec.core.events.model import Event
+from featrec.core.features.declared.model import AS_OF
+from featrec.core.features.rows import FeatureRow, micros
+from featrec.jobs.declared import publish_gauges, read_online, skew
+from featrec.jobs.project_init import create_project
+from featrec.project import load_project
+from featrec.settings import Settings
+from featrec.testing.declared import same_value
+
+NEW_FEATURE = """
+
+user_spend = declared_view(
+    name="user_spend",
+    entity=user,
+    data_dir=DATA,
+    filters=Filters(event_types=("purchase",)),
+    aggregations=[
+        Aggregation(
+            column="price", function="sum", time_window=7 * DAY, slide_interval=DAY, name="spend_7d"
+        ),
+        Aggregation(column="item_id", function="last_3", time_window=DAY, name="bought_24h"),
+    ],
+)
+"""
+
+BAD = {
+    "unknown column": 'Aggregation(column="colour", function="count", time_window=DAY, name="x")',
+    "unsupported function": (
+        'Aggregation(column="price", function="median", time_window=DAY, name="x")'
+    ),
+    "does not fit entity 'user'": 'Aggregation(column="price", function="sum", name="x")',
+}
+
+
+def invoke(settings: Settings, *args: str) -> Any:
+    """``featrec --project ROOT ARGS`` in-process (ROOT: the project ``settings`` are of)."""
+    root = settings.repo.parent
+    return CliRunner().invoke(main, ["--project", str(root), *args], catch_exceptions=False)
+
+
+def new_project(root: Path) -> tuple[Settings, Path]:
+    """``featrec init`` without the apply: featrec.toml and a copy of feature_repo/."""
+    create_project(root)
+    settings = load_project(root.resolve()).settings({})
+    return settings, settings.repo
+
+
+def events_for_replay() -> list[Event]:
+    config = GeneratorConfig(n_events=2500, seed=21, n_users=60, concurrent_sessions=30)
+    events = list(generate(config))
+    for i in range(1, len(events) - 1, 6):  # out of order
+        events[i], events[i + 1] = events[i + 1], events[i]
+    return events
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, list[Event]]]:
+    settings, repo = new_project(tmp_path_factory.mktemp("walkthrough") / "shop")
+    # 1. Add a feature to feature_repo/featrec_declared.py.
+    with (repo / "featrec_declared.py").open("a", encoding="utf-8") as f:
+        f.write(NEW_FEATURE)
+    # 2. featrec apply validates and applies it.
+    result = invoke(settings, "apply")
+    assert result.exit_code == 0, result.output
+    assert "applied stream feature view user_spend" in result.output
+    # 3. Replay: the events reach the event log and the (restarted) declared flow.
+    events = events_for_replay()
+    EventLogWriter(settings.event_log_dir).write(events)
+    declarations = open_declared(settings)
+    assert "user_spend" in {d.name for d in declarations}
+    raws = [
+        RawRecord("featrec", f"r:{i}", json.dumps(e.to_dict()), 1.0) for i, e in enumerate(events)
+    ]
+    run_main(
+        build_flow(
+            TestingSource(raws, batch_size=200),
+            declarations,
+            writer_factory=partial(open_declared_writer, settings, declarations),
+            dead_letter_sink=TestingSink([]),
+        )
+    )
+    yield settings, events
+
+
+def test_backfill_training_set_train_and_read_through_stock_feast(
+    project: tuple[Settings, list[Event]],
+) -> None:
+    settings, events = project
+    # 4. Backfill: the offline history Feast's point-in-time joins read.
+    result = invoke(settings, "declared", "backfill", "user_spend", "--no-online")
+    assert result.exit_code == 0, result.output
+    assert "user_spend:" in result.output
+
+    # 5. A point-in-time training set through stock Feast: label = the user buys later.
+    users = sorted({e.user_id for e in events if e.user_id})
+    stamps = [e.ts + timedelta(seconds=1) for e in events if e.user_id][
+        :: max(1, len(events) // 200)
+    ]
+    owners = [e.user_id for e in events if e.user_id][:: max(1, len(events) // 200)]
+    entity_df = pd.DataFrame({"user_id": owners, "event_timestamp": stamps})
+    store = open_store(settings)
+    training = store.get_historical_features(
+        entity_df=entity_df, features=["user_spend:spend_7d", "user_spend:bought_24h"]
+    ).to_df()
+    assert len(training) == len(entity_df)
+    # Each row holds what the stream held at that time: the batch engine as of the user's
+    # newest event at or before the row's time.
+    with DeclaredBatch(settings.event_log_dir) as batch:
+        decl = next(d for d in open_declared(settings) if d.name == "user_spend")
+        newest = {}
+        for u, t in zip(owners, stamps, strict=True):
+            times = [micros(e.ts) for e in events if e.user_id == u and e.ts <= t]
+            newest[(u, t)] = max(times)
+        points = pa.table(
+            {"key": [k[0] for k in newest], AS_OF: list(newest.values())}, schema=POINTS_SCHEMA
+        )
+        expected = {(r["user_id"], r[AS_OF]): r for r in batch.compute(decl, points).to_pylist()}
+    for row in training.itertuples():
+        want = expected[(row.user_id, newest[(row.user_id, row.event_timestamp)])]
+        assert same_value(float(row.spend_7d), want["spend_7d"]), row
+    bought_later = {
+        (u, t): any(e.user_id == u and e.type == "purchase" and e.ts > t for e in events)
+        for u, t in zip(owners, stamps, strict=True)
+    }
+    labels = np.array([bought_later[(u, t)] for u, t in zip(owners, stamps, strict=True)])
+    x = training[["spend_7d"]].astype(float).fillna(0.0).to_numpy()
+    if len(set(labels)) == 2:
+        model = LogisticRegression().fit(x, labels)
+        assert model.predict_proba(x).shape == (len(x), 2)
+
+    # 6. Read the feature online through stock Feast: the stream's values.
+    online = store.get_online_features(
+        features=["user_spend:spend_7d", "user_spend:bought_24h", f"user_spend:{AS_OF}"],
+        entity_rows=[{"user_id": u} for u in users],
+    ).to_dict()
+    with DeclaredBatch(settings.event_log_dir) as batch:
+        latest = {
+            r["user_id"]: r for r in batch.compute(decl, batch.latest_points(decl)).to_pylist()
+        }
+    for i, u in enumerate(users):
+        assert online[AS_OF][i] == latest[u][AS_OF]
+        assert same_value(online["spend_7d"][i], latest[u]["spend_7d"])
+        assert online["bought_24h"][i] == latest[u]["bought_24h"]
+
+
+def test_skew_finds_nothing_on_the_replay_then_reports_a_planted_discrepancy(
+    project: tuple[Settings, list[Event]],
+) -> None:
+    settings, _ = project
+    result = invoke(settings, "skew", "--sample", "40", "--seed", "3", "--fail-on-mismatch")
+    assert result.exit_code == 0, result.output
+    assert "0/40 mismatched" in result.output
+
+    # Plant: one user's online spend_7d off by 100, same as-of time (a newer version).
+    store = open_store(settings)
+    decl = next(d for d in open_declared(settings) if d.name == "user_spend")
+    users = sorted(_keys(settings, decl))
+    row = read_online(store, decl, [users[0]])[0]
+    assert row is not None
+    planted = {k: row[k] for k in (*(a.name for a in decl.aggregations), AS_OF)}
+    planted["spend_7d"] = (planted["spend_7d"] or 0.0) + 100.0
+    writer = open_writer(settings, store, views={decl.name: decl.view()})
+    assert writer.write([FeatureRow(decl.name, users[0], planted, row[AS_OF] + 10**9)]) == 1
+
+    report = skew(settings, ["user_spend"], sample=len(users), seed=1)
+    spend = report.features[("user_spend", "spend_7d")]
+    assert (spend.mismatches, spend.checked) == (1, len(users))
+    assert spend.worst[0].key == users[0] and spend.worst[0].distance == pytest.approx(100.0)
+    assert report.features[("user_spend", "bought_24h")].mismatches == 0
+    registry = CollectorRegistry()
+    publish_gauges(report, registry)
+    rate = registry.get_sample_value(
+        "featrec_skew_mismatch_rate", {"view": "user_spend", "feature": "spend_7d"}
+    )
+    assert rate == pytest.approx(1 / len(users))
+    result = invoke(
+        settings, "skew", "user_spend", "--sample", str(len(users)), "--fail-on-mismatch"
+    )
+    assert result.exit_code == 1
+    assert f"key {users[0]!r}" in result.output
+
+
+def _keys(settings: Settings, decl: Any) -> list[str]:
+    with DeclaredBatch(settings.event_log_dir) as batch:
+        return [str(k) for k in batch.latest_points(decl).column("key").to_pylist()]
+
+
+@pytest.mark.parametrize("problem", sorted(BAD))
+def test_apply_refuses_a_bad_declaration_naming_it(tmp_path: Path, problem: str) -> None:
+    settings, repo = new_project(tmp_path / "shop")
+    with (repo / "featrec_declared.py").open("a", encoding="utf-8") as f:
+        f.write(
+            f"\n\nbad = declared_view(name='bad_view', entity=user, data_dir=DATA, "
+            f"aggregations=[{BAD[problem]}])\n"
+        )
+    result = invoke(settings, "apply")
+    assert result.exit_code == 1
+    assert "declaration 'bad_view'" in result.output and problem in result.output
+    assert len(result.output.strip().splitlines()) <= 2  # "applying ..." and the error
