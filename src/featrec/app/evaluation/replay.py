@@ -18,7 +18,10 @@ into the real online store. This module is the part that does not know about Byt
   batch-only     the store as a nightly batch system has it: no session row (the
                  answer is the degraded one: user history, trending at the cutoff)
   session-only   the session row, candidates in their co-visitation order, no ranker
-  full           session row + batch features + learned ranker
+  full           session row + batch features + learned ranker (the item model among its
+                 candidate sources and features)
+  item-model     the session row's items scored by the batch-trained item model alone
+                 (``item_model`` rows), no ranker
   stale-1s/1m/1h full, but the session row as it was that long ago (freshness ablation)
   ============== ==================================================================
 
@@ -31,7 +34,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from featrec.app.serving.recommender import LoadedModel, Recommender, ServingConfig
@@ -48,11 +51,14 @@ POPULARITY: Final = "popularity"
 BATCH_ONLY: Final = "batch-only"
 SESSION_ONLY: Final = "session-only"
 FULL: Final = "full"
+ITEM_MODEL: Final = "item-model"
 #: Staleness ablation: the full policy with the session row delayed by this many seconds.
 STALE: Final = {"stale-1s": 1.0, "stale-1m": 60.0, "stale-1h": 3600.0}
-POLICIES: Final = (POPULARITY, BATCH_ONLY, SESSION_ONLY, FULL, *STALE)
+POLICIES: Final = (POPULARITY, BATCH_ONLY, SESSION_ONLY, ITEM_MODEL, FULL, *STALE)
 #: Policies that need a learned model.
 NEEDS_MODEL: Final = frozenset({FULL, *STALE})
+#: Policies that read the batch-trained item model.
+NEEDS_ITEM_MODEL: Final = frozenset({ITEM_MODEL, *NEEDS_MODEL})
 
 
 def parse_policies(spec: str) -> list[str]:
@@ -200,6 +206,11 @@ class Policies:
         self.clock = ReplayClock()
         self.history = SessionHistory()
         cfg = evaluation_config(config)
+        # session-only stays the co-visitation scorer alone; item-model orders by the model.
+        configs = {
+            SESSION_ONLY: replace(cfg, candidates=replace(cfg.candidates, max_model=0)),
+            ITEM_MODEL: replace(cfg, candidates=replace(cfg.candidates, order="model")),
+        }
         self.recommenders: dict[str, Recommender] = {}
         for name in self.names:
             if name == POPULARITY:
@@ -212,8 +223,8 @@ class Policies:
             self.recommenders[name] = Recommender(
                 reader,
                 InMemoryRequestLog(capacity=1),
-                model=None if name == SESSION_ONLY else model,
-                config=cfg,
+                model=None if name in (SESSION_ONLY, ITEM_MODEL) else model,
+                config=configs.get(name, cfg),
                 clock=self.clock,
             )
 
