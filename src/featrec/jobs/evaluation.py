@@ -108,6 +108,8 @@ class EvalSpec:
     session_gap_s: float = 1800.0
     settings_env: dict[str, str] = field(default_factory=dict)
     test_share: float | None = None
+    #: Sessions replayed at once, each in lock-step (the figures do not depend on it).
+    concurrency: int = 1
 
     def __post_init__(self) -> None:
         if self.trainer not in TRAINERS:
@@ -417,7 +419,15 @@ def open_replay(root: Path) -> Replay:
         data["dead_letter_reasons"] = sorted({d.reason for d in dead})[:20]
         work.replay.write_text(json.dumps(data))
 
-    gate = ReplayGate(test, prediction_points(test), rows, policies, out, on_finish=finish)
+    gate = ReplayGate(
+        test,
+        prediction_points(test),
+        rows,
+        policies,
+        out,
+        on_finish=finish,
+        concurrency=spec.concurrency,
+    )
     return Replay(work, spec, settings, gate, dead)
 
 
@@ -454,8 +464,10 @@ def run_replay(work: WorkDir, *, timeout_s: float | None = None) -> float:
 
 
 def read_answers(work: WorkDir) -> list[dict[str, Any]]:
+    """Every point's answers, in the points' (time) order, whatever the replay's concurrency."""
     with work.answers.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+        answers = [json.loads(line) for line in f if line.strip()]
+    return sorted(answers, key=lambda a: int(a["point"]["event_index"]))
 
 
 def read_external(path: Path) -> dict[tuple[str, int], list[str]]:
