@@ -108,3 +108,22 @@ def test_a_tampered_version_is_refused(sqlite_settings: Settings) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(ConfigError, match="sha256"):
         load_item_model(item_models_dir(settings.home))
+
+
+def test_the_cli_trains_and_refuses_bad_arguments(sqlite_settings: Settings) -> None:
+    from click.testing import CliRunner
+
+    from featrec.cli.items import items
+
+    settings = sqlite_settings
+    apply_repo(settings)
+    EventLogWriter(settings.event_log_dir).write(_events())
+    done = CliRunner().invoke(items, ["train-model", "--top-k", "2"], obj=settings)
+    assert done.exit_code == 0, done.output + repr(done.exception)
+    assert "5 items (5 modelled)" in done.output and "5 rows written" in done.output
+    model, _ = load_item_model(item_models_dir(settings.home))
+    assert max(len(row) for row in model.neighbours.values()) <= 2
+    bad = CliRunner().invoke(items, ["train-model", "--alpha", "2"], obj=settings)
+    assert bad.exit_code != 0 and "--alpha" in bad.output
+    empty = CliRunner().invoke(items, ["train-model", "--until", "2000-01-01"], obj=settings)
+    assert empty.exit_code == 1 and "no events" in empty.output

@@ -51,7 +51,7 @@ class CandidateConfig:
     max_model: int = 50
     #: How the item model weighs the session's items: ``exp(-(p - 1) / model_predict_weight)``
     #: for the ``p``-th newest of the newest ``model_last_n`` (0: every item weighs 1).
-    model_predict_weight: float = 1.0
+    model_predict_weight: float = 0.5
     model_last_n: int = LAST_ITEMS_N
     #: Candidate order: ``"covisit"`` (the co-visitation scorer's score first) or ``"model"``
     #: (the item model's score first: the item-model policy's answer without a ranker).

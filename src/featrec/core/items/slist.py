@@ -59,15 +59,15 @@ class SlistConfig:
     train_tr -> train_valid (``benchmarks/rsc15_slist.py``); validated."""
 
     #: Weight of SLIS (session similarity) against SLIT (transitions), in [0, 1].
-    alpha: float = 0.2
+    alpha: float = 0.9
     #: L2 penalty (the ridge added to the Gram matrix's diagonal).
-    reg: float = 10.0
+    reg: float = 30.0
     #: Recency weight of training sessions: ``exp(-age_days / session_weight_days)`` (0: off).
-    session_weight_days: float = 0.0
+    session_weight_days: float = 2.0
     #: Positional decay inside transition rows: ``exp(-distance / train_weight)`` (0: off).
-    train_weight: float = 1.0
+    train_weight: float = 8.0
     #: Positional decay of the session's items when scoring (0: every item weighs 1).
-    predict_weight: float = 1.0
+    predict_weight: float = 0.5
     #: Positions a transition row reaches back (inputs) and forward (targets).
     window: int = 10
     #: Only the most frequent items are modelled (memory is quadratic in this).
