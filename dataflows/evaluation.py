@@ -10,7 +10,8 @@ process::
 
 - the source is a :class:`GatedSource`: it asks the
 :class:`~featrec.app.evaluation.replay.ReplayGate`
-  for the next event and gets one only when the previous one has settled;
+  for the events it may send: an event only once its own session's previous event has
+  settled, up to ``--concurrency`` sessions in flight at once;
 - the writer is the configured online-store writer wrapped so that, after each successful
   write, the gate reads the session row back and asks every policy for the point;
 - the dead-letter sink tells the gate that a refused event will produce no row.
@@ -21,6 +22,7 @@ at low traffic, and it is what lets each event be answered on its own.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -64,18 +66,15 @@ class _GatedPartition(StatelessSourcePartition[SourceItem]):
         self._waiting = False
 
     def next_batch(self) -> list[SourceItem]:
-        event = self.gate.release()
-        if event is None:
-            if self.gate.done:
-                raise StopIteration
-            return []
-        if event is False:
+        events = self.gate.release_batch()
+        if events is None:
+            raise StopIteration
+        if not events:
             self._waiting = True
             return []
         self._waiting = False
-        assert not isinstance(event, bool)
-        record = RawRecord("featrec", "replay", event.to_dict(), time.time())
-        return [record]
+        now = time.time()
+        return [RawRecord("featrec", "replay", event.to_dict(), now) for event in events]
 
     def next_awake(self) -> datetime | None:
         return datetime.now(UTC) + POLL if self._waiting else None
@@ -114,7 +113,17 @@ class _GateDeadLetterPartition(StatelessSinkPartition[DeadLetter]):
 
     def write_batch(self, items: list[DeadLetter]) -> None:
         self.sink.kept.extend(items)
-        self.sink.gate.dead_lettered(len(items))
+        self.sink.gate.dead_lettered(len(items), [_session_of(d) for d in items])
+
+
+def _session_of(letter: DeadLetter) -> str | None:
+    """The session id in a refused replay event's payload (the gate's own JSON)."""
+    try:
+        payload = json.loads(letter.payload)
+    except (TypeError, ValueError):
+        return None
+    session = payload.get("session_id") if isinstance(payload, dict) else None
+    return session if isinstance(session, str) else None
 
 
 def replay_flow(

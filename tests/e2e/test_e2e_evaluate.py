@@ -83,7 +83,15 @@ def test_evaluate_replays_scores_and_reports(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    for policy in ("popularity", "batch-only", "session-only", "full", "stale-1s", "stale-1m"):
+    for policy in (
+        "popularity",
+        "batch-only",
+        "session-only",
+        "item-model",
+        "full",
+        "stale-1s",
+        "stale-1m",
+    ):
         assert any(line.split()[:1] == [policy] and "HR@20" in line for line in lines), policy
 
     results = json.loads((out / "results.json").read_text())
@@ -116,12 +124,13 @@ def test_evaluate_replays_scores_and_reports(
                 json.dumps({**key, "items": [targets[(p["session_id"], p["position"])]]}) + "\n"
             )
 
-    # The second run splits the one file by time itself: the same split as the fixture's.
+    # The second run splits the one file by time itself: the same split as the fixture's. It
+    # replays one session at a time (the first run: 64 at once): the figures must not change.
     out2 = tmp_path / "out2"
     done = _featrec(
         "evaluate", "--events", str(train_path.parent / "all.jsonl"), "--test-share", "0.2",
-        "--out", str(out2),
-        "--policies", "popularity", "--external", f"pop={pop_file}",
+        "--out", str(out2), "--concurrency", "1",
+        "--policies", "popularity,session-only,item-model", "--external", f"pop={pop_file}",
         "--external", f"oracle={oracle_file}",
         cwd=tmp_path,
     )  # fmt: skip
@@ -131,6 +140,10 @@ def test_evaluate_replays_scores_and_reports(
     rows = {r["policy"]: r for r in second["policies"]}
     assert rows["external:pop"]["hr@20"] == rows["popularity"]["hr@20"] == by["popularity"]["hr@20"]
     assert rows["external:oracle"]["hr@20"] == 1.0 and rows["external:oracle"]["mrr@20"] == 1.0
+    for policy in ("session-only", "item-model"):
+        for figure in ("hr@20", "mrr@20", "coverage@20"):
+            assert rows[policy][figure] == by[policy][figure], (policy, figure)
+    assert by["item-model"]["hr@20"] > by["popularity"]["hr@20"]
 
 
 @pytest.mark.parametrize(

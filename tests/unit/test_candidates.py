@@ -42,7 +42,9 @@ class StaticSignals:
         neighbours: Mapping[str, list[tuple[str, float]]] | None = None,
         trending: Mapping[str | None, list[tuple[str, float]]] | None = None,
         history: Mapping[str, list[str]] | None = None,
+        model: Mapping[str, list[tuple[str, float]]] | None = None,
     ) -> None:
+        self._model = dict(model or {})
         self._neighbours = dict(neighbours or {})
         self._trending = dict(trending or {})
         self._history = dict(history or {})
@@ -57,6 +59,11 @@ class StaticSignals:
 
     def user_history(self, user_id: str) -> Sequence[str]:
         return self._history.get(user_id, [])
+
+    def model_neighbours(
+        self, items: Sequence[str], session_id: str | None = None
+    ) -> dict[str, Sequence[tuple[str, float]]]:
+        return {i: self._model[i] for i in items if i in self._model}
 
 
 SIGNALS = StaticSignals(

@@ -47,6 +47,7 @@ from featrec.core.evaluation.metrics import hit_rate_at_k, mrr_at_k
 from featrec.core.events.model import Event
 from featrec.core.features.catalog import ITEM_FEATURES, USER_FEATURES
 from featrec.core.features.rows import micros
+from featrec.core.items.slist import ItemModel, SessionFolds
 from featrec.core.items.trending import trending_row
 from featrec.core.ranking.examples import next_item_targets
 from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker, item_row, ranking_matrix
@@ -282,6 +283,7 @@ def replay_features(
     learns: Callable[[Event], bool] | None = None,
     learn_after_session: bool = False,
     on_point: Callable[[], None] | None = None,
+    item_model: ItemModel | SessionFolds | None = None,
 ) -> FeatureSet:
     """Ranking features of every point's candidates, computed by replaying ``events``.
 
@@ -290,7 +292,9 @@ def replay_features(
     sessions keep folding; with ``learns``, they learn only from the events it accepts (the
     protocols of frozen-index benchmarks). With ``learn_after_session``, they learn a
     session's events only at its last event in ``events`` (never at the session's own
-    points; see :attr:`TrainingConfig.learn_after_session`).
+    points; see :attr:`TrainingConfig.learn_after_session`). ``item_model`` is the
+    batch-trained item model the candidates' ``model`` source reads (cross-fitted
+    :class:`~featrec.core.items.slist.SessionFolds` when the points are its own training data).
     """
     policy = session_policy or SessionPolicy()
     wanted: dict[tuple[str, int], LabelledPoint] = {}
@@ -299,7 +303,7 @@ def replay_features(
         if key in wanted:
             raise ConfigError(f"two points at event {p.position} of session {p.session_id!r}")
         wanted[key] = p
-    generator = SignalCandidates(candidates, InMemorySignals())
+    generator = SignalCandidates(candidates, InMemorySignals(model=item_model))
     board = generator.signals.board
     remaining = Counter(e.session_id for e in events) if learn_after_session else Counter()
     pending: dict[str, list[Event]] = {}
@@ -511,6 +515,7 @@ def train(
     points: Sequence[LabelledPoint],
     config: TrainingConfig = TrainingConfig(),
     on_point: Callable[[], None] | None = None,
+    item_model: ItemModel | SessionFolds | None = None,
 ) -> TrainingResult:
     """Replay ``events`` for ``points``' features, then :func:`fit_ranker`."""
     if not points:
@@ -522,6 +527,7 @@ def train(
         session_policy=config.session_policy,
         learn_after_session=config.learn_after_session,
         on_point=on_point,
+        item_model=item_model,
     )
     return fit_ranker(features, config)
 
@@ -539,6 +545,7 @@ def fit_on_events(
     since_fraction: float = 0.1,
     seed: int = 0,
     on_point: Callable[[], None] | None = None,
+    item_model: ItemModel | SessionFolds | None = None,
 ) -> TrainingResult:
     """A ranker trained from ``train_events`` (time order) alone, with no batch features.
 
@@ -556,4 +563,4 @@ def fit_on_events(
     points = points_from_events(
         train_events, collapse_repeats=False, since=since, max_points=max_points, seed=seed
     )
-    return train(train_events, points, config, on_point)
+    return train(train_events, points, config, on_point, item_model)

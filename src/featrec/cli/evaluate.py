@@ -74,8 +74,8 @@ def _external(
     "--policies",
     default="all",
     show_default=True,
-    help="Comma-separated: popularity, batch-only, session-only, full, stale-1s, stale-1m, "
-    "stale-1h (or all).",
+    help="Comma-separated: popularity, batch-only, session-only, item-model, full, stale-1s, "
+    "stale-1m, stale-1h (or all).",
 )
 @click.option(
     "--out",
@@ -107,6 +107,14 @@ def _external(
     default=1800.0,
     show_default=True,
     help="Seconds of inactivity that end a session in the replay's dataflow.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 4096),
+    default=64,
+    show_default=True,
+    help="Sessions replayed at once (each in lock-step: a point is answered only after its "
+    "own session's last event is readable). The figures do not depend on it.",
 )
 @click.option(
     "--external",
@@ -162,6 +170,7 @@ def evaluate(
     trainer: str,
     seed: int,
     session_gap: float,
+    concurrency: int,
     external: dict[str, Path],
     points_out: Path | None,
     ab: bool,
@@ -229,6 +238,7 @@ def evaluate(
         seed=seed,
         session_gap_s=session_gap,
         settings_env=env,
+        concurrency=concurrency,
     )
     lists = {name: read_external(path) for name, path in external.items()}
     work = WorkDir(root)

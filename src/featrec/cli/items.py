@@ -177,6 +177,72 @@ def bootstrap(settings: Settings, source: Path | None, from_log: bool, fmt: str 
         )
 
 
+@items.command("train-model")
+@click.option(
+    "--max-items",
+    type=click.IntRange(1),
+    default=None,
+    help="Model only the most frequent items (memory grows with the square; default 10,000).",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(1),
+    default=None,
+    help="Entries kept per item, the item_model row (default 100).",
+)
+@click.option("--alpha", type=click.FloatRange(0, 1), default=None, help="SLIS vs SLIT weight.")
+@click.option("--reg", type=click.FloatRange(0, min_open=True), default=None, help="L2 penalty.")
+@click.option(
+    "--until",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    default=None,
+    help="Train on events before this UTC time (default: the whole log).",
+)
+@click.option("--no-write", is_flag=True, help="Save the version, write no rows.")
+@with_settings
+def train_model(
+    settings: Settings,
+    max_items: int | None,
+    top_k: int | None,
+    alpha: float | None,
+    reg: float | None,
+    until: datetime | None,
+    no_write: bool,
+) -> None:
+    """Train the batch item model (SLIST) on the event log and write its lists.
+
+    A closed-form linear item-item model: one version under FEATREC_HOME/item_models, and
+    one item_model row per item in the online store (a candidate source and ranker features).
+    Run it on a schedule, e.g. nightly after `featrec batch run`.
+    """
+    from dataclasses import replace
+
+    from featrec.core.items.slist import SlistConfig
+    from featrec.jobs.item_model import train_item_model
+
+    config = SlistConfig()
+    if max_items is not None:
+        config = replace(config, max_items=max_items)
+    if top_k is not None:
+        config = replace(config, top_k=top_k)
+    if alpha is not None:
+        config = replace(config, alpha=alpha)
+    if reg is not None:
+        config = replace(config, reg=reg)
+    _, report = train_item_model(
+        settings,
+        config,
+        until=None if until is None else until.replace(tzinfo=UTC),
+        write=not no_write,
+        log=lambda msg: click.echo(msg, err=True),
+    )
+    click.echo(
+        f"item model {report.version}: {report.events:,} events, {report.items:,} items "
+        f"({report.modelled:,} modelled); read {report.read_s:.1f} s, fit {report.fit_s:.1f} s, "
+        f"peak RSS {report.peak_rss_mb:,.0f} MB; {report.rows_written:,} rows written"
+    )
+
+
 @click.command("items")
 @flow_options
 @mapping_options

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from featrec.app.evaluation.replay import (
+    NEEDS_ITEM_MODEL,
     NEEDS_MODEL,
     PointAnswer,
     Policies,
@@ -40,6 +41,7 @@ from featrec.app.evaluation.replay import (
 from featrec.core.evaluation.protocol import prediction_points, time_ordered
 from featrec.core.events.formats import DeadLetter
 from featrec.core.events.model import Event
+from featrec.core.items.slist import SessionFolds, SlistConfig
 from featrec.errors import ConfigError
 from featrec.settings import Settings
 
@@ -106,6 +108,8 @@ class EvalSpec:
     session_gap_s: float = 1800.0
     settings_env: dict[str, str] = field(default_factory=dict)
     test_share: float | None = None
+    #: Sessions replayed at once, each in lock-step (the figures do not depend on it).
+    concurrency: int = 1
 
     def __post_init__(self) -> None:
         if self.trainer not in TRAINERS:
@@ -135,6 +139,7 @@ class Prepared:
     model_version: str | None
     seconds: dict[str, float]
     model_metrics: dict[str, float] = field(default_factory=dict)
+    item_model_version: str | None = None
 
 
 def read_valid(path: Path, fmt: str | None) -> tuple[list[Event], list[DeadLetter]]:
@@ -234,11 +239,19 @@ def prepare(
     seconds["batch + materialize"] = time.perf_counter() - t0
     log(f"batch features at the cutoff: {materialized:,} rows materialized")
 
+    folds = None
+    item_model_version: str | None = None
+    if NEEDS_ITEM_MODEL.intersection(spec.policies):
+        t0 = time.perf_counter()
+        item_model_version, folds = _train_item_model(settings, log)
+        seconds["item model"] = time.perf_counter() - t0
+        log(f"item model {item_model_version} trained in {seconds['item model']:.1f} s")
+
     version: str | None = None
     metrics: dict[str, float] = {}
     if NEEDS_MODEL.intersection(spec.policies):
         t0 = time.perf_counter()
-        version, metrics = _train_model(settings, train, spec)
+        version, metrics = _train_model(settings, train, spec, folds)
         seconds["train"] = time.perf_counter() - t0
         log(f"model {version} trained in {seconds['train']:.1f} s")
     return Prepared(
@@ -250,7 +263,23 @@ def prepare(
         model_version=version,
         seconds=seconds,
         model_metrics=metrics,
+        item_model_version=item_model_version,
     )
+
+
+def _train_item_model(settings: Settings, log: Any) -> tuple[str, SessionFolds | None]:
+    """The item model on the training events (the event log), written to the online store,
+    and its two cross-fitted twins for training the ranker (None if a fold has no events)."""
+    from featrec.core.items.slist import fit_folds
+    from featrec.jobs.item_model import read_clicks, train_item_model
+
+    _, report = train_item_model(settings, log=log, source="featrec evaluate")
+    clicks = read_clicks(settings)
+    try:
+        folds = fit_folds(clicks, SlistConfig())
+    except ConfigError:
+        folds = None
+    return report.version, folds
 
 
 def _write_item_signals(settings: Settings, train: Sequence[Event]) -> int:
@@ -280,7 +309,10 @@ def _batch_and_materialize(settings: Settings) -> int:
 
 
 def _train_model(
-    settings: Settings, train: Sequence[Event], spec: EvalSpec
+    settings: Settings,
+    train: Sequence[Event],
+    spec: EvalSpec,
+    folds: SessionFolds | None = None,
 ) -> tuple[str, dict[str, float]]:
     """The ranker from the training events alone, saved as a model version (see
     :attr:`EvalSpec.trainer`)."""
@@ -290,9 +322,11 @@ def _train_model(
     from featrec.app.training import EVENTS_CONFIG, fit_on_events
 
     if spec.trainer == "dataset":
-        return _train_on_dataset(settings, train, spec)
+        return _train_on_dataset(settings, train, spec, folds)
     config = replace(EVENTS_CONFIG, session_policy=settings.session_policy)
-    result = fit_on_events(train, config=config, max_points=spec.train_points, seed=spec.seed)
+    result = fit_on_events(
+        train, config=config, max_points=spec.train_points, seed=spec.seed, item_model=folds
+    )
     manifest = save_model(
         result.ranker,
         models_dir(settings.home),
@@ -303,7 +337,10 @@ def _train_model(
 
 
 def _train_on_dataset(
-    settings: Settings, train: Sequence[Event], spec: EvalSpec
+    settings: Settings,
+    train: Sequence[Event],
+    spec: EvalSpec,
+    folds: SessionFolds | None = None,
 ) -> tuple[str, dict[str, float]]:
     """Production's training path on the training events: a training set built with the
     serving candidates and point-in-time batch features, then the ranker, saved as a model."""
@@ -334,6 +371,7 @@ def _train_on_dataset(
         train,
         points,
         config,
+        item_model=folds,
         training={
             "events": len(train),
             "points": len(points),
@@ -381,7 +419,15 @@ def open_replay(root: Path) -> Replay:
         data["dead_letter_reasons"] = sorted({d.reason for d in dead})[:20]
         work.replay.write_text(json.dumps(data))
 
-    gate = ReplayGate(test, prediction_points(test), rows, policies, out, on_finish=finish)
+    gate = ReplayGate(
+        test,
+        prediction_points(test),
+        rows,
+        policies,
+        out,
+        on_finish=finish,
+        concurrency=spec.concurrency,
+    )
     return Replay(work, spec, settings, gate, dead)
 
 
@@ -418,8 +464,10 @@ def run_replay(work: WorkDir, *, timeout_s: float | None = None) -> float:
 
 
 def read_answers(work: WorkDir) -> list[dict[str, Any]]:
+    """Every point's answers, in the points' (time) order, whatever the replay's concurrency."""
     with work.answers.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+        answers = [json.loads(line) for line in f if line.strip()]
+    return sorted(answers, key=lambda a: int(a["point"]["event_index"]))
 
 
 def read_external(path: Path) -> dict[tuple[str, int], list[str]]:

@@ -10,6 +10,7 @@ evaluation shares.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from featrec.settings import Settings
 if TYPE_CHECKING:
     from featrec.app.training import LabelledPoint, TrainingConfig
     from featrec.core.events.model import Event
+    from featrec.core.items.slist import SessionFolds
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +64,15 @@ def fit_and_save(
     training: Mapping[str, Any],
     version: str | None = None,
     on_point: Callable[[], None] | None = None,
+    item_model: SessionFolds | None = None,
 ) -> TrainReport:
-    """Fit the ranker on ``points`` (features replayed from ``events``) and save it."""
+    """Fit the ranker on ``points`` (features replayed from ``events``) and save it;
+    ``item_model``: the cross-fitted item models its ``model`` features come from."""
     from featrec.adapters.files.model_store import models_dir, save_model
     from featrec.app.training import train as train_ranker
 
     started = time.perf_counter()
-    result = train_ranker(events, points, config, on_point=on_point)
+    result = train_ranker(events, points, config, on_point=on_point, item_model=item_model)
     root = models_dir(settings.home)
     manifest = save_model(
         result.ranker, root, metrics=result.metrics, training=dict(training), version=version
@@ -81,6 +85,22 @@ def fit_and_save(
         seconds=time.perf_counter() - started,
         training=dict(training),
     )
+
+
+def item_model_folds(settings: Settings) -> SessionFolds | None:
+    """Cross-fitted twins of the newest item model (same hyperparameters, each fitted on half
+    the sessions of the event log), so the ranker learns the ``model`` features on sessions
+    the model never saw; None when no item model was trained (the features stay 0)."""
+    from featrec.adapters.files.item_model_store import item_models_dir, list_item_model_versions
+    from featrec.core.items.slist import SlistConfig, fit_folds
+    from featrec.jobs.item_model import read_clicks
+
+    root = item_models_dir(settings.home)
+    versions = list_item_model_versions(root)
+    if not versions:
+        return None
+    manifest = json.loads((root / versions[-1] / "manifest.json").read_text())
+    return fit_folds(read_clicks(settings), SlistConfig(**manifest["config"]))
 
 
 def load_points(path: Path) -> tuple[list[LabelledPoint], int]:
@@ -124,12 +144,15 @@ def train_on_dataset(
         learning_rate=job.learning_rate,
         session_policy=settings.session_policy,
     )
+    folds = item_model_folds(settings)
     report = fit_and_save(
         settings,
         events,
         points,
         config,
+        item_model=folds,
         training={
+            "item_model_folds": folds is not None,
             "dataset": str(path.resolve()),
             "dataset_rows": rows,
             "events": len(events),

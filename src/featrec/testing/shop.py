@@ -154,11 +154,19 @@ def toy_model(version: str = "m-test") -> LoadedModel:
     from featrec.app.serving.steps import LoadedModel
     from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker
 
+    # Drawn over the columns the ranker had before the item model's, which stay constant (0),
+    # so the model, and every score in request logs written with it, stays the same.
+    later = ("model_score", "model_share", "src_model")
+    drawn = [name for name in RANKING_FEATURES if name not in later]
     rng = np.random.default_rng(0)
-    X = rng.random((600, len(RANKING_FEATURES)))
-    share = RANKING_FEATURES.index("base_share")
-    same = RANKING_FEATURES.index("same_category")
-    X[:, same] = rng.integers(0, 2, 600)
-    y = ((X[:, share] > 0.6) | (X[:, same] > 0.5) & (X[:, share] > 0.2)).astype(int)
+    X_drawn = rng.random((600, len(drawn)))
+    share = drawn.index("base_share")
+    same = drawn.index("same_category")
+    X_drawn[:, same] = rng.integers(0, 2, 600)
+    y = ((X_drawn[:, share] > 0.6) | (X_drawn[:, same] > 0.5) & (X_drawn[:, share] > 0.2)).astype(
+        int
+    )
+    X = np.zeros((600, len(RANKING_FEATURES)))
+    X[:, [RANKING_FEATURES.index(name) for name in drawn]] = X_drawn
     ranker = Ranker(feature_names=RANKING_FEATURES, max_iter=15, min_samples_leaf=5).fit(X, y)
     return LoadedModel(version, ranker)

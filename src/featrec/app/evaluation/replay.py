@@ -18,7 +18,10 @@ into the real online store. This module is the part that does not know about Byt
   batch-only     the store as a nightly batch system has it: no session row (the
                  answer is the degraded one: user history, trending at the cutoff)
   session-only   the session row, candidates in their co-visitation order, no ranker
-  full           session row + batch features + learned ranker
+  full           session row + batch features + learned ranker (the item model among its
+                 candidate sources and features)
+  item-model     the session row's items scored by the batch-trained item model alone
+                 (``item_model`` rows), no ranker
   stale-1s/1m/1h full, but the session row as it was that long ago (freshness ablation)
   ============== ==================================================================
 
@@ -29,9 +32,11 @@ the protocol asks (statistics learned from training data only).
 from __future__ import annotations
 
 import bisect
+import heapq
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from featrec.app.serving.recommender import LoadedModel, Recommender, ServingConfig
@@ -48,11 +53,14 @@ POPULARITY: Final = "popularity"
 BATCH_ONLY: Final = "batch-only"
 SESSION_ONLY: Final = "session-only"
 FULL: Final = "full"
+ITEM_MODEL: Final = "item-model"
 #: Staleness ablation: the full policy with the session row delayed by this many seconds.
 STALE: Final = {"stale-1s": 1.0, "stale-1m": 60.0, "stale-1h": 3600.0}
-POLICIES: Final = (POPULARITY, BATCH_ONLY, SESSION_ONLY, FULL, *STALE)
+POLICIES: Final = (POPULARITY, BATCH_ONLY, SESSION_ONLY, ITEM_MODEL, FULL, *STALE)
 #: Policies that need a learned model.
 NEEDS_MODEL: Final = frozenset({FULL, *STALE})
+#: Policies that read the batch-trained item model.
+NEEDS_ITEM_MODEL: Final = frozenset({ITEM_MODEL, *NEEDS_MODEL})
 
 
 def parse_policies(spec: str) -> list[str]:
@@ -200,6 +208,11 @@ class Policies:
         self.clock = ReplayClock()
         self.history = SessionHistory()
         cfg = evaluation_config(config)
+        # session-only stays the co-visitation scorer alone; item-model orders by the model.
+        configs = {
+            SESSION_ONLY: replace(cfg, candidates=replace(cfg.candidates, max_model=0)),
+            ITEM_MODEL: replace(cfg, candidates=replace(cfg.candidates, order="model")),
+        }
         self.recommenders: dict[str, Recommender] = {}
         for name in self.names:
             if name == POPULARITY:
@@ -212,8 +225,8 @@ class Policies:
             self.recommenders[name] = Recommender(
                 reader,
                 InMemoryRequestLog(capacity=1),
-                model=None if name == SESSION_ONLY else model,
-                config=cfg,
+                model=None if name in (SESSION_ONLY, ITEM_MODEL) else model,
+                config=configs.get(name, cfg),
                 clock=self.clock,
             )
 
@@ -232,11 +245,19 @@ class Policies:
 
 
 class ReplayGate:
-    """Lock-step between the flow's source and its feature sink (see the module doc).
+    """Lock-step per session between the flow's source and its feature sink (module doc).
 
-    The source calls :meth:`release` until it returns None (all events released); it gets
-    ``False`` while the previous event is still in flight. The sink calls :meth:`rows_written`
-    after each successful write; the dead-letter sink calls :meth:`dead_lettered`.
+    Up to ``concurrency`` sessions have an event in flight at once, **never two events of one
+    session**: an event is released only after its session's previous event has settled (its
+    row written and read back, or its dead letter), so every point sees its own session's last
+    event, whatever the concurrency. Events are released in time order, except that an event
+    whose session is busy waits while later events of other sessions go ahead. With
+    ``concurrency=1`` this is the one-event-at-a-time replay.
+
+    The source calls :meth:`release_batch` (or :meth:`release`) until it returns None (all
+    events released); it gets an empty list / ``False`` while nothing can be released. The
+    sink calls :meth:`rows_written` after each successful write; the dead-letter sink calls
+    :meth:`dead_lettered`.
     """
 
     def __init__(
@@ -250,9 +271,12 @@ class ReplayGate:
         timeout_s: float = 30.0,
         monotonic: Callable[[], float] = time.perf_counter,
         on_finish: Callable[[ReplayStats], None] | None = None,
+        concurrency: int = 1,
     ) -> None:
         if len(events) != len(points):
             raise ValueError(f"{len(points)} points for {len(events)} events")
+        if concurrency < 1:
+            raise ConfigError(f"replay concurrency must be >= 1, got {concurrency}")
         self.events = events
         self.points = points
         self.rows = rows
@@ -260,36 +284,77 @@ class ReplayGate:
         self.out = out
         self.timeout_s = timeout_s
         self.monotonic = monotonic
+        self.concurrency = concurrency
         self.stats = ReplayStats()
         self._next = 0
-        self._in_flight: int | None = None
-        self._released_at = 0.0
+        #: Session -> (index of its event in flight, release time).
+        self._in_flight: dict[str, tuple[int, float]] = {}
+        #: Events held back because their session was busy, per session in time order, and
+        #: the heads of those queues that may go once their session settles.
+        self._held: dict[str, deque[int]] = {}
+        self._ready: list[int] = []
         self._on_finish = on_finish
         self._finished = False
 
     @property
     def done(self) -> bool:
-        return self._next >= len(self.events) and self._in_flight is None
+        return (
+            self._next >= len(self.events)
+            and not self._in_flight
+            and not self._ready
+            and not self._held
+        )
 
     def release(self) -> Event | bool | None:
-        """The next event to send, ``False`` to wait, None when every event has been sent."""
-        if self._in_flight is not None:
-            waited = self.monotonic() - self._released_at
-            if waited > self.timeout_s:
-                event = self.events[self._in_flight]
+        """One event to send, ``False`` to wait, None when every event has been sent."""
+        batch = self.release_batch(1)
+        if batch is None:
+            return None
+        return batch[0] if batch else False
+
+    def release_batch(self, limit: int | None = None) -> list[Event] | None:
+        """The events that may be sent now (at most ``limit``), ``[]`` to wait, None when
+        every event has been sent and settled."""
+        self._check_timeouts()
+        out: list[Event] = []
+        room = self.concurrency - len(self._in_flight)
+        if limit is not None:
+            room = min(room, limit)
+        while room > 0:
+            index = self._take()
+            if index is None:
+                break
+            event = self.events[index]
+            if event.session_id in self._in_flight:
+                self._held.setdefault(event.session_id, deque()).append(index)
+                continue
+            self._in_flight[event.session_id] = (index, self.monotonic())
+            self.stats.released += 1
+            out.append(event)
+            room -= 1
+        if not out and self.done:
+            self._finish()
+            return None
+        return out
+
+    def _take(self) -> int | None:
+        """The earliest event not yet released or held."""
+        if self._ready and (self._next >= len(self.events) or self._ready[0] < self._next):
+            return heapq.heappop(self._ready)
+        if self._next < len(self.events):
+            self._next += 1
+            return self._next - 1
+        return None
+
+    def _check_timeouts(self) -> None:
+        now = self.monotonic()
+        for index, released_at in self._in_flight.values():
+            if now - released_at > self.timeout_s:
+                event = self.events[index]
                 raise FeatrecError(
                     f"event {event.event_id} (session {event.session_id}) produced neither a "
                     f"row nor a dead letter within {self.timeout_s:g} s"
                 )
-            return False
-        if self._next >= len(self.events):
-            self._finish()
-            return None
-        self._in_flight = self._next
-        self._next += 1
-        self._released_at = self.monotonic()
-        self.stats.released += 1
-        return self.events[self._in_flight]
 
     def _finish(self) -> None:
         if not self._finished:
@@ -302,25 +367,42 @@ class ReplayGate:
             if row.view != SESSION_FEATURES.name:
                 continue
             self.stats.rows_written += 1
-            index = self._in_flight
-            if index is None or self.events[index].session_id != row.key:
+            flight = self._in_flight.get(row.key)
+            if flight is None:
                 raise FeatrecError(
-                    f"session row {row.key!r} written while "
-                    f"{'no event' if index is None else repr(self.events[index].session_id)} "
-                    "was in flight: the replay is not in lock-step"
+                    f"session row {row.key!r} written while no event of that session was in "
+                    "flight: the replay is not in lock-step"
                 )
-            self._settle(index)
+            self._settle(row.key, *flight)
 
-    def dead_lettered(self, count: int = 1) -> None:
+    def dead_lettered(self, count: int = 1, session_ids: Sequence[str | None] = ()) -> None:
+        """``count`` events were refused; ``session_ids`` names their sessions where known
+        (needed when several sessions are in flight)."""
         self.stats.dead_letters += count
-        if self._in_flight is not None:
-            self._in_flight = None
+        for n in range(count):
+            session = session_ids[n] if n < len(session_ids) else None
+            if session is None and len(self._in_flight) == 1:
+                session = next(iter(self._in_flight))
+            if session is None or session not in self._in_flight:
+                raise FeatrecError(
+                    "a dead letter whose session is not known while several events are in "
+                    "flight: the replay cannot tell which event settled"
+                )
+            self._unblock(session)
 
-    def _settle(self, index: int) -> None:
+    def _unblock(self, session_id: str) -> None:
+        del self._in_flight[session_id]
+        held = self._held.get(session_id)
+        if held:
+            heapq.heappush(self._ready, held.popleft())
+            if not held:
+                del self._held[session_id]
+
+    def _settle(self, session_id: str, index: int, released_at: float) -> None:
         event = self.events[index]
         found = self.rows.read_rows({SESSION_FEATURES.name: [event.session_id]})
         row = found[SESSION_FEATURES.name][0]
-        freshness = (self.monotonic() - self._released_at) * 1000
+        freshness = (self.monotonic() - released_at) * 1000
         self.stats.freshness_ms.append(freshness)
         at_s = event.ts.timestamp()
         if row is None:
@@ -333,7 +415,7 @@ class ReplayGate:
             self.policies.answer(point, answer)
             self.stats.points += 1
             self.out(answer)
-        self._in_flight = None
+        self._unblock(session_id)
 
 
 def most_popular(events: Sequence[Event], k: int) -> list[str]:

@@ -286,6 +286,7 @@ class Recommender:
             signals,
             cfg.candidates,
             categories=context_categories(session_values, user_values),
+            session_id=session_id,
         )
         ids = [c.item_id for c in candidates]
         found = self.item_cache.get(

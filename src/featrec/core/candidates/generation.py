@@ -12,10 +12,13 @@ the sources that admitted it and every source's score for it:
 - ``trending``: the trending lists of the context's categories (the session's last category,
   the user's top categories) and the head of the global list;
 - ``popular``: the rest of the global trending list, only to top the pool up to
-  ``min_total`` (the last resort when the session says little).
+  ``min_total`` (the last resort when the session says little);
+- ``model``: the batch-trained item model's best items for the session
+  (:func:`featrec.core.items.slist.score_session` over ``item_model`` rows).
 
 ``covisit`` + ``session`` is the tuned co-visitation scorer (RSC15 HR@20 0.663): candidates
-are ordered by it, then by their best other source. ``Candidate.details`` adds finer
+are ordered by it, then by their best other source (``order="model"``: by the item model's
+score first, the item-model policy). ``Candidate.details`` adds finer
 co-visitation facts for the ranker (:data:`~featrec.core.candidates.model.DETAILS`: per-anchor
 weights and list ranks). Everything is deterministic: ties are broken by item id, never by hash
 order.
@@ -35,6 +38,7 @@ from featrec.core.candidates.config import DEFAULT_CONFIG, CandidateConfig
 from featrec.core.candidates.model import (
     COVISIT,
     HISTORY,
+    MODEL,
     POPULAR,
     SESSION,
     SOURCES,
@@ -42,6 +46,7 @@ from featrec.core.candidates.model import (
     Candidate,
 )
 from featrec.core.candidates.signals import SignalLookup
+from featrec.core.items import slist
 from featrec.core.items.session_scorer import ScorerConfig, score_session
 
 
@@ -68,12 +73,14 @@ def generate(
     config: CandidateConfig = DEFAULT_CONFIG,
     *,
     categories: Sequence[str] = (),
+    session_id: str | None = None,
 ) -> list[Candidate]:
     """The candidates of one request, in candidate order (see the module docstring).
 
     ``session_items`` are newest first (a ``session_features.last_items`` list);
     ``session_types`` are aligned with them, or ``None``/empty when unknown (every event then
     weighs 1). ``categories`` name trending lists to draw from (:func:`context_categories`).
+    ``session_id`` is passed on to the item model lookup.
     """
     types: Sequence[str] | None = session_types or None
     if types is not None and len(types) != len(session_items):
@@ -128,6 +135,20 @@ def generate(
         by_source[HISTORY] = history_scores
         admit(HISTORY, _top(history_scores, config.max_history))
 
+    if config.max_model or config.order == "model":
+        model_rows = signals.model_neighbours(
+            list(dict.fromkeys(session_items[: config.model_last_n])), session_id
+        )
+        if model_rows:
+            model_scores = slist.score_session(
+                session_items,
+                lambda item: model_rows.get(item, ()),
+                config.model_predict_weight,
+                config.model_last_n,
+            )
+            by_source[MODEL] = model_scores
+            admit(MODEL, _top(model_scores, config.max_model))
+
     trending_scores = by_source[TRENDING]
     global_list = list(signals.trending(None)) if config.max_trending or config.max_popular else []
     for category in list(dict.fromkeys(categories))[: config.max_categories]:
@@ -150,7 +171,8 @@ def generate(
         popular_n += 1
 
     # The candidate order on plain numbers; Candidate objects only for the pool that is kept.
-    keys = [_order_key(item, mask, by_source) for item, mask in admitted.items()]
+    order_key = _model_order_key if config.order == "model" else _order_key
+    keys = [order_key(item, mask, by_source) for item, mask in admitted.items()]
     keys.sort()
     kept = keys[: config.max_total]
     details = _covisit_details(anchors, lookup, scoring.normalise, {key[2] for key in kept})
@@ -249,7 +271,7 @@ def _reminders(
 _weight: Final = itemgetter(1)
 
 #: Order of the sources that come after the co-visitation scorer's candidates.
-_LATER: Final = (SESSION, HISTORY, TRENDING, POPULAR)
+_LATER: Final = (SESSION, MODEL, HISTORY, TRENDING, POPULAR)
 
 
 def _order_key(
@@ -264,3 +286,14 @@ def _order_key(
         if mask & _BIT[source]:
             return (rank, -by_source[source].get(item, 0.0), item)
     return (len(_LATER) + 1, 0.0, item)
+
+
+def _model_order_key(
+    item: str, mask: int, by_source: Mapping[str, Mapping[str, float]]
+) -> tuple[int, float, str]:
+    """The item model's score first, then the candidate order (the item-model policy)."""
+    model = by_source[MODEL].get(item, 0.0)
+    if model > 0:
+        return (0, -model, item)
+    rank, score, _ = _order_key(item, mask, by_source)
+    return (1 + rank, score, item)

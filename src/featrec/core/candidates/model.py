@@ -16,8 +16,10 @@ SESSION: Final = "session"
 HISTORY: Final = "history"
 TRENDING: Final = "trending"
 POPULAR: Final = "popular"
+#: The batch-trained item model's scores for the session (``item_model`` rows).
+MODEL: Final = "model"
 #: Every source, in the order candidates list them.
-SOURCES: Final = (COVISIT, SESSION, HISTORY, TRENDING, POPULAR)
+SOURCES: Final = (COVISIT, SESSION, HISTORY, TRENDING, POPULAR, MODEL)
 
 #: The finer co-visitation facts a neighbour of the session's items carries in
 #: ``Candidate.details``: its normalised weight from the newest distinct item and from the one
@@ -39,6 +41,7 @@ SOURCE_REASONS: Final = {
     HISTORY: "related to what this user bought before",
     TRENDING: "trending in a category of interest",
     POPULAR: "popular right now",
+    MODEL: "the item model expects it next in this session",
 }
 
 

@@ -189,6 +189,7 @@ class SignalCandidates:
             self.signals,
             self.config,
             categories=self.categories(context.session_id, context.user_id),
+            session_id=context.session_id,
         )
 
     def candidates(self, context: PredictionContext) -> list[str]:

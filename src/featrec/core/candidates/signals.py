@@ -15,6 +15,7 @@ from featrec.core.events.model import PURCHASE, Event
 from featrec.core.features.catalog import NEIGHBOURS_K, RECENT_PURCHASES_N, TRENDING_N
 from featrec.core.items import covisit
 from featrec.core.items.covisit import CovisitConfig, CovisitIndex
+from featrec.core.items.slist import ItemModel, SessionFolds
 from featrec.core.items.trending import TrendingBoard, TrendingConfig
 from featrec.errors import ConfigError
 
@@ -34,6 +35,14 @@ class SignalLookup(Protocol):
 
     def user_history(self, user_id: str) -> Sequence[str]:
         """The user's long-term items (recent purchases), most recent first."""
+        ...
+
+    def model_neighbours(
+        self, items: Sequence[str], session_id: str | None = None
+    ) -> Mapping[str, Sequence[tuple[str, float]]]:
+        """The item model's top entries ``[(item, weight), ...]`` per item (``item_model``
+        rows); items without a row may be missing, and no model means an empty mapping.
+        ``session_id`` names the session asking (cross-fitted training models use it)."""
         ...
 
 
@@ -61,6 +70,7 @@ class InMemorySignals:
         trending_n: int = TRENDING_N,
         history_n: int = RECENT_PURCHASES_N,
         trending_refresh_s: float = 300.0,
+        model: ItemModel | SessionFolds | None = None,
     ) -> None:
         if neighbours_k < 1 or trending_n < 1 or history_n < 1:
             raise ConfigError("neighbours_k, trending_n and history_n must be >= 1")
@@ -79,6 +89,7 @@ class InMemorySignals:
         self._neighbour_cache: dict[str, tuple[int, list[tuple[str, float]]]] = {}
         self._lists: dict[str | None, list[tuple[str, float]]] | None = None
         self._period: int | None = None
+        self.model = model
 
     def observe(self, event: Event) -> None:
         """Learn from one event (call in event-time order)."""
@@ -124,6 +135,19 @@ class InMemorySignals:
 
     def user_history(self, user_id: str) -> Sequence[str]:
         return self.history.get(user_id, ())
+
+    def model_neighbours(
+        self, items: Sequence[str], session_id: str | None = None
+    ) -> dict[str, Sequence[tuple[str, float]]]:
+        model = self.model
+        if model is None:
+            return {}
+        if isinstance(model, SessionFolds):
+            if session_id is None:
+                raise ConfigError("cross-fitted item models answer only for a named session")
+            model = model.for_session(session_id)
+        found = model.neighbours
+        return {item: found[item] for item in items if item in found}
 
 
 def _trending_lists(board: TrendingBoard, n: int) -> dict[str | None, list[tuple[str, float]]]:

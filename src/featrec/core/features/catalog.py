@@ -121,6 +121,28 @@ ITEM_NEIGHBOURS: Final = View(
     ),
 )
 
+#: How many entries an ``item_model`` row carries by default (heaviest first).
+ITEM_MODEL_K: Final = 100
+
+ITEM_MODEL: Final = View(
+    name="item_model",
+    entity=ITEM,
+    description=(
+        "The batch-trained item model's top entries for an item (SLIST, featrec items "
+        "train-model): what tends to follow or accompany it, learned from the event log."
+    ),
+    features=(
+        Feature("model_ids", Dtype.STRING_LIST, "Item ids, heaviest model weight first."),
+        Feature(
+            "model_weights",
+            Dtype.FLOAT64_LIST,
+            "The model's item-to-item weights, aligned with model_ids.",
+        ),
+        Feature("model_version", Dtype.STRING, "Version of the item model that wrote the row."),
+        Feature("trained_at_s", Dtype.FLOAT64, "Unix seconds of the newest training event."),
+    ),
+)
+
 #: Event types with their own trending score column.
 TRENDING_TYPES: Final = KNOWN_TYPES
 
@@ -248,5 +270,12 @@ LONG_TERM_SERVICE: Final = "long_term_v1"
 #: Every view featrec writes, by name.
 VIEWS: Final = {
     v.name: v
-    for v in (SESSION_FEATURES, ITEM_NEIGHBOURS, ITEM_TRENDING, USER_FEATURES, ITEM_FEATURES)
+    for v in (
+        SESSION_FEATURES,
+        ITEM_NEIGHBOURS,
+        ITEM_TRENDING,
+        ITEM_MODEL,
+        USER_FEATURES,
+        ITEM_FEATURES,
+    )
 }

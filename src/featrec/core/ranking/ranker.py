@@ -36,6 +36,7 @@ from featrec.core.candidates.model import (
     COVISIT,
     DETAILS,
     HISTORY,
+    MODEL,
     POPULAR,
     SESSION,
     SOURCES,
@@ -62,6 +63,8 @@ RANKING_FEATURES: Final[tuple[str, ...]] = (
     "session_score",
     "history_score",
     "trending_score",
+    "model_score",
+    "model_share",
     *(f"src_{s}" for s in SOURCES),
     "n_sources",
     # the item
@@ -203,6 +206,7 @@ def ranking_matrix(
     n = len(candidates) if rows is None else min(rows, len(candidates))
     max_base = max((c.base_score for c in candidates), default=0.0)
     max_covisit = max((c.score(COVISIT) for c in candidates), default=0.0)
+    max_model = max((c.score(MODEL) for c in candidates), default=0.0)
 
     last_items = _strings(session, "last_items")
     position: dict[str, float] = {}
@@ -290,6 +294,8 @@ def ranking_matrix(
                 scores.get(SESSION, 0.0),
                 scores.get(HISTORY, 0.0),
                 max(scores.get(TRENDING, 0.0), scores.get(POPULAR, 0.0)),
+                scores.get(MODEL, 0.0),
+                scores.get(MODEL, 0.0) / max_model if max_model > 0 else 0.0,
                 *[1.0 if s in sources else 0.0 for s in SOURCES],
                 float(len(sources)),
                 *item_part,

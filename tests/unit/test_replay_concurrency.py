@@ -1,0 +1,159 @@
+"""The concurrent replay gate: sessions in flight together, each in lock-step, and answers
+that do not depend on the concurrency (only on each session's own events)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from featrec.app.evaluation.replay import (
+    BATCH_ONLY,
+    ITEM_MODEL,
+    POPULARITY,
+    SESSION_ONLY,
+    PointAnswer,
+    Policies,
+    ReplayGate,
+    most_popular,
+)
+from featrec.core.evaluation.protocol import prediction_points, time_ordered
+from featrec.core.events.model import CLICK, Event
+from featrec.core.features.catalog import ITEM_MODEL as ITEM_MODEL_VIEW
+from featrec.core.features.catalog import ITEM_NEIGHBOURS
+from featrec.core.features.rows import FeatureRow
+from featrec.core.ports.features import InMemoryFeatureStore
+from featrec.core.ports.serving import InMemoryRows
+from featrec.core.sessions.fold import SessionPolicy, SessionState, fold, session_row
+from featrec.errors import ConfigError, FeatrecError
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+ITEMS = [f"i{n}" for n in range(12)]
+POLICY = SessionPolicy()
+
+
+def _events(seed: int, sessions: int = 30) -> list[Event]:
+    rng = random.Random(seed)
+    out = []
+    n = 0
+    for s in range(sessions):
+        start = rng.uniform(0, 600)
+        for p in range(rng.randint(1, 7)):
+            item = rng.choice(ITEMS)
+            out.append(Event(f"e{n}", f"s{s}", item, CLICK, T0 + timedelta(seconds=start + 5 * p)))
+            n += 1
+    return time_ordered(out)
+
+
+def _neighbours() -> list[FeatureRow]:
+    return [
+        FeatureRow(
+            ITEM_NEIGHBOURS.name,
+            item,
+            {
+                "neighbour_ids": [ITEMS[(k + j) % 12] for j in (1, 2, 5)],
+                "neighbour_weights": [3.0, 2.0, 1.0],
+                "as_of_s": 0.0,
+            },
+            1,
+        )
+        for k, item in enumerate(ITEMS)
+    ] + [
+        FeatureRow(
+            ITEM_MODEL_VIEW.name,
+            item,
+            {
+                "model_ids": [ITEMS[(k + j) % 12] for j in (3, 1, 7)],
+                "model_weights": [0.5, 0.4, 0.1],
+                "model_version": "v",
+                "trained_at_s": 0.0,
+            },
+            1,
+        )
+        for k, item in enumerate(ITEMS)
+    ]
+
+
+def _replay(events: list[Event], concurrency: int, seed: int) -> list[PointAnswer]:
+    """Run the gate against a flow stand-in that folds each released event with the real
+    session fold and writes the rows in a shuffled order, a few at a time."""
+    store = InMemoryFeatureStore()
+    store.write(_neighbours())
+    rows = InMemoryRows(store)
+    policies = Policies(
+        [POPULARITY, BATCH_ONLY, SESSION_ONLY, ITEM_MODEL],
+        rows,
+        None,
+        most_popular(events, 5),
+        5,
+    )
+    answers: list[PointAnswer] = []
+    gate = ReplayGate(
+        events, prediction_points(events), rows, policies, answers.append, concurrency=concurrency
+    )
+    states: dict[str, SessionState] = {}
+    rng = random.Random(seed)
+    pending: list[Event] = []
+    while True:
+        batch = gate.release_batch()
+        if batch is None:
+            break
+        assert len(batch) + len(pending) <= concurrency
+        assert len({e.session_id for e in [*batch, *pending]}) == len(batch) + len(pending)
+        pending.extend(batch)
+        rng.shuffle(pending)
+        cut = rng.randint(1, len(pending))
+        settle, pending = pending[:cut], pending[cut:]
+        rows_out = []
+        for event in settle:
+            state = states.setdefault(event.session_id, SessionState(event.session_id))
+            fold(state, event, POLICY)
+            rows_out.append(session_row(state))
+        store.write(rows_out)
+        gate.rows_written(rows_out)
+    assert gate.done and not pending
+    return sorted(answers, key=lambda a: a.point.event_index)
+
+
+def _figures(answers: list[PointAnswer]) -> list[tuple[object, ...]]:
+    return [(a.point, sorted(a.lists.items()), sorted(a.degraded.items())) for a in answers]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_answers_do_not_depend_on_the_concurrency(seed: int) -> None:
+    events = _events(seed)
+    baseline = _figures(_replay(events, 1, seed))
+    assert len(baseline) == sum(p is not None for p in prediction_points(events))
+    for concurrency in (2, 7, 64):
+        assert _figures(_replay(events, concurrency, seed + concurrency)) == baseline
+
+
+def test_two_events_of_one_session_are_never_in_flight_together() -> None:
+    e = [
+        Event("a", "s1", "i1", CLICK, T0),
+        Event("b", "s1", "i2", CLICK, T0 + timedelta(seconds=1)),
+        Event("c", "s2", "i3", CLICK, T0 + timedelta(seconds=2)),
+    ]
+    store = InMemoryFeatureStore()
+    rows = InMemoryRows(store)
+    policies = Policies([POPULARITY], rows, None, ["i1"], 1)
+    gate = ReplayGate(e, prediction_points(e), rows, policies, lambda a: None, concurrency=3)
+    # s1's second event waits; s2's event goes ahead of it
+    assert gate.release_batch() == [e[0], e[2]]
+    assert gate.release_batch() == []
+    with pytest.raises(FeatrecError, match="not known"):
+        gate.dead_lettered(1)  # two sessions in flight: which one?
+    state = SessionState("s1")
+    fold(state, e[0], POLICY)
+    gate.rows_written([session_row(state)])
+    assert gate.release_batch() == [e[1]]
+    gate.dead_lettered(2, ["s1", "s2"])
+    assert gate.release_batch() is None and gate.done
+
+
+def test_concurrency_is_validated() -> None:
+    with pytest.raises(ConfigError, match="concurrency"):
+        ReplayGate([], [], InMemoryRows(InMemoryFeatureStore()), None, print, concurrency=0)  # type: ignore[arg-type]
