@@ -14,7 +14,7 @@ from featrec.cli import main
 @pytest.mark.parametrize(
     ("args", "env", "code", "needle"),
     [
-        (["run", "sessions", "--source", "/no/such/file.jsonl"], {}, 1, "neither 'redis', 'kafka', 'collector' nor"),
+        (["run", "sessions", "--source", "/no/such/file.jsonl"], {}, 1, "neither 'redis', 'kafka'"),
         (["run", "sessions", "--source", "x", "--processes", "0"], {}, 2, "--processes"),
         (["run", "sessions", "--source", "x", "--speed", "-1"], {}, 2, "--speed"),
         (["generate"], {}, 2, "--out"),
