@@ -243,7 +243,7 @@ def test_the_fast_writer_takes_key_ttl_from_the_yaml(
     ("replace", "message"),
     [
         ("${FEATREC_FEAST_REDIS}", "the fast writer and Feast must use the same server"),
-        ("type: redis\n", "not redis_cluster"),
+        ("type: redis\n", "set FEATREC_REDIS_CLUSTER_NODES"),
         ("entity_key_serialization_version: 3", "entity_key_serialization_version: 3"),
     ],
 )

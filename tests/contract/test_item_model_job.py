@@ -65,7 +65,9 @@ def test_train_version_write_and_read_back(sqlite_settings: Settings) -> None:
     settings = sqlite_settings
     apply_repo(settings)
     EventLogWriter(settings.event_log_dir).write(_events())
-    config = slist.SlistConfig(reg=1.0, top_k=3)
+    # Half transitions (SLIT): what follows A is B. (With the tuned alpha 0.9, mostly session
+    # co-occurrence, A's nearest is C, which shares its sessions just as much.)
+    config = slist.SlistConfig(reg=1.0, top_k=3, alpha=0.5)
     model, report = train_item_model(settings, config)
     assert report.events == len(_events()) and report.items == 5
     assert report.rows_written == 5

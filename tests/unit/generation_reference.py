@@ -1,8 +1,6 @@
 """Candidate generation as it was before it kept per-source score dicts and built Candidates only
-for the kept pool: the oracle ``tests/unit/test_generation_oracle.py`` compares the current one
+for the kept pool (with the item model source): the oracle ``tests/unit/test_generation_oracle.py`` compares the current one
 with (kept verbatim below)."""
-
-# ruff: noqa
 
 from __future__ import annotations
 
@@ -14,6 +12,7 @@ from featrec.core.candidates.config import DEFAULT_CONFIG, CandidateConfig
 from featrec.core.candidates.model import (
     COVISIT,
     HISTORY,
+    MODEL,
     POPULAR,
     SESSION,
     SOURCES,
@@ -21,6 +20,7 @@ from featrec.core.candidates.model import (
     Candidate,
 )
 from featrec.core.candidates.signals import SignalLookup
+from featrec.core.items import slist
 from featrec.core.items.order import best_first
 from featrec.core.items.session_scorer import ScorerConfig, score_session
 
@@ -48,12 +48,14 @@ def generate(
     config: CandidateConfig = DEFAULT_CONFIG,
     *,
     categories: Sequence[str] = (),
+    session_id: str | None = None,
 ) -> list[Candidate]:
     """The candidates of one request, in candidate order (see the module docstring).
 
     ``session_items`` are newest first (a ``session_features.last_items`` list);
     ``session_types`` are aligned with them, or ``None``/empty when unknown (every event then
     weighs 1). ``categories`` name trending lists to draw from (:func:`context_categories`).
+    ``session_id`` is passed on to the item model lookup.
     """
     types: Sequence[str] | None = session_types or None
     if types is not None and len(types) != len(session_items):
@@ -111,6 +113,21 @@ def generate(
             add(HISTORY, item, score)
         admit(HISTORY, _top(history_scores, config.max_history))
 
+    if config.max_model or config.order == "model":
+        model_rows = signals.model_neighbours(
+            list(dict.fromkeys(session_items[: config.model_last_n])), session_id
+        )
+        if model_rows:
+            model_scores = slist.score_session(
+                session_items,
+                lambda item: model_rows.get(item, ()),
+                config.model_predict_weight,
+                config.model_last_n,
+            )
+            for item, score in model_scores.items():
+                add(MODEL, item, score)
+            admit(MODEL, _top(model_scores, config.max_model))
+
     global_list = list(signals.trending(None)) if config.max_trending or config.max_popular else []
     for category in list(dict.fromkeys(categories))[: config.max_categories]:
         head = list(signals.trending(category))[: config.max_category_trending]
@@ -141,7 +158,7 @@ def generate(
         )
         for item, sources in admitted.items()
     ]
-    out.sort(key=_candidate_order)
+    out.sort(key=_model_order if config.order == "model" else _candidate_order)
     return out[: config.max_total]
 
 
@@ -209,7 +226,7 @@ def _reminders(
 
 
 #: Order of the sources that come after the co-visitation scorer's candidates.
-_LATER: Final = (SESSION, HISTORY, TRENDING, POPULAR)
+_LATER: Final = (SESSION, MODEL, HISTORY, TRENDING, POPULAR)
 
 
 def _candidate_order(c: Candidate) -> tuple[int, float, str]:
@@ -220,3 +237,12 @@ def _candidate_order(c: Candidate) -> tuple[int, float, str]:
         if source in c.sources:
             return (rank, -c.score(source), c.item_id)
     return (len(_LATER) + 1, 0.0, c.item_id)
+
+
+def _model_order(c: Candidate) -> tuple[int, float, float, str]:
+    """The item model's score first, then the candidate order (the item-model policy)."""
+    model = c.score(MODEL)
+    rank, score, item = _candidate_order(c)
+    if model > 0:
+        return (0, -model, 0.0, item)
+    return (1 + rank, score, 0.0, item)

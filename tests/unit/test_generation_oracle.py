@@ -26,8 +26,10 @@ class Signals:
         neighbours: dict[str, list[tuple[str, float]]],
         trending: dict[str | None, list[tuple[str, float]]],
         history: list[str],
+        model: dict[str, list[tuple[str, float]]] | None = None,
     ) -> None:
         self._neighbours, self._trending, self._history = neighbours, trending, history
+        self._model = model or {}
 
     def neighbours(self, items: Sequence[str]) -> dict[str, Sequence[tuple[str, float]]]:
         return {i: self._neighbours[i] for i in items if i in self._neighbours}
@@ -38,10 +40,18 @@ class Signals:
     def user_history(self, user_id: str) -> Sequence[str]:
         return self._history
 
+    def model_neighbours(
+        self, items: Sequence[str], session_id: str | None = None
+    ) -> dict[str, Sequence[tuple[str, float]]]:
+        return {i: self._model[i] for i in items if i in self._model}
+
 
 @settings(max_examples=100, deadline=None)
 @given(
     neighbours=st.dictionaries(st.sampled_from(ITEMS), pairs, max_size=12),
+    model=st.dictionaries(st.sampled_from(ITEMS), pairs, max_size=12),
+    model_n=st.integers(0, 15),
+    model_order=st.booleans(),
     trending=st.dictionaries(st.sampled_from([None, "c0", "c1", "c2"]), pairs, max_size=4),
     history=st.lists(st.sampled_from(ITEMS), max_size=5),
     session=st.lists(st.sampled_from(ITEMS), max_size=10),  # types: at most last_n
@@ -54,6 +64,9 @@ class Signals:
 )
 def test_generation_equals_the_replaced_version(
     neighbours: dict[str, list[tuple[str, float]]],
+    model: dict[str, list[tuple[str, float]]],
+    model_n: int,
+    model_order: bool,
     trending: dict[str | None, list[tuple[str, float]]],
     history: list[str],
     session: list[str],
@@ -76,8 +89,10 @@ def test_generation_equals_the_replaced_version(
         max_total=total,
         include_session_items=own,
         include_history_items=rebuy,
+        max_model=model_n,
+        order="model" if model_order else "covisit",
     )
-    signals = Signals(neighbours, trending, history)
+    signals = Signals(neighbours, trending, history, model)
     kinds = ["view", "click", "cart", "purchase"]
     event_types = [kinds[n % 4] for n in range(len(session))] if types else None
     new = generate(session, event_types, user, signals, config, categories=categories)
