@@ -1,6 +1,6 @@
 """Candidate generation as it was before it kept per-source score dicts and built Candidates only
-for the kept pool (with the item model source): the oracle ``tests/unit/test_generation_oracle.py`` compares the current one
-with (kept verbatim below)."""
+for the kept pool (with the item model source, as the itemmodel branch left it): the oracle
+``tests/unit/test_generation_oracle.py`` compares the current one with it (kept verbatim below)."""
 
 from __future__ import annotations
 
