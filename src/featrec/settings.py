@@ -57,7 +57,7 @@ FlowShape = Literal["batch", "per-event"]
 Bus = Literal["redis", "kafka"]
 KafkaSecurity = Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
-CollectBus = Literal["auto", "redis", "file"]
+CollectBus = Literal["auto", "redis", "kafka", "file"]
 ONLINE_STORES: Final = get_args(OnlineStore)
 WRITERS: Final = get_args(Writer)
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
@@ -256,8 +256,12 @@ class Settings(EnvModel):
         return self.home / "collector" / "events.jsonl"
 
     def collector_bus(self, choice: str) -> str:
-        """``redis`` or ``file``: ``FEATREC_SERVE_COLLECT_BUS`` with ``auto`` resolved."""
+        """``redis``, ``kafka`` or ``file``: ``FEATREC_SERVE_COLLECT_BUS`` with ``auto``
+        resolved (the Kafka topic when ``FEATREC_BUS=kafka``, else the stream when the online
+        store is Redis, else the collector log)."""
         if choice == "auto":
+            if self.bus == "kafka":
+                return "kafka"
             return "redis" if self.online_store == "redis" else "file"
         return choice
 
@@ -328,9 +332,10 @@ class ServeSettings(EnvModel):
 
     collect_bus: CollectBus = var(
         "auto",
-        "where `POST /events` appends: `redis` (the stream `FEATREC_STREAM`), `file` (the "
-        "collector log `<home>/collector/events.jsonl`, no server) or `auto` (redis when the "
-        "online store is Redis)",
+        "where `POST /events` appends: `redis` (the stream `FEATREC_STREAM`), `kafka` (the "
+        "topic `FEATREC_KAFKA_TOPIC`), `file` (the collector log "
+        "`<home>/collector/events.jsonl`, no server) or `auto` (kafka when `FEATREC_BUS` is "
+        "kafka, else redis when the online store is Redis, else file)",
     )
     collect_rate: float = var(
         100.0, "events/s per client and worker accepted by `POST /events` (0: no limit)", ge=0

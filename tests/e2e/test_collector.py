@@ -295,3 +295,43 @@ def test_the_redis_bus_keeps_the_receive_time_and_refuses_when_down(tmp_path: Pa
             assert "nothing stored" in down.json()["detail"]
     finally:
         redis_server.stop()
+
+
+def test_the_kafka_bus_keys_by_session_keeps_the_receive_time_and_refuses_when_down(
+    tmp_path: Path,
+) -> None:
+    from bytewax import operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, run_main
+
+    from dataflows.kafka import KafkaEventSource
+    from featrec.adapters.kafka.collector_bus import KafkaBus
+    from featrec.testing.kafka_broker import PARTITIONER, running_kafka
+
+    with running_kafka(tmp_path, {"shop": 4}) as broker:
+        config = {"bootstrap.servers": broker.bootstrap, "partitioner": PARTITIONER}
+        bus = KafkaBus(config, "shop")
+        for server in _serve(bus, None):
+            batch = [event(n, session_id=f"s{n % 3}") for n in range(9)]
+            before = time.time()
+            answer = server.post(batch)
+            after = time.time()
+            assert answer.status_code == 202 and answer.json()["bus"] == "kafka"
+            records: list[Any] = []
+            flow = Dataflow("read")
+            source = KafkaEventSource({"bootstrap.servers": broker.bootstrap}, "shop", tail=False)
+            op.output("out", op.input("in", flow, source), TestingSink(records))
+            run_main(flow)
+            got = sorted((json.loads(r.payload) for r in records), key=lambda e: e["event_id"])
+            assert got == sorted(batch, key=lambda e: e["event_id"])
+            # the message timestamp is the server's receive time (ms): the flows' ingested_at
+            assert all(before - 0.001 <= r.ingested_at <= after + 0.001 for r in records)
+            partitions: dict[str, set[str]] = {}
+            for r in records:
+                partitions.setdefault(json.loads(r.payload)["session_id"], set()).add(
+                    r.origin.split(":")[1]
+                )
+            assert all(len(p) == 1 for p in partitions.values()), partitions
+            broker.stop()
+            down = server.post(event(20))
+            assert down.status_code == 503 and "not every event stored" in down.json()["detail"]

@@ -56,7 +56,7 @@ BAD_FROM_ENV = {
     "FEATREC_SERVE_ITEM_CACHE_S": ("a while", "a finite number >= 0"),
     "FEATREC_SERVE_CANDIDATES": ("5001", "an integer from 1 to 5000"),
     "FEATREC_SERVE_EXPERIMENT": ("[1, 2]", "a JSON object"),
-    "FEATREC_SERVE_COLLECT_BUS": ("kafka", "one of: auto, redis, file"),
+    "FEATREC_SERVE_COLLECT_BUS": ("nats", "one of: auto, redis, kafka, file"),
     "FEATREC_SERVE_COLLECT_RATE": ("-1", "a finite number >= 0"),
     "FEATREC_SERVE_COLLECT_BURST": ("0", "an integer >= 1"),
     "FEATREC_SERVE_COLLECT_MAX_EVENTS": ("10001", "an integer from 1 to 10000"),
@@ -474,3 +474,10 @@ def test_the_readme_table_lists_every_variable() -> None:
     table = readme.split(START, 1)[1].split(END, 1)[0].strip()
     expected = markdown_table()
     assert table == expected, f"README.md's settings table should read:\n\n{expected}\n"
+
+
+def test_the_collector_bus_follows_the_event_bus_then_the_online_store() -> None:
+    assert Settings(bus="kafka").collector_bus("auto") == "kafka"
+    assert Settings(online_store="redis").collector_bus("auto") == "redis"
+    assert Settings().collector_bus("auto") == "file"
+    assert Settings(bus="kafka").collector_bus("file") == "file"  # an explicit choice wins

@@ -29,10 +29,13 @@ FORGOTTEN_REASON: Final = "forgotten user or session: its events are not collect
 
 
 class EventBus(Protocol):
-    """Where accepted events go: the Redis stream, or the collector log file."""
+    """Where accepted events go: the Redis stream, the Kafka topic, or the collector log file."""
 
-    #: ``redis`` or ``file`` (shown in answers and metrics).
+    #: ``redis``, ``kafka`` or ``file`` (shown in answers and metrics).
     name: str
+    #: True when a failed append stored none of its events (a Redis transaction, one locked
+    #: file write); False when some may have been stored (Kafka without transactions).
+    atomic: bool
 
     def append(self, received_at: float, events: Sequence[str]) -> None:
         """Append ``events`` (one JSON object each, without newlines) atomically and in order;

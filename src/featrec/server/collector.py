@@ -2,7 +2,7 @@
 
 The body is one featrec event (a JSON object) or a batch (a JSON array of them). Answers:
 
-- 202 ``{"accepted": n, "bus": "file" | "redis", "received_at": t}``: every event was
+- 202 ``{"accepted": n, "bus": "file" | "redis" | "kafka", "received_at": t}``: every event was
   appended to the bus (:class:`featrec.app.collector.Collector`), with the server's receive
   time ``t`` kept next to each event's own ``ts``;
 - 422 ``{"detail", "refused": [{"index", "field", "reason"}]}``: some event failed the
@@ -185,10 +185,11 @@ class CollectorRoute:
             else:
                 checked = await anyio.to_thread.run_sync(self.collector.collect, texts, received_at)
         except StoreUnavailable as exc:
+            stored = "nothing stored" if self.collector.bus.atomic else "not every event stored"
             await self._error(
                 send,
                 503,
-                f"the event bus is unavailable, nothing stored; retry: {exc}",
+                f"the event bus is unavailable, {stored}; retry: {exc}",
                 "unavailable",
                 [(b"retry-after", b"1")],
             )

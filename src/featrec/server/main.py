@@ -50,9 +50,18 @@ def app_from_env() -> FastAPI:
 
 
 def open_bus(settings: Settings, serve: ServeSettings) -> EventBus:
-    """The collector's bus: the first stream of ``FEATREC_STREAM`` on the bus Redis, or the
-    collector log under ``FEATREC_HOME`` (tailed by ``FEATREC_SOURCE=collector`` flows)."""
-    if settings.collector_bus(serve.collect_bus) == "redis":
+    """The collector's bus: the first stream of ``FEATREC_STREAM`` on the bus Redis, the
+    Kafka topic ``FEATREC_KAFKA_TOPIC``, or the collector log under ``FEATREC_HOME`` (tailed by
+    ``FEATREC_SOURCE=collector`` flows)."""
+    bus = settings.collector_bus(serve.collect_bus)
+    if bus == "kafka":
+        from featrec.adapters.kafka.collector_bus import KafkaBus
+        from featrec.adapters.kafka.config import producer_config
+        from featrec.settings import KafkaSettings
+
+        kafka = KafkaSettings.from_env(os.environ)
+        return KafkaBus(producer_config(kafka), kafka.topic)
+    if bus == "redis":
         from featrec.adapters.redis.collector_bus import RedisBus
 
         stream = settings.stream.split(",")[0].strip()

@@ -32,6 +32,7 @@ class CollectorLog:
     :class:`~featrec.app.collector.EventBus`)."""
 
     name = NAME
+    atomic = True  # one locked write per request
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)

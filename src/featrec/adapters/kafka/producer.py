@@ -35,11 +35,19 @@ class BusProducer:
         if error is not None:
             self.failed.append(error)
 
-    def send(self, value: bytes, key: bytes | None = None) -> None:
+    def send(self, value: bytes, key: bytes | None = None, timestamp_ms: int = 0) -> None:
+        """Queue one message; ``timestamp_ms`` (0: the producer's clock) becomes the message
+        timestamp, which featrec's Kafka source reads as the event's ingestion time."""
         with translated_kafka(f"producing to {self.topic!r}"):
             while True:
                 try:
-                    self.producer.produce(self.topic, value, key, on_delivery=self._delivered)
+                    self.producer.produce(
+                        self.topic,
+                        value,
+                        key,
+                        on_delivery=self._delivered,
+                        timestamp=timestamp_ms,
+                    )
                     break
                 except BufferError:
                     self.producer.poll(0.1)  # librdkafka's queue is full: deliver first

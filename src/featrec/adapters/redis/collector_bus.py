@@ -23,6 +23,7 @@ class RedisBus:
     """Appends accepted events to ``stream`` (an :class:`~featrec.app.collector.EventBus`)."""
 
     name = "redis"
+    atomic = True  # one MULTI/EXEC per request
 
     def __init__(self, redis_url: str, stream: str, maxlen: int = DEFAULT_MAXLEN) -> None:
         self.stream = stream
