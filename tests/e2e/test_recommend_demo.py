@@ -18,7 +18,7 @@ def test_live_session_updates_with_reasons_then_falls_back(sqlite_settings: Sett
     lines: list[str] = []
     run_live_session(sqlite_settings, events, lines.append, n_events=4, pace=200.0)
     text = "\n".join(lines)
-    assert lines[0].startswith(f"5/5 live session {SESSION_ID!r}: item signals bootstrapped")
+    assert lines[0].startswith(f"6/6 live session {SESSION_ID!r}: item signals bootstrapped")
     versions = [int(v) for v in re.findall(r"session version (\d+)", text)]
     assert len(versions) == 4 and versions == sorted(set(versions))  # one per event, increasing
     assert "scorer candidate-order" in text

@@ -184,10 +184,10 @@ def check_init_and_demo_from_anywhere(installed: Installed) -> None:
     assert "HR@20" in evaluation.stdout and (work / "eval" / "report.md").is_file()
     installed.run("featrec", "init", "shop", cwd=work)
     shop = work / "shop"
-    demo = installed.run("featrec", "demo", "--events", "400", "--speed", "3000", cwd=shop)
-    assert "4/5 replay done" in demo.stdout and "5/5 live session" in demo.stdout, demo.stdout[
-        -2000:
-    ]
+    demo = installed.run("featrec", "demo", "--events", "3000", "--speed", "3000", cwd=shop)
+    tail = demo.stdout[-2000:]
+    assert "4/6 replay done" in demo.stdout and "6/6 live session" in demo.stdout, tail
+    assert "training the ranker: done" in demo.stdout and "scorer model" in demo.stdout, tail
     again = installed.run("featrec", "init", "shop", cwd=work, check=False)
     assert again.returncode == 1 and "never overwrites" in again.stderr
 

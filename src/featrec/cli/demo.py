@@ -3,8 +3,10 @@
 Everything is the production path on the embedded default: the sessions dataflow runs under
 ``python -m bytewax.run``, writes the Feast online store (SQLite unless FEATREC_ONLINE_STORE
 says otherwise), and this process reads the features back through stock Feast while the replay
-is running. It ends with a live session (:mod:`featrec.cli.live_session`): events one by one,
-recommendations updating with their reasons, and the fallback once the events stop.
+is running. Then it trains the ranker on the same events with the user's own batch commands
+(log import, batch run, materialize, dataset build, train), and ends with a live session
+(:mod:`featrec.cli.live_session`) ranked by that model: events one by one, recommendations
+updating with their reasons, and the fallback once the events stop.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from featrec.core.events.model import Event
 from featrec.core.features.catalog import SESSION_FEATURES
 from featrec.errors import FeatrecError
 from featrec.jobs.launch import start_flow, wait_all
+from featrec.jobs.storefront import train_ranker
 from featrec.settings import Settings
 
 Echo = Callable[[str], None]
@@ -42,7 +45,7 @@ def run_demo(
 
     demo_dir = settings.home / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
-    echo(f"1/5 applying the Feast repo {settings.repo} ({settings.online_store} online store)")
+    echo(f"1/6 applying the Feast repo {settings.repo} ({settings.online_store} online store)")
     apply_repo(settings)
 
     events = list(generate(GeneratorConfig(n_events=n_events, seed=42)))
@@ -52,7 +55,7 @@ def run_demo(
     pace = speed if speed else max(1.0, span / TARGET_REPLAY_S)
     watched = _pick_sessions(events, n_watch)
     echo(
-        f"2/5 generated {len(events):,} events ({span / 60:.0f} min of shop time) -> {path}; "
+        f"2/6 generated {len(events):,} events ({span / 60:.0f} min of shop time) -> {path}; "
         f"replaying at {pace:.0f}x"
     )
 
@@ -63,7 +66,7 @@ def run_demo(
         "FEATREC_REPLAY_SPEED": str(pace),
     }
     procs = start_flow("dataflows.sessions:flow()", env)
-    echo(f"3/5 sessions dataflow started; following sessions {', '.join(watched)}")
+    echo(f"3/6 sessions dataflow started; following sessions {', '.join(watched)}")
     reader = FeastOnlineReader(open_store(settings))
     seen: dict[str, object] = {}
     try:
@@ -75,7 +78,7 @@ def run_demo(
     _show_changes(reader.read(SESSION_FEATURES.name, watched), watched, seen, echo)
     if code != 0:
         raise FeatrecError(f"the sessions dataflow exited with status {code}")
-    echo("4/5 replay done. The same values through stock Feast, without featrec:")
+    echo("4/6 replay done. The same values through stock Feast, without featrec:")
     echo(
         "    from feast import FeatureStore\n"
         f"    FeatureStore(repo_path={str(settings.repo)!r}).get_online_features(\n"
@@ -84,6 +87,14 @@ def run_demo(
         f"        entity_rows=[{{'session_id': {watched[0]!r}}}]).to_dict()"
     )
     echo("    featrec status   # counts, dead letters, last write")
+    echo("5/6 training the ranker on the same events, as a user would (the live session uses it):")
+    try:
+        train_ranker(settings, path, lambda line: echo(f"    {line}"))
+    except FeatrecError as exc:  # e.g. too few events to learn from: the demo goes on
+        echo(
+            f"    no ranker trained on {len(events):,} events ({exc}); the live session ranks "
+            "by candidate order (more --events give it something to learn)"
+        )
     run_live_session(settings, events, echo)
 
 

@@ -64,7 +64,7 @@ def run_live_session(
     writer = open_writer(settings)
     try:
         echo(
-            f"5/5 live session {SESSION_ID!r}: item signals bootstrapped from {len(events):,} "
+            f"6/6 live session {SESSION_ID!r}: item signals bootstrapped from {len(events):,} "
             f"events ({len(signals.index.sketches):,} neighbour lists); shop time runs {pace:g}x"
         )
         clock = ReplayClock(events[-1].ts + timedelta(seconds=5), pace)

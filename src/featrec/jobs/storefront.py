@@ -84,8 +84,14 @@ def prepare(settings: Settings, *, n_events: int, train: bool, echo: Echo) -> No
     echo(f"generated {len(events):,} events of shop history over {SHOP.n_items} products")
     report = bootstrap_items(settings, events, "the shop's history")
     echo(f"item signals bootstrapped: {report.neighbour_lists:,} neighbour lists")
-    if not train:
-        return
+    if train:
+        train_ranker(settings, history, echo)
+
+
+def train_ranker(settings: Settings, history: Path, echo: Echo) -> None:
+    """The batch side from an event file, as a user runs it: import it into the event log,
+    compute and materialize the batch features, build a training set, train the ranker (the
+    served model is the newest: ``FEATREC_SERVE_MODEL=auto``)."""
     steps = [
         ("importing the history into the event log", ("log", "import", str(history))),
         ("computing batch features", ("batch", "run")),
