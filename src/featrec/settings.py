@@ -342,6 +342,12 @@ class ServeSettings(EnvModel):
     )
     collect_burst: int = var(500, "events a client may post at once", ge=1)
     collect_max_events: int = var(200, "events in one `POST /events` batch", ge=1, le=10_000)
+    collect_mapping: dict[str, Any] | None = var(
+        None,
+        "the event mapping `POST /events` reads a shop's own schema through, as JSON "
+        "(`featrec serve --mapping` writes it; see `featrec.core.events.mapping`)",
+        shown="none",
+    )
     cors_origins: str = var(
         "",
         "browser origins allowed to call `/events` and `/recommend` from another site, "
@@ -358,7 +364,7 @@ class ServeSettings(EnvModel):
         alias=PREFIX + "INGEST_TOKEN",
     )
 
-    @field_validator("experiment", mode="before")
+    @field_validator("experiment", "collect_mapping", mode="before")
     @classmethod
     def _json_object(cls, value: Any) -> Any:
         return json_object(value)

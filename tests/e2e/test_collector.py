@@ -7,6 +7,7 @@ beside valid ones."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -30,6 +31,8 @@ from featrec.core.ports.serving import InMemoryRequestLog, InMemoryRows
 from featrec.core.privacy import DenyList, DenySet, new_salt
 from featrec.server.collector import Storefront
 from featrec.server.http_api import create_app
+from featrec.server.main import storefront_from_settings
+from featrec.settings import ServeSettings, Settings
 from featrec.testing.hostile import hostile_featrec
 from featrec.testing.redis_server import RedisServer, free_port
 from featrec.testing.shop import world_rows
@@ -69,13 +72,15 @@ class Server:
 
 
 def _serve(bus: EventBus, log: Path | None, **storefront: Any) -> Iterator[Server]:
+    front = Storefront(collector=Collector(bus, lambda: FORGOTTEN), **storefront)
+    yield from _serve_storefront(front, log)
+
+
+def _serve_storefront(storefront: Storefront, log: Path | None) -> Iterator[Server]:
     store = InMemoryFeatureStore()
     store.write(world_rows())
     recommender = Recommender(InMemoryRows(store), InMemoryRequestLog())
-    app = create_app(
-        recommender,
-        storefront=Storefront(collector=Collector(bus, lambda: FORGOTTEN), **storefront),
-    )
+    app = create_app(recommender, storefront=storefront)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
@@ -87,7 +92,7 @@ def _serve(bus: EventBus, log: Path | None, **storefront: Any) -> Iterator[Serve
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
     try:
-        yield Server(f"http://127.0.0.1:{port}", bus, log)
+        yield Server(f"http://127.0.0.1:{port}", storefront.collector.bus, log)
     finally:
         server.should_exit = True
         thread.join(10)
@@ -198,6 +203,37 @@ def test_forgotten_users_and_sessions_are_refused_and_never_stored(server: Serve
     assert (
         after["featrec_collector_accepted_total"] - before["featrec_collector_accepted_total"] == 1
     )
+
+
+def test_a_configured_mapping_takes_the_shops_own_schema(tmp_path: Path) -> None:
+    """``featrec serve --mapping`` hands its workers FEATREC_SERVE_COLLECT_MAPPING: posted
+    objects in the shop's schema are stored as featrec events; one that does not map is
+    refused with its field, and nothing of its request is stored."""
+    table = {
+        "fields": {"session_id": "visit.id", "item_id": "sku", "type": "action"},
+        "ts": {"column": "when", "unit": "ms"},
+        "types": {"addToCart": "cart"},
+    }
+    settings = Settings.from_env({"FEATREC_HOME": str(tmp_path / "home")})
+    serve = ServeSettings.from_env({"FEATREC_SERVE_COLLECT_MAPPING": json.dumps(table)})
+    front = storefront_from_settings(settings, serve)
+    now_ms = int(time.time() * 1000)
+    shop_event = {"visit": {"id": "v1"}, "sku": "p9", "action": "addToCart", "when": now_ms}
+    with contextlib.closing(_serve_storefront(front, settings.collector_log)) as served:
+        server = next(served)
+        ok = server.post([shop_event, shop_event | {"sku": "p10", "action": "view"}])
+        assert ok.status_code == 202, ok.text
+        stored = [e for _, e in server.stored()]
+        assert [(e["session_id"], e["item_id"], e["type"]) for e in stored] == [
+            ("v1", "p9", "cart"),
+            ("v1", "p10", "view"),
+        ]
+        bad = server.post([shop_event, {"sku": "p1", "action": "view", "when": now_ms}])
+        assert bad.status_code == 422
+        [refusal] = bad.json()["refused"]
+        assert refusal["index"] == 1 and refusal["field"] == "session_id"
+        assert "visit.id" in refusal["reason"]
+        assert len(server.stored()) == 2
 
 
 def test_cors_allows_the_configured_origin_only(server: Server) -> None:

@@ -215,3 +215,15 @@ def test_init_creates_the_project_the_environment_names(
     assert runner.invoke(main, ["init", "shop"]).exit_code == 0
     after = runner.invoke(main, ["status"])
     assert after.exit_code == 0, after.output
+
+
+def test_serve_refuses_a_bad_collector_mapping_before_it_starts(
+    outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", "shop"]).exit_code == 0
+    monkeypatch.chdir(outside / "shop")
+    result = runner.invoke(main, ["serve", "--mapping", "nope", "--port", "1"])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "has no mapping 'nope'" in errors[0], result.output

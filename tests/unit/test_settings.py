@@ -56,6 +56,7 @@ BAD_FROM_ENV = {
     "FEATREC_SERVE_ITEM_CACHE_S": ("a while", "a finite number >= 0"),
     "FEATREC_SERVE_CANDIDATES": ("5001", "an integer from 1 to 5000"),
     "FEATREC_SERVE_EXPERIMENT": ("[1, 2]", "a JSON object"),
+    "FEATREC_SERVE_COLLECT_MAPPING": ("{not json", "a JSON object"),
     "FEATREC_SERVE_COLLECT_BUS": ("nats", "one of: auto, redis, kafka, file"),
     "FEATREC_SERVE_COLLECT_RATE": ("-1", "a finite number >= 0"),
     "FEATREC_SERVE_COLLECT_BURST": ("0", "an integer >= 1"),

@@ -25,6 +25,7 @@ import click
 from featrec.app.serving.config import MAX_K, REQUEST_LOGS, ServingConfig
 from featrec.app.serving.http_limits import HttpLimits
 from featrec.cli.items import with_settings
+from featrec.cli.mapping import mapping_options, resolve_mapping
 from featrec.core.evaluation.experiments import (
     ARM_SCORERS,
     UNIT_USER,
@@ -417,6 +418,7 @@ def explanation_dict(e: Explanation) -> dict[str, Any]:
 )
 @serving_options
 @experiment_options
+@mapping_options
 @with_settings
 def serve(
     settings: Settings,
@@ -436,15 +438,21 @@ def serve(
     candidates: int,
     item_cache: float,
     experiment: Experiment | None,
+    mapping: str | None,
+    map_pairs: tuple[str, ...],
 ) -> None:
     """Serve recommendations over HTTP: POST /recommend, GET /health, GET /metrics, /docs;
     the event collector POST /events and the shop page /shop (see README: The storefront).
+    With --mapping, POST /events takes the shop's own JSON schema (see `featrec map check`).
 
     POST /admin/forget/USER_ID is enabled when FEATREC_ADMIN_TOKEN is set (at least 16
     characters; callers send it as 'Authorization: Bearer <token>').
     """
     from featrec.jobs.serving import load_model
 
+    resolved = resolve_mapping(click.get_current_context(), mapping, map_pairs)
+    if resolved is not None:  # POST /events reads the shop's own schema through it
+        os.environ["FEATREC_SERVE_COLLECT_MAPPING"] = json.dumps(resolved[1])
     options = _options(model, request_log, max_session_age, candidates, item_cache, experiment)
     load_model(settings, options.model)  # a bad --model fails here, in one line
     os.environ.update(settings.to_env())

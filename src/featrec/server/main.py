@@ -81,8 +81,13 @@ def storefront_from_settings(
             f"FEATREC_INGEST_TOKEN must have at least {MIN_ADMIN_TOKEN_LENGTH} characters "
             f"(got {len(token)}): generate one, e.g. `openssl rand -hex 32`"
         )
+    mapping = None
+    if serve.collect_mapping is not None:
+        from featrec.core.events.mapping import parse_mapping
+
+        mapping = parse_mapping(serve.collect_mapping, "FEATREC_SERVE_COLLECT_MAPPING")
     return Storefront(
-        collector=Collector(open_bus(settings, serve), deny),
+        collector=Collector(open_bus(settings, serve), deny, mapping),
         rate_per_s=serve.collect_rate,
         burst=serve.collect_burst,
         max_events=serve.collect_max_events,
