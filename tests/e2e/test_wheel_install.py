@@ -145,6 +145,9 @@ def check_artifacts(installed: Installed) -> None:
         "featrec/templates/feature_repo/feature_store.redis.yaml",
         "featrec/templates/feature_repo/featrec_views.py",
         "featrec/templates/feature_repo/featrec_declared.py",
+        "featrec/server/static/shop/index.html",
+        "featrec/server/static/shop/shop.js",
+        "featrec/server/static/shop/shop.css",
     ):
         assert needed in names, needed
     assert not any("/data/" in n and "feature_repo" in n for n in names)
@@ -303,7 +306,7 @@ def check_walkthrough_with_a_foreign_schema(installed: Installed) -> None:
 
     [port] = free_ports(1)
     server = subprocess.Popen(
-        ["featrec", "serve", "--port", str(port), "--workers", "1"],
+        ["featrec", "serve", "--port", str(port), "--workers", "1", "--mapping", "clickstream"],
         cwd=shop,
         env=installed.env,
         stdout=subprocess.DEVNULL,
@@ -311,10 +314,19 @@ def check_walkthrough_with_a_foreign_schema(installed: Installed) -> None:
     )
     try:
         body = _post_when_up(port, {"session_id": session, "k": 5})
+        # The shop page's assets came with the wheel; the collector takes the shop's schema.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/shop/", timeout=10) as page:
+            assert b"<html" in page.read().lower()
+        posted = {"sid": "web-1", "product": "p7", "event": "addToCart"}
+        posted["ts_ms"] = str(int(time.time() * 1000))
+        accepted = _post(port, "/events", posted)
     finally:
         server.terminate()
         server.wait(timeout=60)
     assert len(body["items"]) == 5, body
+    assert accepted["accepted"] == 1, accepted
+    [line] = (shop / ".featrec" / "collector" / "events.jsonl").read_text().splitlines()
+    assert '"session_id":"web-1"' in line and '"type":"cart"' in line, line
 
 
 def _post_when_up(port: int, payload: dict[str, Any], timeout: float = 60) -> Any:
@@ -332,3 +344,13 @@ def _post_when_up(port: int, payload: dict[str, Any], timeout: float = 60) -> An
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.25)
+
+
+def _post(port: int, path: str, payload: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(payload).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
