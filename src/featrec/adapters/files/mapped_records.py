@@ -18,9 +18,14 @@ import csv
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
-from featrec.adapters.files.raw_records import FilePosition, RawFileReader, parquet_rows
+from featrec.adapters.files.raw_records import (
+    FilePosition,
+    PositionedFile,
+    RawFileReader,
+    parquet_rows,
+)
 from featrec.core.events.formats import DeadLetter, RawRecord
 from featrec.core.events.mapping import EventMapping, map_record
 from featrec.errors import ConfigError
@@ -49,7 +54,7 @@ def mapped_layout(path: Path, mapping: EventMapping) -> str:
     return layout
 
 
-class MappedFileReader:
+class MappedFileReader(PositionedFile):
     """Reads one file's rows from a position and maps them (see the module doc)."""
 
     def __init__(
@@ -62,23 +67,12 @@ class MappedFileReader:
             raise ConfigError(f"source file not found: {self.path}")
         self.layout = mapped_layout(self.path, mapping)
         self._offset, self._line = position or FilePosition()
-        self._exhausted = False
-        self._file: IO[bytes] | None = None
         self._columns: list[str] = []
         self._undecodable: set[int] = set()
-        self._rows: Iterator[dict[str, Any]] | None = None
         if self.layout == "parquet":
             self._open_parquet()
         else:
             self._open_text()
-
-    @property
-    def position(self) -> FilePosition:
-        return FilePosition(self._offset, self._line)
-
-    @property
-    def exhausted(self) -> bool:
-        return self._exhausted
 
     @property
     def columns(self) -> list[str]:
@@ -95,18 +89,6 @@ class MappedFileReader:
         if self.layout == "csv":
             return self._read_csv(max_records, at)
         return self._read_jsonl(max_records, at)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._rows = None
-
-    def __enter__(self) -> MappedFileReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _map(self, origin: str, row: str | dict[str, Any], at: float) -> RawRecord | DeadLetter:
         return map_record(self.mapping, RawRecord("featrec", origin, row, at))
@@ -138,17 +120,6 @@ class MappedFileReader:
             self._undecodable.add(line)
             return raw.decode(self.mapping.encoding, "replace")
 
-    def _iter_lines(self) -> Iterator[str]:
-        assert self._file is not None
-        readline = self._file.readline
-        while True:
-            raw = readline()
-            if not raw:
-                return
-            self._offset += len(raw)
-            self._line += 1
-            yield self._decode(raw, self._line)
-
     def _bad_encoding(self, first: int, last: int) -> str | None:
         bad = [n for n in range(first, last + 1) if n in self._undecodable]
         self._undecodable.difference_update(bad)
@@ -173,21 +144,9 @@ class MappedFileReader:
         return out
 
     def _read_csv(self, max_records: int, at: float) -> list[RawRecord | DeadLetter]:
-        assert self._csv is not None
         out: list[RawRecord | DeadLetter] = []
         columns, n = self._columns, len(self._columns)
-        while len(out) < max_records:
-            first_line = self._line + 1
-            try:
-                row = next(self._csv)
-            except StopIteration:
-                self._exhausted = True
-                break
-            except csv.Error as exc:
-                out.append(DeadLetter(f"{self.name}:{first_line}", f"row: {exc}", ""))
-                continue
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
+        for first_line, row in self._csv_rows(out, max_records):
             origin = f"{self.name}:{first_line}"
             payload = self.mapping.delimiter.join(row)[:4096]
             reason = self._bad_encoding(first_line, self._line)
@@ -206,16 +165,7 @@ class MappedFileReader:
         self.mapping.check_columns(self._columns, self.name)
 
     def _read_parquet(self, max_records: int, at: float) -> list[RawRecord | DeadLetter]:
-        assert self._rows is not None
-        out: list[RawRecord | DeadLetter] = []
-        for row in self._rows:
-            out.append(self._map(f"{self.name}:{self._offset}", row, at))
-            self._offset += 1
-            self._line += 1
-            if len(out) >= max_records:
-                return out
-        self._exhausted = True
-        return out
+        return self._read_rows(max_records, lambda origin, row: self._map(origin, row, at))
 
 
 FileReader: TypeAlias = "RawFileReader | MappedFileReader"

@@ -31,10 +31,10 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, Any, Final, NamedTuple
+from typing import IO, Any, Final, NamedTuple, Self
 
 from featrec.adapters.files.layouts import CSV, JSONL, PARQUET, TSV
 from featrec.core.events.formats import FORMATS, DeadLetter, RawRecord
@@ -102,7 +102,94 @@ def resolve_format(path: Path, fmt: str | None = None) -> FileFormat:
     return FileFormat(*known)
 
 
-class RawFileReader:
+class PositionedFile:
+    """What both file readers share (this module's and
+    :class:`~featrec.adapters.files.mapped_records.MappedFileReader`): a position to resume
+    at, end of file, closing, and cutting the bytes into lines, CSV rows or Parquet rows."""
+
+    name: str
+    _offset: int
+    _line: int
+    _exhausted: bool = False
+    _file: IO[bytes] | None = None
+    _rows: Iterator[dict[str, Any]] | None = None
+    _lines: Iterator[str]
+    _csv: Iterator[list[str]] | None = None
+
+    @property
+    def position(self) -> FilePosition:
+        """Position after the last record returned by ``read``."""
+        return FilePosition(self._offset, self._line)
+
+    @property
+    def exhausted(self) -> bool:
+        return self._exhausted
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._rows = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _decode(self, raw: bytes, line: int) -> str:
+        """One line's text (``line``: its 1-based number)."""
+        return raw.decode("utf-8", "surrogateescape")
+
+    def _iter_lines(self) -> Iterator[str]:
+        assert self._file is not None
+        readline = self._file.readline
+        while True:
+            raw = readline()
+            if not raw:
+                return
+            self._offset += len(raw)
+            self._line += 1
+            yield self._decode(raw, self._line)
+
+    def _csv_rows(
+        self, out: list[RawRecord | DeadLetter], max_records: int
+    ) -> Iterator[tuple[int, list[str]]]:
+        """The next non-blank CSV rows with the line each starts on, while ``out`` (which the
+        caller fills) holds fewer than ``max_records``; a row the csv module cannot parse
+        becomes a dead letter in ``out``."""
+        assert self._csv is not None
+        while len(out) < max_records:
+            first_line = self._line + 1
+            try:
+                row = next(self._csv)
+            except StopIteration:
+                self._exhausted = True
+                return
+            except csv.Error as exc:
+                out.append(DeadLetter(f"{self.name}:{first_line}", f"row: {exc}", ""))
+                continue
+            if row and (len(row) > 1 or row[0].strip()):
+                yield first_line, row
+
+    def _read_rows(
+        self, max_records: int, record: Callable[[str, dict[str, Any]], RawRecord | DeadLetter]
+    ) -> list[RawRecord | DeadLetter]:
+        """Up to ``max_records`` Parquet rows, each turned into a record by ``record(origin,
+        row)`` (origin: ``<file>:<row>``)."""
+        assert self._rows is not None
+        out: list[RawRecord | DeadLetter] = []
+        for row in self._rows:
+            out.append(record(f"{self.name}:{self._offset}", row))
+            self._offset += 1
+            self._line += 1
+            if len(out) >= max_records:
+                return out
+        self._exhausted = True
+        return out
+
+
+class RawFileReader(PositionedFile):
     """Reads one file's raw records from a position. Validates the file when opened."""
 
     def __init__(
@@ -114,23 +201,11 @@ class RawFileReader:
             raise ConfigError(f"source file not found: {self.path}")
         self.format = resolve_format(self.path, fmt)
         self._offset, self._line = position or FilePosition()
-        self._exhausted = False
         self._columns: list[str] = []
-        self._file: IO[bytes] | None = None
-        self._parquet_rows: Iterator[dict[str, Any]] | None = None
         if self.format.layout == PARQUET:
             self._open_parquet()
         else:
             self._open_text()
-
-    @property
-    def position(self) -> FilePosition:
-        """Position after the last record returned by :meth:`read`."""
-        return FilePosition(self._offset, self._line)
-
-    @property
-    def exhausted(self) -> bool:
-        return self._exhausted
 
     def read(
         self, max_records: int, ingested_at: float | None = None
@@ -142,18 +217,6 @@ class RawFileReader:
         if self.format.layout == CSV:
             return self._read_csv(max_records, at)
         return self._read_lines(max_records, at)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._parquet_rows = None
-
-    def __enter__(self) -> RawFileReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # text files -------------------------------------------------------------------------
 
@@ -172,17 +235,6 @@ class RawFileReader:
         self._lines = self._iter_lines()
         self._csv = csv.reader(self._lines) if self.format.layout == CSV else None
 
-    def _iter_lines(self) -> Iterator[str]:
-        assert self._file is not None
-        readline = self._file.readline
-        while True:
-            raw = readline()
-            if not raw:
-                return
-            self._offset += len(raw)
-            self._line += 1
-            yield raw.decode("utf-8", "surrogateescape")
-
     def _read_lines(self, max_records: int, at: float) -> list[RawRecord | DeadLetter]:
         out: list[RawRecord | DeadLetter] = []
         decoder, name = self.format.decoder, self.name
@@ -196,21 +248,9 @@ class RawFileReader:
         return out
 
     def _read_csv(self, max_records: int, at: float) -> list[RawRecord | DeadLetter]:
-        assert self._csv is not None
         out: list[RawRecord | DeadLetter] = []
         columns, n = self._columns, len(self._columns)
-        while len(out) < max_records:
-            first_line = self._line + 1
-            try:
-                row = next(self._csv)
-            except StopIteration:
-                self._exhausted = True
-                break
-            except csv.Error as exc:
-                out.append(DeadLetter(f"{self.name}:{first_line}", f"row: {exc}", ""))
-                continue
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
+        for first_line, row in self._csv_rows(out, max_records):
             origin = f"{self.name}:{first_line}"
             if len(row) != n:
                 payload = ",".join(row)[:4096]
@@ -240,20 +280,15 @@ class RawFileReader:
     # parquet ----------------------------------------------------------------------------
 
     def _open_parquet(self) -> None:
-        columns, self._parquet_rows = parquet_rows(self.path, self._offset)
+        columns, self._rows = parquet_rows(self.path, self._offset)
         _check_columns(self.path, columns)
 
     def _read_parquet(self, max_records: int, at: float) -> list[RawRecord | DeadLetter]:
-        assert self._parquet_rows is not None
-        out: list[RawRecord | DeadLetter] = []
-        for row in self._parquet_rows:
-            out.append(RawRecord("featrec", f"{self.name}:{self._offset}", row, at))
-            self._offset += 1
-            self._line += 1
-            if len(out) >= max_records:
-                return out
-        self._exhausted = True
-        return out
+        return self._read_rows(max_records, lambda origin, row: _record(origin, row, at))
+
+
+def _record(origin: str, row: dict[str, Any], at: float) -> RawRecord:
+    return RawRecord("featrec", origin, row, at)
 
 
 def iter_raw_records(
