@@ -40,7 +40,7 @@ test: $(VENV)/.installed
 
 # The unit lane: pure logic, no servers or subprocesses; under a minute.
 test-fast: $(VENV)/.installed
-	$(BIN)/pytest -q -n 2 tests/unit
+	$(BIN)/pytest -q -n 2 tests/unit --hypothesis-profile=fast
 
 check: lint security test
 

@@ -21,11 +21,15 @@ from pathlib import Path
 
 import pytest
 from _feast_fixtures import *  # noqa: F403
+from _lanes import FAST_EXAMPLES, FAST_PROFILE
+from hypothesis import settings
 
 from featrec.testing.redis_cluster import RedisClusterServers
 from featrec.testing.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+settings.register_profile(FAST_PROFILE, max_examples=FAST_EXAMPLES)
 LANES = ("unit", "contract", "dataflows", "e2e")
 
 

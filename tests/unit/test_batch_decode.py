@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from _lanes import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -80,7 +81,7 @@ def test_every_format_and_shape_decodes_as_per_record() -> None:
     assert decode_records(records) == per_record(records)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     batch=st.lists(
         st.one_of(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _lanes import examples
 from conftest import SHARED_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -393,7 +394,7 @@ def check_outputs(out: list[Event | DeadLetter], origin: str) -> None:
             assert len(o.payload) <= MAX_DEAD_LETTER_PAYLOAD + 40
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(fmt=st.sampled_from(["featrec", "otto", "session-rec"]), value=json_values)
 def test_decode_never_raises_on_any_json(fmt: str, value: object) -> None:
     check_outputs(decode(RawRecord(fmt, "h:1", json.dumps(value))), "h:1")
@@ -401,13 +402,13 @@ def test_decode_never_raises_on_any_json(fmt: str, value: object) -> None:
         check_outputs(decode(RawRecord(fmt, "h:1", value)), "h:1")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(fmt=st.sampled_from(["featrec", "otto", "session-rec"]), text=st.text(max_size=60))
 def test_decode_never_raises_on_any_text(fmt: str, text: str) -> None:
     check_outputs(decode(RawRecord(fmt, "h:2", text)), "h:2")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     st.fixed_dictionaries(
         {},

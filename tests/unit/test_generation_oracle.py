@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from _lanes import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,7 +47,7 @@ class Signals:
         return {i: self._model[i] for i in items if i in self._model}
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     neighbours=st.dictionaries(st.sampled_from(ITEMS), pairs, max_size=12),
     model=st.dictionaries(st.sampled_from(ITEMS), pairs, max_size=12),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _lanes import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +28,7 @@ def _fit(seed: int, n_features: int, max_iter: int, leaves: int, nan_share: floa
     return Ranker(max_iter=max_iter, max_leaf_nodes=leaves, min_samples_leaf=5).fit(X, y)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 10_000),
     n_features=st.integers(2, 12),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from _lanes import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -162,7 +163,7 @@ def test_config_is_validated(change: dict[str, object]) -> None:
 ITEMS = [f"i{i}" for i in range(12)]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     scores=st.lists(st.floats(0, 1), min_size=12, max_size=12),
     cats=st.lists(st.sampled_from(["a", "b", "c", None]), min_size=12, max_size=12),

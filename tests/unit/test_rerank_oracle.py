@@ -5,6 +5,7 @@ the same order, on many random requests (a logged request explains bit for bit e
 from __future__ import annotations
 
 import rerank_reference as reference
+from _lanes import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,7 +37,7 @@ def requests(draw: st.DrawFn) -> tuple[object, ...]:
     return items, scores, categories, popularity, purchased, shown, k, config
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(request=requests())
 def test_the_linear_loop_decides_as_the_reference(request: tuple[object, ...]) -> None:
     items, scores, categories, popularity, purchased, shown, k, config = request

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from _lanes import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -43,7 +44,7 @@ events_strategy = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(spec=events_strategy, cut=st.integers(1, 20))
 def test_rows_equal_the_per_session_fold_for_any_batching(
     spec: list[tuple[str, float, str | None, str]], cut: int

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from _lanes import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -182,7 +183,7 @@ def arrivals(draw: st.DrawFn) -> tuple[list[Event], SessionPolicy]:
     return events, policy
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(arrivals())
 def test_fold_equals_batch_recomputation_at_every_step(
     case: tuple[list[Event], SessionPolicy],
