@@ -5,6 +5,7 @@ stock Feast; then ``featrec skew`` finds 0 mismatches, and reports a planted one
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -37,6 +38,7 @@ from featrec.jobs.project_init import create_project
 from featrec.project import load_project
 from featrec.settings import Settings
 from featrec.testing.declared import same_value
+from featrec.testing.redis_server import RedisServer
 
 NEW_FEATURE = """
 
@@ -63,16 +65,25 @@ BAD = {
 }
 
 
+def store_env(settings: Settings) -> dict[str, str]:
+    """The environment that points the CLI at the same online store as ``settings``."""
+    if settings.online_store != "redis":
+        return {}
+    return {"FEATREC_ONLINE_STORE": "redis", "FEATREC_REDIS_URL": settings.redis_url}
+
+
 def invoke(settings: Settings, *args: str) -> Any:
     """``featrec --project ROOT ARGS`` in-process (ROOT: the project ``settings`` are of)."""
     root = settings.repo.parent
-    return CliRunner().invoke(main, ["--project", str(root), *args], catch_exceptions=False)
+    return CliRunner().invoke(
+        main, ["--project", str(root), *args], env=store_env(settings), catch_exceptions=False
+    )
 
 
-def new_project(root: Path) -> tuple[Settings, Path]:
+def new_project(root: Path, environ: dict[str, str] | None = None) -> tuple[Settings, Path]:
     """``featrec init`` without the apply: featrec.toml and a copy of feature_repo/."""
     create_project(root)
-    settings = load_project(root.resolve()).settings({})
+    settings = load_project(root.resolve()).settings(environ or {})
     return settings, settings.repo
 
 
@@ -84,9 +95,26 @@ def events_for_replay() -> list[Event]:
     return events
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, list[Event]]]:
-    settings, repo = new_project(tmp_path_factory.mktemp("walkthrough") / "shop")
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def project(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, list[Event]]]:
+    """The walkthrough's project on SQLite, and on a private redis-server of its own."""
+    with contextlib.ExitStack() as stack:
+        environ = {}
+        if request.param == "redis":
+            server = RedisServer(tmp_path_factory.mktemp("walkthrough-redis"))
+            server.start()
+            stack.callback(server.stop)
+            environ = {"FEATREC_ONLINE_STORE": "redis", "FEATREC_REDIS_URL": server.url}
+        yield from _walkthrough_project(tmp_path_factory, environ)
+
+
+def _walkthrough_project(
+    tmp_path_factory: pytest.TempPathFactory, environ: dict[str, str]
+) -> Iterator[tuple[Settings, list[Event]]]:
+    settings, repo = new_project(tmp_path_factory.mktemp("walkthrough") / "shop", environ)
+    assert settings.online_store == environ.get("FEATREC_ONLINE_STORE", "sqlite")
     # 1. Add a feature to feature_repo/featrec_declared.py.
     with (repo / "featrec_declared.py").open("a", encoding="utf-8") as f:
         f.write(NEW_FEATURE)
