@@ -132,3 +132,20 @@ user_premium = declared_view(
         ),
     ],
 )
+
+# The ranker reads declared features by name from the feature service "ranker_declared":
+# list some here, `featrec apply`, `featrec declared backfill`, `featrec dataset build`,
+# `featrec train`; serving then reads them for every request the new model scores (numbers as
+# they are, lists by their length). None are listed by default: the shipped ranker needs no
+# declared flow. For example:
+#
+#   from feast import FeatureService
+#
+#   ranker_declared = FeatureService(
+#       name="ranker_declared",
+#       features=[
+#           session_browsing[["n_categories", "mean_price", "n_events_10m"]],
+#           user_carts[["n_carts_1h", "cart_value_24h"]],
+#           item_popularity[["n_events_1h", "n_sessions_24h"]],
+#       ],
+#   )
