@@ -36,8 +36,8 @@ from featrec.app.serving.recommender import LoadedModel, ModelLoader, Recommende
 from featrec.app.serving.steps import SERVED_FEATURES
 from featrec.core.candidates.config import CandidateConfig
 from featrec.core.evaluation.experiments import experiment_from_dict
-from featrec.core.ports.serving import Clock, RowReader
 from featrec.core.features.declared.ranking import DeclaredColumn
+from featrec.core.ports.serving import Clock, RowReader
 from featrec.core.ranking.ranker import RANKING_FEATURES
 from featrec.errors import ConfigError
 from featrec.settings import ServeSettings, Settings
