@@ -86,11 +86,11 @@ class DeclaredLogic(StatefulBatchLogic[Routed, list[FeatureRow], tuple[str, byte
             if chunk is not None:
                 arrivals.extend(chunk)
                 continue
-            # A tombstone: fold what came before it, then forget (the deny-list is fresh:
-            # "decode" refreshed it at the tombstone).
+            # A tombstone: fold what came before it, then forget (re-read the deny-list: this
+            # shard may live in another worker than the "decode" that saw the tombstone).
             rows.extend(self._fold(arrivals))
             arrivals = []
-            self.shard.forget(self.deny.current().contains)
+            self.shard.forget(self.deny.refresh().contains)
         rows.extend(self._fold(arrivals))
         return ([rows] if rows else []), StatefulBatchLogic.RETAIN
 
@@ -110,7 +110,7 @@ def route(
     chunks: list[ShardItem], by_entity: Mapping[str, str], shards: int
 ) -> list[tuple[str, Routed]]:
     """Each arrival to one shard per declared entity it has a key for (order kept)."""
-    out: dict[str, list[Arrival] | None] = {}
+    out: dict[str, list[Arrival]] = {}
     entity_of: dict[str, str] = {}
     items: list[tuple[str, Routed]] = []
 
@@ -137,9 +137,7 @@ def route(
                 if key is not None:
                     name = f"{entity}/{shard_of(key, shards)}"
                     entity_of[name] = entity
-                    pending = out.setdefault(name, [])
-                    assert pending is not None
-                    pending.append(arrival)
+                    out.setdefault(name, []).append(arrival)
     flush()
     return items
 
