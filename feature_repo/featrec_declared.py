@@ -10,7 +10,8 @@ item) with ``Aggregation(column, function, time_window, slide_interval, name)``:
 - ``filters``: event types, categories, a price range [min, max).
 
 featrec computes them in the stream (``featrec run declared``) and in batch from the event log
-(``featrec declared backfill``), and ``featrec skew`` checks that the two agree.
+(``featrec declared backfill``), and ``featrec skew`` checks that the two agree. The ranker
+reads the ones listed in the feature service ``ranker_declared`` (see the end of this file).
 """
 
 from datetime import timedelta
