@@ -10,8 +10,8 @@ Phases, one run (run it under ``flock /tmp/featrec-heavy.lock``):
 - ``memory``: state size (tracemalloc) per key and window after the stream phase's events.
 - ``batch``: ``--batch-events`` generated events written as an event log, then the DuckDB
   engine: load, the 20 features as of every key's newest event (materialization), and the
-  offline history (every key at every event time) for one declaration. 10M is extrapolated
-  linearly from the measured sizes (printed as such).
+  offline history (every key at every event time) for one declaration (``--skip-history``:
+  not, for sizes where it would take hours). A linear extrapolation to 10M is printed as such.
 
     .venv/bin/python benchmarks/declared.py --stream-events 100000 --batch-events 1000000
 """
