@@ -52,7 +52,8 @@ DECLARED_STEP: Final = "declared"
 DEFAULT_SHARDS: Final = 8
 
 
-Routed: TypeAlias = tuple[str, list[Arrival]]  # (entity, arrivals)
+#: (entity, arrivals); arrivals None: a tombstone passed, drop the forgotten ids' state.
+Routed: TypeAlias = tuple[str, list[Arrival] | None]
 
 
 class DeclaredLogic(StatefulBatchLogic[Routed, list[FeatureRow], tuple[str, bytes]]):
@@ -65,8 +66,10 @@ class DeclaredLogic(StatefulBatchLogic[Routed, list[FeatureRow], tuple[str, byte
         self,
         of_entity: Mapping[str, Sequence[Declaration]],
         resume: tuple[str, bytes] | None = None,
+        deny: DenySource | None = None,
     ) -> None:
         self.of_entity = of_entity
+        self.deny: DenySource = deny if deny is not None else NothingDenied()
         self.entity: str | None = None
         self.shard: DeclaredShard | None = None
         if resume is not None:
@@ -77,10 +80,26 @@ class DeclaredLogic(StatefulBatchLogic[Routed, list[FeatureRow], tuple[str, byte
         if self.shard is None:
             self.entity = values[0][0]
             self.shard = DeclaredShard(self.of_entity[self.entity])
-        events = [a.event for _, chunk in values for a in chunk]
-        newest = max((a.ingested_at for _, chunk in values for a in chunk), default=None)
-        rows = self.shard.fold(events, newest)
+        rows: list[FeatureRow] = []
+        arrivals: list[Arrival] = []
+        for _, chunk in values:
+            if chunk is not None:
+                arrivals.extend(chunk)
+                continue
+            # A tombstone: fold what came before it, then forget (re-read the deny-list: this
+            # shard may live in another worker than the "decode" that saw the tombstone).
+            rows.extend(self._fold(arrivals))
+            arrivals = []
+            self.shard.forget(self.deny.refresh().contains)
+        rows.extend(self._fold(arrivals))
         return ([rows] if rows else []), StatefulBatchLogic.RETAIN
+
+    def _fold(self, arrivals: list[Arrival]) -> list[FeatureRow]:
+        assert self.shard is not None
+        if not arrivals:
+            return []
+        newest = max(a.ingested_at for a in arrivals)
+        return self.shard.fold([a.event for a in arrivals], newest)
 
     def snapshot(self) -> tuple[str, bytes]:
         assert self.shard is not None and self.entity is not None, "snapshot before any item"
@@ -93,9 +112,25 @@ def route(
     """Each arrival to one shard per declared entity it has a key for (order kept)."""
     out: dict[str, list[Arrival]] = {}
     entity_of: dict[str, str] = {}
+    items: list[tuple[str, Routed]] = []
+
+    def flush() -> None:
+        items.extend((name, (entity_of[name], arrivals)) for name, arrivals in out.items())
+        out.clear()
+
+    purged = False  # a tombstone names many sessions: one purge per run of them
     for _, value in chunks:
-        if not isinstance(value, list):  # a tombstone's Forget: the user's later events are
-            continue  # dropped at "decode"; existing declared state ages out with its windows
+        if not isinstance(value, list):
+            # A tombstone's Forget: the user's later events are dropped at "decode"; every
+            # shard drops the state it keeps of them (keys, and ids kept as values).
+            if not purged:
+                flush()
+                items.extend(
+                    (f"{entity}/{i}", (entity, None)) for entity in by_entity for i in range(shards)
+                )
+                purged = True
+            continue
+        purged = False
         for arrival in value:
             for entity, join_key in by_entity.items():
                 key = getattr(arrival.event, join_key)
@@ -103,7 +138,8 @@ def route(
                     name = f"{entity}/{shard_of(key, shards)}"
                     entity_of[name] = entity
                     out.setdefault(name, []).append(arrival)
-    return [(name, (entity_of[name], arrivals)) for name, arrivals in out.items()]
+    flush()
+    return items
 
 
 def build_flow(
@@ -129,7 +165,7 @@ def build_flow(
     of_entity = {e: [d for d in declarations if d.entity == e] for e in by_entity}
 
     def builder(resume: tuple[str, bytes] | None) -> DeclaredLogic:
-        return DeclaredLogic(of_entity, resume)
+        return DeclaredLogic(of_entity, resume, deny_source)
 
     def is_chunk(item: Decoded) -> TypeGuard[ShardItem]:
         return type(item) is tuple

@@ -10,7 +10,8 @@ item) with ``Aggregation(column, function, time_window, slide_interval, name)``:
 - ``filters``: event types, categories, a price range [min, max).
 
 featrec computes them in the stream (``featrec run declared``) and in batch from the event log
-(``featrec declared backfill``), and ``featrec skew`` checks that the two agree.
+(``featrec declared backfill``), and ``featrec skew`` checks that the two agree. The ranker
+reads the ones listed in the feature service ``ranker_declared`` (see the end of this file).
 """
 
 from datetime import timedelta
@@ -132,3 +133,20 @@ user_premium = declared_view(
         ),
     ],
 )
+
+# The ranker reads declared features by name from the feature service "ranker_declared":
+# list some here, `featrec apply`, `featrec declared backfill`, `featrec dataset build`,
+# `featrec train`; serving then reads them for every request the new model scores (numbers as
+# they are, lists by their length). None are listed by default: the shipped ranker needs no
+# declared flow. For example:
+#
+#   from feast import FeatureService
+#
+#   ranker_declared = FeatureService(
+#       name="ranker_declared",
+#       features=[
+#           session_browsing[["n_categories", "mean_price", "n_events_10m"]],
+#           user_carts[["n_carts_1h", "cart_value_24h"]],
+#           item_popularity[["n_events_1h", "n_sessions_24h"]],
+#       ],
+#   )

@@ -127,6 +127,19 @@ def test_feature_list_mismatch_names_the_difference(root: Path) -> None:
         load_model(path, trusted_root=root)
 
 
+def test_declared_feature_columns_after_the_built_in_ones_load(root: Path) -> None:
+    """A model trained with declared features (``view__feature`` after the built-in columns)
+    loads; serving resolves those names against the applied declarations."""
+    declared = (*RANKING_FEATURES, "user_spend__spend_7d", "item_popularity__n_events_1h")
+    loaded = load_model(root / save_model(fitted(declared), root).version, trusted_root=root)
+    assert loaded.manifest.features == declared
+    # A name that is not view__feature is still an unknown feature.
+    odd = (*RANKING_FEATURES, "spend")
+    path = root / save_model(fitted(odd), root, version="odd").version
+    with pytest.raises(ConfigError, match="unknown to this featrec spend"):
+        load_model(path, trusted_root=root)
+
+
 def test_untrusted_paths_are_refused(root: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "downloads"
     version = save_model(fitted(), elsewhere).version

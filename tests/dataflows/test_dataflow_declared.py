@@ -18,9 +18,25 @@ from featrec.adapters.duckdb.declared import DeclaredBatch
 from featrec.adapters.files.event_log import events_to_table
 from featrec.core.events.formats import DeadLetter, RawRecord
 from featrec.core.events.generator import GeneratorConfig, generate
-from featrec.core.events.model import Event
-from featrec.core.features.declared.model import AS_OF
+from featrec.core.events.model import MIN_TS, Event
+from featrec.core.features.declared.model import (
+    AS_OF,
+    DAY_US,
+    HOUR_US,
+    Aggregation,
+    Declaration,
+    Function,
+    validate,
+)
 from featrec.core.ports.features import InMemoryFeatureStore
+from featrec.core.privacy import (
+    EMPTY,
+    TOMBSTONE_FORMAT,
+    DenyList,
+    DenySet,
+    new_salt,
+    tombstone_payload,
+)
 from featrec.errors import ConfigError
 from featrec.testing.declared import covering_declarations, same_value
 
@@ -132,3 +148,70 @@ def test_a_flow_without_declarations_is_refused() -> None:
             writer_factory=InMemoryFeatureStore,
             dead_letter_sink=TestingSink([]),
         )
+
+
+class _DenyAfterTombstone:
+    """A deny-list source that learns the forgotten user when the tombstone makes the flow
+    refresh it (as ``featrec forget`` writes the list before it sends the tombstone)."""
+
+    def __init__(self, user: str, sessions: Sequence[str]) -> None:
+        self.denied = DenySet((DenyList(new_salt()).add(user, sessions),))
+        self.now = EMPTY
+
+    def current(self) -> DenySet:
+        return self.now
+
+    def refresh(self) -> DenySet:
+        self.now = self.denied
+        return self.now
+
+
+def test_a_tombstone_drops_the_forgotten_users_state_and_their_ids_kept_as_values() -> None:
+    hour = timedelta(hours=1)
+    decls = [
+        validate(
+            Declaration(
+                "user_n",
+                "user",
+                (Aggregation("n_24h", "item_id", Function.COUNT, 0, DAY_US, HOUR_US),),
+            )
+        ),
+        validate(
+            Declaration(
+                "item_buyers",
+                "item",
+                (
+                    Aggregation("buyers", "user_id", Function.LAST_N, 3, DAY_US, HOUR_US),
+                    Aggregation("n_sessions", "session_id", Function.COUNT_DISTINCT, 0, DAY_US),
+                ),
+            )
+        ),
+    ]
+    t0 = MIN_TS + timedelta(days=400)
+
+    def ev(i: int, user: str, session: str, at: timedelta) -> Event:
+        return Event(f"e{i}", session, "A", "view", t0 + at, user, 10.0, "c", 1)
+
+    before = [ev(1, "other", "s-o", hour), ev(2, "gone", "s-g", 2 * hour)]
+    after = [ev(3, "gone", "s-g", 3 * hour), ev(4, "third", "s-t", 4 * hour)]
+    tomb = RawRecord(TOMBSTONE_FORMAT, "test:tomb", tombstone_payload(["s-g"]), 1.0)
+    store = InMemoryFeatureStore()
+    run_main(
+        build_flow(
+            TestingSource([*records(before), tomb, *records(after)], batch_size=10),
+            decls,
+            writer_factory=lambda: store,
+            dead_letter_sink=TestingSink([]),
+            shards=2,
+            deny=_DenyAfterTombstone("gone", ["s-g"]),
+        )
+    )
+    item = store.row("item_buyers", "A")
+    assert item is not None
+    # Without the forget the row would be [third, gone, other] over 3 sessions: the item's
+    # state that held "gone" was dropped, and the user's later event never reached it.
+    assert item.values["buyers"] == ["third"]
+    assert item.values["n_sessions"] == 1
+    # The user's own state went too (their later event was dropped at decode).
+    gone = store.row("user_n", "gone")
+    assert gone is not None and gone.values["n_24h"] == 1  # the row written before the forget

@@ -5,6 +5,7 @@ stock Feast; then ``featrec skew`` finds 0 mismatches, and reports a planted one
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 from click.testing import CliRunner
@@ -22,21 +24,29 @@ from prometheus_client import CollectorRegistry
 from sklearn.linear_model import LogisticRegression
 
 from dataflows.declared import build_flow, open_declared, open_declared_writer
+from dataflows.sessions import build_flow as build_sessions_flow
+from dataflows.sessions import open_online_writer
 from featrec.adapters.duckdb.declared import POINTS_SCHEMA, DeclaredBatch
 from featrec.adapters.feast.repo import open_store
 from featrec.adapters.feast.writers import open_writer
 from featrec.adapters.files.event_log import EventLogWriter
+from featrec.adapters.files.model_store import list_versions, load_model, models_dir
+from featrec.app.serving.record import ServedRequest
 from featrec.cli import main
 from featrec.core.events.formats import RawRecord
 from featrec.core.events.generator import GeneratorConfig, generate
 from featrec.core.events.model import Event
 from featrec.core.features.declared.model import AS_OF
+from featrec.core.features.declared.ranking import METADATA_KEY
 from featrec.core.features.rows import FeatureRow, micros
+from featrec.core.ranking.ranker import RANKING_FEATURES
 from featrec.jobs.declared import publish_gauges, read_online, skew
 from featrec.jobs.project_init import create_project
+from featrec.jobs.serving import ServingOptions, open_recommender
 from featrec.project import load_project
 from featrec.settings import Settings
 from featrec.testing.declared import same_value
+from featrec.testing.redis_server import RedisServer
 
 NEW_FEATURE = """
 
@@ -52,7 +62,27 @@ user_spend = declared_view(
         Aggregation(column="item_id", function="last_3", time_window=DAY, name="bought_24h"),
     ],
 )
+
+from feast import FeatureService
+
+# The ranker reads these by name.
+ranker_declared = FeatureService(
+    name="ranker_declared",
+    features=[
+        user_spend[["spend_7d", "bought_24h"]],
+        session_browsing[["mean_price", "n_categories"]],
+        item_popularity[["n_events_1h"]],
+    ],
+)
 """
+#: The ranker's declared columns, in the service's order.
+RANKER_COLUMNS = (
+    "user_spend__spend_7d",
+    "user_spend__bought_24h",
+    "session_browsing__mean_price",
+    "session_browsing__n_categories",
+    "item_popularity__n_events_1h",
+)
 
 BAD = {
     "unknown column": 'Aggregation(column="colour", function="count", time_window=DAY, name="x")',
@@ -63,16 +93,25 @@ BAD = {
 }
 
 
+def store_env(settings: Settings) -> dict[str, str]:
+    """The environment that points the CLI at the same online store as ``settings``."""
+    if settings.online_store != "redis":
+        return {}
+    return {"FEATREC_ONLINE_STORE": "redis", "FEATREC_REDIS_URL": settings.redis_url}
+
+
 def invoke(settings: Settings, *args: str) -> Any:
     """``featrec --project ROOT ARGS`` in-process (ROOT: the project ``settings`` are of)."""
     root = settings.repo.parent
-    return CliRunner().invoke(main, ["--project", str(root), *args], catch_exceptions=False)
+    return CliRunner().invoke(
+        main, ["--project", str(root), *args], env=store_env(settings), catch_exceptions=False
+    )
 
 
-def new_project(root: Path) -> tuple[Settings, Path]:
+def new_project(root: Path, environ: dict[str, str] | None = None) -> tuple[Settings, Path]:
     """``featrec init`` without the apply: featrec.toml and a copy of feature_repo/."""
     create_project(root)
-    settings = load_project(root.resolve()).settings({})
+    settings = load_project(root.resolve()).settings(environ or {})
     return settings, settings.repo
 
 
@@ -84,9 +123,26 @@ def events_for_replay() -> list[Event]:
     return events
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, list[Event]]]:
-    settings, repo = new_project(tmp_path_factory.mktemp("walkthrough") / "shop")
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def project(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, list[Event]]]:
+    """The walkthrough's project on SQLite, and on a private redis-server of its own."""
+    with contextlib.ExitStack() as stack:
+        environ = {}
+        if request.param == "redis":
+            server = RedisServer(tmp_path_factory.mktemp("walkthrough-redis"))
+            server.start()
+            stack.callback(server.stop)
+            environ = {"FEATREC_ONLINE_STORE": "redis", "FEATREC_REDIS_URL": server.url}
+        yield from _walkthrough_project(tmp_path_factory, environ)
+
+
+def _walkthrough_project(
+    tmp_path_factory: pytest.TempPathFactory, environ: dict[str, str]
+) -> Iterator[tuple[Settings, list[Event]]]:
+    settings, repo = new_project(tmp_path_factory.mktemp("walkthrough") / "shop", environ)
+    assert settings.online_store == environ.get("FEATREC_ONLINE_STORE", "sqlite")
     # 1. Add a feature to feature_repo/featrec_declared.py.
     with (repo / "featrec_declared.py").open("a", encoding="utf-8") as f:
         f.write(NEW_FEATURE)
@@ -102,6 +158,16 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings
     raws = [
         RawRecord("featrec", f"r:{i}", json.dumps(e.to_dict()), 1.0) for i, e in enumerate(events)
     ]
+    # The sessions flow too: serving scores a session only with its row.
+    run_main(
+        build_sessions_flow(
+            TestingSource(raws, batch_size=200),
+            settings,
+            writer_factory=partial(open_online_writer, settings),
+            dead_letter_sink=TestingSink([]),
+            event_log_sink=TestingSink([]),
+        )
+    )
     run_main(
         build_flow(
             TestingSource(raws, batch_size=200),
@@ -228,3 +294,74 @@ def test_apply_refuses_a_bad_declaration_naming_it(tmp_path: Path, problem: str)
     assert result.exit_code == 1
     assert "declaration 'bad_view'" in result.output and problem in result.output
     assert len(result.output.strip().splitlines()) <= 2  # "applying ..." and the error
+
+
+def test_the_ranker_reads_declared_features_by_name_from_the_feature_service(
+    project: tuple[Settings, list[Event]],
+) -> None:
+    """dataset build joins the service point in time, train appends its columns, serving
+    reads them online for the request and explain reproduces the scores from the log."""
+    settings, events = project
+    result = invoke(settings, "declared", "backfill")
+    assert result.exit_code == 0, result.output
+    result = invoke(settings, "dataset", "build", "--max-points", "400")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(settings.home / "datasets" / "training.parquet")
+    assert table.schema.metadata[METADATA_KEY].decode().split(",") == list(RANKER_COLUMNS)
+    # Point in time: a row's declared value is the batch engine's as of the row's time.
+    spend = table.column("user_spend__spend_7d").to_pylist()
+    assert sum(v is not None for v in spend) > 0
+    with DeclaredBatch(settings.event_log_dir) as batch:
+        decl = next(d for d in open_declared(settings) if d.name == "user_spend")
+        rows = table.select(["user_id", "event_timestamp"]).to_pylist()
+        checked = 0
+        for row, value in list(zip(rows, spend, strict=True))[::25]:
+            times = [micros(e.ts) for e in events if e.user_id == row["user_id"]]
+            times = [t for t in times if t <= micros(row["event_timestamp"])]
+            if row["user_id"] is None or not times:
+                assert value is None
+                continue
+            point = pa.table({"key": [row["user_id"]], AS_OF: [max(times)]}, POINTS_SCHEMA)
+            assert same_value(value, batch.compute(decl, point).to_pylist()[0]["spend_7d"])
+            checked += 1
+        assert checked > 0
+
+    result = invoke(settings, "train", "--holdout", "0.2", "--max-iter", "30")
+    assert result.exit_code == 0, result.output
+    root = models_dir(settings.home)
+    loaded = load_model(root / list_versions(root)[-1], trusted_root=root)
+    assert loaded.manifest.features == (*RANKING_FEATURES, *RANKER_COLUMNS)
+    # The fitted trees split on declared columns: the model uses them.
+    split_on = {
+        loaded.manifest.features[i]
+        for trees in loaded.ranker.model_._predictors
+        for tree in trees
+        for i in tree.nodes["feature_idx"][tree.nodes["is_leaf"] == 0]
+    }
+    assert split_on & set(RANKER_COLUMNS), sorted(split_on)
+
+    # Serving: the model's declared columns are read online for the request, logged, and
+    # explain re-scores the request from the log alone.
+    session = max(
+        (e for e in events if e.user_id is not None and e.type == "purchase"), key=lambda e: e.ts
+    )
+    recommender = open_recommender(
+        settings, ServingOptions(model="latest"), clock=lambda: micros(session.ts) / 1e6 + 1
+    )
+    try:
+        assert recommender.model is not None
+        assert [c.name for c in recommender.model.declared] == list(RANKER_COLUMNS)
+        answer = recommender.recommend(session.session_id, session.user_id, k=10)
+        assert answer.scorer == "model" and answer.items, answer
+        recommender.log.flush()
+        record = recommender.log.get(answer.request_id)
+        assert record is not None
+        logged = {(r.view, r.key): r.row for r in ServedRequest.from_record(record).rows}
+        spend_row = logged[("user_spend", session.user_id)]
+        assert spend_row is not None and spend_row.values["spend_7d"] > 0
+        assert ("session_browsing", session.session_id) in logged
+        assert any(view == "item_popularity" for view, _ in logged)
+        explained = recommender.explain(answer.request_id)
+        assert explained.reproduced, explained.mismatches
+    finally:
+        recommender.log.close()

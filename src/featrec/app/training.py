@@ -46,6 +46,7 @@ from featrec.core.candidates.signals import InMemorySignals
 from featrec.core.evaluation.metrics import hit_rate_at_k, mrr_at_k
 from featrec.core.events.model import Event
 from featrec.core.features.catalog import ITEM_FEATURES, USER_FEATURES
+from featrec.core.features.declared.ranking import METADATA_KEY, column_value
 from featrec.core.features.rows import micros
 from featrec.core.items.slist import ItemModel, SessionFolds
 from featrec.core.items.trending import trending_row
@@ -87,6 +88,10 @@ class LabelledPoint:
     items: tuple[str, ...] | None = None
     user_row: Row | None = None
     item_rows: Mapping[str, Row | None] = field(default_factory=dict)
+    #: The training set's declared-feature values (see
+    #: :mod:`featrec.core.features.declared.ranking`), per candidate, in ``declared`` order.
+    declared: tuple[str, ...] = ()
+    declared_values: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -102,6 +107,8 @@ class FeatureSet:
     points: list[LabelledPoint]
     #: Rows whose candidate the serving generator also proposes, out of all rows.
     candidate_coverage: float
+    #: The columns of ``X``: the built-in ones, then the declared features of the points.
+    feature_names: tuple[str, ...] = RANKING_FEATURES
 
     def point_slices(self) -> list[slice]:
         """The rows of each point (rows of a point are contiguous, in candidate order)."""
@@ -146,9 +153,9 @@ class TrainingConfig:
                 f"negatives_per_point must be >= 1 or None, got {self.negatives_per_point}"
             )
 
-    def ranker(self) -> Ranker:
+    def ranker(self, feature_names: Sequence[str] = RANKING_FEATURES) -> Ranker:
         return Ranker(
-            feature_names=RANKING_FEATURES,
+            feature_names=tuple(feature_names),
             learning_rate=self.learning_rate,
             max_iter=self.max_iter,
             max_leaf_nodes=self.max_leaf_nodes,
@@ -221,6 +228,8 @@ def points_from_table(table: Any) -> list[LabelledPoint]:
     cols = {name: table.column(name).to_pylist() for name in DATASET_COLUMNS}
     user_cols = _prefixed(table, USER_PREFIX)
     item_cols = _prefixed(table, ITEM_PREFIX)
+    declared = _declared_names(table)
+    declared_cols = [table.column(name).to_pylist() for name in declared]
     order = sorted(
         range(table.num_rows), key=lambda i: (cols["point_id"][i], cols["candidate_rank"][i])
     )
@@ -250,10 +259,25 @@ def points_from_table(table: Any) -> list[LabelledPoint]:
                 items=items,
                 user_row=_row(user_cols, first),
                 item_rows={cols["item_id"][r]: _row(item_cols, r) for r in rows},
+                declared=declared,
+                declared_values={
+                    cols["item_id"][r]: tuple(column_value(c[r]) for c in declared_cols)
+                    for r in rows
+                },
             )
         )
         i = j
     return points
+
+
+def _declared_names(table: Any) -> tuple[str, ...]:
+    """The declared-feature columns ``featrec dataset build`` joined (schema metadata)."""
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    names = tuple(n for n in raw.decode().split(",") if n) if raw else ()
+    missing = [n for n in names if n not in table.column_names]
+    if missing:
+        raise ConfigError(f"the training set lacks its declared column(s) {', '.join(missing)}")
+    return names
 
 
 def _prefixed(table: Any, prefix: str) -> dict[str, list[Any]]:
@@ -315,6 +339,10 @@ def replay_features(
     item_ids: list[str] = []
     done: list[LabelledPoint] = []
     covered = total = 0
+    declared = points[0].declared if points else ()
+    if any(p.declared != declared for p in points):
+        raise ConfigError("the points name different declared features")
+    no_values = (math.nan,) * len(declared)
     previous: datetime | None = None
     for event in events:
         if previous is not None and event.ts < previous:
@@ -362,7 +390,12 @@ def replay_features(
                 trending = cached[1]
             rows[c.item_id] = item_row(point.item_rows.get(c.item_id), trending)
         now_s = micros(event.ts) / 1_000_000
-        blocks.append(ranking_matrix(pool, session, point.user_row, rows, now_s))
+        block = ranking_matrix(pool, session, point.user_row, rows, now_s)
+        if declared:
+            extra = [point.declared_values.get(c.item_id, no_values) for c in pool]
+            more = np.asarray(extra, dtype=np.float64).reshape(len(pool), len(declared))
+            block = np.hstack([block, more])
+        blocks.append(block)
         labels.extend(int(c.item_id == point.target) for c in pool)
         groups.extend([len(done)] * len(pool))
         item_ids.extend(c.item_id for c in pool)
@@ -375,7 +408,8 @@ def replay_features(
             f"{len(wanted)} point(s) have no event in the log, e.g. event {position} of "
             f"session {session_id!r}: train on the log the training set was built from"
         )
-    width = len(RANKING_FEATURES)
+    names = (*RANKING_FEATURES, *declared)
+    width = len(names)
     return FeatureSet(
         X=np.vstack(blocks) if blocks else np.empty((0, width), dtype=np.float64),
         y=np.asarray(labels, dtype=np.int64),
@@ -383,6 +417,7 @@ def replay_features(
         item_ids=item_ids,
         points=done,
         candidate_coverage=covered / total if total and any(p.items for p in done) else 1.0,
+        feature_names=names,
     )
 
 
@@ -477,7 +512,7 @@ def fit_ranker(
             "the training points need both positive and negative examples: with no next "
             "item among the candidates there is nothing to learn"
         )
-    ranker = config.ranker().fit(features.X[train_rows], y_train)
+    ranker = config.ranker(features.feature_names).fit(features.X[train_rows], y_train)
     metrics: dict[str, float] = {
         "points": float(len(features.points)),
         "train_points": float(len(train_idx)),

@@ -13,7 +13,9 @@ Order matters, so that nothing brings the user back while the copies are being r
    sources under ``<repo>/data``, training sets under ``<home>/datasets``), the request logs,
    the user's entries on the event stream, and dead letters whose payload names them;
 5. **delete** the online rows last: ``user_features`` of the user, ``session_features`` of the
-   sessions (a row the dataflow wrote just before it read the tombstone is deleted too).
+   sessions (a row the dataflow wrote just before it read the tombstone is deleted too), and
+   the declared views' rows of the user, the sessions, and (views that keep ids as values) the
+   items they touched. The declared dataflow drops its state of them at the tombstone.
 
 Every step is idempotent: forgetting twice is safe, and re-running after a failure finishes the
 job. What is kept, and why: co-visitation neighbours, trending scores and item features are
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from featrec.adapters.errors import translated
 from featrec.adapters.files.atomic import atomic_write_text
-from featrec.adapters.files.event_log import remove_events, sessions_of_user
+from featrec.adapters.files.event_log import items_of, remove_events, sessions_of_user
 from featrec.adapters.files.snapshots import remove_rows
 from featrec.adapters.redis.cluster import online_client
 from featrec.adapters.redis.deny_list import stores_for
@@ -46,6 +48,8 @@ from featrec.settings import Settings
 if TYPE_CHECKING:
     from feast import FeatureStore
 
+#: Event columns whose values are personal ids.
+_ID_COLUMNS: Final = ("user_id", "session_id")
 #: Stream entries read per XRANGE call.
 STREAM_PAGE: Final = 1000
 
@@ -113,6 +117,7 @@ def forget_user(
             deny_lists.append(type(deny_store).__name__.removesuffix("DenyStore").lower())
         sent = places.send_tombstones(sessions)
 
+        items = items_of(settings.event_log_dir, user_id, sessions)
         events, files = remove_events(settings.event_log_dir, user_id, sessions)
         return ForgetReport(
             user_id=user_id,
@@ -126,12 +131,37 @@ def forget_user(
             stream_entries=places.purge_streams(user_id, sessions),
             dead_letters=places.purge_dead_letters(user_id, sessions),
             online_rows={
+                **_forget_declared(online, user_id, sessions, items),
                 catalog.SESSION_FEATURES.name: online.delete(
                     catalog.SESSION_FEATURES.name, sessions
                 ),
                 catalog.USER_FEATURES.name: online.delete(catalog.USER_FEATURES.name, [user_id]),
             },
         )
+
+
+def _forget_declared(
+    online: Any, user_id: str, sessions: Collection[str], items: Collection[str]
+) -> dict[str, int]:
+    """Delete the declared views' online rows of the user and their sessions, and the rows of
+    the items they touched in a view that keeps user or session ids as values (``last``,
+    ``last_N``, ``count_distinct`` of ``user_id``/``session_id``): the next event or
+    ``featrec declared backfill`` computes those from the cleaned log."""
+    from featrec.adapters.feast.declared import applied_declarations
+
+    out: dict[str, int] = {}
+    for decl in applied_declarations(online.store):
+        if decl.entity == catalog.USER.name:
+            keys: Collection[str] = [user_id]
+        elif decl.entity == catalog.SESSION.name:
+            keys = sessions
+        elif any(a.column in _ID_COLUMNS and a.holds_values for a in decl.aggregations):
+            keys = items
+        else:
+            continue
+        features = [f.name for f in decl.view().features]
+        out[decl.name] = online.delete(decl.name, keys, decl.join_key, features)
+    return out
 
 
 def _check_user_id(user_id: str) -> None:

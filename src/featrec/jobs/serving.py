@@ -36,7 +36,9 @@ from featrec.app.serving.recommender import LoadedModel, ModelLoader, Recommende
 from featrec.app.serving.steps import SERVED_FEATURES
 from featrec.core.candidates.config import CandidateConfig
 from featrec.core.evaluation.experiments import experiment_from_dict
+from featrec.core.features.declared.ranking import DeclaredColumn
 from featrec.core.ports.serving import Clock, RowReader
+from featrec.core.ranking.ranker import RANKING_FEATURES
 from featrec.errors import ConfigError
 from featrec.settings import ServeSettings, Settings
 
@@ -113,12 +115,20 @@ def options_from_settings(serve: ServeSettings) -> ServingOptions:
     return ServingOptions(request_log=serve.request_log, model=serve.model, config=config)
 
 
-def open_rows(settings: Settings) -> RowReader:
-    """The fastest row reader for the configured online store."""
+def open_rows(settings: Settings, declared: bool = False) -> RowReader:
+    """The fastest row reader for the configured online store (``declared``: it reads the
+    declared views too, for a model that uses declared features)."""
     if settings.online_store == "redis":
         from featrec.adapters.redis.rows import open_redis_row_reader
+        from featrec.core.features import catalog
 
-        return open_redis_row_reader(settings, SERVED_FEATURES)
+        views = dict(catalog.VIEWS)
+        if declared:
+            from featrec.adapters.feast.declared import applied_declarations
+            from featrec.adapters.feast.repo import open_store
+
+            views.update((d.name, d.view()) for d in applied_declarations(open_store(settings)))
+        return open_redis_row_reader(settings, SERVED_FEATURES, views)
     from featrec.adapters.feast.repo import open_store
     from featrec.adapters.feast.rows import FeastRowReader
 
@@ -159,7 +169,14 @@ def load_model(settings: Settings, model: str) -> LoadedModel | None:
                 f"{', '.join(model_store.list_versions(root)) or 'none'})"
             )
         loaded = model_store.load_model(root / model, trusted_root=root)
-    return LoadedModel(loaded.version, loaded.predictor)
+    extras = loaded.manifest.features[len(RANKING_FEATURES) :]
+    declared: tuple[DeclaredColumn, ...] = ()
+    if extras:
+        from featrec.adapters.feast.declared import model_columns
+        from featrec.adapters.feast.repo import open_store
+
+        declared = model_columns(open_store(settings), extras)
+    return LoadedModel(loaded.version, loaded.predictor, declared)
 
 
 def model_loader(settings: Settings) -> ModelLoader:
@@ -181,10 +198,11 @@ def open_recommender(
     """A recommender on the configured store, request log and model (``clock``: the time
     session ages are judged at; a replay passes its event-time clock)."""
     log = BackgroundRequestLog(open_request_log(settings, options.request_log))
+    model = load_model(settings, options.model)
     recommender = Recommender(
-        open_rows(settings),
+        open_rows(settings, declared=model is not None and bool(model.declared)),
         log,
-        model=load_model(settings, options.model),
+        model=model,
         models=model_loader(settings),
         config=options.config,
         clock=clock,

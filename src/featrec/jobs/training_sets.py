@@ -25,6 +25,7 @@ from featrec.adapters.files.event_log import read_event_log
 from featrec.core.candidates.point_generators import CandidateGenerator, default_generator
 from featrec.core.events.model import Event
 from featrec.core.features import catalog
+from featrec.core.features.declared.ranking import METADATA_KEY, RANKER_SERVICE
 from featrec.core.progress import SILENT, Progress
 from featrec.core.ranking.examples import build_examples, choose_points, next_item_targets
 from featrec.errors import ConfigError, StoreError
@@ -147,6 +148,28 @@ def join_features(
     return joined
 
 
+def join_declared(store: FeatureStore, examples: pa.Table) -> pa.Table:
+    """``examples`` with the ranker's declared features (feature service ``ranker_declared``)
+    as of each row's time, their names listed in the schema metadata (the order ``featrec
+    train`` appends them in). Unchanged when the repo has no such service."""
+    from featrec.adapters.feast.declared import ranker_columns
+    from featrec.jobs.declared import history_path
+
+    columns = ranker_columns(store)
+    if not columns:
+        return examples
+    for view in dict.fromkeys(c.view for c in columns):
+        if not history_path(store, view).exists():
+            raise ConfigError(
+                f"declared view {view!r} has no offline history yet: run "
+                f"`featrec declared backfill {view}` before `featrec dataset build`"
+            )
+    joined = join_features(store, examples, RANKER_SERVICE)
+    names = ",".join(c.name for c in columns)
+    metadata = {**(joined.schema.metadata or {}), METADATA_KEY: names.encode()}
+    return joined.replace_schema_metadata(metadata)
+
+
 def build_training_set(
     store: FeatureStore,
     log_dir: Path,
@@ -181,7 +204,7 @@ def build_training_set(
         events, targets, generator or default_generator(), on_point=progress.advance
     )
     progress.stage(f"joining features to {examples.num_rows:,} examples (Feast, point in time)")
-    joined = join_features(store, examples)
+    joined = join_declared(store, join_features(store, examples))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         pq.write_table(joined, tmp)

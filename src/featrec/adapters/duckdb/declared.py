@@ -11,15 +11,15 @@ event time of every key (the offline history Feast's point-in-time joins read), 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import duckdb
 import pyarrow as pa
 
 from featrec.adapters.duckdb.features import sql_file_list, sql_string
-from featrec.adapters.files.event_log import event_log_files
+from featrec.adapters.files.event_log import EVENT_SCHEMA, event_log_files
 from featrec.core.features.declared.model import (
     AS_OF,
     COLUMNS,
@@ -50,33 +50,33 @@ def filter_sql(filters: Filters, alias: str = "e") -> str:
     return " AND ".join(parts) or "TRUE"
 
 
+#: Each function as a SQL aggregate: ``{v}`` the value, ``{w}`` its FILTER clause, ``{o}``
+#: the newest-first order, ``{n}`` the list length. Empty windows give what the stream gives.
+_AGGREGATES: Final[Mapping[Function, str]] = {
+    Function.COUNT: "count(*) {w}",
+    Function.SUM: "coalesce(sum({v}) {w}, 0.0)",
+    Function.MEAN: "avg({v}) {w}",
+    Function.MIN: "min({v}) {w}",
+    Function.MAX: "max({v}) {w}",
+    Function.LAST: "first({v} {o}) {w}",
+    Function.COUNT_DISTINCT: "count(DISTINCT {v}) {w}",
+    Function.LAST_N: "coalesce(list({v} {o}) {w}, [])[1:{n}]",
+}
+
+
 def aggregation_sql(agg: Aggregation) -> str:
     """One aggregation as a SQL aggregate over the joined ``e`` rows of a point ``p``."""
     col = f"e.{agg.column}"
-    value = f"{col}::DOUBLE" if COLUMNS[agg.column] else col
     cond = f"{col} IS NOT NULL"
     if agg.window_us is not None:
         hop = agg.hop_us or agg.window_us
         cond += f" AND e.t >= (p.{AS_OF} // {hop} + 1) * {hop} - {agg.window_us}"
-    where = f"FILTER (WHERE {cond})"
-    order = "ORDER BY e.t DESC, e.event_id DESC"
-    f = agg.function
-    if f is Function.COUNT:
-        sql = f"count(*) {where}"
-    elif f is Function.SUM:
-        sql = f"coalesce(sum({value}) {where}, 0.0)"
-    elif f is Function.MEAN:
-        sql = f"avg({value}) {where}"
-    elif f is Function.MIN:
-        sql = f"min({value}) {where}"
-    elif f is Function.MAX:
-        sql = f"max({value}) {where}"
-    elif f is Function.LAST:
-        sql = f"first({value} {order}) {where}"
-    elif f is Function.COUNT_DISTINCT:
-        sql = f"count(DISTINCT {value}) {where}"
-    else:
-        sql = f"coalesce(list({value} {order}) {where}, [])[1:{agg.n}]"
+    sql = _AGGREGATES[agg.function].format(
+        v=f"{col}::DOUBLE" if COLUMNS[agg.column] else col,
+        w=f"FILTER (WHERE {cond})",
+        o="ORDER BY e.t DESC, e.event_id DESC",
+        n=agg.n,
+    )
     return f"{sql} AS {agg.name}"
 
 
@@ -106,18 +106,13 @@ class DeclaredBatch:
         self._con.execute("SET TimeZone = 'UTC'")
         if threads is not None:
             self._con.execute(f"SET threads = {int(threads)}")
-        if isinstance(events, pa.Table):
-            self._con.register("raw_events", events)
+        files = [] if isinstance(events, pa.Table) else [str(f) for f in event_log_files(events)]
+        if files:
+            source = f"read_parquet({sql_file_list(files)})"
+        else:  # an Arrow table, or an empty log
+            table = events if isinstance(events, pa.Table) else EVENT_SCHEMA.empty_table()
+            self._con.register("raw_events", table)
             source = "raw_events"
-        else:
-            files = [str(f) for f in event_log_files(events)]
-            if not files:
-                from featrec.adapters.files.event_log import EVENT_SCHEMA
-
-                self._con.register("raw_events", EVENT_SCHEMA.empty_table())
-                source = "raw_events"
-            else:
-                source = f"read_parquet({sql_file_list(files)})"
         self._con.execute(
             f"CREATE TABLE events AS SELECT DISTINCT ON (event_id) {_EVENT_COLUMNS} FROM {source}"
         )
@@ -137,21 +132,20 @@ class DeclaredBatch:
 
     def latest_points(self, decl: Declaration, until_us: int | None = None) -> pa.Table:
         """Each key's newest event time (at or before ``until_us``): what the stream holds."""
-        until = "" if until_us is None else f" AND t <= {int(until_us)}"
-        return self._points(
-            f"SELECT {decl.join_key} AS key, max(t) AS {AS_OF} FROM events "
-            f"WHERE {decl.join_key} IS NOT NULL{until} GROUP BY 1"
-        )
+        return self._points(decl, f"max(t) AS {AS_OF}", until_us, group=True)
 
     def history_points(self, decl: Declaration, until_us: int | None = None) -> pa.Table:
         """Every distinct event time of every key: the rows the stream wrote over time."""
-        until = "" if until_us is None else f" AND t <= {int(until_us)}"
-        return self._points(
-            f"SELECT DISTINCT {decl.join_key} AS key, t AS {AS_OF} FROM events "
-            f"WHERE {decl.join_key} IS NOT NULL{until}"
-        )
+        return self._points(decl, f"t AS {AS_OF}", until_us, group=False)
 
-    def _points(self, sql: str) -> pa.Table:
+    def _points(
+        self, decl: Declaration, as_of: str, until_us: int | None, *, group: bool
+    ) -> pa.Table:
+        until = "" if until_us is None else f" AND t <= {int(until_us)}"
+        sql = (
+            f"SELECT {'' if group else 'DISTINCT '}{decl.join_key} AS key, {as_of} FROM events "
+            f"WHERE {decl.join_key} IS NOT NULL{until}{' GROUP BY 1' if group else ''}"
+        )
         return self._con.execute(sql).to_arrow_table().cast(POINTS_SCHEMA)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:

@@ -38,6 +38,12 @@ from featrec.core.features.declared.model import (
     parse_function,
     validate,
 )
+from featrec.core.features.declared.ranking import (
+    RANKER_SERVICE,
+    DeclaredColumn,
+    declared_columns,
+    parse_names,
+)
 
 if TYPE_CHECKING:
     from feast import Entity
@@ -191,3 +197,28 @@ def quiet_stream_views() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Stream feature views are experimental")
         yield
+
+
+def ranker_columns(store: Any) -> tuple[DeclaredColumn, ...]:
+    """The declared features the ranker reads: those of the feature service
+    :data:`~featrec.core.features.declared.ranking.RANKER_SERVICE` in ``feature_repo/``, in
+    its order (empty when the repo has no such service)."""
+    from feast.errors import FeatureServiceNotFoundException
+
+    from featrec.adapters.errors import translated
+
+    with quiet_stream_views(), translated("reading the ranker's feature service"):
+        try:
+            service = store.get_feature_service(RANKER_SERVICE)
+        except FeatureServiceNotFoundException:
+            return ()
+        wanted = [(p.name, f.name) for p in service.feature_view_projections for f in p.features]
+    return declared_columns(wanted, applied_declarations(store))
+
+
+def model_columns(store: Any, names: Sequence[str]) -> tuple[DeclaredColumn, ...]:
+    """A model's declared columns (its feature names after the built-in ones), checked
+    against the declarations applied to ``store``."""
+    if not names:
+        return ()
+    return declared_columns(parse_names(names), applied_declarations(store))

@@ -38,20 +38,34 @@ class OnlineRows:
 
     def __init__(self, store: FeatureStore) -> None:
         self._store = store
+        self.store = store
         self._config = store.config
         self.kind: str = self._config.online_store.type
         if self.kind not in ("sqlite", "redis"):
             raise ConfigError(f"deleting online rows supports sqlite and redis, not {self.kind}")
         self._online: Any = store._get_provider().online_store
 
-    def delete(self, view: str, keys: Collection[str]) -> int:
-        """Delete the rows of ``keys`` in ``view``; returns how many entities had one."""
+    def delete(
+        self,
+        view: str,
+        keys: Collection[str],
+        join_key: str | None = None,
+        features: Collection[str] | None = None,
+    ) -> int:
+        """Delete the rows of ``keys`` in ``view``; returns how many entities had one.
+
+        ``join_key``: the view's (default: the catalog's; give it for a declared view). On
+        Redis the whole entity hash goes (every view of a session or user); with ``features``
+        (the view's feature names) only this view's fields go: for an entity such as an item,
+        whose hash other views share."""
         if not keys:
             return 0
-        join_key = catalog.VIEWS[view].entity.join_key
+        join_key = join_key or catalog.VIEWS[view].entity.join_key
         with translated(f"deleting {view} rows"):
             if self.kind == "sqlite":
                 return self._delete_sqlite(view, join_key, sorted(keys))
+            if features is not None:
+                return self._delete_redis_fields(view, join_key, sorted(keys), features)
             return self._delete_redis(join_key, sorted(keys))
 
     def sessions_naming(self, user_id: str) -> set[str]:
@@ -79,9 +93,16 @@ class OnlineRows:
     # -- SQLite ----------------------------------------------------------------------------
 
     def _sqlite(self, view: str) -> tuple[Any, str]:
+        from feast.errors import FeatureViewNotFoundException
         from feast.infra.online_stores.helpers import compute_table_id
 
-        fv = self._store.get_feature_view(view)
+        from featrec.adapters.feast.declared import quiet_stream_views
+
+        try:
+            fv: Any = self._store.get_feature_view(view)
+        except FeatureViewNotFoundException:  # a declared view is a stream feature view
+            with quiet_stream_views():
+                fv = self._store.get_stream_feature_view(view)
         return self._online._get_conn(self._config), compute_table_id(self._config.project, fv)
 
     def _delete_sqlite(self, view: str, join_key: str, keys: list[str]) -> int:
@@ -130,6 +151,19 @@ class OnlineRows:
         for start in range(0, len(keys), CHUNK):
             chunk = [self._redis_key(join_key, k) for k in keys[start : start + CHUNK]]
             deleted += int(client.delete(*chunk))
+        return deleted
+
+    def _delete_redis_fields(
+        self, view: str, join_key: str, keys: list[str], features: Collection[str]
+    ) -> int:
+        fields = [feast_wire.ts_field(view), *(feast_wire.field_hash(view, f) for f in features)]
+        client = self._client
+        deleted = 0
+        for start in range(0, len(keys), CHUNK):
+            with client.pipeline(transaction=False) as pipe:
+                for k in keys[start : start + CHUNK]:
+                    pipe.hdel(self._redis_key(join_key, k), *fields)
+                deleted += sum(1 for n in pipe.execute() if n)
         return deleted
 
     def _scan(self, join_key: str) -> Iterator[bytes]:

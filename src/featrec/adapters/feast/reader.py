@@ -87,7 +87,15 @@ class FeastOnlineReader:
 
 def view_columns(store: Any, view: str) -> tuple[str, list[str]]:
     """The join key and feature names of a single-entity view, from the registry."""
-    fv: Any = store.get_feature_view(view)
+    from feast.errors import FeatureViewNotFoundException
+
+    from featrec.adapters.feast.declared import quiet_stream_views
+
+    try:
+        fv: Any = store.get_feature_view(view)
+    except FeatureViewNotFoundException:  # a declared view is a stream feature view
+        with quiet_stream_views():
+            fv = store.get_stream_feature_view(view)
     join_keys = [column.name for column in fv.entity_columns]
     if len(join_keys) != 1:
         raise ConfigError(

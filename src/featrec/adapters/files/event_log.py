@@ -124,6 +124,22 @@ def sessions_of_user(directory: Path | str, user_id: str) -> set[str]:
     return found
 
 
+def items_of(directory: Path | str, user_id: str, session_ids: Collection[str]) -> set[str]:
+    """Every item id the log records for ``user_id`` or ``session_ids``."""
+    found: set[str] = set()
+    sessions = pa.array(sorted(session_ids), pa.string())
+    for path in event_log_files(directory):
+        table = pq.read_table(path, columns=["session_id", "user_id", "item_id"])
+        mine = table.filter(
+            pc.or_(
+                pc.fill_null(pc.equal(table["user_id"], user_id), False),
+                pc.is_in(table["session_id"], value_set=sessions),
+            )
+        )
+        found.update(mine["item_id"].to_pylist())
+    return found
+
+
 def remove_events(
     directory: Path | str, user_id: str, session_ids: Collection[str]
 ) -> tuple[int, int]:

@@ -42,6 +42,7 @@ from typing import Any, Final
 import sklearn
 
 from featrec.core.features.catalog import LONG_TERM_SERVICE, SESSION_SERVICE
+from featrec.core.features.declared.ranking import SEP
 from featrec.core.ranking.predictor import (
     PREDICTOR_KIND,
     CompiledPredictor,
@@ -285,7 +286,7 @@ def load_model(
             f"{manifest.artifact_sha256[:16]}... (the file was changed after training; "
             "retrain or restore it)"
         )
-    check_features(manifest.features, features, where)
+    check_features(manifest.features, (*features, *declared_extras(manifest, features)), where)
     try:
         held = sio.get_untrusted_types(data=data)
     except (zipfile.BadZipFile, KeyError, ValueError) as e:
@@ -355,6 +356,17 @@ def load_latest(trusted_root: Path, *, features: Sequence[str] = RANKING_FEATURE
     return load_model(
         latest_version_dir(trusted_root), trusted_root=trusted_root, features=features
     )
+
+
+def declared_extras(manifest: Manifest, features: Sequence[str]) -> tuple[str, ...]:
+    """The model's declared-feature columns (``view__feature``, after the built-in ones),
+    which the caller resolves against the applied declarations; () if it has none."""
+    trained = tuple(manifest.features)
+    n = len(features)
+    if trained[:n] != tuple(features):
+        return ()
+    extras = trained[n:]
+    return extras if all(SEP in name for name in extras) else ()
 
 
 def check_features(trained: Sequence[str], expected: Sequence[str], where: Path) -> None:

@@ -282,15 +282,25 @@ def serving_online_client(settings: Settings) -> Any:
 
 
 def open_redis_row_reader(
-    settings: Settings, features: Mapping[str, Sequence[str]] | None = None
+    settings: Settings,
+    features: Mapping[str, Sequence[str]] | None = None,
+    views: Mapping[str, View] = catalog.VIEWS,
 ) -> RedisRowReader:
     """The fast reader on the online store's Redis (a single server or a Redis Cluster), for
     the project in the repo's Redis yaml."""
     project, _ = redis_layout_options(settings)
     if settings.redis_cluster_nodes:
         return ClusterRowReader(
-            serving_cluster_client(settings), project, features=features, owns_client=True
+            serving_cluster_client(settings),
+            project,
+            views=views,
+            features=features,
+            owns_client=True,
         )
     return RedisRowReader(
-        serving_client(settings.redis_url), project, features=features, owns_client=True
+        serving_client(settings.redis_url),
+        project,
+        views=views,
+        features=features,
+        owns_client=True,
     )

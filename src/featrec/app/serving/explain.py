@@ -107,7 +107,10 @@ def explain_request(
     session_values = steps.values_of(session)
     user_values = steps.values_of(user)
     keep = record.rank_top  # None (before two-stage ranking): the model scored every candidate
-    raw = steps.score(scorer, model, candidates, session_values, user_values, items, now_s, keep)
+    declared = steps.declared_block(model, rows, record.session_id, user_id, candidates)
+    raw = steps.score(
+        scorer, model, candidates, session_values, user_values, items, now_s, keep, declared
+    )
     purchased = steps.purchased_items(user_values)
     decisions = steps.post_process(
         candidates, raw, items, now_s, purchased, record.shown_before, record.k, record.rerank

@@ -75,6 +75,7 @@ from featrec.app.serving.steps import (
     LoadedModel,
     ModelLoader,
     choose_scorer,
+    declared_block,
     post_process,
     purchased_items,
     score,
@@ -92,6 +93,7 @@ from featrec.core.features.catalog import (
     SESSION_FEATURES,
     USER_FEATURES,
 )
+from featrec.core.features.declared.ranking import wanted_rows
 from featrec.core.ports.serving import (
     Clock,
     DeferredRequestLog,
@@ -304,8 +306,18 @@ class Recommender:
         scorer = choose_scorer(reason, model, override)
         if scorer != SCORER_MODEL:
             model = None
+        declared_rows = self._declared_rows(model, session_id, context.user_id, ids)
+        declared = declared_block(model, declared_rows, session_id, context.user_id, candidates)
         raw = score(
-            scorer, model, candidates, session_values, user_values, items, now_s, cfg.rank_top
+            scorer,
+            model,
+            candidates,
+            session_values,
+            user_values,
+            items,
+            now_s,
+            cfg.rank_top,
+            declared,
         )
         purchased = purchased_items(user_values)
         decisions = post_process(
@@ -344,6 +356,7 @@ class Recommender:
         ]
         for view in views:
             logged += view[3]
+        logged += [LoggedRow(view, key, row) for (view, key), row in declared_rows.items()]
         record = ServedRequest(
             request_id=request_id,
             created_at_s=self._wall_clock(),
@@ -369,6 +382,21 @@ class Recommender:
             rows=tuple(logged),
         )
         return answer, record
+
+    def _declared_rows(
+        self, model: LoadedModel | None, session_id: str, user_id: str | None, ids: list[str]
+    ) -> dict[tuple[str, str], StampedRow | None]:
+        """The online rows of the declared features the model reads (a store failure raises
+        :class:`StoreError`: the request is answered again, degraded)."""
+        if model is None or not model.declared:
+            return {}
+        wanted = wanted_rows(model.declared, session_id, user_id, ids)
+        found = self.rows.read_rows(wanted)
+        return {
+            (view, key): row
+            for view, keys in wanted.items()
+            for key, row in zip(keys, found[view], strict=True)
+        }
 
     def _item_views(
         self,

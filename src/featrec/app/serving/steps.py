@@ -19,6 +19,7 @@ import numpy.typing as npt
 from featrec.core.candidates.model import Candidate
 from featrec.core.events.model import PURCHASE, VIEW
 from featrec.core.features.catalog import ITEM_FEATURES, count_feature
+from featrec.core.features.declared.ranking import DeclaredColumn, declared_matrix
 from featrec.core.ports.serving import StampedRow
 from featrec.core.ranking.ranker import fallback_scores, popularity_score, ranking_matrix
 from featrec.core.ranking.rerank import Decision, RerankConfig, rerank
@@ -44,6 +45,7 @@ SCORER_ORDER: Final = "candidate-order"
 SCORER_FALLBACK: Final = "fallback"
 
 Scores = npt.NDArray[np.float64]
+Matrix = npt.NDArray[np.float64]
 
 
 class ScoringModel(Protocol):
@@ -58,10 +60,27 @@ class LoadedModel:
 
     version: str
     ranker: ScoringModel
+    #: Declared features the model reads after the built-in columns (by name, in order).
+    declared: tuple[DeclaredColumn, ...] = ()
 
 
 #: Loads a model by version (for explaining requests answered by an older model).
 ModelLoader = Callable[[str], LoadedModel]
+
+
+def declared_block(
+    model: LoadedModel | None,
+    rows: Mapping[tuple[str, str], StampedRow | None],
+    session_id: str,
+    user_id: str | None,
+    candidates: Sequence[Candidate],
+) -> Matrix | None:
+    """The model's declared columns for ``candidates`` from the rows read (None: none)."""
+    if model is None or not model.declared:
+        return None
+    values = {k: (None if r is None else r.values) for k, r in rows.items()}
+    ids = [c.item_id for c in candidates]
+    return declared_matrix(model.declared, values, session_id, user_id, ids)
 
 
 def values_of(row: StampedRow | None) -> Mapping[str, object] | None:
@@ -107,9 +126,11 @@ def score(
     items: Mapping[str, Mapping[str, object] | None],
     now_s: float,
     keep: int | None = None,
+    declared: Matrix | None = None,
 ) -> Scores:
     """Raw scores of ``candidates`` by ``scorer``; the model scores the first ``keep``
-    (two-stage ranking, :mod:`featrec.core.ranking.two_stage`; None: all)."""
+    (two-stage ranking, :mod:`featrec.core.ranking.two_stage`; None: all). ``declared``: the
+    model's declared columns for every candidate (:func:`declared_block`)."""
     if not candidates:
         return np.empty(0, dtype=np.float64)
     if scorer == SCORER_MODEL:
@@ -118,6 +139,9 @@ def score(
 
         def head(m: int) -> Scores:
             matrix = ranking_matrix(candidates, session, user, items, now_s, rows=m)
+            if model.declared:
+                assert declared is not None, "the model reads declared features"
+                matrix = np.hstack([matrix, declared[: len(matrix)]])
             return np.asarray(ranker.score_candidates(matrix), dtype=np.float64)
 
         return two_stage_scores(head, len(candidates), keep)

@@ -123,6 +123,11 @@ class Aggregation:
         return Dtype.FLOAT64
 
     @property
+    def holds_values(self) -> bool:
+        """Whether the state keeps column values (not only numbers): last, last_N, distinct."""
+        return self.function in (Function.LAST, Function.LAST_N, Function.COUNT_DISTINCT)
+
+    @property
     def window_label(self) -> str:
         return "session" if self.window_us is None else duration_label(self.window_us)
 

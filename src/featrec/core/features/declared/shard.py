@@ -12,13 +12,16 @@ from __future__ import annotations
 
 # Snapshots are this flow's own state, read back from its own recovery store.
 import pickle  # nosec B403
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from featrec.core.events.model import Event
 from featrec.core.features.declared.model import SESSION_MAX_WINDOW_US, Declaration
 from featrec.core.features.declared.state import DeclaredState
 from featrec.core.features.rows import FeatureRow
 
+#: Entities whose keys are personal ids (forgetting drops their states).
+_ID_KINDS = ("user", "session")
 #: How many folds between two sweeps for states past their retention.
 SWEEP_EVERY = 64
 
@@ -57,6 +60,27 @@ class DeclaredShard:
         if self._folds % SWEEP_EVERY == 0:
             self.sweep()
         return [state.row(ingested_at) for state in touched.values()]
+
+    def forget(self, denied: Callable[[Any, str], bool]) -> int:
+        """Drop the states of forgotten users and sessions, and every state that keeps one of
+        their ids as a value (an item's ``last_5`` of ``user_id``, say: that key starts
+        empty); ``denied(kind, id)`` with kind ``"user"`` or ``"session"``. Returns how many."""
+        gone = []
+        for k, state in self.states.items():
+            decl = state.decl
+            if decl.entity in _ID_KINDS and denied(decl.entity, state.key):
+                gone.append(k)
+                continue
+            for kind in _ID_KINDS:
+                column = f"{kind}_id"
+                if any(a.column == column for a in decl.aggregations) and any(
+                    isinstance(v, str) and denied(kind, v) for v in state.held(column)
+                ):
+                    gone.append(k)
+                    break
+        for k in gone:
+            del self.states[k]
+        return len(gone)
 
     def sweep(self) -> int:
         """Drop states past their retention; returns how many."""

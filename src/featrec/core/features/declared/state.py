@@ -214,6 +214,26 @@ class DeclaredState:
         self.version = max(self.as_of_us, self.version + 1)
         return FeatureRow(self.decl.name, self.key, self.values(), self.version, ingested_at)
 
+    def held(self, column: str) -> set[Any]:
+        """The values of ``column`` this state keeps (last, last_N and count_distinct keep
+        values; the other functions only numbers): what forgetting an id must look at."""
+        out: set[Any] = set()
+        session, groups = self.plan
+        slots = [(agg, partial) for (_, agg), partial in zip(session, self.session, strict=True)]
+        for g, group in enumerate(groups):
+            for partials in self.buckets[g].values():
+                slots.extend((agg, p) for (_, agg), p in zip(group.aggs, partials, strict=True))
+        for agg, partial in slots:
+            if agg.column != column or partial.a is None:
+                continue
+            if agg.function is Function.LAST:
+                out.add(partial.a[2])
+            elif agg.function is Function.LAST_N:
+                out.update(e[2] for e in partial.a)
+            elif agg.function is Function.COUNT_DISTINCT:
+                out.update(partial.a)
+        return out
+
     def n_buckets(self) -> int:
         return sum(len(b) for b in self.buckets)
 
