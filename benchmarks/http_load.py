@@ -49,11 +49,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import recommend as setup
-import redis
+from measure import load_average, percentile, prepare_world
 
-from featrec.adapters.feast.repo import apply_repo
-from featrec.adapters.feast.writers import RedisLayoutWriter
-from featrec.adapters.files.model_store import models_dir, save_model
 from featrec.settings import Settings
 
 
@@ -90,10 +87,6 @@ class Tally:
             self.refused_s.append(now - due)
         else:
             self.errors[error or f"HTTP {status}"] += 1
-
-
-def percentile(sorted_ms: Sequence[float], q: float) -> float:
-    return sorted_ms[min(len(sorted_ms) - 1, int(len(sorted_ms) * q))] if sorted_ms else math.nan
 
 
 def summary(name: str, tally: Tally, seconds: float) -> str:
@@ -269,21 +262,7 @@ def tree_cpu_s(pid: int) -> float:
 
 def prepare(tmp: Path, redis_url: str, n_sessions: int) -> Settings:
     """benchmarks/recommend.py's world, with ``n_sessions`` sessions, in Redis; a model."""
-    repo = tmp / "feature_repo"
-    repo.mkdir()
-    for pattern in ("*.py", "*.yaml"):
-        for path in (setup.REPO_ROOT / "feature_repo").glob(pattern):
-            shutil.copy(path, repo / path.name)
-    settings = Settings(home=tmp / "home", repo=repo, online_store="redis", redis_url=redis_url)
-    apply_repo(settings)
-    setup.N_SESSIONS = n_sessions  # world() reads it
-    rows = setup.world(random.Random(7))
-    writer = RedisLayoutWriter(redis.Redis.from_url(redis_url), "featrec")
-    for start in range(0, len(rows), 5000):
-        writer.write(rows[start : start + 5000])
-    version = save_model(setup.fitted_ranker(), models_dir(settings.home)).version
-    print(f"{len(rows):,} rows written ({n_sessions:,} sessions); model {version}", flush=True)
-    return settings
+    return prepare_world(tmp, redis_url, setup, n_sessions)
 
 
 def start_server(
@@ -388,8 +367,7 @@ def run(args: argparse.Namespace, tmp: Path, redis_url: str) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     print()
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"load average at the end (1, 5, 15 min): {load} on {os.cpu_count()} cores")
+    print(f"load average at the end (1, 5, 15 min): {load_average()}")
     print(
         f"capacity ({args.server}, {args.workers} worker(s)): {capacity:.1f} answers/s "
         f"({args.concurrency} connections, closed loop); server CPU {cpu_per_request_ms:.2f} ms "

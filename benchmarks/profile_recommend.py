@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import functools
 import gc
-import os
 import pstats
 import random
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,50 +32,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import recommend as bench
-import redis
+from measure import Stages, load_average, prepare_world
 
-from featrec.adapters.feast.repo import apply_repo
-from featrec.adapters.feast.writers import RedisLayoutWriter
-from featrec.adapters.files.model_store import models_dir, save_model
 from featrec.app.serving import recommender as rec_module
 from featrec.app.serving import steps
 from featrec.app.serving.cache import ResponseCache
 from featrec.app.serving.context import ContextReader
 from featrec.app.serving.recommender import Recommender, ServingConfig
 from featrec.jobs.serving import ServingOptions, open_recommender, pool_config, settle_heap
-from featrec.settings import Settings
 from featrec.testing.redis_server import RedisServer
-
-
-class Stages:
-    """Exclusive CPU and wall time per stage name."""
-
-    def __init__(self) -> None:
-        self.cpu: dict[str, float] = {}
-        self.wall: dict[str, float] = {}
-        self._stack: list[list[float]] = []  # [child cpu, child wall] per open stage
-
-    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            self._stack.append([0.0, 0.0])
-            c0, w0 = time.thread_time(), time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
-                child_cpu, child_wall = self._stack.pop()
-                self.cpu[name] = self.cpu.get(name, 0.0) + cpu - child_cpu
-                self.wall[name] = self.wall.get(name, 0.0) + wall - child_wall
-                if self._stack:
-                    self._stack[-1][0] += cpu
-                    self._stack[-1][1] += wall
-
-        return timed
-
-    def reset(self) -> None:
-        self.cpu.clear()
-        self.wall.clear()
 
 
 def patch(stages: Stages, recommender: Recommender) -> None:
@@ -135,19 +98,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
-    repo = tmp / "feature_repo"
-    repo.mkdir()
-    for pattern in ("*.py", "*.yaml"):
-        for path in (bench.REPO_ROOT / "feature_repo").glob(pattern):
-            shutil.copy(path, repo / path.name)
-    settings = Settings(home=tmp / "home", repo=repo, online_store="redis", redis_url=server.url)
-    apply_repo(settings)
+    settings = prepare_world(tmp, server.url, bench)
     rng = random.Random(7)
-    rows = bench.world(rng)
-    writer = RedisLayoutWriter(redis.Redis.from_url(server.url), "featrec")
-    for start in range(0, len(rows), 2000):
-        writer.write(rows[start : start + 2000])
-    save_model(bench.fitted_ranker(), models_dir(settings.home))
+    bench.world(rng)  # the same draws as before the session order
     order = [f"s{i}" for i in range(bench.N_SESSIONS)]
     rng.shuffle(order)
     config = replace(
@@ -183,8 +136,7 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
     recommender.log.close()  # waits for the background log thread's writes
     process = time.process_time() - process0
 
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"load average (1, 5, 15 min): {load} on {os.cpu_count()} cores")
+    print(f"load average (1, 5, 15 min): {load_average()}")
     print(
         f"{args.requests} requests at {args.candidates} candidates: "
         f"{cpu / args.requests * 1e6:.0f} CPU-us and {wall / args.requests * 1e6:.0f} wall-us "

@@ -43,13 +43,12 @@ os.sched_setaffinity(0, {0})
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-import redis  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from featrec.adapters.feast.repo import apply_repo, open_store  # noqa: E402
-from featrec.adapters.feast.writers import RedisLayoutWriter  # noqa: E402
-from featrec.adapters.files.model_store import models_dir, save_model  # noqa: E402
+from measure import load_average, percentiles, prepare_world, timed  # noqa: E402
+
+from featrec.adapters.feast.repo import open_store  # noqa: E402
 from featrec.adapters.redis.rows import open_redis_row_reader  # noqa: E402
 from featrec.app.item_signals import trending_key  # noqa: E402
 from featrec.app.serving.recommender import Recommendation, Recommender, ServingConfig  # noqa: E402
@@ -217,22 +216,6 @@ def fitted_ranker() -> Ranker:
     return Ranker(feature_names=RANKING_FEATURES).fit(X, y)
 
 
-def percentiles(samples_s: Sequence[float]) -> tuple[float, float]:
-    ms = sorted(x * 1000 for x in samples_s)
-    return statistics.median(ms), ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-
-
-def timed(fn: Callable[[int], Any], n: int, warmup: int) -> list[float]:
-    for i in range(warmup):
-        fn(i)
-    out = []
-    for i in range(warmup, warmup + n):
-        start = time.perf_counter()
-        fn(i)
-        out.append(time.perf_counter() - start)
-    return out
-
-
 def stock_reads(store: Any, requests: list[dict[str, Any]]) -> Callable[[int], Any]:
     """One request's reads through get_online_features (features listed once, outside)."""
     context = [
@@ -306,22 +289,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
-    repo = tmp / "feature_repo"
-    repo.mkdir()
-    for pattern in ("*.py", "*.yaml"):
-        for path in (REPO_ROOT / "feature_repo").glob(pattern):
-            shutil.copy(path, repo / path.name)
-    settings = Settings(home=tmp / "home", repo=repo, online_store="redis", redis_url=server.url)
     print("applying the Feast repo and writing the catalogue ...", flush=True)
-    apply_repo(settings)
+    settings = prepare_world(tmp, server.url, sys.modules[__name__])
     rng = random.Random(7)
-    rows = world(rng)
-    project = "featrec"
-    writer = RedisLayoutWriter(redis.Redis.from_url(server.url), project)
-    for start in range(0, len(rows), 2000):
-        writer.write(rows[start : start + 2000])
-    version = save_model(fitted_ranker(), models_dir(settings.home)).version
-    print(f"{len(rows):,} rows written; model {version}", flush=True)
+    world(rng)  # the same draws as before the session order (prepare_world drew its own)
 
     sizes = [int(n) for n in args.sizes.split(",")]
     order = [f"s{i}" for i in range(N_SESSIONS)]
@@ -370,8 +341,7 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
             print(f"  {n} candidates: HTTP {server_name} done", flush=True)
 
     print()
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"load average at the end (1, 5, 15 min): {load} on {os.cpu_count()} cores")
+    print(f"load average at the end (1, 5, 15 min): {load_average()}")
     print(f"p50 / p99 in ms, {args.requests} requests per cell; server and client on one core each")
     print(f"{'':<40}" + "".join(f"{f'{n} candidates':>20}" for n in sizes))
     for name, by_n in results.items():

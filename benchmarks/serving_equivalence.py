@@ -6,9 +6,10 @@ applied, 5,000 items, 3,000 sessions, a 200-tree ranker through the model store)
 at 50, 200 and 500 candidates under several post-processing settings (the defaults, a diversity
 cap, popularity damping, stability with a ``shown`` list), with and without the user named, and
 for unknown sessions (degraded, fallback scorer). Every answer (items, scores, reasons) and every
-request-log body (candidates, raw scores, decisions, rows), less the request id and the wall-clock
-stamp (and the model version, which names the time the model was saved), is written as one
-JSON line. Run it on the old tree and on the new one and compare:
+request-log record as read back (candidates, raw scores, decisions, rows: the typed
+:class:`ServedRequest`, so a new log schema that reads back the same record compares equal), less
+the request id and the wall-clock stamp (and the model version, which names the time the model
+was saved), is written as one JSON line. Run it on the old tree and on the new one and compare:
 
     flock /tmp/featrec-heavy.lock .venv/bin/python benchmarks/serving_equivalence.py \
         --out before.jsonl
@@ -25,22 +26,19 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson
 import recommend as bench
-import redis
+from measure import prepare_world
 
-from featrec.adapters.feast.repo import apply_repo
-from featrec.adapters.feast.writers import RedisLayoutWriter
-from featrec.adapters.files.model_store import models_dir, save_model
 from featrec.app.serving.recommender import ServingConfig
+from featrec.app.serving.record import ServedRequest
 from featrec.core.ranking.rerank import RerankConfig
 from featrec.jobs.serving import ServingOptions, open_recommender, pool_config
-from featrec.settings import Settings
 from featrec.testing.redis_server import RedisServer
 
 #: A fixed clock: the world's timestamps and every request's ``now`` (outputs then repeat).
@@ -82,19 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> list[bytes]:
-    repo = tmp / "feature_repo"
-    repo.mkdir()
-    for pattern in ("*.py", "*.yaml"):
-        for path in (bench.REPO_ROOT / "feature_repo").glob(pattern):
-            shutil.copy(path, repo / path.name)
-    settings = Settings(home=tmp / "home", repo=repo, online_store="redis", redis_url=server.url)
-    apply_repo(settings)
-    rng = random.Random(7)
-    rows = bench.world(rng)
-    writer = RedisLayoutWriter(redis.Redis.from_url(server.url), "featrec")
-    for start in range(0, len(rows), 2000):
-        writer.write(rows[start : start + 2000])
-    save_model(bench.fitted_ranker(), models_dir(settings.home))
+    settings = prepare_world(tmp, server.url, bench)
     out: list[bytes] = []
     for n in (50, 200, 500):
         for name, rerank in RERANKS.items():
@@ -117,7 +103,10 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> list[bytes]
                 answer = recommender.recommend(session, user, k=20, shown=shown)
                 logged = recommender.log.get(answer.request_id)
                 assert logged is not None
-                body = dict(logged.body)
+                # The record as read back (any log schema), not its stored shape.
+                body = asdict(ServedRequest.from_record(logged))
+                for key in ("request_id", "created_at_s", "rows"):
+                    body.pop(key)
                 body.pop("model_version")  # names the time the model was saved
                 items = [(it.item_id, it.score, it.rank, list(it.reasons)) for it in answer.items]
                 entry = {

@@ -15,6 +15,7 @@ from featrec.app.serving.recommender import (
     Recommender,
     ServingConfig,
 )
+from featrec.app.serving.record import ServedRequest
 from featrec.core.evaluation.experiments import ArmConfig, Experiment, assign
 from featrec.core.events.model import event_from_mapping
 from featrec.core.features.catalog import LAST_ITEMS_N
@@ -68,8 +69,9 @@ def test_known_answer_without_a_model() -> None:
     assert "often viewed with the items in this session" in answer.items[1].reasons
     record = log.get(answer.request_id)
     assert record is not None
-    dropped = next(d for d in record.body["decisions"] if d["item_id"] == "a3")
-    assert dropped["kept"] is False and "dropped: already purchased" in dropped["reasons"]
+    decisions = ServedRequest.from_record(record).decisions
+    dropped = next(d for d in decisions if d.item_id == "a3")
+    assert dropped.kept is False and "dropped: already purchased" in dropped.reasons
 
 
 def test_the_user_comes_from_the_session_when_not_given() -> None:
@@ -152,7 +154,7 @@ def test_the_model_scores_and_explain_reproduces_bit_for_bit() -> None:
     assert record is not None
     logged = np.asarray(record.body["raw_scores"], dtype=np.float64)
     again = np.asarray([i.raw_score for i in explanation.items], dtype=np.float64)
-    order = [c["item_id"] for c in record.body["candidates"]]
+    order = [c.item_id for c in ServedRequest.from_record(record).candidates]
     by_item = {i.item_id: i.raw_score for i in explanation.items}
     assert np.asarray([by_item[i] for i in order]).tobytes() == logged.tobytes()
     assert len(again) == len(order)

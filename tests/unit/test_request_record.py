@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 
 from featrec.app.evaluation.ab_report import logged_request
 from featrec.app.serving.recommender import Recommender
-from featrec.app.serving.record import LOG_SCHEMA, ArmAssignment, ServedRequest
+from featrec.app.serving.record import LOG_SCHEMA, READ_SCHEMAS, ArmAssignment, ServedRequest
 from featrec.core.candidates.model import DETAILS, SOURCES, Candidate
 from featrec.core.ports.features import InMemoryFeatureStore
 from featrec.core.ports.serving import (
@@ -162,7 +163,46 @@ def test_old_entries_read_back_and_write_the_same_json() -> None:
     for entry in old_log()["entries"]:
         old = RequestRecord(entry["request_id"], entry["created_at_s"], entry["body"], [])
         record = ServedRequest.from_record(old)
-        assert record.to_record().body == entry["body"]  # the same shape, key for key
+        assert record.body_v1() == entry["body"]  # schema 1's shape, key for key
+
+
+def test_schema_2_columns_read_back_as_the_same_record() -> None:
+    for entry in old_log()["entries"]:
+        old = RequestRecord(entry["request_id"], entry["created_at_s"], entry["body"], [])
+        record = ServedRequest.from_record(old)
+        stored = orjson.loads(orjson.dumps(record.to_record().body))
+        assert stored["schema"] == LOG_SCHEMA == 2
+        assert isinstance(stored["candidates"], dict) and isinstance(stored["decisions"], dict)
+        back = ServedRequest.from_record(RequestRecord(record.request_id, 1.0, stored, []))
+        assert back == replace(record, created_at_s=1.0)
+        assert [c.sources for c in back.candidates] == [c.sources for c in record.candidates]
+        assert back.body_v1() == entry["body"]
+
+
+def test_sources_out_of_order_are_written_in_schema_1() -> None:
+    entry = old_log()["entries"][0]
+    record = ServedRequest.from_record(RequestRecord("r", 1.0, entry["body"], []))
+    first = record.candidates[0]
+    odd = Candidate(first.item_id, ("popular", "covisit"), {"popular": 1.0, "covisit": 2.0})
+    record = replace(record, candidates=(odd, *record.candidates[1:]))
+    body = record.to_record().body
+    assert body["schema"] == 1
+    assert ServedRequest.from_record(RequestRecord("r", 1.0, body, [])).candidates[0] == odd
+
+
+def test_malformed_schema_2_columns_are_refused_naming_the_field() -> None:
+    entry = old_log()["entries"][0]
+    record = ServedRequest.from_record(RequestRecord("r", 1.0, entry["body"], []))
+    for change, message in [
+        (lambda b: b["decisions"]["ranks"].pop(), r"decisions.ranks should be \d+ values"),
+        (lambda b: b["candidates"]["sources"].__setitem__(0, 999), r"sources\[0\] should be"),
+        (lambda b: b["candidates"]["scores"].__setitem__("psychic", []), "scores should be"),
+        (lambda b: b["decisions"]["kept"].__setitem__(1, 1), r"decisions.kept\[1\] should be"),
+    ]:
+        body = orjson.loads(orjson.dumps(record.to_record().body))
+        change(body)
+        with pytest.raises(ConfigError, match=message):
+            ServedRequest.from_record(RequestRecord("r1", 1.0, body, []))
 
 
 @pytest.mark.parametrize("name", ["order", "fallback", "shown", "model", "experiment"])
@@ -212,8 +252,8 @@ def old_body() -> dict[str, Any]:
 
 def broken(change: str) -> dict[str, Any]:
     body = old_body()
-    if change == "schema 2":
-        body["schema"] = 2
+    if change == "schema 3":
+        body["schema"] = 3
     elif change == "no schema":
         del body["schema"]
     elif change == "no k":
@@ -240,8 +280,8 @@ def broken(change: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     "change, message",
     [
-        ("schema 2", "request 'r1' was logged with schema 2; this featrec reads schema 1"),
-        ("no schema", "request 'r1' was logged with schema None; this featrec reads schema 1"),
+        ("schema 3", "request 'r1' was logged with schema 3; this featrec reads schemas 1, 2"),
+        ("no schema", "request 'r1' was logged with schema None; this featrec reads schemas 1"),
         (
             "no k",
             r"request 'r1': malformed request-log entry: k should be an integer, got "
@@ -272,9 +312,10 @@ def test_explain_and_the_ab_analysis_refuse_a_malformed_entry() -> None:
     log.append(RequestRecord("r1", 1.0, broken("score text"), []))
     with pytest.raises(ConfigError, match=r"request 'r1': malformed .* raw_scores"):
         recommender.explain("r1")
-    with pytest.raises(ConfigError, match="request 'r1' was logged with schema 2"):
-        logged_request(RequestRecord("r1", 1.0, broken("schema 2"), []))
-    assert LOG_SCHEMA == 1  # a new schema must keep reading this one (see the module docstring)
+    with pytest.raises(ConfigError, match="request 'r1' was logged with schema 3"):
+        logged_request(RequestRecord("r1", 1.0, broken("schema 3"), []))
+    # A new schema must keep reading the older ones (see the module docstring).
+    assert LOG_SCHEMA == 2 and READ_SCHEMAS == (1, 2)
 
 
 def test_the_stored_shape_is_a_plain_json_object() -> None:

@@ -62,7 +62,7 @@ def test_a_two_stage_recommender_is_logged_and_explained_bit_for_bit() -> None:
     answer = recommender.recommend("s1", "u1", k=5)
     record = log.get(answer.request_id)
     assert record is not None and record.body["rank_top"] == 2
-    assert len(record.body["candidates"]) > 2
+    assert len(record.body["candidates"]["item_ids"]) > 2
     explanation = recommender.explain(answer.request_id)
     assert explanation.reproduced and explanation.mismatches == ()
     full, _, _ = make(model=model, config=ServingConfig(rank_top=None))

@@ -81,16 +81,7 @@ class RedisRequestLog:
         entries: list[tuple[str, bytes]] = []
         with self._lock:
             for record in records:
-                refs: list[str | None] = []
-                for logged in record.rows:
-                    if logged.row is None:
-                        refs.append(None)
-                        continue
-                    digest, data = self._digests.encode(logged)
-                    refs.append(digest)
-                    stored_at = self._digests.stored.get(digest)
-                    if stored_at is None or stored_at < refresh_before:
-                        new_rows[digest] = data
+                refs = self._digests.refs(record.rows, new_rows, refresh_before)
                 entries.append((record.request_id, entry_json(record, refs)))
         with translated("writing the request log to Redis"):
             pipe = self._client.pipeline(transaction=False)

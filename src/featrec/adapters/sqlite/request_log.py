@@ -66,15 +66,7 @@ class SqliteRequestLog:
             new_rows: dict[str, bytes] = {}
             entries: list[tuple[str, float, bytes]] = []
             for record in records:
-                refs: list[str | None] = []
-                for logged in record.rows:
-                    if logged.row is None:
-                        refs.append(None)
-                        continue
-                    digest, data = self._digests.encode(logged)
-                    refs.append(digest)
-                    if digest not in self._digests.stored:
-                        new_rows[digest] = data
+                refs = self._digests.refs(record.rows, new_rows)
                 entry = entry_json(record, refs)
                 entries.append((record.request_id, record.created_at_s, entry))
             self._db.execute("BEGIN")

@@ -168,15 +168,26 @@ def _trend_terms(config: TrendingConfig) -> _TrendTerms:
     )
 
 
-def _trend_now(item: Row, now_s: float, terms: _TrendTerms) -> float:
+_Decays = dict[float, tuple[float, ...]]
+
+
+def _trend_now(item: Row, now_s: float, terms: _TrendTerms, decays: _Decays | None = None) -> float:
+    """``decays``: a memo of the decay factors per elapsed time, shared by the items of one
+    request (their trending rows mostly share an ``as_of_s``); the sum is the same, bit for
+    bit, with or without it."""
     as_of = _float(item.get("as_of_s"))
     elapsed = now_s - as_of if as_of < now_s else 0.0  # False for NaN: no decay
+    factors = None if decays is None else decays.get(elapsed)
+    if factors is None:
+        factors = tuple(2.0 ** -(elapsed / half_life) for _, _, half_life in terms)
+        if decays is not None:
+            decays[elapsed] = factors
     total, seen = 0.0, False
-    for column, weight, half_life in terms:
+    for (column, weight, _), factor in zip(terms, factors, strict=True):
         count = _float(item.get(column))
         if not math.isnan(count):
             seen = True
-            total += weight * count * 2.0 ** -(elapsed / half_life)
+            total += weight * count * factor
     return total if seen else NAN
 
 
@@ -245,6 +256,7 @@ def ranking_matrix(
     ]
 
     terms = _trend_terms(trending_config)
+    decays: _Decays = {}
     #: The item columns of a candidate without any item row.
     unknown_item = [NAN] * 8
     out: list[list[float]] = []
@@ -264,7 +276,7 @@ def ranking_matrix(
             category = raw_category if isinstance(raw_category, str) and raw_category else None
             trend_view, trend_purchase = _float(get("trend_view")), _float(get("trend_purchase"))
             item_part = [
-                _trend_now(item, now_s, terms),
+                _trend_now(item, now_s, terms, decays),
                 NAN,  # item_trend_share, filled in below
                 trend_purchase / trend_view if trend_view > 0 else NAN,
                 _float(get(_VIEWS_7D)),
@@ -318,7 +330,7 @@ def ranking_matrix(
     trend = matrix[:, _TREND_NOW]
     if n < len(candidates):
         rest = [items.get(c.item_id) for c in candidates[n:]]
-        tail = [_trend_now(item, now_s, terms) for item in rest if item is not None]
+        tail = [_trend_now(item, now_s, terms, decays) for item in rest if item is not None]
         trend = np.concatenate([trend, np.asarray(tail, dtype=np.float64)])
     top_trend = np.nanmax(trend) if not np.isnan(trend).all() else NAN
     trend = matrix[:, _TREND_NOW]
