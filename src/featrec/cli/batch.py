@@ -14,40 +14,14 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
 from featrec.adapters.files.layouts import READ_FORMATS
-from featrec.cli.common import FeatrecCommand, FeatrecGroup, context_settings
+from featrec.cli.common import ClickProgress, FeatrecCommand, FeatrecGroup, context_settings
 from featrec.cli.mapping import mapping_options, resolve_mapping
 from featrec.core.features import catalog
 from featrec.errors import ConfigError, FeatrecError
-
-
-class _ClickProgress:
-    """:class:`featrec.core.progress.Progress` drawn with click: a message per stage, a bar
-    for stages of known size."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-
-    def stage(self, message: str, total: int | None = None) -> None:
-        self.close()
-        if total is None:
-            click.echo(message)
-        else:
-            self._bar = click.progressbar(length=total, label=message)
-            self._bar.__enter__()
-
-    def advance(self, n: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
 
 
 def _day(ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
@@ -368,7 +342,7 @@ def dataset_build(
         raise click.UsageError(f"--since {since} is after --until {until}")
     target = out or settings.home / "datasets" / "training.parquet"
     started = time.perf_counter()
-    progress = _ClickProgress()
+    progress = ClickProgress()
     try:
         result = build_training_set(
             open_store(settings),
