@@ -6,8 +6,9 @@ model and metrics (replay_points + fit_stream vs replay_features + fit_ranker)."
 from __future__ import annotations
 
 import random
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +23,9 @@ from featrec.app.training import (
     fit_ranker,
     fit_stream,
     holdout_start,
+    points_from_events,
     points_from_table,
+    replay_features,
     replay_points,
     stream_points,
 )
@@ -228,3 +231,24 @@ def test_a_training_set_without_the_columns_is_refused(tmp_path: Path) -> None:
     (tmp_path / "junk.parquet").write_text("not parquet")
     with pytest.raises(ConfigError, match="cannot read the training set"):
         DatasetStream(tmp_path / "junk.parquet")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"learn_after_session": True}, {"learn_until": datetime(2024, 1, 2, 6, tzinfo=UTC)}],
+)
+def test_replay_features_equal_the_reference_under_the_evaluation_protocols(
+    log_dir: Path, options: dict[str, Any]
+) -> None:
+    """``featrec evaluate`` and the RSC15 benchmark train through ``replay_features`` with
+    signals that learn a session only once it has ended, or stop learning at a cutoff."""
+    events = reference.log_events(log_dir)
+    points = points_from_events(events, collapse_repeats=False, max_points=800, seed=2)
+    expected = reference.replay_features(events, points, **options)
+    got = replay_features(events, points, **options)
+    assert got.points == expected.points
+    assert np.array_equal(got.X, expected.X, equal_nan=True)
+    assert np.array_equal(got.y, expected.y)
+    assert np.array_equal(got.group, expected.group)
+    assert got.item_ids == expected.item_ids
+    assert got.candidate_coverage == expected.candidate_coverage
