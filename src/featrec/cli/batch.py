@@ -261,6 +261,10 @@ def materialize_command(
 
 # -- featrec dataset --------------------------------------------------------------------------
 
+#: ``dataset build``'s default point budget: what ``featrec train`` fits on 10M events within
+#: its time budget (README, Training at scale); smaller logs have fewer points and keep all.
+DEFAULT_MAX_POINTS = 200_000
+
 
 @click.group("dataset", cls=FeatrecGroup)
 def dataset_group() -> None:
@@ -278,9 +282,11 @@ def dataset_group() -> None:
 @click.option("--until", callback=_day, default=None, help="Last day of prediction points.")
 @click.option(
     "--max-points",
-    type=click.IntRange(1),
-    default=None,
-    help="Sample at most this many prediction points (seeded, uniform).",
+    type=click.IntRange(0),
+    default=DEFAULT_MAX_POINTS,
+    show_default=True,
+    help="Sample at most this many prediction points (seeded, uniform over the log); 0: "
+    "every point (a long log then takes hours: ~1 ms per point and candidate pool).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -352,7 +358,7 @@ def dataset_build(
             collapse_repeats=not keep_repeats,
             since=since,
             until=until,
-            max_points=max_points,
+            max_points=max_points or None,
             seed=seed,
             progress=progress,
         )
@@ -364,3 +370,8 @@ def dataset_build(
         f"{result.path} in {time.perf_counter() - started:.1f} s (next item among the "
         f"candidates at {recall:.1%} of points)"
     )
+    if result.eligible > result.points:
+        click.echo(
+            f"sampled {result.points:,} of the log's {result.eligible:,} prediction points "
+            "(seeded, uniform; --max-points N to change, 0 for all)"
+        )

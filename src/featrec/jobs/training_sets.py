@@ -70,6 +70,8 @@ class TrainingSet:
     points: int
     points_with_target: int
     events: int
+    #: The log's prediction points before sampling (``max_points``).
+    eligible: int = 0
 
 
 def log_events(log_dir: Path) -> list[Event]:
@@ -161,6 +163,7 @@ class Labelled:
     points: int
     hits: int
     events: int
+    eligible: int
 
 
 def label_examples(
@@ -216,7 +219,7 @@ def label_examples(
         n_rows, hits = write_examples(
             stream_examples(rows, generator or default_generator()), out, chunk_rows
         )
-    return Labelled(n_rows, n_points, hits, n_events)
+    return Labelled(n_rows, n_points, hits, n_events, eligible)
 
 
 def build_training_set(
@@ -257,7 +260,9 @@ def build_training_set(
             labelled.rows,
         )
         joined = join_file(store, examples, out, join_rows, progress)
-    return TrainingSet(out, joined, labelled.points, labelled.hits, labelled.events)
+    return TrainingSet(
+        out, joined, labelled.points, labelled.hits, labelled.events, labelled.eligible
+    )
 
 
 def _labelled_rows(
