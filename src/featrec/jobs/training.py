@@ -1,11 +1,11 @@
 """Training the ranker: a training set (or the events) in, a saved model version out.
 
-:func:`train_on_dataset` is ``featrec train``: it reads the Parquet file ``featrec dataset
-build`` wrote and the event log it was built from, replays the log for the candidate and
-session features (:mod:`featrec.app.training`), fits, and writes
+:func:`train_on_dataset` is ``featrec train``: it streams the Parquet file ``featrec dataset
+build`` wrote and the event log it was built from (both through DuckDB, in batches), replays
+the log for the candidate and session features (:mod:`featrec.app.training`), fits, and writes
 ``$FEATREC_HOME/models/<version>/`` with its manifest
-(:mod:`featrec.adapters.files.model_store`). :func:`fit_and_save` is the part the replay
-evaluation shares.
+(:mod:`featrec.adapters.files.model_store`). :func:`fit_and_save` is the in-memory path the
+replay evaluation shares (its logs are small).
 """
 
 from __future__ import annotations
