@@ -131,7 +131,7 @@ def test_a_stream_forgets_each_session_after_its_last_event(log_dir: Path) -> No
     assert not generator._last_category
 
 
-def _dataset(log_dir: Path, path: Path) -> pa.Table:
+def _dataset(log_dir: Path, path: Path, shuffle: bool = True) -> pa.Table:
     """A training set: the examples plus long-term feature columns (synthetic values, some
     rows without any, as for entities without a snapshot)."""
     label_examples(log_dir, path, generator=SignalCandidates(), max_points=400, seed=1)
@@ -142,24 +142,25 @@ def _dataset(log_dir: Path, path: Path) -> pa.Table:
     views = [None if rng.random() < 0.3 else int(v) for v in rng.integers(0, 50, n)]
     table = table.append_column("item_features__price", pa.array(price, from_pandas=True))
     table = table.append_column("user_features__n_view_30d", pa.array(views, pa.int64()))
-    # Rows in another order than point order: the stream must sort them back.
-    shuffled = table.take(pa.array(rng.permutation(n)))
-    pq.write_table(shuffled, path)
-    return shuffled
+    if shuffle:  # rows in another order than point order: the stream must sort them back
+        table = table.take(pa.array(rng.permutation(n)))
+    pq.write_table(table, path)
+    return table
 
 
 @pytest.mark.parametrize(
-    "config",
+    ("config", "shuffle"),
     [
-        TrainingConfig(holdout=0.25, negatives_per_point=3, max_iter=15),
-        TrainingConfig(holdout=0.0, negatives_per_point=None, max_iter=10),
+        (TrainingConfig(holdout=0.25, negatives_per_point=3, max_iter=15), True),
+        (TrainingConfig(holdout=0.25, negatives_per_point=3, max_iter=15), False),
+        (TrainingConfig(holdout=0.0, negatives_per_point=None, max_iter=10), True),
     ],
 )
 def test_streamed_training_equals_the_in_memory_fit(
-    log_dir: Path, tmp_path: Path, config: TrainingConfig
+    log_dir: Path, tmp_path: Path, config: TrainingConfig, shuffle: bool
 ) -> None:
     path = tmp_path / "training.parquet"
-    table = _dataset(log_dir, path)
+    table = _dataset(log_dir, path, shuffle)
     events = reference.log_events(log_dir)
     points = points_from_table(table)
     features = reference.replay_features(events, points, session_policy=config.session_policy)
@@ -167,6 +168,7 @@ def test_streamed_training_equals_the_in_memory_fit(
 
     with DatasetStream(path, required=DATASET_COLUMNS) as dataset, LogStream(log_dir) as log:
         index = dataset.points()
+        assert dataset.in_order() is not shuffle
 
         def rows():  # type: ignore[no-untyped-def]
             for batch in log.batches(batch_rows=700):

@@ -159,7 +159,9 @@ def train_on_dataset(
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="featrec-train-")))
         progress.stage("reading the training set's points (DuckDB)")
-        dataset = stack.enter_context(DatasetStream(path, required=DATASET_COLUMNS))
+        dataset = stack.enter_context(
+            DatasetStream(path, required=DATASET_COLUMNS, temp_dir=work / "duckdb-dataset")
+        )
         index = dataset.points()
         rows = dataset.count()
         if index.num_rows == 0:
