@@ -261,8 +261,8 @@ def materialize_command(
 
 # -- featrec dataset --------------------------------------------------------------------------
 
-#: ``dataset build``'s default point budget: what ``featrec train`` fits on 10M events within
-#: its time budget (README, Training at scale); smaller logs have fewer points and keep all.
+#: ``dataset build``'s default point budget: the fit's size stays bounded whatever the log's
+#: (README, Training at scale); smaller logs have fewer points and keep all.
 DEFAULT_MAX_POINTS = 200_000
 
 
