@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -49,8 +48,8 @@ from featrec.core.features.catalog import ITEM_FEATURES, USER_FEATURES
 from featrec.core.features.declared.ranking import METADATA_KEY, column_value
 from featrec.core.features.rows import micros
 from featrec.core.items.slist import ItemModel, SessionFolds
-from featrec.core.items.trending import trending_row
-from featrec.core.ranking.examples import next_item_targets
+from featrec.core.items.trending import TrendingBoard, trending_row
+from featrec.core.ranking.examples import last_flags, next_item_targets
 from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker, item_row, ranking_matrix
 from featrec.core.sessions.fold import SessionPolicy, SessionState, fold, session_row
 from featrec.errors import ConfigError
@@ -228,7 +227,7 @@ def points_from_table(table: Any) -> list[LabelledPoint]:
     cols = {name: table.column(name).to_pylist() for name in DATASET_COLUMNS}
     user_cols = _prefixed(table, USER_PREFIX)
     item_cols = _prefixed(table, ITEM_PREFIX)
-    declared = _declared_names(table)
+    declared = declared_names(table.schema.metadata, table.column_names)
     declared_cols = [table.column(name).to_pylist() for name in declared]
     order = sorted(
         range(table.num_rows), key=lambda i: (cols["point_id"][i], cols["candidate_rank"][i])
@@ -270,11 +269,99 @@ def points_from_table(table: Any) -> list[LabelledPoint]:
     return points
 
 
-def _declared_names(table: Any) -> tuple[str, ...]:
-    """The declared-feature columns ``featrec dataset build`` joined (schema metadata)."""
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+def stream_points(
+    batches: Iterable[Any], declared: tuple[str, ...] = ()
+) -> Iterator[LabelledPoint]:
+    """:func:`points_from_table` over record batches (``pyarrow``) whose rows are ordered so
+    that each point's rows are consecutive, in candidate order (``DatasetStream.batches``):
+    one point at a time, in the batches' order. ``declared``: the training set's declared
+    columns (:func:`declared_names` of its file's schema)."""
+    group: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = []
+    checked = False
+    any_rows = False
+    for batch in batches:
+        if not checked:
+            _check_columns(batch.column_names)
+            missing = [n for n in declared if n not in batch.column_names]
+            if missing:
+                raise ConfigError(
+                    f"the training set lacks its declared column(s) {', '.join(missing)}"
+                )
+            checked = True
+        if batch.num_rows == 0:
+            continue
+        any_rows = True
+        cols = {name: batch.column(name).to_pylist() for name in (*DATASET_COLUMNS, *declared)}
+        user_cols = _prefixed(batch, USER_PREFIX)
+        item_cols = _prefixed(batch, ITEM_PREFIX)
+        for i in range(batch.num_rows):
+            if group and group[0][0]["point_id"] != cols["point_id"][i]:
+                yield _grouped_point(group, declared)
+                group = []
+            group.append(
+                (
+                    {name: column[i] for name, column in cols.items()},
+                    {name: column[i] for name, column in user_cols.items()},
+                    {name: column[i] for name, column in item_cols.items()},
+                )
+            )
+    if not any_rows:
+        raise ConfigError("the training set is empty: build it with `featrec dataset build`")
+    if group:
+        yield _grouped_point(group, declared)
+
+
+def _check_columns(names: Sequence[str]) -> None:
+    missing = [c for c in DATASET_COLUMNS if c not in names]
+    if missing:
+        raise ConfigError(
+            f"the training set lacks column(s) {', '.join(missing)}: build it with "
+            "`featrec dataset build`"
+        )
+
+
+def _grouped_point(
+    group: Sequence[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]],
+    declared: tuple[str, ...] = (),
+) -> LabelledPoint:
+    """One point from its rows (candidate order): base columns, user and item features."""
+    first, user, _ = group[0]
+    pid = first["point_id"]
+    items = tuple(base["item_id"] for base, _, _ in group)
+    if len(set(items)) != len(items):
+        raise ConfigError(f"training set point {pid} lists a candidate twice")
+    positives = [base["item_id"] for base, _, _ in group if base["label"] == 1]
+    if len(positives) > 1:
+        raise ConfigError(f"training set point {pid} has {len(positives)} positive labels")
+    return LabelledPoint(
+        point_id=pid,
+        session_id=first["session_id"],
+        position=first["position"],
+        at=first["event_timestamp"],
+        user_id=first["user_id"],
+        target=positives[0] if positives else None,
+        items=items,
+        user_row=user if any(v is not None for v in user.values()) else None,
+        item_rows={
+            base["item_id"]: item if any(v is not None for v in item.values()) else None
+            for base, _, item in group
+        },
+        declared=declared,
+        declared_values={
+            base["item_id"]: tuple(column_value(base[name]) for name in declared)
+            for base, _, _ in group
+        },
+    )
+
+
+def declared_names(
+    metadata: Mapping[bytes, bytes] | None, columns: Sequence[str]
+) -> tuple[str, ...]:
+    """The declared-feature columns ``featrec dataset build`` joined, as its Parquet schema's
+    metadata lists them (the order ``featrec train`` appends them in)."""
+    raw = (metadata or {}).get(METADATA_KEY)
     names = tuple(n for n in raw.decode().split(",") if n) if raw else ()
-    missing = [n for n in names if n not in table.column_names]
+    missing = [n for n in names if n not in columns]
     if missing:
         raise ConfigError(f"the training set lacks its declared column(s) {', '.join(missing)}")
     return names
@@ -295,6 +382,146 @@ def _row(columns: Mapping[str, list[Any]], i: int) -> dict[str, object] | None:
 
 
 # -- replay -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PointRows:
+    """One replayed point: its candidates (``items``, in candidate order), their ranking
+    matrix ``X`` and labels ``y``, and how many of them serving also proposes."""
+
+    point: LabelledPoint
+    items: list[str]
+    X: npt.NDArray[np.float64]
+    y: npt.NDArray[np.int64]
+    covered: int
+
+
+def replay_points(
+    rows: Iterable[tuple[Event, bool]],
+    points: Iterable[LabelledPoint],
+    *,
+    candidates: CandidateConfig = DEFAULT_CONFIG,
+    session_policy: SessionPolicy | None = None,
+    learn_until: datetime | None = None,
+    learns: Callable[[Event], bool] | None = None,
+    learn_after_session: bool = False,
+    item_model: ItemModel | SessionFolds | None = None,
+    sessions_with_points: Container[str] | None = None,
+) -> Iterator[PointRows]:
+    """:func:`replay_features` as a stream: ``rows`` are ``(event, last)`` in time order,
+    ``last`` marking a session's last event (the session is forgotten after it); ``points``
+    come in time order (by ``at``) and are read only as far as the replay has got. Yields
+    each point's rows as its event is reached, so memory holds the open sessions, the
+    signals and the points at the current time, never the log. ``sessions_with_points``
+    (when known) spares folding the sessions that have none.
+    """
+    policy = session_policy or SessionPolicy()
+    upcoming = iter(points)
+    ahead: LabelledPoint | None = next(upcoming, None)
+    wanted: dict[tuple[str, int], LabelledPoint] = {}
+    generator = SignalCandidates(candidates, InMemorySignals(model=item_model))
+    board = generator.signals.board
+    pending: dict[str, list[Event]] = {}
+    trending_rows: dict[str, tuple[int, Row]] = {}
+    sessions: dict[str, tuple[SessionState, list[str], list[str]]] = {}
+    previous: datetime | None = None
+    for event, last in rows:
+        if previous is not None and event.ts < previous:
+            raise ConfigError(f"events out of time order at {event.event_id}")
+        previous = event.ts
+        while ahead is not None and ahead.at <= event.ts:
+            key = (ahead.session_id, ahead.position)
+            if key in wanted:
+                raise ConfigError(
+                    f"two points at event {ahead.position} of session {ahead.session_id!r}"
+                )
+            wanted[key] = ahead
+            ahead = next(upcoming, None)
+        if (learn_until is None or event.ts < learn_until) and (learns is None or learns(event)):
+            if learn_after_session:
+                pending.setdefault(event.session_id, []).append(event)
+            else:
+                generator.observe(event)
+        if learn_after_session and last:
+            for past in pending.pop(event.session_id, ()):
+                generator.observe(past)
+        if sessions_with_points is not None and event.session_id not in sessions_with_points:
+            if last:
+                generator.end_session(event.session_id)
+            continue
+        state, items, types = sessions.setdefault(
+            event.session_id, (SessionState(event.session_id), [], [])
+        )
+        fold(state, event, policy)
+        items.append(event.item_id)
+        types.append(event.type)
+        point = wanted.pop((event.session_id, len(items)), None) if wanted else None
+        if point is not None:
+            yield _point_rows(event, point, state, items, types, generator, board, trending_rows)
+        if last:
+            del sessions[event.session_id]
+            generator.end_session(event.session_id)
+    missing = len(wanted)
+    example = next(iter(wanted), None)
+    if ahead is not None:
+        example = example or (ahead.session_id, ahead.position)
+        missing += 1 + sum(1 for _ in upcoming)
+    if example is not None:
+        session_id, position = example
+        raise ConfigError(
+            f"{missing} point(s) have no event in the log, e.g. event {position} of "
+            f"session {session_id!r}: train on the log the training set was built from"
+        )
+
+
+def _point_rows(
+    event: Event,
+    point: LabelledPoint,
+    state: SessionState,
+    items: list[str],
+    types: list[str],
+    generator: SignalCandidates,
+    board: TrendingBoard,
+    trending_rows: dict[str, tuple[int, Row]],
+) -> PointRows:
+    """The ranking rows of ``point``, reached at ``event`` (folded into ``state``)."""
+    session = session_row(state).values
+    context = PredictionContext(
+        event.session_id, point.user_id, event.ts, tuple(items), tuple(types)
+    )
+    proposed = {c.item_id: c for c in generator.generate(context)}
+    covered = 0
+    if point.items is None:
+        pool = list(proposed.values())
+    else:
+        pool = [proposed.get(item) or Candidate(item, (), {}) for item in point.items]
+        covered = sum(item in proposed for item in point.items)
+    rows: dict[str, Row | None] = {}
+    for c in pool:
+        trend = board.items.get(c.item_id)
+        trending: Row | None = None
+        if trend is not None:
+            cached = trending_rows.get(c.item_id)
+            if cached is None or cached[0] != trend.version:
+                values = trending_row(c.item_id, trend, board.config).values
+                cached = trending_rows[c.item_id] = (trend.version, values)
+            trending = cached[1]
+        rows[c.item_id] = item_row(point.item_rows.get(c.item_id), trending)
+    now_s = micros(event.ts) / 1_000_000
+    names = [c.item_id for c in pool]
+    block = ranking_matrix(pool, session, point.user_row, rows, now_s)
+    if point.declared:
+        no_values = (math.nan,) * len(point.declared)
+        extra = [point.declared_values.get(c.item_id, no_values) for c in pool]
+        more = np.asarray(extra, dtype=np.float64).reshape(len(pool), len(point.declared))
+        block = np.hstack([block, more])
+    return PointRows(
+        point,
+        names,
+        block,
+        np.asarray([int(name == point.target) for name in names], dtype=np.int64),
+        covered,
+    )
 
 
 def replay_features(
@@ -319,100 +546,47 @@ def replay_features(
     points; see :attr:`TrainingConfig.learn_after_session`). ``item_model`` is the
     batch-trained item model the candidates' ``model`` source reads (cross-fitted
     :class:`~featrec.core.items.slist.SessionFolds` when the points are its own training data).
+    Every row in memory: :func:`replay_points` is the streaming form.
     """
-    policy = session_policy or SessionPolicy()
-    wanted: dict[tuple[str, int], LabelledPoint] = {}
+    declared = points[0].declared if points else ()
+    if any(p.declared != declared for p in points):
+        raise ConfigError("the points name different declared features")
+    seen: set[tuple[str, int]] = set()
     for p in points:
         key = (p.session_id, p.position)
-        if key in wanted:
+        if key in seen:
             raise ConfigError(f"two points at event {p.position} of session {p.session_id!r}")
-        wanted[key] = p
-    generator = SignalCandidates(candidates, InMemorySignals(model=item_model))
-    board = generator.signals.board
-    remaining = Counter(e.session_id for e in events) if learn_after_session else Counter()
-    pending: dict[str, list[Event]] = {}
-    trending_rows: dict[str, tuple[int, Row]] = {}
-    sessions: dict[str, tuple[SessionState, list[str], list[str]]] = {}
+        seen.add(key)
     blocks: list[npt.NDArray[np.float64]] = []
-    labels: list[int] = []
+    labels: list[npt.NDArray[np.int64]] = []
     groups: list[int] = []
     item_ids: list[str] = []
     done: list[LabelledPoint] = []
     covered = total = 0
-    declared = points[0].declared if points else ()
-    if any(p.declared != declared for p in points):
-        raise ConfigError("the points name different declared features")
-    no_values = (math.nan,) * len(declared)
-    previous: datetime | None = None
-    for event in events:
-        if previous is not None and event.ts < previous:
-            raise ConfigError(f"events out of time order at {event.event_id}")
-        previous = event.ts
-        if (learn_until is None or event.ts < learn_until) and (learns is None or learns(event)):
-            if learn_after_session:
-                pending.setdefault(event.session_id, []).append(event)
-            else:
-                generator.observe(event)
-        if learn_after_session:
-            remaining[event.session_id] -= 1
-            if not remaining[event.session_id]:
-                for past in pending.pop(event.session_id, ()):
-                    generator.observe(past)
-        state, items, types = sessions.setdefault(
-            event.session_id, (SessionState(event.session_id), [], [])
-        )
-        fold(state, event, policy)
-        items.append(event.item_id)
-        types.append(event.type)
-        point = wanted.pop((event.session_id, len(items)), None)
-        if point is None:
-            continue
-        session = session_row(state).values
-        context = PredictionContext(
-            event.session_id, point.user_id, event.ts, tuple(items), tuple(types)
-        )
-        proposed = {c.item_id: c for c in generator.generate(context)}
-        if point.items is None:
-            pool = list(proposed.values())
-        else:
-            pool = [proposed.get(item) or Candidate(item, (), {}) for item in point.items]
-            covered += sum(item in proposed for item in point.items)
-        total += len(pool)
-        rows: dict[str, Row | None] = {}
-        for c in pool:
-            trend = board.items.get(c.item_id)
-            trending: Row | None = None
-            if trend is not None:
-                cached = trending_rows.get(c.item_id)
-                if cached is None or cached[0] != trend.version:
-                    values = trending_row(c.item_id, trend, board.config).values
-                    cached = trending_rows[c.item_id] = (trend.version, values)
-                trending = cached[1]
-            rows[c.item_id] = item_row(point.item_rows.get(c.item_id), trending)
-        now_s = micros(event.ts) / 1_000_000
-        block = ranking_matrix(pool, session, point.user_row, rows, now_s)
-        if declared:
-            extra = [point.declared_values.get(c.item_id, no_values) for c in pool]
-            more = np.asarray(extra, dtype=np.float64).reshape(len(pool), len(declared))
-            block = np.hstack([block, more])
-        blocks.append(block)
-        labels.extend(int(c.item_id == point.target) for c in pool)
-        groups.extend([len(done)] * len(pool))
-        item_ids.extend(c.item_id for c in pool)
-        done.append(point)
+    for replayed in replay_points(
+        zip(events, last_flags(events), strict=True),
+        sorted(points, key=lambda p: p.at),
+        candidates=candidates,
+        session_policy=session_policy,
+        learn_until=learn_until,
+        learns=learns,
+        learn_after_session=learn_after_session,
+        item_model=item_model,
+    ):
+        blocks.append(replayed.X)
+        labels.append(replayed.y)
+        groups.extend([len(done)] * len(replayed.items))
+        item_ids.extend(replayed.items)
+        covered += replayed.covered
+        total += len(replayed.items)
+        done.append(replayed.point)
         if on_point is not None:
             on_point()
-    if wanted:
-        session_id, position = next(iter(wanted))
-        raise ConfigError(
-            f"{len(wanted)} point(s) have no event in the log, e.g. event {position} of "
-            f"session {session_id!r}: train on the log the training set was built from"
-        )
     names = (*RANKING_FEATURES, *declared)
     width = len(names)
     return FeatureSet(
         X=np.vstack(blocks) if blocks else np.empty((0, width), dtype=np.float64),
-        y=np.asarray(labels, dtype=np.int64),
+        y=np.concatenate(labels) if labels else np.empty(0, dtype=np.int64),
         group=np.asarray(groups, dtype=np.int64),
         item_ids=item_ids,
         points=done,
@@ -543,6 +717,111 @@ def _recall(features: FeatureSet) -> float:
     hits = np.zeros(len(features.points), dtype=bool)
     hits[features.group[features.y == 1]] = True
     return float(hits.mean())
+
+
+def holdout_start(times: Sequence[datetime], holdout: float) -> datetime | None:
+    """The time from which points are held out: :func:`split_by_time`'s split from the
+    points' times alone (None: nothing held out)."""
+    n_test = math.floor(len(times) * holdout)
+    if n_test == 0:
+        return None
+    ordered = sorted(times)
+    return ordered[len(ordered) - n_test]
+
+
+def fit_stream(
+    replayed: Iterable[PointRows],
+    config: TrainingConfig,
+    *,
+    holdout_from: datetime | None,
+    on_fit: Callable[[int], None] | None = None,
+) -> TrainingResult:
+    """:func:`fit_ranker` over a stream of replayed points (:func:`replay_points`), keeping
+    only what the fit needs: the training points' positives and their seeded sample of
+    negatives, and every row of the held-out points (those at or after ``holdout_from``,
+    see :func:`holdout_start`). The same rows, model and metrics as :func:`fit_ranker` on
+    the whole :class:`FeatureSet` (the same seeded sample, drawn in the same order).
+    ``on_fit(rows)`` is called before fitting on ``rows`` rows."""
+    rng = np.random.default_rng(config.random_state)
+    per_point = config.negatives_per_point
+    train_x: list[npt.NDArray[np.float64]] = []
+    train_y: list[npt.NDArray[np.int64]] = []
+    held: list[PointRows] = []
+    n_points = n_train = n_rows = positives = hits = covered = 0
+    any_items = False
+    declared: tuple[str, ...] | None = None
+    for rows in replayed:
+        if declared is None:
+            declared = rows.point.declared
+        elif rows.point.declared != declared:
+            raise ConfigError("the points name different declared features")
+        n_points += 1
+        n_rows += len(rows.y)
+        found = int(rows.y.sum())
+        positives += found
+        hits += found > 0
+        covered += rows.covered
+        any_items = any_items or bool(rows.point.items)
+        if holdout_from is not None and rows.point.at >= holdout_from:
+            held.append(rows)
+            continue
+        n_train += 1
+        if per_point is None:
+            train_x.append(rows.X)
+            train_y.append(rows.y)
+            continue
+        keep = rows.y == 1
+        negatives = np.flatnonzero(rows.y == 0)
+        if len(negatives) > per_point:
+            negatives = rng.choice(negatives, per_point, replace=False)
+        keep[negatives] = True
+        train_x.append(rows.X[keep])
+        train_y.append(rows.y[keep])
+    if n_points == 0:
+        raise ConfigError("no prediction points to train on")
+    names = (*RANKING_FEATURES, *(declared or ()))
+    width = len(names)
+    X = np.vstack(train_x) if train_x else np.empty((0, width), dtype=np.float64)
+    train_x.clear()
+    y = np.concatenate(train_y) if train_y else np.empty(0, dtype=np.int64)
+    if y.sum() == 0 or y.sum() == len(y):
+        raise ConfigError(
+            "the training points need both positive and negative examples: with no next "
+            "item among the candidates there is nothing to learn"
+        )
+    if on_fit is not None:
+        on_fit(len(y))
+    ranker = config.ranker(names).fit(X, y)
+    del X
+    metrics: dict[str, float] = {
+        "points": float(n_points),
+        "train_points": float(n_train),
+        "holdout_points": float(len(held)),
+        "rows": float(n_rows),
+        "train_rows": float(len(y)),
+        "positive_rate": positives / n_rows if n_rows else 0.0,
+        "candidate_recall": hits / n_points,
+        "candidate_coverage": covered / n_rows if n_rows and any_items else 1.0,
+    }
+    if held:
+        threads = ranker.prediction_threads
+        ranker.set_params(prediction_threads=None)
+        scores = ranker.score_candidates(np.vstack([r.X for r in held]))
+        ranker.set_params(prediction_threads=threads)
+        k = config.k
+        targets = [r.point.target or "" for r in held]
+        by_candidates = [r.items for r in held]
+        by_model: list[list[str]] = []
+        start = 0
+        for r in held:
+            part = scores[start : start + len(r.items)]
+            start += len(r.items)
+            order = sorted(range(len(r.items)), key=lambda j: (-part[j], j))
+            by_model.append([r.items[j] for j in order])
+        for name, lists in (("candidate_order", by_candidates), ("model", by_model)):
+            metrics[f"holdout_{name}_hr@{k}"] = hit_rate_at_k(lists, targets, k)
+            metrics[f"holdout_{name}_mrr@{k}"] = mrr_at_k(lists, targets, k)
+    return TrainingResult(ranker, metrics)
 
 
 def train(

@@ -14,40 +14,14 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
 from featrec.adapters.files.layouts import READ_FORMATS
-from featrec.cli.common import FeatrecCommand, FeatrecGroup, context_settings
+from featrec.cli.common import ClickProgress, FeatrecCommand, FeatrecGroup, context_settings
 from featrec.cli.mapping import mapping_options, resolve_mapping
 from featrec.core.features import catalog
 from featrec.errors import ConfigError, FeatrecError
-
-
-class _ClickProgress:
-    """:class:`featrec.core.progress.Progress` drawn with click: a message per stage, a bar
-    for stages of known size."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-
-    def stage(self, message: str, total: int | None = None) -> None:
-        self.close()
-        if total is None:
-            click.echo(message)
-        else:
-            self._bar = click.progressbar(length=total, label=message)
-            self._bar.__enter__()
-
-    def advance(self, n: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
 
 
 def _day(ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
@@ -287,6 +261,10 @@ def materialize_command(
 
 # -- featrec dataset --------------------------------------------------------------------------
 
+#: ``dataset build``'s default point budget: the fit's size stays bounded whatever the log's
+#: (README, Training at scale); smaller logs have fewer points and keep all.
+DEFAULT_MAX_POINTS = 200_000
+
 
 @click.group("dataset", cls=FeatrecGroup)
 def dataset_group() -> None:
@@ -304,9 +282,11 @@ def dataset_group() -> None:
 @click.option("--until", callback=_day, default=None, help="Last day of prediction points.")
 @click.option(
     "--max-points",
-    type=click.IntRange(1),
-    default=None,
-    help="Sample at most this many prediction points (seeded, uniform).",
+    type=click.IntRange(0),
+    default=DEFAULT_MAX_POINTS,
+    show_default=True,
+    help="Sample at most this many prediction points (seeded, uniform over the log); 0: "
+    "every point (a long log then takes hours: ~1 ms per point and candidate pool).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -368,7 +348,7 @@ def dataset_build(
         raise click.UsageError(f"--since {since} is after --until {until}")
     target = out or settings.home / "datasets" / "training.parquet"
     started = time.perf_counter()
-    progress = _ClickProgress()
+    progress = ClickProgress()
     try:
         result = build_training_set(
             open_store(settings),
@@ -378,7 +358,7 @@ def dataset_build(
             collapse_repeats=not keep_repeats,
             since=since,
             until=until,
-            max_points=max_points,
+            max_points=max_points or None,
             seed=seed,
             progress=progress,
         )
@@ -390,3 +370,8 @@ def dataset_build(
         f"{result.path} in {time.perf_counter() - started:.1f} s (next item among the "
         f"candidates at {recall:.1%} of points)"
     )
+    if result.eligible > result.points:
+        click.echo(
+            f"sampled {result.points:,} of the log's {result.eligible:,} prediction points "
+            "(seeded, uniform; --max-points N to change, 0 for all)"
+        )

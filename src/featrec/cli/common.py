@@ -109,3 +109,28 @@ def pass_settings(command: F) -> F:
         return command(context_settings(click.get_current_context()), *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+class ClickProgress:
+    """:class:`featrec.core.progress.Progress` drawn with click: a message per stage, a bar
+    for stages of known size."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def stage(self, message: str, total: int | None = None) -> None:
+        self.close()
+        if total is None:
+            click.echo(message)
+        else:
+            self._bar = click.progressbar(length=total, label=message)
+            self._bar.__enter__()
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None

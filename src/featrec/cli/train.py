@@ -7,13 +7,11 @@ its report. Any :class:`~featrec.errors.FeatrecError` becomes a one-line message
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from featrec.cli.common import FeatrecCommand, context_settings
+from featrec.cli.common import ClickProgress, FeatrecCommand, context_settings
 
 
 @click.command("train", cls=FeatrecCommand)
@@ -57,15 +55,11 @@ def train(
 
     settings = context_settings(ctx)
     job = TrainJob(dataset, holdout, negatives, max_iter, learning_rate, version)
-    with contextlib.ExitStack() as stack:
-
-        def progress(n: int) -> Callable[[], None]:
-            bar = stack.enter_context(
-                click.progressbar(length=n, label="replaying prediction points")
-            )
-            return lambda: bar.update(1)
-
-        report = train_on_dataset(settings, job, on_points=progress)
+    progress = ClickProgress()
+    try:
+        report = train_on_dataset(settings, job, progress=progress)
+    finally:
+        progress.close()
     m, k = report.metrics, report.k
     click.echo(
         f"trained on {int(m['train_points']):,} points ({int(m['train_rows']):,} rows), "

@@ -1,22 +1,25 @@
 """Training the ranker: a training set (or the events) in, a saved model version out.
 
-:func:`train_on_dataset` is ``featrec train``: it reads the Parquet file ``featrec dataset
-build`` wrote and the event log it was built from, replays the log for the candidate and
-session features (:mod:`featrec.app.training`), fits, and writes
+:func:`train_on_dataset` is ``featrec train``: it streams the Parquet file ``featrec dataset
+build`` wrote and the event log it was built from (both through DuckDB, in batches), replays
+the log for the candidate and session features (:mod:`featrec.app.training`), fits, and writes
 ``$FEATREC_HOME/models/<version>/`` with its manifest
-(:mod:`featrec.adapters.files.model_store`). :func:`fit_and_save` is the part the replay
-evaluation shares.
+(:mod:`featrec.adapters.files.model_store`). :func:`fit_and_save` is the in-memory path the
+replay evaluation shares (its logs are small).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from featrec.core.progress import SILENT, Progress
 from featrec.errors import ConfigError
 from featrec.settings import Settings
 
@@ -122,21 +125,32 @@ def train_on_dataset(
     settings: Settings,
     job: TrainJob,
     *,
-    on_points: Callable[[int], Callable[[], None]] | None = None,
+    progress: Progress = SILENT,
 ) -> TrainReport:
     """``featrec train``: fit on a training set and the event log, save a model version.
 
-    ``on_points(n)`` is called once the ``n`` points are known and returns the callback to
-    call after each point (a progress bar)."""
-    from featrec.app.training import TrainingConfig
-    from featrec.jobs.training_sets import log_events
+    Streams: the training set is read point by point in time order and the log in batches
+    (both through DuckDB), replayed together (:func:`~featrec.app.training.replay_points`),
+    and only what the fit keeps is held (:func:`~featrec.app.training.fit_stream`: the
+    training points' positives and sampled negatives, the held-out points' rows)."""
+    import pyarrow.parquet as pq
+
+    from featrec.adapters.duckdb.event_stream import DatasetStream, LogStream, events_of
+    from featrec.adapters.files.model_store import models_dir, save_model
+    from featrec.app.training import (
+        DATASET_COLUMNS,
+        TrainingConfig,
+        declared_names,
+        fit_stream,
+        holdout_start,
+        replay_points,
+        stream_points,
+    )
 
     started = time.perf_counter()
     path = job.dataset or default_dataset(settings)
-    points, rows = load_points(path)
-    events = log_events(settings.event_log_dir)
-    if not events:
-        raise ConfigError(f"the event log {settings.event_log_dir} is empty")
+    if not path.is_file():
+        raise ConfigError(f"no training set at {path}: run `featrec dataset build` first")
     config = TrainingConfig(
         holdout=job.holdout,
         negatives_per_point=job.negatives,
@@ -145,28 +159,65 @@ def train_on_dataset(
         session_policy=settings.session_policy,
     )
     folds = item_model_folds(settings)
-    report = fit_and_save(
-        settings,
-        events,
-        points,
-        config,
-        item_model=folds,
-        training={
-            "item_model_folds": folds is not None,
-            "dataset": str(path.resolve()),
-            "dataset_rows": rows,
-            "events": len(events),
-            "holdout": job.holdout,
-            "negatives_per_point": job.negatives,
-        },
-        version=job.version,
-        on_point=on_points(len(points)) if on_points else None,
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="featrec-train-")))
+        progress.stage("reading the training set's points (DuckDB)")
+        dataset = stack.enter_context(
+            DatasetStream(path, required=DATASET_COLUMNS, temp_dir=work / "duckdb-dataset")
+        )
+        index = dataset.points()
+        rows = dataset.count()
+        if index.num_rows == 0:
+            raise ConfigError("the training set is empty: build it with `featrec dataset build`")
+        progress.stage("loading the event log (DuckDB: deduplicate, order, sessions)")
+        log = stack.enter_context(LogStream(settings.event_log_dir, temp_dir=work / "duckdb"))
+        n_events = log.count()
+        if not n_events:
+            raise ConfigError(f"the event log {settings.event_log_dir} is empty")
+        progress.stage(
+            f"replaying {n_events:,} events for {index.num_rows:,} prediction points", n_events
+        )
+
+        def events() -> Iterator[tuple[Event, bool]]:
+            for batch in log.batches():
+                yield from zip(events_of(batch), batch.column("last").to_pylist(), strict=True)
+                progress.advance(batch.num_rows)
+
+        schema = pq.read_schema(path)
+        declared = declared_names(schema.metadata, schema.names)
+        replayed = replay_points(
+            events(),
+            stream_points(dataset.batches(), declared),
+            candidates=config.candidates,
+            session_policy=config.session_policy,
+            item_model=folds,
+            sessions_with_points=set(index.column("session_id").to_pylist()),
+        )
+        result = fit_stream(
+            replayed,
+            config,
+            holdout_from=holdout_start(index.column("at").to_pylist(), config.holdout),
+            on_fit=lambda n: progress.stage(
+                f"fitting the ranker on {n:,} rows ({config.max_iter} boosting iterations)"
+            ),
+        )
+    training = {
+        "item_model_folds": folds is not None,
+        "dataset": str(path.resolve()),
+        "dataset_rows": rows,
+        "events": n_events,
+        "holdout": job.holdout,
+        "negatives_per_point": job.negatives,
+    }
+    root = models_dir(settings.home)
+    manifest = save_model(
+        result.ranker, root, metrics=result.metrics, training=training, version=job.version
     )
     return TrainReport(
-        version=report.version,
-        path=report.path,
-        metrics=report.metrics,
-        k=report.k,
+        version=manifest.version,
+        path=root / manifest.version,
+        metrics=dict(result.metrics),
+        k=config.k,
         seconds=time.perf_counter() - started,
-        training=report.training,
+        training=training,
     )

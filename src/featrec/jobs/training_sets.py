@@ -10,15 +10,22 @@ there is none (a row is never dropped: the row count is checked).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+import random
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from featrec.adapters.duckdb.event_stream import LogStream, events_of
 from featrec.adapters.errors import translated
 from featrec.adapters.files.atomic import atomic_path
 from featrec.adapters.files.event_log import read_event_log
@@ -26,8 +33,9 @@ from featrec.core.candidates.point_generators import CandidateGenerator, default
 from featrec.core.events.model import Event
 from featrec.core.features import catalog
 from featrec.core.features.declared.ranking import METADATA_KEY, RANKER_SERVICE
+from featrec.core.features.snapshot_days import midnight
 from featrec.core.progress import SILENT, Progress
-from featrec.core.ranking.examples import build_examples, choose_points, next_item_targets
+from featrec.core.ranking.examples import Example, stream_examples
 from featrec.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
@@ -47,6 +55,12 @@ EXAMPLE_COLUMNS = (
 )
 
 
+#: Examples per chunk written (~60 MB of Python objects while a chunk is built).
+CHUNK_ROWS = 262_144
+#: Examples per Feast join (each call has a fixed cost of a few seconds).
+JOIN_ROWS = 1_048_576
+
+
 @dataclass(frozen=True, slots=True)
 class TrainingSet:
     """What was written: ``rows`` examples for ``points`` prediction points, of which
@@ -57,10 +71,13 @@ class TrainingSet:
     points: int
     points_with_target: int
     events: int
+    #: The log's prediction points before sampling (``max_points``).
+    eligible: int = 0
 
 
 def log_events(log_dir: Path) -> list[Event]:
-    """Every logged event (deduplicated), in time order."""
+    """Every logged event (deduplicated), in time order, in memory (small logs: evaluation,
+    tests; training streams with :class:`LogStream`)."""
     table = read_event_log(log_dir)
     columns = [
         table.column(name).to_pylist()
@@ -79,46 +96,36 @@ def log_events(log_dir: Path) -> list[Event]:
     return [Event(*values) for values in zip(*columns, strict=True)]
 
 
-def examples_table(
-    events: list[Event],
-    targets: list[str | None],
-    generator: CandidateGenerator,
-    on_point: Callable[[], None] | None = None,
-) -> tuple[pa.Table, int]:
-    """The examples as a table (:data:`EXAMPLE_COLUMNS`) and how many points had their
-    target among the candidates."""
-    columns: dict[str, list[Any]] = {name: [] for name in EXAMPLE_COLUMNS}
-    hits = 0
-    last_point = -1
-    for ex in build_examples(events, targets, generator):
-        if ex.point != last_point:
-            last_point = ex.point
-            if on_point is not None:
-                on_point()
-        hits += ex.label
-        columns["point_id"].append(ex.point)
-        columns["session_id"].append(ex.session_id)
-        columns["user_id"].append(ex.user_id)
-        columns["event_timestamp"].append(ex.at)
-        columns["position"].append(ex.position)
-        columns["current_item_id"].append(ex.current_item)
-        columns["item_id"].append(ex.candidate)
-        columns["candidate_rank"].append(ex.rank)
-        columns["label"].append(ex.label)
-    schema = pa.schema(
-        [
-            ("point_id", pa.int64()),
-            ("session_id", pa.string()),
-            ("user_id", pa.string()),
-            ("event_timestamp", pa.timestamp("us", tz="UTC")),
-            ("position", pa.int64()),
-            ("current_item_id", pa.string()),
-            ("item_id", pa.string()),
-            ("candidate_rank", pa.int64()),
-            ("label", pa.int64()),
-        ]
-    )
-    return pa.Table.from_pydict(columns, schema=schema), hits
+#: The examples' schema, before Feast adds the features.
+EXAMPLE_SCHEMA = pa.schema(
+    [
+        ("point_id", pa.int64()),
+        ("session_id", pa.string()),
+        ("user_id", pa.string()),
+        ("event_timestamp", pa.timestamp("us", tz="UTC")),
+        ("position", pa.int64()),
+        ("current_item_id", pa.string()),
+        ("item_id", pa.string()),
+        ("candidate_rank", pa.int64()),
+        ("label", pa.int64()),
+    ]
+)
+
+
+def examples_table(examples: Sequence[Example]) -> pa.Table:
+    """Examples as a table (:data:`EXAMPLE_COLUMNS`)."""
+    columns = {
+        "point_id": [ex.point for ex in examples],
+        "session_id": [ex.session_id for ex in examples],
+        "user_id": [ex.user_id for ex in examples],
+        "event_timestamp": [ex.at for ex in examples],
+        "position": [ex.position for ex in examples],
+        "current_item_id": [ex.current_item for ex in examples],
+        "item_id": [ex.candidate for ex in examples],
+        "candidate_rank": [ex.rank for ex in examples],
+        "label": [ex.label for ex in examples],
+    }
+    return pa.Table.from_pydict(columns, schema=EXAMPLE_SCHEMA)
 
 
 def join_features(
@@ -170,6 +177,74 @@ def join_declared(store: FeatureStore, examples: pa.Table) -> pa.Table:
     return joined.replace_schema_metadata(metadata)
 
 
+@dataclass(frozen=True, slots=True)
+class Labelled:
+    """What :func:`label_examples` wrote: ``rows`` examples for ``points`` points, ``hits``
+    of which had their next item among the candidates, from a log of ``events`` events."""
+
+    rows: int
+    points: int
+    hits: int
+    events: int
+    eligible: int
+
+
+def label_examples(
+    log_dir: Path,
+    out: Path,
+    *,
+    generator: CandidateGenerator | None = None,
+    collapse_repeats: bool = True,
+    since: date | None = None,
+    until: date | None = None,
+    max_points: int | None = None,
+    seed: int = 0,
+    progress: Progress = SILENT,
+    chunk_rows: int = CHUNK_ROWS,
+    temp_dir: Path | None = None,
+) -> Labelled:
+    """Stream the log and write the examples of its prediction points (no features) to
+    ``out`` (Parquet, :data:`EXAMPLE_SCHEMA`), ``chunk_rows`` at a time.
+
+    The log is read in time order from DuckDB in batches (:class:`LogStream`, spilling to
+    ``temp_dir``): memory holds the open sessions, the generator's signals and one chunk,
+    never the log. The same rows as the in-memory path: the seeded sample draws the same
+    points (``random.Random(seed).sample`` over the eligible points' ordinals, which is what
+    it draws over their list).
+    """
+    if max_points is not None and max_points < 1:
+        raise ConfigError(f"max points must be >= 1, got {max_points}")
+    start = midnight(since) if since is not None else None
+    end = midnight(until) + timedelta(days=1) if until is not None else None
+    progress.stage("loading the event log (DuckDB: deduplicate, order, sessions)")
+    with LogStream(log_dir, temp_dir=temp_dir) as log:
+        n_events = log.count()
+        if not n_events:
+            raise ConfigError(f"the event log {log_dir} is empty: run `featrec log import` first")
+        eligible = log.count_points(collapse_repeats=collapse_repeats, start=start, end=end)
+        chosen: npt.NDArray[np.int64] | None = None
+        if max_points is not None and eligible > max_points:
+            sample = random.Random(seed).sample(range(eligible), max_points)
+            chosen = np.sort(np.asarray(sample, dtype=np.int64))
+        n_points = eligible if chosen is None else len(chosen)
+        if n_points == 0:
+            raise ConfigError("no prediction points in the chosen days: widen --since/--until")
+        sampled = "" if chosen is None else f" (a seeded sample of {eligible:,})"
+        progress.stage(
+            f"labelling {n_points:,} prediction points{sampled} over {n_events:,} events",
+            n_events,
+        )
+        rows = _labelled_rows(
+            log.batches(collapse_repeats=collapse_repeats, start=start, end=end),
+            chosen,
+            progress,
+        )
+        n_rows, hits = write_examples(
+            stream_examples(rows, generator or default_generator()), out, chunk_rows
+        )
+    return Labelled(n_rows, n_points, hits, n_events, eligible)
+
+
 def build_training_set(
     store: FeatureStore,
     log_dir: Path,
@@ -182,30 +257,106 @@ def build_training_set(
     max_points: int | None = None,
     seed: int = 0,
     progress: Progress = SILENT,
+    chunk_rows: int = CHUNK_ROWS,
+    join_rows: int = JOIN_ROWS,
 ) -> TrainingSet:
-    """Read the log, label its prediction points, join features, write ``out`` (Parquet)."""
-    progress.stage("reading the event log")
-    events = log_events(log_dir)
-    if not events:
-        raise ConfigError(f"the event log {log_dir} is empty: run `featrec log import` first")
-    targets = choose_points(
-        events,
-        next_item_targets(events, collapse_repeats),
-        since=since,
-        until=until,
-        max_points=max_points,
-        seed=seed,
-    )
-    n_points = sum(t is not None for t in targets)
-    if n_points == 0:
-        raise ConfigError("no prediction points in the chosen days: widen --since/--until")
-    progress.stage(f"labelling {n_points:,} prediction points", n_points)
-    examples, hits = examples_table(
-        events, targets, generator or default_generator(), on_point=progress.advance
-    )
-    progress.stage(f"joining features to {examples.num_rows:,} examples (Feast, point in time)")
-    joined = join_declared(store, join_features(store, examples))
+    """Label the log's prediction points (:func:`label_examples`, streaming), join their
+    features with Feast ``join_rows`` examples at a time, write ``out`` (Parquet)."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".dataset-", dir=out.parent) as work:
+        examples = Path(work) / "examples.parquet"
+        labelled = label_examples(
+            log_dir,
+            examples,
+            generator=generator,
+            collapse_repeats=collapse_repeats,
+            since=since,
+            until=until,
+            max_points=max_points,
+            seed=seed,
+            progress=progress,
+            chunk_rows=chunk_rows,
+            temp_dir=Path(work) / "duckdb",
+        )
+        progress.stage(
+            f"joining features to {labelled.rows:,} examples (Feast, point in time)",
+            labelled.rows,
+        )
+        joined = join_file(store, examples, out, join_rows, progress)
+    return TrainingSet(
+        out, joined, labelled.points, labelled.hits, labelled.events, labelled.eligible
+    )
+
+
+def _labelled_rows(
+    batches: Iterator[pa.RecordBatch],
+    chosen: npt.NDArray[np.int64] | None,
+    progress: Progress,
+) -> Iterator[tuple[Event, str | None, bool]]:
+    """``(event, target, last)`` per event; the target only at the ``chosen`` ordinals of
+    the prediction points (None: every point)."""
+    seen = 0
+    for batch in batches:
+        targets = batch.column("target")
+        if chosen is not None:
+            is_point = pc.is_valid(targets).to_numpy(zero_copy_only=False)
+            ordinals = seen + np.cumsum(is_point) - 1
+            seen += int(is_point.sum())
+            at = np.searchsorted(chosen, ordinals)
+            found = (at < len(chosen)) & (chosen[np.minimum(at, len(chosen) - 1)] == ordinals)
+            targets = pc.if_else(pa.array(is_point & found), targets, pa.scalar(None, pa.string()))
+        yield from zip(
+            events_of(batch),
+            targets.to_pylist(),
+            batch.column("last").to_pylist(),
+            strict=True,
+        )
+        progress.advance(batch.num_rows)
+
+
+def write_examples(examples: Iterator[Example], path: Path, chunk_rows: int) -> tuple[int, int]:
+    """Write ``examples`` to ``path`` (:data:`EXAMPLE_COLUMNS`) in chunks; returns the row
+    count and how many of them are labelled 1."""
+    rows = hits = 0
+    with pq.ParquetWriter(path, EXAMPLE_SCHEMA) as writer:
+        while True:
+            chunk = list(itertools.islice(examples, chunk_rows))
+            if not chunk:
+                break
+            table = examples_table(chunk)
+            writer.write_table(table)
+            rows += table.num_rows
+            hits += sum(ex.label for ex in chunk)
+    return rows, hits
+
+
+def join_file(
+    store: FeatureStore, examples: Path, out: Path, chunk_rows: int, progress: Progress = SILENT
+) -> int:
+    """Join features to the examples file chunk by chunk and write ``out``; returns the rows
+    written."""
+    source = pq.ParquetFile(examples)
+    written = 0
     with atomic_path(out) as tmp:
-        pq.write_table(joined, tmp)
-    return TrainingSet(out, joined.num_rows, n_points, hits, len(events))
+        writer: pq.ParquetWriter | None = None
+        try:
+            for batch in source.iter_batches(batch_size=chunk_rows):
+                joined = join_declared(store, join_features(store, pa.Table.from_batches([batch])))
+                if writer is None:
+                    schema = joined.schema
+                    writer = pq.ParquetWriter(tmp, schema)
+                writer.write_table(_conform(joined, schema))
+                written += joined.num_rows
+                progress.advance(batch.num_rows)
+        finally:
+            if writer is not None:
+                writer.close()
+    return written
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` in ``schema`` (a chunk whose feature column is all null may come out with
+    another type)."""
+    if table.schema.equals(schema):
+        return table
+    return table.select(schema.names).cast(schema)

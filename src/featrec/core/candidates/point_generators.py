@@ -56,6 +56,14 @@ class EventObserver(Protocol):
     def observe(self, event: Event) -> None: ...
 
 
+@runtime_checkable
+class SessionEnd(Protocol):
+    """Keeps per-session state, which it drops once told a session has ended (its last
+    event observed), so a replay over a long log holds only the open sessions."""
+
+    def end_session(self, session_id: str) -> None: ...
+
+
 class SessionItems:
     """The session's own distinct items, most recently seen first (at most ``limit``)."""
 
@@ -124,10 +132,15 @@ class Combined:
         self.parts = list(parts)
         self.limit = limit
         self._observers = [p for p in self.parts if isinstance(p, EventObserver)]
+        self._enders = [p for p in self.parts if isinstance(p, SessionEnd)]
 
     def observe(self, event: Event) -> None:
         for part in self._observers:
             part.observe(event)
+
+    def end_session(self, session_id: str) -> None:
+        for part in self._enders:
+            part.end_session(session_id)
 
     def candidates(self, context: PredictionContext) -> list[str]:
         out: dict[str, None] = {}
@@ -168,6 +181,11 @@ class SignalCandidates:
             counts = self._user_categories.setdefault(event.user_id, {})
             counts[event.category] = counts.get(event.category, 0) + 1
         self.last_us = micros(event.ts)
+
+    def end_session(self, session_id: str) -> None:
+        """Forget the ended session's last category and co-visitation buffer."""
+        self._last_category.pop(session_id, None)
+        self.signals.end_session(session_id)
 
     def categories(self, session_id: str, user_id: str | None) -> list[str]:
         out: list[str] = []

@@ -112,6 +112,11 @@ class InMemorySignals:
             bought.insert(0, event.item_id)
             del bought[self.history_n :]
 
+    def end_session(self, session_id: str) -> None:
+        """Forget the session's co-visitation buffer once it has ended (its last event
+        observed): a replay of a long log then holds only the open sessions'."""
+        self._recent.pop(session_id, None)
+
     def neighbours(self, items: Sequence[str]) -> dict[str, Sequence[tuple[str, float]]]:
         out: dict[str, Sequence[tuple[str, float]]] = {}
         sketches, cache = self.index.sketches, self._neighbour_cache

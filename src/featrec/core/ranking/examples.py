@@ -14,8 +14,7 @@ candidates still yields its (all-0) examples, so the candidate recall can be mea
 from __future__ import annotations
 
 import random
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -23,6 +22,7 @@ from featrec.core.candidates.point_generators import (
     CandidateGenerator,
     EventObserver,
     PredictionContext,
+    SessionEnd,
 )
 from featrec.core.events.model import Event
 from featrec.core.features.snapshot_days import midnight
@@ -60,6 +60,18 @@ def next_item_targets(events: Sequence[Event], collapse_repeats: bool = True) ->
     return targets
 
 
+def last_flags(events: Sequence[Event]) -> list[bool]:
+    """Per event (``events`` in time order): whether it is its session's last event."""
+    flags = [False] * len(events)
+    seen: set[str] = set()
+    for i in range(len(events) - 1, -1, -1):
+        session_id = events[i].session_id
+        if session_id not in seen:
+            seen.add(session_id)
+            flags[i] = True
+    return flags
+
+
 def build_examples(
     events: Sequence[Event],
     targets: Sequence[str | None],
@@ -69,16 +81,28 @@ def build_examples(
     not None (``targets`` aligned with ``events``; see :func:`next_item_targets`).
 
     ``generator`` observes each event (if it is an :class:`EventObserver`) before the point
-    at that event asks for candidates.
+    at that event asks for candidates. The in-memory form of :func:`stream_examples`.
     """
     if len(targets) != len(events):
         raise ValueError(f"{len(targets)} targets for {len(events)} events")
+    return stream_examples(zip(events, targets, last_flags(events), strict=True), generator)
+
+
+def stream_examples(
+    rows: Iterable[tuple[Event, str | None, bool]],
+    generator: CandidateGenerator,
+) -> Iterator[Example]:
+    """:func:`build_examples` over a stream: ``(event, target, last)`` in time order, where
+    ``last`` says the event is its session's last (the session is then forgotten, here and
+    by a generator that keeps per-session state: :class:`SessionEnd`). Memory holds the
+    open sessions only, never the stream.
+    """
     observer = generator if isinstance(generator, EventObserver) else None
-    remaining = Counter(e.session_id for e in events)
+    ender = generator if isinstance(generator, SessionEnd) else None
     sessions: dict[str, tuple[list[str], list[str], list[str | None]]] = {}
     previous: datetime | None = None
     point = 0
-    for event, target in zip(events, targets, strict=True):
+    for event, target, last in rows:
         if previous is not None and event.ts < previous:
             raise ValueError(
                 f"events out of time order: {event.event_id} at {event.ts.isoformat()} "
@@ -109,9 +133,10 @@ def build_examples(
                     int(candidate == target),
                 )
             point += 1
-        remaining[event.session_id] -= 1
-        if not remaining[event.session_id]:
-            del remaining[event.session_id], sessions[event.session_id]
+        if last:
+            del sessions[event.session_id]
+            if ender is not None:
+                ender.end_session(event.session_id)
 
 
 def choose_points(
