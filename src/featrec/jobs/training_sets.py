@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from featrec.adapters.duckdb.event_stream import LogStream, events_of
+from featrec.adapters.duckdb.event_stream import EVENT_FIELDS, LogStream, events_of
 from featrec.adapters.errors import translated
 from featrec.adapters.files.atomic import atomic_path
 from featrec.adapters.files.event_log import read_event_log
@@ -79,20 +79,7 @@ def log_events(log_dir: Path) -> list[Event]:
     """Every logged event (deduplicated), in time order, in memory (small logs: evaluation,
     tests; training streams with :class:`LogStream`)."""
     table = read_event_log(log_dir)
-    columns = [
-        table.column(name).to_pylist()
-        for name in (
-            "event_id",
-            "session_id",
-            "item_id",
-            "type",
-            "ts",
-            "user_id",
-            "price",
-            "category",
-            "quantity",
-        )
-    ]
+    columns = [table.column(name).to_pylist() for name in EVENT_FIELDS]
     return [Event(*values) for values in zip(*columns, strict=True)]
 
 
