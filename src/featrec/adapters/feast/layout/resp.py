@@ -35,6 +35,7 @@ def bulk(data: bytes) -> bytes:
 
 
 def _len(n: int) -> bytes:
+    """``$<n>\r\n``: the head of a bulk string of n bytes."""
     return LEN[n] if n < 4096 else b"$%d\r\n" % n
 
 
