@@ -65,7 +65,6 @@ FRESHNESS: Final = Histogram(
 )
 
 
-
 def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
     """``histogram.observe(a)`` for every ``a`` in ``amounts``, one lock per bucket touched.
 
