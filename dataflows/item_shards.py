@@ -62,6 +62,23 @@ def _at(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
+def _oldest(touched: dict[str, float]) -> float | None:
+    """The first (oldest) time of a dict kept in touch order."""
+    for at in touched.values():
+        return at
+    return None
+
+
+def _idle_since(touched: dict[str, float], horizon: float) -> list[str]:
+    """The keys of a dict kept in touch order touched at or before ``horizon`` (O(found))."""
+    found = []
+    for key, at in touched.items():
+        if at > horizon:
+            break
+        found.append(key)
+    return found
+
+
 class PairShardLogic(StatefulBatchLogic[list[Sequenced], list[EventPairs], bytes]):
     """The recent items of one shard's sessions (see the module docstring)."""
 
@@ -111,20 +128,14 @@ class PairShardLogic(StatefulBatchLogic[list[Sequenced], list[EventPairs], bytes
         return (), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        for at in self.touched.values():
-            return _at(at + self.ttl_s)
-        return None
+        oldest = _oldest(self.touched)
+        return None if oldest is None else _at(oldest + self.ttl_s)
 
     def snapshot(self) -> bytes:
         return _dumps(self.states)
 
     def _expire(self, now: float) -> None:
-        horizon = now - self.ttl_s
-        gone = []
-        for sid, at in self.touched.items():
-            if at > horizon:
-                break
-            gone.append(sid)
+        gone = _idle_since(self.touched, now - self.ttl_s)
         for sid in gone:
             del self.touched[sid]
             del self.states[sid]
@@ -232,11 +243,9 @@ class ThrottledShardLogic(StatefulBatchLogic[V, list[W], bytes], Generic[V, W, S
 
     def notify_at(self) -> datetime | None:
         due = self.due[0][0] if self.due else None
-        for at in self.touched.values():
-            check = at + self.idle_s
-            if due is None or check < due:
-                due = check
-            break
+        oldest = _oldest(self.touched)
+        if oldest is not None and (due is None or oldest + self.idle_s < due):
+            due = oldest + self.idle_s
         return _at(due)
 
     def snapshot(self) -> bytes:
@@ -257,13 +266,8 @@ class ThrottledShardLogic(StatefulBatchLogic[V, list[W], bytes], Generic[V, W, S
         self._idle(now)
 
     def _idle(self, now: float) -> None:
-        horizon = now - self.idle_s
         touched = self.touched
-        checked = []
-        for key, at in touched.items():
-            if at > horizon:
-                break
-            checked.append(key)
+        checked = _idle_since(touched, now - self.idle_s)
         if not checked:
             return
         dropped = 0

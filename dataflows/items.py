@@ -185,8 +185,22 @@ def shard_pairs(
     shards: int, kvs: list[tuple[str, list[EventPairs]]]
 ) -> list[tuple[str, PairChunk]]:
     """:func:`group_pairs` for the batch shape: one chunk per shard of the anchors."""
-    made = sorted((m for _, ms in kvs for m in ms), key=_seq_of)
     names: dict[str, str] = {}
+
+    def shard_of_anchor(update: PairUpdate) -> str:
+        # One crc32 per anchor and batch, not per update.
+        name = names.get(update.anchor)
+        if name is None:
+            name = names[update.anchor] = shard_of(update.anchor, shards)
+        return name
+
+    return _grouped(sorted((m for _, ms in kvs for m in ms), key=_seq_of), shard_of_anchor)
+
+
+def _grouped(
+    made: list[EventPairs], key: Callable[[PairUpdate], str]
+) -> list[tuple[str, PairChunk]]:
+    """The pair updates of ``made`` grouped by ``key`` (order kept), counted."""
     groups: dict[str, list[PairUpdate]] = {}
     newest = 0.0
     n_updates = 0
@@ -195,29 +209,6 @@ def shard_pairs(
         updates = event_pairs.updates
         n_updates += len(updates)
         for update in updates:
-            name = names.get(update.anchor)
-            if name is None:
-                name = names[update.anchor] = shard_of(update.anchor, shards)
-            group = groups.get(name)
-            if group is None:
-                groups[name] = [update]
-            else:
-                group.append(update)
-    if n_updates:
-        item_metrics.PAIR_UPDATES.inc(n_updates)
-    return [(k, PairChunk(newest, updates)) for k, updates in groups.items()]
-
-
-def _grouped(
-    made: list[EventPairs], key: Callable[[PairUpdate], str]
-) -> list[tuple[str, PairChunk]]:
-    groups: dict[str, list[PairUpdate]] = {}
-    newest = 0.0
-    n_updates = 0
-    for event_pairs in made:
-        newest = max(newest, event_pairs.ingested_at)
-        n_updates += len(event_pairs.updates)
-        for update in event_pairs.updates:
             k = key(update)
             group = groups.get(k)
             if group is None:
@@ -291,7 +282,7 @@ def add_sharded_item_signals(
     config: ItemSignalsConfig,
     clock: EventClock,
     shards: int,
-) -> KeyedStream[FeatureRow | list[FeatureRow]]:
+) -> KeyedStream[list[FeatureRow]]:
     """:func:`add_item_signals` in the batch shape (:mod:`dataflows.item_shards`): sessions,
     anchors and items folded per shard; rows leave as one list per shard and activation."""
     interval_s = settings.item_write_interval_s
@@ -331,13 +322,13 @@ def add_sharded_item_signals(
     by_item = op.flat_map_batch("shard_items", arrivals, partial(shard_by, _item_of, shards))
     trends = op.stateful_batch("trend_shards", by_item, trending_builder)
     trend_rows = op.map_value("trend_rows", trends, rows_of)
-    board_rows = op.stateful_batch(
+    board = op.stateful_batch(
         "board", op.flat_map_batch("key_board", trends, to_board), board_builder
     )
-    rows: KeyedStream[FeatureRow | list[FeatureRow]] = op.merge(
-        "all_rows", neighbour_rows, trend_rows, board_rows
-    )
-    return rows
+    # The board's few rows leave one at a time (as in the per-event shape): listed here, so
+    # every step after "all_rows" sees lists of rows whatever the shape.
+    board_rows = op.map_value("board_rows", board, _listed)
+    return op.merge("all_rows", neighbour_rows, trend_rows, board_rows)
 
 
 def build_flow(
@@ -370,16 +361,8 @@ def build_flow(
     def is_arrival(item: Decoded) -> TypeGuard[Sequenced]:
         return isinstance(item, Sequenced)
 
-    def shard_rows(
-        kvs: list[tuple[str, FeatureRow | list[FeatureRow]]],
-    ) -> list[tuple[str, list[FeatureRow]]]:
-        flat: list[FeatureRow] = []
-        for _, out in kvs:
-            if type(out) is list:
-                flat.extend(out)
-            else:
-                flat.append(cast(FeatureRow, out))
-        return shard_chunks(flat, _row_key, shards)
+    def shard_rows(kvs: list[tuple[str, list[FeatureRow]]]) -> list[tuple[str, list[FeatureRow]]]:
+        return shard_chunks([row for _, out in kvs for row in out], _row_key, shards)
 
     flow = Dataflow(FLOW_ID)
     records = op.input("input", flow, source)
@@ -387,11 +370,10 @@ def build_flow(
         "decode", records, partial(decode_batch, seq=seq, clock=clock, stats=stats, deny=deny)
     )
     split = op.branch("split", decoded, is_arrival)
-    rows: KeyedStream[FeatureRow | list[FeatureRow]]
+    rows: KeyedStream[list[FeatureRow]]
     if settings.flow_shape == "per-event":
-        rows = cast(
-            KeyedStream[FeatureRow | list[FeatureRow]],
-            add_item_signals(split.trues, settings, config, clock),
+        rows = op.map_value(
+            "row_lists", add_item_signals(split.trues, settings, config, clock), _listed
         )
     else:
         rows = add_sharded_item_signals(split.trues, settings, config, clock, shards)
@@ -402,6 +384,10 @@ def build_flow(
     sink = FeatureSink(writer_factory, stats=stats, status_home=status_home, flow_name="items")
     op.output("write", op.key_rm("unkey_rows", batches), sink)
     return flow
+
+
+def _listed(row: FeatureRow) -> list[FeatureRow]:
+    return [row]
 
 
 def _seq_of(made: EventPairs) -> int:

@@ -142,10 +142,10 @@ class _FeatureSinkPartition(StatelessSinkPartition[list[FeatureRow]]):
         )
         done = time.time()
         metrics.ROWS_WRITTEN.inc(written)
-        observe = metrics.FRESHNESS.observe
-        for row in rows:
-            if row.ingested_at:
-                observe(max(done - row.ingested_at, 0.0))
+        metrics.observe_many(
+            metrics.FRESHNESS,
+            [max(done - at, 0.0) for row in rows if (at := row.ingested_at)],
+        )
         self.sink.stats.wrote(written, done)
         if done - self.status_written_at >= STATUS_INTERVAL_S:
             self.write_status(done)

@@ -563,13 +563,13 @@ def test_step_ids_are_stable(otto_sample: Path, tmp_path: Path) -> None:
     assert [s.step_name for s in built.substeps] == [
         "input", "decode", "split", "shard_sessions", "pair_shards", "shard_pairs",
         "neighbour_shards", "shard_items", "trend_shards", "trend_rows", "key_board", "board",
-        "all_rows", "dead_letters", "shard_rows", "batch_rows", "unkey_rows", "write",
+        "board_rows", "all_rows", "dead_letters", "shard_rows", "batch_rows", "unkey_rows", "write",
     ]  # fmt: skip
     env = {"FEATREC_SOURCE": str(otto_sample), "FEATREC_HOME": str(tmp_path)}
     per_event = flow({**env, "FEATREC_FLOW_SHAPE": "per-event"})
     assert [s.step_name for s in per_event.substeps] == [
         "input", "decode", "split", "key_sessions", "pairs", "shard_pairs", "neighbours",
-        "key_items", "trending", "split_trends", "key_board", "board", "all_rows",
+        "key_items", "trending", "split_trends", "key_board", "board", "all_rows", "row_lists",
         "dead_letters", "shard_rows", "batch_rows", "unkey_rows", "write",
     ]  # fmt: skip
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from pathlib import Path
 
 import redis
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
-from dataflows.metrics import FlowStats
+from dataflows.metrics import FlowStats, observe_many
 from dataflows.sinks import DeadLetterSink, FeatureSink
 from featrec.adapters.feast.writers import RedisLayoutWriter
 from featrec.adapters.files.flow_status import read_status
@@ -95,3 +96,31 @@ def test_dead_letter_file_appends_json_lines(tmp_path: Path) -> None:
         ("f:2", "json: invalid JSON"),
     ]
     assert set(lines[0]) == {"origin", "reason", "payload", "at"}
+
+
+def test_observe_many_counts_as_observe_does() -> None:
+    """The sink's batched freshness samples land in the same buckets, count and sum as one
+    ``observe`` per sample (bounds included: ``le`` is inclusive; NaN only in the sum)."""
+    bounds = (0.005, 0.01, 0.05, 1.0)
+    amounts = [0.0, 0.005, 0.0050001, 0.01, 0.2, 1.0, 3.5, 120.0, float("nan"), 0.003]
+    per_value, batched = CollectorRegistry(), CollectorRegistry()
+    one = Histogram("f_seconds", "x", buckets=bounds, registry=per_value)
+    many = Histogram("f_seconds", "x", buckets=bounds, registry=batched)
+    for amount in amounts:
+        one.observe(amount)
+    observe_many(many, amounts[:4])
+    observe_many(many, [])
+    observe_many(many, amounts[4:])
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (s.name, s.labels.get("le", "")): s.value
+            for metric in registry.collect()
+            for s in metric.samples
+            if not s.name.endswith("_created")
+        }
+
+    got, want = samples(batched), samples(per_value)
+    assert got.keys() == want.keys() and len(got) == len(bounds) + 1 + 2
+    for k, v in want.items():
+        assert (got[k] == v) or (math.isnan(got[k]) and math.isnan(v)), k

@@ -32,9 +32,11 @@ import redis
 
 from featrec.adapters.errors import translated
 from featrec.adapters.feast.layout import resp
+from featrec.adapters.feast.layout.resp import CRLF, _len
 from featrec.adapters.feast.layout.values import InvalidFeatureRow, encode_timestamp, view_of
-from featrec.adapters.feast.writers import _CAS_SCRIPT, RedisLayoutWriter, Views
+from featrec.adapters.feast.writers import _CAS_SCRIPT, RedisLayoutWriter, Views, _ViewPlan
 from featrec.core.features import catalog
+from featrec.core.features.catalog import View
 from featrec.core.features.rows import FeatureRow
 
 __all__ = ["FlushWriter"]
@@ -44,6 +46,21 @@ MAX_KNOWN: Final = 1_000_000
 
 # hiredis's stubs type the argument as a 1-tuple; it takes any tuple of str/bytes/numbers.
 _pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
+
+
+class _ViewSpec:
+    """One view's constants for :meth:`FlushWriter._write`, looked up once per row."""
+
+    __slots__ = ("after_key", "hset_head", "known", "n_fields", "pack", "plan")
+
+    def __init__(self, plan: _ViewPlan, view: View) -> None:
+        self.plan = plan
+        self.pack = resp.fields_packer(view)
+        self.n_fields = len(view.features)
+        # HSET key _ts:<view> ts <fields>: the command's head, and what follows the key.
+        self.hset_head = b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * self.n_fields)
+        self.after_key = resp.CRLF + resp.bulk(plan.ts_field)
+        self.known: dict[bytes, int] = {}
 
 
 class FlushWriter(RedisLayoutWriter):
@@ -66,11 +83,13 @@ class FlushWriter(RedisLayoutWriter):
         )  # fmt: skip
         self._remember = remember
         self._max_known = max_known
-        #: view -> redis key -> version (µs) this writer wrote last.
-        self._known: dict[str, dict[bytes, int]] = {name: {} for name in self._plans}
+        #: view -> everything its rows need (with what this writer wrote: key -> version µs).
+        self._specs = {
+            name: _ViewSpec(self._plans[name], view) for name, view in self._views.items()
+        }
+        #: view -> redis key -> version (µs) this writer wrote last (the specs' dicts).
+        self._known: dict[str, dict[bytes, int]] = {n: s.known for n, s in self._specs.items()}
         self._n_known = 0
-        self._packers = {name: resp.fields_packer(view) for name, view in self._views.items()}
-        self._n_fields = {name: len(view.features) for name, view in self._views.items()}
         self._conn: Any = None
         self._reader = hiredis.Reader()
         #: The script's SHA1 is what SCRIPT LOAD answers, on every server and node.
@@ -85,28 +104,51 @@ class FlushWriter(RedisLayoutWriter):
     def _write(self, rows: Sequence[FeatureRow]) -> int:
         ttl = self._ttl
         remember = self._remember
+        specs = self._specs
         parts: list[bytes] = []
         #: Per command: its key (a cluster routes by it).
         keys: list[bytes] = []
         #: Per command: (view, key, version) for a script call, None for HSET and EXPIRE.
         scripted: list[tuple[str, bytes, int] | None] = []
-        # Versions written by this call, seen by its later rows (rows apply in order).
-        written: dict[tuple[str, bytes], int] = {}
+        # view -> key -> version written by this call, seen by its later rows (rows apply in
+        # order); with ``remember``, what this writer keeps once the replies are in.
+        written: dict[str, dict[bytes, int]] = {}
         blind = 0
         for row in rows:
             view = row.view
-            key, fields = self._encoded(row)
-            plan = self._plans[view]
-            n_fields = self._n_fields[view]
+            spec = specs.get(view)
+            values = row.values
             version = row.version
+            if (
+                spec is None
+                or type(version) is not int
+                or version <= 0
+                or type(row.key) is not str
+                or len(values) != spec.n_fields
+            ):
+                view_of(row, self._views)  # raises, naming what is wrong
+                spec = specs[view]
+            try:
+                fields = spec.pack(values)
+            except (InvalidFeatureRow, KeyError):
+                view_of(row, self._views)  # a missing feature: raises, naming it
+                spec.plan.encode(row)  # raises the same error, naming the feature
+                raise
+            key = spec.plan.redis_key(row.key)
             ts = encode_timestamp(version)
-            known = written.get((view, key)) if written else None
+            mine = written.get(view)
+            known = mine.get(key) if mine else None
             if known is None and remember:
-                known = self._known[view].get(key)
+                known = spec.known.get(key)
             if known is not None:
                 if version <= known:
                     continue
-                parts.append(resp.hset(key, plan.ts_field, ts, fields, n_fields))
+                parts.append(
+                    b"".join(
+                        (spec.hset_head, _len(len(key)), key, spec.after_key, _len(len(ts)), ts,
+                         CRLF, fields)
+                    )
+                )  # fmt: skip
                 keys.append(key)
                 scripted.append(None)
                 blind += 1
@@ -115,12 +157,15 @@ class FlushWriter(RedisLayoutWriter):
                     keys.append(key)
                     scripted.append(None)
                 if remember:
-                    written[(view, key)] = version
+                    if mine is None:
+                        mine = written[view] = {}
+                    mine[key] = version
             else:
                 seconds, micros = divmod(version, 1_000_000)
-                head = (plan.ts_field, seconds, micros * 1000, ttl)
+                ts_field = spec.plan.ts_field
+                head = (ts_field, seconds, micros * 1000, ttl)
                 parts.append(
-                    resp.evalsha(self._sha, key, head, plan.ts_field, ts, fields, n_fields)
+                    resp.evalsha(self._sha, key, head, ts_field, ts, fields, spec.n_fields)
                 )
                 keys.append(key)
                 scripted.append((view, key, version))
@@ -128,7 +173,7 @@ class FlushWriter(RedisLayoutWriter):
             return 0
         replies = self._send(parts, keys)
         for reply in replies:
-            if isinstance(reply, hiredis.ReplyError):
+            if type(reply) is hiredis.ReplyError:
                 raise redis.exceptions.ResponseError(str(reply))
         accepted = blind
         for what, reply in zip(scripted, replies, strict=True):
@@ -136,8 +181,11 @@ class FlushWriter(RedisLayoutWriter):
                 accepted += 1
                 if remember:
                     view, key, version = what
-                    if version > written.get((view, key), 0):
-                        written[(view, key)] = version
+                    mine = written.get(view)
+                    if mine is None:
+                        mine = written[view] = {}
+                    if version > mine.get(key, 0):
+                        mine[key] = version
         if remember and written:
             self._remember_written(written)
         return accepted
@@ -157,25 +205,14 @@ class FlushWriter(RedisLayoutWriter):
                 replies[i] = reply
         return replies
 
-    def _encoded(self, row: FeatureRow) -> tuple[bytes, bytes]:
-        """The row's Redis key and the RESP of its field/value pairs (row checked first)."""
-        view_of(row, self._views)
-        plan = self._plans[row.view]
-        try:
-            fields = self._packers[row.view](row.values)
-        except InvalidFeatureRow:
-            plan.encode(row)  # raises the same error, naming the feature
-            raise
-        return plan.redis_key(row.key), fields
-
-    def _remember_written(self, written: dict[tuple[str, bytes], int]) -> None:
-        if self._n_known + len(written) > self._max_known:
+    def _remember_written(self, written: dict[str, dict[bytes, int]]) -> None:
+        if self._n_known + sum(map(len, written.values())) > self._max_known:
             self._forget_known()
-        for (view, key), version in written.items():
-            known = self._known[view]
-            if key not in known:
-                self._n_known += 1
-            known[key] = version
+        for view, versions in written.items():
+            known = self._specs[view].known
+            before = len(known)
+            known.update(versions)
+            self._n_known += len(known) - before
 
     def _forget_known(self) -> None:
         for known in self._known.values():

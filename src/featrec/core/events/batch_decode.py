@@ -72,10 +72,6 @@ _fromisoformat = datetime.fromisoformat
 _set = object.__setattr__
 
 
-def _clean_id(text: str) -> bool:
-    return text == text.strip()
-
-
 def _event(w: WireEvent, ingested_at: float) -> Event | None:
     """The :class:`Event` for ``w``, or None when the per-record path must decide."""
     if w.type not in _KNOWN:
@@ -83,12 +79,13 @@ def _event(w: WireEvent, ingested_at: float) -> Event | None:
     user = w.user_id
     ids = w.event_id + w.session_id + w.item_id
     if user is not None:
-        if not user or len(user) > MAX_ID_LENGTH or not _clean_id(user):
+        if not user or len(user) > MAX_ID_LENGTH:
             return None
         ids += user
-    if not ids.isprintable() or not (
-        _clean_id(w.event_id) and _clean_id(w.session_id) and _clean_id(w.item_id)
-    ):
+    # Printable ids hold no whitespace but the ASCII space (every other whitespace character
+    # is unprintable), so ids without a space are all stripped already; ids with one take
+    # the per-record path, which decides.
+    if " " in ids or not ids.isprintable():
         return None
     category = w.category
     if category is not None and (not category or not category.isprintable()):

@@ -27,6 +27,7 @@ import bisect
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Final
 
 from featrec.core.events.model import CART, CLICK, PURCHASE, VIEW, Event
 from featrec.core.features.catalog import LAST_ITEMS_N, SESSION_FEATURES
@@ -41,6 +42,9 @@ class SessionPolicy:
     gap_s: float = 30 * 60.0
     allowed_lateness_s: float = 5 * 60.0
     last_n: int = LAST_ITEMS_N
+    #: ``allowed_lateness_s`` and ``gap_s`` in whole µs (derived, for the fold's comparisons).
+    lateness_us: int = field(init=False, repr=False, compare=False)
+    gap_us: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.gap_s > 0:
@@ -51,6 +55,8 @@ class SessionPolicy:
             )
         if not 1 <= self.last_n <= 100:
             raise ConfigError(f"last_n must be in [1, 100], got {self.last_n}")
+        object.__setattr__(self, "lateness_us", int(self.allowed_lateness_s * 1_000_000))
+        object.__setattr__(self, "gap_us", int(self.gap_s * 1_000_000))
 
 
 class Outcome(Enum):
@@ -110,72 +116,99 @@ def new_state(session_id: str) -> SessionState:
 
 def fold(state: SessionState, event: Event, policy: SessionPolicy) -> Outcome:
     """Fold ``event`` into ``state`` (in place). Returns what happened to the event."""
+    # Once per event on the ingest path: attributes are read once into locals.
     ts = micros(event.ts)
-    outcome = Outcome.ACCEPTED
-    if state.n_events:
-        if ts < state.last_us - int(policy.allowed_lateness_s * 1_000_000):
-            return Outcome.LATE
-        if ts > state.last_us + int(policy.gap_s * 1_000_000):
+    outcome = _ACCEPTED
+    n_events = state.n_events
+    last_us = state.last_us
+    if n_events:
+        if ts < last_us - policy.lateness_us:
+            return _LATE
+        if ts > last_us + policy.gap_us:
             _reset(state)
-            outcome = Outcome.NEW_SESSION
+            outcome = _NEW_SESSION
+            n_events = last_us = 0
 
     # The version is an event-time clock in µs that also counts events, so it strictly
     # increases per session even across a reset or a restart after the state was discarded.
-    state.version = max(state.version + 1, ts)
-    if event.user_id is not None and (ts, state.version) > state.user_key:
+    version = state.version + 1
+    if ts > version:  # noqa: PLR1730 - cheaper than max() per event
+        version = ts
+    state.version = version
+    if event.user_id is not None and (ts, version) > state.user_key:
         state.user_id = event.user_id
-        state.user_key = (ts, state.version)
-    if state.n_events == 0:
-        state.started_us = state.last_us = ts
-    state.n_events += 1
-    _count_type(state, event.type)
-    item = sys.intern(event.item_id)
+        state.user_key = (ts, version)
+    if n_events == 0:
+        state.started_us = last_us = ts
+    state.n_events = n_events + 1
+    type_ = event.type
+    if type_ == VIEW:
+        state.n_views += 1
+    elif type_ == CLICK:
+        state.n_clicks += 1
+    elif type_ == CART:
+        state.n_carts += 1
+        if event.price is not None:
+            state.cart_value += event.price * (event.quantity or 1)
+    elif type_ == PURCHASE:
+        state.n_purchases += 1
+    item = _intern(event.item_id)
     state.items.add(item)
 
-    entry = (ts, state.version, item)
-    if len(state.recent) < policy.last_n or entry > state.recent[0]:
-        bisect.insort(state.recent, entry)
-        if len(state.recent) > policy.last_n:
-            del state.recent[0]
+    entry = (ts, version, item)
+    recent = state.recent
+    if len(recent) < policy.last_n or entry > recent[0]:
+        _insort(recent, entry)
+        if len(recent) > policy.last_n:
+            del recent[0]
 
-    if ts >= state.last_us:
+    if ts >= last_us:
         state.last_us = ts
         state.last_category = event.category
         state.last_price = event.price
-    state.started_us = min(state.started_us, ts)
-    if event.type == CART and event.price is not None:
-        state.cart_value += event.price * (event.quantity or 1)
+    if ts < state.started_us:  # noqa: PLR1730 - cheaper than min() per event
+        state.started_us = ts
     return outcome
+
+
+_ACCEPTED: Final = Outcome.ACCEPTED
+_NEW_SESSION: Final = Outcome.NEW_SESSION
+_LATE: Final = Outcome.LATE
+_intern = sys.intern
+_insort = bisect.insort
 
 
 def session_row(state: SessionState, ingested_at: float | None = None) -> FeatureRow:
     """The ``session_features`` row for the current state (names from the catalog)."""
-    duration = (state.last_us - state.started_us) / 1_000_000
+    # Built once per written row: attributes read once, the row built positionally (a
+    # keyword call of the dataclass costs more than the whole dict).
+    n_events = state.n_events
+    started_us = state.started_us
+    last_us = state.last_us
+    duration = (last_us - started_us) / 1_000_000
+    version = state.version
     values: dict[str, object] = {
         "user_id": state.user_id,
-        "n_events": state.n_events,
+        "n_events": n_events,
         "n_views": state.n_views,
         "n_clicks": state.n_clicks,
         "n_carts": state.n_carts,
         "n_purchases": state.n_purchases,
         "n_distinct_items": len(state.items),
         "duration_s": duration,
-        "mean_dwell_s": duration / (state.n_events - 1) if state.n_events > 1 else 0.0,
-        "last_items": [item for _, _, item in reversed(state.recent)],
+        "mean_dwell_s": duration / (n_events - 1) if n_events > 1 else 0.0,
+        "last_items": [entry[2] for entry in state.recent][::-1],
         "last_category": state.last_category,
         "last_price": state.last_price,
         "cart_value": state.cart_value,
-        "started_at_s": state.started_us / 1_000_000,
-        "last_event_at_s": state.last_us / 1_000_000,
-        "version": state.version,
+        "started_at_s": started_us / 1_000_000,
+        "last_event_at_s": last_us / 1_000_000,
+        "version": version,
     }
-    return FeatureRow(
-        view=SESSION_FEATURES.name,
-        key=state.session_id,
-        values=values,
-        version=state.version,
-        ingested_at=ingested_at,
-    )
+    return FeatureRow(_SESSION_VIEW, state.session_id, values, version, ingested_at)
+
+
+_SESSION_VIEW = SESSION_FEATURES.name
 
 
 def _reset(state: SessionState) -> None:
@@ -187,14 +220,3 @@ def _reset(state: SessionState) -> None:
     )
     for name in SessionState.__slots__:
         setattr(state, name, getattr(fresh, name))
-
-
-def _count_type(state: SessionState, type_: str) -> None:
-    if type_ == VIEW:
-        state.n_views += 1
-    elif type_ == CLICK:
-        state.n_clicks += 1
-    elif type_ == CART:
-        state.n_carts += 1
-    elif type_ == PURCHASE:
-        state.n_purchases += 1

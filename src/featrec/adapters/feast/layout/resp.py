@@ -35,6 +35,7 @@ def bulk(data: bytes) -> bytes:
 
 
 def _len(n: int) -> bytes:
+    """``$<n>\r\n``: the head of a bulk string of n bytes."""
     return LEN[n] if n < 4096 else b"$%d\r\n" % n
 
 
@@ -51,6 +52,8 @@ def fields_packer(view: View) -> FieldsPacker:
         # "$<n+2>\r\n" + string tag + one-byte length, for strings of n < 126 bytes.
         "_STR": [_len(n + 2) + wire._TAG_STRING + bytes((n,)) for n in range(126)],
         "_INT": wire._TAG_INT64,
+        # "$<n+1>\r\n" + int64 tag, for a varint of n bytes (at most 10).
+        "_VAR": [_len(n + 1) + wire._TAG_INT64 for n in range(11)],
         "_varint": wire.varint,
         "_bulk": bulk,
     }
@@ -69,8 +72,10 @@ def fields_packer(view: View) -> FieldsPacker:
                 f"else _bulk(_E{i}(v))"
             )
         elif dtype is Dtype.INT64:
+            # Large ints (versions, µs clocks) are a 5-9 byte varint: the bulk is built inline.
             lines.append(
-                f"    e{i} = (_SMALL[v] if 0 <= v < 128 else _bulk(_INT + _varint(v))) "
+                f"    e{i} = (_SMALL[v] if 0 <= v < 128 else "
+                f"_VAR[len(b := _varint(v))] + b + _CRLF) "
                 f"if type(v) is int and 0 <= v < 9223372036854775808 else _bulk(_E{i}(v))"
             )
         elif dtype is Dtype.STRING:
