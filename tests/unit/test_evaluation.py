@@ -204,6 +204,10 @@ def test_gate_releases_one_event_at_a_time_and_answers_after_the_write() -> None
     row = _row(events[0], 1)
     store.write([row])
     gate.rows_written([row])
+    assert answers == []  # written: read back and answered at the next settle
+    with pytest.raises(FeatrecError, match="not in lock-step"):
+        gate.rows_written([row])  # the same session's row twice before it settled
+    assert gate.settle() == 1 and gate.settle() == 0
     assert len(answers) == 1 and answers[0].point.target == "b"
     assert answers[0].freshness_ms == pytest.approx(4.0)
     assert answers[0].degraded[BATCH_ONLY] and not answers[0].degraded[SESSION_ONLY]

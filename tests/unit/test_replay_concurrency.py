@@ -11,6 +11,7 @@ import pytest
 from featrec.app.evaluation.replay import (
     BATCH_ONLY,
     ITEM_MODEL,
+    POLICIES,
     POPULARITY,
     SESSION_ONLY,
     PointAnswer,
@@ -27,6 +28,7 @@ from featrec.core.ports.features import InMemoryFeatureStore
 from featrec.core.ports.serving import InMemoryRows
 from featrec.core.sessions.fold import SessionPolicy, SessionState, fold, session_row
 from featrec.errors import ConfigError, FeatrecError
+from featrec.testing.shop import toy_model
 
 pytestmark = pytest.mark.unit
 
@@ -77,16 +79,20 @@ def _neighbours() -> list[FeatureRow]:
     ]
 
 
-def _replay(events: list[Event], concurrency: int, seed: int) -> list[PointAnswer]:
+def _replay(
+    events: list[Event], concurrency: int, seed: int, every_policy: bool = False
+) -> list[PointAnswer]:
     """Run the gate against a flow stand-in that folds each released event with the real
-    session fold and writes the rows in a shuffled order, a few at a time."""
+    session fold and writes the rows in a shuffled order, a few at a time, settling (reading
+    back, answering) after a random number of writes. ``every_policy``: the full policy and
+    the stale views too, with a real fitted ranker."""
     store = InMemoryFeatureStore()
     store.write(_neighbours())
     rows = InMemoryRows(store)
     policies = Policies(
-        [POPULARITY, BATCH_ONLY, SESSION_ONLY, ITEM_MODEL],
+        list(POLICIES) if every_policy else [POPULARITY, BATCH_ONLY, SESSION_ONLY, ITEM_MODEL],
         rows,
-        None,
+        toy_model() if every_policy else None,
         most_popular(events, 5),
         5,
     )
@@ -114,6 +120,8 @@ def _replay(events: list[Event], concurrency: int, seed: int) -> list[PointAnswe
             rows_out.append(session_row(state))
         store.write(rows_out)
         gate.rows_written(rows_out)
+        if rng.random() < 0.5:
+            gate.settle()
     assert gate.done and not pending
     return sorted(answers, key=lambda a: a.point.event_index)
 
@@ -129,6 +137,19 @@ def test_answers_do_not_depend_on_the_concurrency(seed: int) -> None:
     assert len(baseline) == sum(p is not None for p in prediction_points(events))
     for concurrency in (2, 7, 64):
         assert _figures(_replay(events, concurrency, seed + concurrency)) == baseline
+
+
+def test_every_policy_answers_the_same_at_any_concurrency() -> None:
+    """The full policy (a real ranker) and the stale views too: their inputs are the session
+    rows read back at each point and the history before it, whatever else is in flight."""
+    events = _events(3, sessions=20)
+    answers = _replay(events, 1, 3, every_policy=True)
+    assert all(set(a.lists) == set(POLICIES) for a in answers)
+    # the live row matters: full differs from batch-only somewhere
+    assert any(a.lists["full"] != a.lists[BATCH_ONLY] for a in answers)
+    baseline = _figures(answers)
+    for concurrency in (3, 64):
+        assert _figures(_replay(events, concurrency, 5, every_policy=True)) == baseline
 
 
 def test_two_events_of_one_session_are_never_in_flight_together() -> None:

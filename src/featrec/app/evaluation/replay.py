@@ -9,6 +9,10 @@ into the real online store. This module is the part that does not know about Byt
   at a time is what lets every prediction point see its own event, as a shopper would.
 - When the row is written, the gate reads it back through the store (:class:`RowReader`): that
   read is the "readable" moment the freshness histogram measures from the event's release.
+  The rows written since the source's last poll are read back together, in one store read
+  (:meth:`ReplayGate.settle`, called before anything is released), and every policy sees the
+  session row so read (the store holds it until the session's next event is released) rather
+  than reading it again.
 - Then every policy answers for the point through a
 :class:`~featrec.app.serving.recommender.Recommender`
   (the serving code, not a re-implementation), each with its own view of the store:
@@ -45,7 +49,13 @@ from featrec.core.events.model import Event
 from featrec.core.features.catalog import SESSION_FEATURES
 from featrec.core.features.rows import FeatureRow
 from featrec.core.items.order import best_first
-from featrec.core.ports.serving import Found, InMemoryRequestLog, RowReader, StampedRow, Wanted
+from featrec.core.ports.serving import (
+    Found,
+    RequestRecord,
+    RowReader,
+    StampedRow,
+    Wanted,
+)
 from featrec.core.ranking.rerank import RerankConfig
 from featrec.errors import ConfigError, FeatrecError
 
@@ -186,6 +196,23 @@ class ReplayStats:
     freshness_ms: list[float] = field(default_factory=list)
 
 
+class DiscardedRequestLog:
+    """A request log that keeps nothing and never builds a record (a replay explains no
+    request: building each log body would cost more than answering)."""
+
+    def append(self, record: RequestRecord) -> None:
+        return None
+
+    def append_deferred(self, build: Callable[[], RequestRecord]) -> None:
+        return None
+
+    def get(self, request_id: str) -> RequestRecord | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 class Policies:
     """One recommender per policy, each with its own view of the store (see the module doc)."""
 
@@ -217,14 +244,17 @@ class Policies:
         for name in self.names:
             if name == POPULARITY:
                 continue
-            reader: RowReader = rows
+            # Every policy sees the session row the gate read back from the store when the
+            # point's event settled (delay 0: that row itself, the store's content until
+            # the session's next event is released), not a read of its own.
+            delay: float | None = 0.0
             if name == BATCH_ONLY:
-                reader = SessionView(rows, self.history, self.clock, None)
+                delay = None
             elif name in STALE:
-                reader = SessionView(rows, self.history, self.clock, STALE[name])
+                delay = STALE[name]
             self.recommenders[name] = Recommender(
-                reader,
-                InMemoryRequestLog(capacity=1),
+                SessionView(rows, self.history, self.clock, delay),
+                DiscardedRequestLog(),
                 model=None if name in (SESSION_ONLY, ITEM_MODEL) else model,
                 config=configs.get(name, cfg),
                 clock=self.clock,
@@ -293,6 +323,8 @@ class ReplayGate:
         #: the heads of those queues that may go once their session settles.
         self._held: dict[str, deque[int]] = {}
         self._ready: list[int] = []
+        #: Sessions whose row was written and not yet read back -> their flight.
+        self._written: dict[str, tuple[int, float]] = {}
         self._on_finish = on_finish
         self._finished = False
 
@@ -315,6 +347,7 @@ class ReplayGate:
     def release_batch(self, limit: int | None = None) -> list[Event] | None:
         """The events that may be sent now (at most ``limit``), ``[]`` to wait, None when
         every event has been sent and settled."""
+        self.settle()
         self._check_timeouts()
         out: list[Event] = []
         room = self.concurrency - len(self._in_flight)
@@ -363,17 +396,34 @@ class ReplayGate:
                 self._on_finish(self.stats)
 
     def rows_written(self, rows: Sequence[FeatureRow]) -> None:
+        """The sink wrote ``rows``: their events settle at the next :meth:`settle` (the source
+        calls it before releasing anything), so that the rows written meanwhile are read back
+        from the store in one read and their points answered together."""
         for row in rows:
             if row.view != SESSION_FEATURES.name:
                 continue
             self.stats.rows_written += 1
             flight = self._in_flight.get(row.key)
-            if flight is None:
+            if flight is None or row.key in self._written:
                 raise FeatrecError(
                     f"session row {row.key!r} written while no event of that session was in "
                     "flight: the replay is not in lock-step"
                 )
-            self._settle(row.key, *flight)
+            self._written[row.key] = flight
+
+    def settle(self) -> int:
+        """Read back every session row written since the last call (one store read), answer
+        their points in event order, and unblock their sessions; returns how many settled."""
+        if not self._written:
+            return 0
+        written = sorted(self._written.items(), key=lambda kv: kv[1][0])
+        self._written = {}
+        keys = [session for session, _ in written]
+        found = self.rows.read_rows({SESSION_FEATURES.name: keys})[SESSION_FEATURES.name]
+        readable = self.monotonic()
+        for (session, (index, released_at)), row in zip(written, found, strict=True):
+            self._settle(session, index, released_at, row, readable)
+        return len(written)
 
     def dead_lettered(self, count: int = 1, session_ids: Sequence[str | None] = ()) -> None:
         """``count`` events were refused; ``session_ids`` names their sessions where known
@@ -398,11 +448,16 @@ class ReplayGate:
             if not held:
                 del self._held[session_id]
 
-    def _settle(self, session_id: str, index: int, released_at: float) -> None:
+    def _settle(
+        self,
+        session_id: str,
+        index: int,
+        released_at: float,
+        row: StampedRow | None,
+        readable_at: float,
+    ) -> None:
         event = self.events[index]
-        found = self.rows.read_rows({SESSION_FEATURES.name: [event.session_id]})
-        row = found[SESSION_FEATURES.name][0]
-        freshness = (self.monotonic() - released_at) * 1000
+        freshness = (readable_at - released_at) * 1000
         self.stats.freshness_ms.append(freshness)
         at_s = event.ts.timestamp()
         if row is None:
