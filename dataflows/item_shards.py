@@ -163,12 +163,23 @@ class ThrottledShardLogic(StatefulBatchLogic[V, list[W], bytes], Generic[V, W, S
     Subclasses fold a batch in :meth:`fold` (returning the keys it touched, first touch
     first), build a key's output in :meth:`emit` and say in :meth:`negligible` when an idle
     key may be dropped. ``states`` and ``ingested`` (newest ingestion time per key) are theirs
-    to fill; this class keeps the timers.
+    to fill; this class keeps the timers. ``config`` and ``clock`` (the flow's event time)
+    are the subclasses' to read.
     """
 
     kind = "state"
 
-    def __init__(self, interval_s: float, idle_s: float, resume: bytes | None, now: Now) -> None:
+    def __init__(
+        self,
+        config: ItemSignalsConfig,
+        interval_s: float,
+        idle_s: float,
+        clock: EventClock,
+        resume: bytes | None = None,
+        now: Now = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
         self.interval_s = interval_s
         self.idle_s = idle_s
         self.now = now
@@ -293,19 +304,6 @@ class NeighbourShardLogic(ThrottledShardLogic[PairChunk, FeatureRow, NeighbourSk
 
     kind = "neighbours"
 
-    def __init__(
-        self,
-        config: ItemSignalsConfig,
-        interval_s: float,
-        idle_s: float,
-        clock: EventClock,
-        resume: bytes | None = None,
-        now: Now = time.time,
-    ) -> None:
-        super().__init__(interval_s, idle_s, resume, now)
-        self.config = config
-        self.clock = clock
-
     def fold(self, values: list[PairChunk]) -> Iterable[str]:
         states, ingested, config = self.states, self.ingested, self.config.covisit
         #: anchor -> newest ingestion time of its updates here (first touch first).
@@ -342,19 +340,6 @@ class TrendShardLogic(ThrottledShardLogic[list[Sequenced], FeatureRow | TrendUpd
     """The trends of one shard's items; emits ``item_trending`` rows and copies for the board."""
 
     kind = "trending"
-
-    def __init__(
-        self,
-        config: ItemSignalsConfig,
-        interval_s: float,
-        idle_s: float,
-        clock: EventClock,
-        resume: bytes | None = None,
-        now: Now = time.time,
-    ) -> None:
-        super().__init__(interval_s, idle_s, resume, now)
-        self.config = config
-        self.clock = clock
 
     def fold(self, values: list[list[Sequenced]]) -> Iterable[str]:
         states, ingested, config = self.states, self.ingested, self.config.trending
