@@ -32,7 +32,7 @@ from featrec.adapters.files.event_log import read_event_log
 from featrec.core.candidates.point_generators import CandidateGenerator, default_generator
 from featrec.core.events.model import Event
 from featrec.core.features import catalog
-from featrec.core.features.declared.ranking import METADATA_KEY, RANKER_SERVICE
+from featrec.core.features.declared.ranking import METADATA_KEY, RANKER_SERVICE, DeclaredColumn
 from featrec.core.features.snapshot_days import midnight
 from featrec.core.progress import SILENT, Progress
 from featrec.core.ranking.examples import Example, stream_examples
@@ -142,22 +142,30 @@ def join_features(
     return joined
 
 
-def join_declared(store: FeatureStore, examples: pa.Table) -> pa.Table:
-    """``examples`` with the ranker's declared features (feature service ``ranker_declared``)
-    as of each row's time, their names listed in the schema metadata (the order ``featrec
-    train`` appends them in). Unchanged when the repo has no such service."""
+def declared_columns(store: FeatureStore) -> tuple[DeclaredColumn, ...]:
+    """The ranker's declared features (feature service ``ranker_declared``; none when the
+    repo has no such service), each view checked to have its offline history."""
     from featrec.adapters.feast.declared import ranker_columns
     from featrec.jobs.declared import history_path
 
     columns = ranker_columns(store)
-    if not columns:
-        return examples
     for view in dict.fromkeys(c.view for c in columns):
         if not history_path(store, view).exists():
             raise ConfigError(
                 f"declared view {view!r} has no offline history yet: run "
                 f"`featrec declared backfill {view}` before `featrec dataset build`"
             )
+    return columns
+
+
+def join_declared(
+    store: FeatureStore, examples: pa.Table, columns: Sequence[DeclaredColumn]
+) -> pa.Table:
+    """``examples`` with the declared ``columns`` (:func:`declared_columns`) as of each row's
+    time, their names listed in the schema metadata (the order ``featrec train`` appends them
+    in). Unchanged when there are none."""
+    if not columns:
+        return examples
     joined = join_features(store, examples, RANKER_SERVICE)
     names = ",".join(c.name for c in columns)
     metadata = {**(joined.schema.metadata or {}), METADATA_KEY: names.encode()}
@@ -323,12 +331,14 @@ def join_file(
     """Join features to the examples file chunk by chunk and write ``out``; returns the rows
     written."""
     source = pq.ParquetFile(examples)
+    declared = declared_columns(store)
     written = 0
     with atomic_path(out) as tmp:
         writer: pq.ParquetWriter | None = None
         try:
             for batch in source.iter_batches(batch_size=chunk_rows):
-                joined = join_declared(store, join_features(store, pa.Table.from_batches([batch])))
+                chunk = join_features(store, pa.Table.from_batches([batch]))
+                joined = join_declared(store, chunk, declared)
                 if writer is None:
                     schema = joined.schema
                     writer = pq.ParquetWriter(tmp, schema)
