@@ -45,7 +45,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(getattr(pytest.mark, lane))
 
 
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The real event data (../shared/data/README.md) sits beside the clone; a clone elsewhere
+# points FEATREC_SHARED_DATA at it. Never copied into the repo (licence).
+SHARED_DATA = Path(os.environ.get("FEATREC_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
+
+
+def shared_file(*parts: str) -> Path:
+    """A file of the shared data (a test reading a missing one fails with its path)."""
+    return SHARED_DATA.joinpath(*parts)
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +102,6 @@ def redis_cluster_with_replicas(
 
 @pytest.fixture
 def otto_sample() -> Path:
-    path = SHARED_DATA / "otto-sample" / "train.jsonl"
-    assert path.exists(), f"shared data missing: {path}"
+    path = shared_file("otto-sample", "train.jsonl")
+    assert path.exists(), f"shared data missing: {path} (set FEATREC_SHARED_DATA to its directory)"
     return path

@@ -362,9 +362,9 @@ def test_stats_are_shared_by_the_steps_of_one_flow(tmp_path: Path) -> None:
     assert stats.rows_written == len({e.session_id for e in events})
 
 
-def test_step_ids_are_stable() -> None:
+def test_step_ids_are_stable(otto_sample: Path) -> None:
     """Step ids are the recovery schema: these lists change only with a new recovery store."""
-    otto = Path(__file__).resolve().parents[3] / "shared" / "data" / "otto-sample" / "train.jsonl"
+    otto = otto_sample
     built = flow({"FEATREC_SOURCE": str(otto)})
     assert built.flow_id == FLOW_ID
     assert [s.step_name for s in built.substeps] == [

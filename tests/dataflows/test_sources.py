@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import SHARED_DATA
+from conftest import shared_file
 from prometheus_client import REGISTRY
 
 from dataflows.sources import MAX_IDLE_S, FileReplaySource, RedisStreamSource, StreamPosition
@@ -27,7 +27,7 @@ from featrec.core.events.model import Event, event_from_mapping
 from featrec.errors import ConfigError
 from featrec.testing.redis_server import RedisServer
 
-RSC15_TRAIN = SHARED_DATA / "rsc15-100k" / "yoochoose-clicks-100k_train_tr.txt"
+RSC15_TRAIN = shared_file("rsc15-100k", "yoochoose-clicks-100k_train_tr.txt")
 T0 = 1_700_000_000.0
 
 

@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 from _lanes import examples
-from conftest import SHARED_DATA
+from conftest import shared_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from featrec.core.events.formats import MAX_DEAD_LETTER_PAYLOAD, DeadLetter, RawRecord, decode
 from featrec.core.events.model import Event
 
-RSC15_TRAIN = SHARED_DATA / "rsc15-100k" / "yoochoose-clicks-100k_train_tr.txt"
+RSC15_TRAIN = shared_file("rsc15-100k", "yoochoose-clicks-100k_train_tr.txt")
 
 FEATREC_LINE = json.dumps(
     {
