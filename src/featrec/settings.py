@@ -11,7 +11,7 @@ Four frozen models (pydantic-settings), one per reader, share one environment re
 - :class:`KafkaSettings` — ``FEATREC_KAFKA_*``: the Kafka bus's brokers, topics and client
   security (environment only).
 
-:data:`OTHER_VARIABLES` names the rest: one featrec writes for Feast's yaml, one only tests read.
+:data:`OTHER_VARIABLES` names the rest: one featrec writes for Feast's yaml, and the tests' own.
 :func:`variables` lists them all (the README's table is checked against it), and reading warns
 (:class:`UnknownVariableWarning`) about any other ``FEATREC_*`` variable, with the closest
 known name, so a misspelt variable is not silently ignored.
@@ -81,6 +81,11 @@ OTHER_VARIABLES: Final = {
         "the test's temp dir",
         "a path",
         "tests only: where the shop's browser test saves its screenshots",
+    ),
+    "FEATREC_SHARED_DATA": (
+        "`../shared/data` beside the clone",
+        "a path",
+        "tests only: the shared event data (RSC15 and OTTO samples), never copied into the repo",
     ),
 }
 
