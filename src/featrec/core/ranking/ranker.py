@@ -43,9 +43,19 @@ from featrec.core.candidates.model import (
     TRENDING,
     Candidate,
 )
-from featrec.core.events.model import PURCHASE, VIEW
+from featrec.core.events.model import VIEW
 from featrec.core.features.catalog import TRENDING_TYPES, count_feature
 from featrec.core.items.trending import TrendingConfig
+from featrec.core.ranking.item_table import (
+    AS_OF,
+    CONVERSION,
+    FIRST_SEEN,
+    LOG_PRICE,
+    PRICE,
+    TREND_COUNTS,
+    TREND_PURCHASE_SHARE,
+    ItemColumns,
+)
 
 Row = Mapping[str, object]
 Matrix = npt.NDArray[np.float64]
@@ -105,9 +115,12 @@ RANKING_FEATURES: Final[tuple[str, ...]] = (
 NAN: Final = math.nan
 _TREND_NOW: Final = RANKING_FEATURES.index("item_trend_now")
 _TREND_SHARE: Final = RANKING_FEATURES.index("item_trend_share")
+_TREND_PURCHASE_SHARE: Final = RANKING_FEATURES.index("item_trend_purchase_share")
+_AGE_DAYS: Final = RANKING_FEATURES.index("item_age_days")
+_LOG_PRICE: Final = RANKING_FEATURES.index("item_log_price")
+_PRICE_VS_SESSION: Final = RANKING_FEATURES.index("price_vs_session")
+_CONTEXT_START: Final = RANKING_FEATURES.index("session_n_events")
 _DEFAULT_TRENDING: Final = TrendingConfig()
-_VIEWS_7D: Final = count_feature(VIEW, 7)
-_PURCHASES_30D: Final = count_feature(PURCHASE, 30)
 _USER_VIEWS_30D: Final = count_feature(VIEW, 30)
 
 
@@ -201,7 +214,7 @@ def ranking_matrix(
     candidates: Sequence[Candidate],
     session: Row | None,
     user: Row | None,
-    items: Mapping[str, Row | None],
+    items: Mapping[str, Row | None] | ItemColumns,
     now_s: float,
     *,
     trending_config: TrendingConfig = _DEFAULT_TRENDING,
@@ -209,15 +222,34 @@ def ranking_matrix(
 ) -> Matrix:
     """One row per candidate, columns :data:`RANKING_FEATURES` (float64, NaN = unknown).
 
-    ``items`` maps item ids to :func:`item_row` mappings (a missing key is a missing row).
+    ``items`` maps item ids to :func:`item_row` mappings (a missing key is a missing row), or is
+    the candidates' :class:`~featrec.core.ranking.item_table.ItemColumns` (aligned with them:
+    what serving gathers from rows whose item columns were computed once per read).
     ``now_s`` is the request time in unix seconds. ``rows``: only the first ``rows``
     candidates' rows (two-stage ranking), equal to those rows of the full matrix (the
     request-relative columns still compare with every candidate).
     """
-    n = len(candidates) if rows is None else min(rows, len(candidates))
-    max_base = max((c.base_score for c in candidates), default=0.0)
-    max_covisit = max((c.score(COVISIT) for c in candidates), default=0.0)
-    max_model = max((c.score(MODEL) for c in candidates), default=0.0)
+    ids = [c.item_id for c in candidates]
+    if isinstance(items, ItemColumns):
+        if list(items.ids) != ids:
+            raise ValueError("the item columns are not aligned with the candidates")
+        columns = items
+    else:
+        columns = ItemColumns.of(ids, items)
+    total = len(candidates)
+    if rows is not None and rows < 0:
+        raise ValueError(f"rows must be >= 0, got {rows}")
+    n = total if rows is None else min(rows, total)
+    if n == 0:
+        return np.empty((0, len(RANKING_FEATURES)), dtype=np.float64)
+    all_scores = [c.scores for c in candidates]
+    covisits = [s.get(COVISIT, 0.0) for s in all_scores]
+    sessions = [s.get(SESSION, 0.0) for s in all_scores]
+    models = [s.get(MODEL, 0.0) for s in all_scores]
+    bases = [a + b for a, b in zip(covisits, sessions, strict=True)]
+    max_base = max(bases, default=0.0)
+    max_covisit = max(covisits, default=0.0)
+    max_model = max(models, default=0.0)
 
     last_items = _strings(session, "last_items")
     position: dict[str, float] = {}
@@ -255,44 +287,19 @@ def ranking_matrix(
         _num(user, "days_since_last_event"),
     ]
 
-    terms = _trend_terms(trending_config)
-    decays: _Decays = {}
-    #: The item columns of a candidate without any item row.
-    unknown_item = [NAN] * 8
+    values = columns.values
+    head = values[:n]
+    prices = head[:, PRICE].tolist()
+    categories = [c if c else None for c in columns.categories[:n]]
+    matrix = np.empty((n, len(RANKING_FEATURES)), dtype=np.float64)
     out: list[list[float]] = []
-    for rank, c in enumerate(candidates[:n]):
+    for c, base, covisit, price, category in zip(
+        candidates[:n], bases, covisits, prices, categories, strict=False
+    ):
         item_id, scores, sources, details = c.item_id, c.scores, c.sources, c.details
-        covisit = scores.get(COVISIT, 0.0)
-        base = covisit + scores.get(SESSION, 0.0)
-        item = items.get(item_id)
-        category: str | None = None
-        if item is None:
-            price = NAN
-            item_part = unknown_item
-        else:
-            get = item.get
-            price = _float(get("price"))
-            raw_category = get("category")
-            category = raw_category if isinstance(raw_category, str) and raw_category else None
-            trend_view, trend_purchase = _float(get("trend_view")), _float(get("trend_purchase"))
-            item_part = [
-                _trend_now(item, now_s, terms, decays),
-                NAN,  # item_trend_share, filled in below
-                trend_purchase / trend_view if trend_view > 0 else NAN,
-                _float(get(_VIEWS_7D)),
-                _float(get(_PURCHASES_30D)),
-                _float(get("conversion_rate_30d")),
-                (now_s - _float(get("first_seen_s"))) / 86_400.0,
-                math.log1p(price) if price >= 0 else NAN,
-            ]
-        if last_category is not None and category is not None:
-            same_category = 1.0 if category == last_category else 0.0
-        else:
-            same_category = NAN
-        user_share = shares.get(category, 0.0) if has_user and category is not None else NAN
+        model = scores.get(MODEL, 0.0)
         out.append(
             [
-                float(rank),
                 base,
                 base / max_base if max_base > 0 else 0.0,
                 covisit,
@@ -306,36 +313,81 @@ def ranking_matrix(
                 scores.get(SESSION, 0.0),
                 scores.get(HISTORY, 0.0),
                 max(scores.get(TRENDING, 0.0), scores.get(POPULAR, 0.0)),
-                scores.get(MODEL, 0.0),
-                scores.get(MODEL, 0.0) / max_model if max_model > 0 else 0.0,
-                *[1.0 if s in sources else 0.0 for s in SOURCES],
-                float(len(sources)),
-                *item_part,
+                model,
+                model / max_model if max_model > 0 else 0.0,
+                *_source_bits(sources),
                 _log_ratio(price, last_price),
-                same_category,
+                (
+                    (1.0 if category == last_category else 0.0)
+                    if last_category is not None and category is not None
+                    else NAN
+                ),
                 position.get(item_id, NAN) if has_session else NAN,
                 count.get(item_id, 0.0) if has_session else NAN,
-                user_share,
+                shares.get(category, 0.0) if has_user and category is not None else NAN,
                 (1.0 if item_id in bought else 0.0) if has_user else NAN,
                 _log_ratio(price, user_price),
-                *context,
             ]
         )
-    if not out:
-        return np.empty((0, len(RANKING_FEATURES)), dtype=np.float64)
-    matrix = np.array(out, dtype=np.float64)
-    assert matrix.shape == (n, len(RANKING_FEATURES))
+    per_candidate = np.array(out, dtype=np.float64)
+    matrix[:, 0] = np.arange(n, dtype=np.float64)
+    matrix[:, 1:_TREND_NOW] = per_candidate[:, : _TREND_NOW - 1]
+    matrix[:, _PRICE_VS_SESSION:_CONTEXT_START] = per_candidate[:, _TREND_NOW - 1 :]
+    # The item's own columns: gathered, and the trend decayed to now for every candidate (the
+    # share compares with the most popular candidate of the request, head or tail).
+    trend = _trend_column(values, now_s, _trend_terms(trending_config))
+    head_trend = trend[:n]
+    matrix[:, _TREND_NOW] = head_trend
+    # item_trend_purchase_share .. item_conversion_30d: the same four columns in both
+    matrix[:, _TREND_PURCHASE_SHARE : _TREND_PURCHASE_SHARE + 4] = head[
+        :, TREND_PURCHASE_SHARE : CONVERSION + 1
+    ]
+    matrix[:, _AGE_DAYS] = (now_s - head[:, FIRST_SEEN]) / 86_400.0
+    matrix[:, _LOG_PRICE] = head[:, LOG_PRICE]
+    matrix[:, _CONTEXT_START:] = context
     # Popularity relative to the request's most popular candidate: unlike the absolute trend,
     # it does not drift when every trend decays together (signals frozen or lagging).
-    trend = matrix[:, _TREND_NOW]
-    if n < len(candidates):
-        rest = [items.get(c.item_id) for c in candidates[n:]]
-        tail = [_trend_now(item, now_s, terms, decays) for item in rest if item is not None]
-        trend = np.concatenate([trend, np.asarray(tail, dtype=np.float64)])
     top_trend = np.nanmax(trend) if not np.isnan(trend).all() else NAN
-    trend = matrix[:, _TREND_NOW]
-    matrix[:, _TREND_SHARE] = trend / top_trend if top_trend > 0 else NAN
+    matrix[:, _TREND_SHARE] = head_trend / top_trend if top_trend > 0 else NAN
     return matrix
+
+
+def _trend_column(values: Matrix, now_s: float, terms: _TrendTerms) -> npt.NDArray[np.float64]:
+    """:func:`_trend_now` of every row of :func:`~featrec.core.ranking.item_table.item_values`
+    columns (NaN for an item without a row or trending counts), the same float operations in
+    the same order; the decay factors are computed once per distinct elapsed time."""
+    as_of = values[:, AS_OF]
+    elapsed = np.where(as_of < now_s, now_s - as_of, 0.0)  # False for NaN: no decay
+    distinct, inverse = np.unique(elapsed, return_inverse=True)
+    factors = np.array(
+        [[2.0 ** -(e / half_life) for _, _, half_life in terms] for e in distinct.tolist()],
+        dtype=np.float64,
+    ).reshape(len(distinct), len(terms))[inverse.reshape(-1)]
+    total = np.zeros(len(values), dtype=np.float64)
+    seen = np.zeros(len(values), dtype=bool)
+    with np.errstate(all="ignore"):
+        for j, (_, weight, _) in enumerate(terms):
+            counts = values[:, TREND_COUNTS + j]
+            known = ~np.isnan(counts)
+            total = np.where(known, total + weight * counts * factors[:, j], total)
+            seen |= known
+    return np.where(seen, total, NAN)
+
+
+_SourceBits = tuple[float, ...]
+#: :func:`_source_bits` by sources tuple (a few distinct tuples occur: memoised).
+_SOURCE_BITS: dict[tuple[str, ...], _SourceBits] = {}
+
+
+def _source_bits(sources: tuple[str, ...]) -> _SourceBits:
+    """The ``src_*`` columns (1.0 per source in :data:`SOURCES` that admitted the candidate)
+    and ``n_sources``."""
+    bits = _SOURCE_BITS.get(sources)
+    if bits is None:
+        bits = (*[1.0 if s in sources else 0.0 for s in SOURCES], float(len(sources)))
+        if len(_SOURCE_BITS) < 4096:
+            _SOURCE_BITS[sources] = bits
+    return bits
 
 
 def _repeat_share(session: Row | None) -> float:
