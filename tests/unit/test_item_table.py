@@ -69,3 +69,14 @@ def test_table_grows_gathers_by_slot_and_clears() -> None:
 def test_columns_refuse_misaligned_parts() -> None:
     with pytest.raises(ValueError, match="item columns of 2 ids"):
         ItemColumns(["a", "b"], [None], np.zeros((1, ITEM_WIDTH)), [None])
+
+
+def test_put_replaces_a_slot_in_place() -> None:
+    table = ItemTable()
+    first, second = table.add({"price": 1.0, "category": "a"}), table.add({"price": 2.0})
+    table.put(first, {"price": 5.0, "category": "b"})
+    columns = table.gather(["x", "y"], [None, None], [first, second])
+    assert columns.values[:, 0].tolist() == [5.0, 2.0]
+    assert list(columns.categories) == ["b", None]
+    with pytest.raises(IndexError):
+        table.put(2, None)

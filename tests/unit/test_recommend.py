@@ -458,3 +458,63 @@ def test_an_items_merged_row_follows_its_rows_when_they_are_read_again() -> None
     fresh = recommender.recommend("s1", "u1", k=5)
     assert logged_price(fresh.request_id, item) == 999.0
     assert recommender.explain(fresh.request_id).reproduced
+
+
+class RowSums:
+    """A ranker whose scores move with every column of the matrix (NaN counts as 0)."""
+
+    def score_candidates(self, X: np.ndarray) -> np.ndarray:
+        return np.nan_to_num(np.asarray(X, dtype=np.float64)).sum(axis=1)
+
+
+def test_item_columns_follow_their_rows_and_survive_a_full_table() -> None:
+    """The model's item columns are computed once per pair of cached rows (the recommender's
+    item table): a re-read row replaces its columns in place, and a table cleared because it is
+    full (capacity 1: before every request) gives the same raw scores for the same rows. Each
+    answer explains bit for bit from the log (the columns equal the logged rows')."""
+    store = InMemoryFeatureStore()
+    store.write(world_rows())
+    clock = [0.0]
+    logs = [InMemoryRequestLog(), InMemoryRequestLog()]
+    recommenders = [
+        Recommender(
+            InMemoryRows(store),
+            log,
+            model=LoadedModel("m-sum", RowSums()),
+            config=ServingConfig(item_cache_s=10.0, item_cache_rows=rows),
+            clock=lambda: NOW_S,
+            monotonic=lambda: clock[0],
+        )
+        for log, rows in zip(logs, (200_000, 1), strict=True)
+    ]
+
+    def raw(recommender: Recommender, log: InMemoryRequestLog) -> tuple[bytes, list[str]]:
+        recommender.responses = type(recommender.responses)(recommender.config.cache_sessions)
+        answer = recommender.recommend("s1", "u1", k=5)
+        assert recommender.explain(answer.request_id).reproduced
+        record = log.get(answer.request_id)
+        assert record is not None
+        served = ServedRequest.from_record(record)
+        return np.asarray(served.raw_scores).tobytes(), [c.item_id for c in served.candidates]
+
+    before = [raw(r, log) for r, log in zip(recommenders, logs, strict=True)]
+    assert before[0] == before[1]
+    # Every item becomes expensive and popular: the rows are read again once the cache ages out.
+    changed = [
+        replace(
+            r,
+            values={**r.values, "price": 999.0, "n_view_7d": 500, "conversion_rate_30d": 0.9},
+            version=T0 + 1,
+        )
+        for r in world_rows()
+        if r.view == "item_features"
+    ]
+    store.write(changed)
+    mid = [raw(r, log) for r, log in zip(recommenders, logs, strict=True)]
+    # The first still holds the old rows (and their columns); the second holds one row at a
+    # time, so it read the new ones (its table was cleared and filled again).
+    assert mid[0] == before[0]
+    assert mid[1][1] == before[1][1] and mid[1][0] != before[1][0]  # same pool, new scores
+    clock[0] = 11.0  # the first one's cache ages out: its rows are read again, columns replaced
+    after = [raw(r, log) for r, log in zip(recommenders, logs, strict=True)]
+    assert after[0] == after[1] == mid[1]

@@ -27,6 +27,7 @@ from featrec.core.features.catalog import (
     USER_FEATURES,
 )
 from featrec.core.ports.serving import LoggedRow, RequestLog, StampedRow
+from featrec.core.ranking.item_table import ItemColumns
 from featrec.core.ranking.ranker import item_row
 from featrec.core.ranking.rerank import Decision
 from featrec.errors import NotFound
@@ -94,13 +95,17 @@ def explain_request(
     user = rows.get((USER_FEATURES.name, user_id)) if user_id is not None else None
     if record.ignored_user_row:
         user = None
-    items = {
-        c.item_id: item_row(
-            steps.values_of(rows.get((ITEM_FEATURES.name, c.item_id))),
-            steps.values_of(rows.get((ITEM_TRENDING.name, c.item_id))),
-        )
-        for c in candidates
-    }
+    ids = [c.item_id for c in candidates]
+    items = ItemColumns.of(
+        ids,
+        {
+            item: item_row(
+                steps.values_of(rows.get((ITEM_FEATURES.name, item))),
+                steps.values_of(rows.get((ITEM_TRENDING.name, item))),
+            )
+            for item in ids
+        },
+    )
     scorer = record.scorer
     model = model_for(record.model_version) if scorer == SCORER_MODEL else None
     now_s = record.now_s

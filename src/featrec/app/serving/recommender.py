@@ -102,6 +102,7 @@ from featrec.core.ports.serving import (
     RowReader,
     StampedRow,
 )
+from featrec.core.ranking.item_table import ItemColumns, ItemTable
 from featrec.core.ranking.ranker import item_row
 from featrec.errors import ConfigError, FeatrecError, StoreError
 
@@ -121,9 +122,14 @@ __all__ = [
     "ServingConfig",
 ]
 
-#: An item's rows (``item_features``, ``item_trending``), their merged row and log entries.
+#: An item's rows (``item_features``, ``item_trending``), their merged row, log entries and
+#: slot in the recommender's :class:`ItemTable`.
 _ItemView = tuple[
-    StampedRow | None, StampedRow | None, dict[str, object] | None, tuple[LoggedRow, LoggedRow]
+    StampedRow | None,
+    StampedRow | None,
+    dict[str, object] | None,
+    tuple[LoggedRow, LoggedRow],
+    int,
 ]
 
 #: The session key the health probe reads (it need not exist).
@@ -171,6 +177,8 @@ class Recommender:
         self._arm_models: dict[str, LoadedModel] = {}
         self._arm_models = self._load_arm_models()
         self._views: dict[str, _ItemView] = {}
+        self._item_table = ItemTable()
+        self._table_lock = threading.Lock()
         self._defer = log.append_deferred if isinstance(log, DeferredRequestLog) else None
 
     def _load_arm_models(self) -> dict[str, LoadedModel]:
@@ -294,8 +302,7 @@ class Recommender:
         found = self.item_cache.get(
             {ITEM_FEATURES.name: ids, ITEM_TRENDING.name: ids}, offline=offline
         )
-        views = self._item_views(ids, found[ITEM_FEATURES.name], found[ITEM_TRENDING.name])
-        items = {item: view[2] for item, view in zip(ids, views, strict=True)}
+        views, items = self._item_views(ids, found[ITEM_FEATURES.name], found[ITEM_TRENDING.name])
         override = None
         model = self.model
         if arm is not None and cfg.experiment is not None:
@@ -403,29 +410,43 @@ class Recommender:
         ids: Sequence[str],
         features: Sequence[StampedRow | None],
         trending: Sequence[StampedRow | None],
-    ) -> list[_ItemView]:
-        """Per item, its two rows, their merged :func:`item_row` and their log entries, made
-        once per pair of rows: the row cache hands out the same row objects until it re-reads
-        them, so an item's merged row and log entries are reused while its rows are (the
-        merged row is only read, never changed)."""
+    ) -> tuple[list[_ItemView], ItemColumns]:
+        """Per item, its two rows, their merged :func:`item_row`, their log entries and its
+        ranking columns (:class:`ItemTable`), made once per pair of rows: the row cache hands
+        out the same row objects until it re-reads them, so an item's merged row, log entries
+        and columns are reused while its rows are (the merged row is only read, never
+        changed). Returns the views and the items' columns gathered in ``ids`` order."""
         memo = self._views
+        table = self._item_table
         out: list[_ItemView] = []
-        for item, f, t in zip(ids, features, trending, strict=True):
-            view = memo.get(item)
-            if view is None or view[0] is not f or view[1] is not t:
-                if len(memo) >= self.item_cache.capacity:
-                    memo.clear()
-                view = memo[item] = (
-                    f,
-                    t,
-                    item_row(values_of(f), values_of(t)),
-                    (
-                        LoggedRow(ITEM_FEATURES.name, item, f),
-                        LoggedRow(ITEM_TRENDING.name, item, t),
-                    ),
-                )
-            out.append(view)
-        return out
+        slots: list[int] = []
+        with self._table_lock:
+            if len(memo) + len(ids) > self.item_cache.capacity:
+                memo.clear()
+                table.clear()
+            for item, f, t in zip(ids, features, trending, strict=True):
+                view = memo.get(item)
+                if view is None or view[0] is not f or view[1] is not t:
+                    merged = item_row(values_of(f), values_of(t))
+                    if view is None:
+                        slot = table.add(merged)
+                    else:
+                        slot = view[4]
+                        table.put(slot, merged)
+                    view = memo[item] = (
+                        f,
+                        t,
+                        merged,
+                        (
+                            LoggedRow(ITEM_FEATURES.name, item, f),
+                            LoggedRow(ITEM_TRENDING.name, item, t),
+                        ),
+                        slot,
+                    )
+                out.append(view)
+                slots.append(view[4])
+            columns = table.gather(ids, [view[2] for view in out], slots)
+        return out, columns
 
     def _append(self, record: ServedRequest) -> bool:
         try:

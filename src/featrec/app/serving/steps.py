@@ -21,6 +21,7 @@ from featrec.core.events.model import PURCHASE, VIEW
 from featrec.core.features.catalog import ITEM_FEATURES, count_feature
 from featrec.core.features.declared.ranking import DeclaredColumn, declared_matrix
 from featrec.core.ports.serving import StampedRow
+from featrec.core.ranking.item_table import ItemColumns
 from featrec.core.ranking.ranker import fallback_scores, popularity_score, ranking_matrix
 from featrec.core.ranking.rerank import Decision, RerankConfig, rerank
 from featrec.core.ranking.two_stage import two_stage_scores
@@ -46,6 +47,12 @@ SCORER_FALLBACK: Final = "fallback"
 
 Scores = npt.NDArray[np.float64]
 Matrix = npt.NDArray[np.float64]
+#: The candidates' merged item rows: by item id, or as columns aligned with the candidates.
+Items = Mapping[str, Mapping[str, object] | None] | ItemColumns
+
+
+def _mapping(items: Items) -> Mapping[str, Mapping[str, object] | None]:
+    return items.mapping() if isinstance(items, ItemColumns) else items
 
 
 class ScoringModel(Protocol):
@@ -123,7 +130,7 @@ def score(
     candidates: Sequence[Candidate],
     session: Mapping[str, object] | None,
     user: Mapping[str, object] | None,
-    items: Mapping[str, Mapping[str, object] | None],
+    items: Items,
     now_s: float,
     keep: int | None = None,
     declared: Matrix | None = None,
@@ -148,14 +155,14 @@ def score(
     if scorer == SCORER_ORDER:
         return candidate_order_scores(len(candidates))
     if scorer == SCORER_FALLBACK:
-        return fallback_scores(candidates, user, items, now_s)
+        return fallback_scores(candidates, user, _mapping(items), now_s)
     raise ConfigError(f"unknown scorer {scorer!r} in the request log")
 
 
 def post_process(
     candidates: Sequence[Candidate],
     raw: Scores,
-    items: Mapping[str, Mapping[str, object] | None],
+    items: Items,
     now_s: float,
     purchased: frozenset[str],
     shown_before: Sequence[str] | None,
@@ -168,13 +175,16 @@ def post_process(
     if not candidates:
         return []
     categories: dict[str, str | None] = {}
-    for c in candidates:
-        row = items.get(c.item_id)
-        category = row.get("category") if row is not None else None
-        categories[c.item_id] = category if isinstance(category, str) else None
+    if isinstance(items, ItemColumns):
+        categories = dict(zip(items.ids, items.categories, strict=True))
+    else:
+        for c in candidates:
+            row = items.get(c.item_id)
+            category = row.get("category") if row is not None else None
+            categories[c.item_id] = category if isinstance(category, str) else None
     popularity: dict[str, float] = {}
     if config.popularity_damping > 0:
-        scores = popularity_score(candidates, items, now_s)
+        scores = popularity_score(candidates, _mapping(items), now_s)
         popularity = {c.item_id: float(p) for c, p in zip(candidates, scores, strict=True)}
     return rerank(
         [c.item_id for c in candidates],

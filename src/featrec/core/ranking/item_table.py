@@ -136,8 +136,8 @@ class ItemTable:
     """:func:`item_values` and categories of item rows by slot, computed once when a row is
     added, gathered by slot per request (:meth:`gather`).
 
-    Not thread-safe: the caller serialises :meth:`add`, :meth:`clear` and :meth:`gather` (a
-    slot is reused after :meth:`clear`).
+    Not thread-safe: the caller serialises :meth:`add`, :meth:`put`, :meth:`clear` and
+    :meth:`gather` (a slot is reused after :meth:`clear`; a gather is a copy).
     """
 
     def __init__(self, initial: int = 1024) -> None:
@@ -157,6 +157,13 @@ class ItemTable:
         self._values[slot] = item_values(item)
         self._categories.append(item_category(item))
         return slot
+
+    def put(self, slot: int, item: Row | None) -> None:
+        """Replace the row at ``slot`` (the item's rows were read again)."""
+        if not 0 <= slot < len(self._categories):
+            raise IndexError(f"no item at slot {slot} of {len(self._categories)}")
+        self._values[slot] = item_values(item)
+        self._categories[slot] = item_category(item)
 
     def clear(self) -> None:
         self._categories.clear()
