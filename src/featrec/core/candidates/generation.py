@@ -44,6 +44,7 @@ from featrec.core.candidates.model import (
     SOURCES,
     TRENDING,
     Candidate,
+    new_candidate,
 )
 from featrec.core.candidates.signals import SignalLookup
 from featrec.core.items import slist
@@ -182,7 +183,7 @@ def generate(
         item = key[2]
         mask = admitted[item]
         out.append(
-            Candidate(
+            new_candidate(
                 item,
                 _SOURCES_OF[mask],
                 {s: scores[item] for s, scores in source_dicts if item in scores},
