@@ -69,7 +69,7 @@ from featrec.app.serving.context import (
 )
 from featrec.app.serving.explain import Explanation, explain_request
 from featrec.app.serving.record import ArmAssignment, ServedRequest
-from featrec.app.serving.row_signals import RowSignals
+from featrec.app.serving.row_signals import PairsMemo, RowSignals
 from featrec.app.serving.steps import (
     SCORER_MODEL,
     LoadedModel,
@@ -178,6 +178,7 @@ class Recommender:
         self._arm_models = self._load_arm_models()
         self._views: dict[str, _ItemView] = {}
         self._item_table = ItemTable()
+        self._pairs = PairsMemo(self.item_cache.capacity)
         self._table_lock = threading.Lock()
         self._defer = log.append_deferred if isinstance(log, DeferredRequestLog) else None
 
@@ -287,7 +288,7 @@ class Recommender:
         user = context.user
         session_values = session.values if session is not None else None
         user_values = user.values if user is not None else None
-        signals = RowSignals(self.item_cache, user, offline=offline)
+        signals = RowSignals(self.item_cache, user, offline=offline, pairs=self._pairs)
         last_items = strings(session_values.get("last_items")) if session_values else []
         candidates = generate(
             last_items,
