@@ -275,7 +275,17 @@ def test_row_cache_is_bounded() -> None:
     store = InMemoryFeatureStore()
     cache = RowCache(CountingRows(store), max_age_s=60, capacity=3)
     cache.get({"item_features": ["a", "b", "c", "d", "e"]})
-    assert len(cache._rows) == 3
+    assert len(cache) == 3
+    # the oldest rows went first, whatever their view; the newest stay cached
+    rows = cache.reader
+    assert isinstance(rows, CountingRows)
+    cache.get({"item_trending": ["x"]})  # c, the oldest of c d e, makes room
+    assert len(cache) == 3
+    calls = len(rows.calls)
+    cache.get({"item_features": ["d", "e"], "item_trending": ["x"]})
+    assert len(rows.calls) == calls
+    cache.get({"item_features": ["c"]})
+    assert rows.calls[calls:] == [{"item_features": ["c"]}]
 
 
 def test_response_cache_serves_one_version_and_never_an_older_one() -> None:

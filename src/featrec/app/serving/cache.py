@@ -29,9 +29,12 @@ from featrec.errors import ConfigError, StoreError, StoreUnavailable
 
 T = TypeVar("T")
 
+_EMPTY: OrderedDict[str, tuple[float, StampedRow | None]] = OrderedDict()
+
 
 class RowCache:
-    """Rows per (view, key), re-read once older than ``max_age_s`` (monotonic seconds)."""
+    """Rows per (view, key), re-read once older than ``max_age_s`` (monotonic seconds). At most
+    ``capacity`` rows: the rows stored longest ago (in any view) go first."""
 
     def __init__(
         self,
@@ -49,10 +52,16 @@ class RowCache:
         self.max_age_s = max_age_s
         self.capacity = capacity
         self._monotonic = monotonic
-        self._rows: OrderedDict[tuple[str, str], tuple[float, StampedRow | None]] = OrderedDict()
+        #: Per view, (stored at, row) per key, oldest first (a row read again moves to the end).
+        self._views: dict[str, OrderedDict[str, tuple[float, StampedRow | None]]] = {}
+        self._size = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._size
 
     def get(self, wanted: Wanted, *, stale_ok: bool = False, offline: bool = False) -> Found:
         """Rows for ``wanted``: fresh ones from the cache, the rest read in one call.
@@ -68,19 +77,22 @@ class RowCache:
         positions: dict[str, list[int]] = {}
         hits = misses = 0
         with self._lock:
-            lookup = self._rows.get
+            views = self._views
             for view, keys in wanted.items():
-                found: list[StampedRow | None] = []
-                append = found.append
-                for j, key in enumerate(keys):
-                    entry = lookup((view, key))
-                    if entry is not None and entry[0] >= oldest:
-                        append(entry[1])
-                    else:
-                        append(None)
-                        missing.setdefault(view, []).append(key)
-                        positions.setdefault(view, []).append(j)
-                        misses += 1
+                entries = views.get(view)
+                if entries is None:
+                    entries = views[view] = OrderedDict()
+                lookup = entries.get
+                cached = [lookup(key) for key in keys]
+                found = [
+                    entry[1] if entry is not None and entry[0] >= oldest else None
+                    for entry in cached
+                ]
+                stale = [j for j, entry in enumerate(cached) if entry is None or entry[0] < oldest]
+                if stale:
+                    missing[view] = [keys[j] for j in stale]
+                    positions[view] = stale
+                    misses += len(stale)
                 hits += len(keys)
                 out[view] = found
             self.hits += hits - misses
@@ -105,28 +117,40 @@ class RowCache:
 
     def _store(self, fetched: Found, missing: dict[str, list[str]], now: float) -> None:
         with self._lock:
-            rows = self._rows
+            views = self._views
             for view, keys in missing.items():
+                entries = views.get(view)
+                if entries is None:
+                    entries = views[view] = OrderedDict()
+                before = len(entries)
                 for key, row in zip(keys, fetched[view], strict=True):
-                    rows[(view, key)] = (now, row)
-                    rows.move_to_end((view, key))
-            while len(rows) > self.capacity:
-                rows.popitem(last=False)
+                    entries[key] = (now, row)
+                    entries.move_to_end(key)
+                self._size += len(entries) - before
+            while self._size > self.capacity:
+                # The oldest row of any view goes first (each view's rows are oldest first).
+                entries = min(
+                    (e for e in views.values() if e), key=lambda e: next(iter(e.values()))[0]
+                )
+                entries.popitem(last=False)
+                self._size -= 1
 
     def _stale(self, missing: dict[str, list[str]]) -> Found:
         with self._lock:
             out: Found = {}
             for view, keys in missing.items():
+                lookup = self._views.get(view, _EMPTY).get
                 found: list[StampedRow | None] = []
                 for key in keys:
-                    entry = self._rows.get((view, key))
+                    entry = lookup(key)
                     found.append(None if entry is None else entry[1])
                 out[view] = found
             return out
 
     def clear(self) -> None:
         with self._lock:
-            self._rows.clear()
+            self._views.clear()
+            self._size = 0
 
 
 @dataclass(slots=True)
