@@ -19,7 +19,11 @@ One request:
    answered from it, with the same request id.
 4. **Candidates and features**: neighbour lists, trending lists and item rows come through a
    :class:`~featrec.app.serving.cache.RowCache` with bounded staleness
-   (:class:`~featrec.app.serving.row_signals.RowSignals`).
+   (:class:`~featrec.app.serving.row_signals.RowSignals`). What the request path derives from a
+   cached row is derived once per row read and reused while the cache hands out that row: the
+   decoded neighbour lists (:class:`~featrec.app.serving.row_signals.PairsMemo`), an item's
+   merged row, log entries and ranking columns
+   (:class:`~featrec.core.ranking.item_table.ItemTable`, gathered per request by index).
 5. **Score**: the loaded ranker on :func:`~featrec.core.ranking.ranker.ranking_matrix`; without a
    model, the co-visitation scorer's candidate order; degraded,
    :func:`~featrec.core.ranking.ranker.fallback_scores`.
