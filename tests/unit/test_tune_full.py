@@ -66,6 +66,21 @@ def test_the_plan_is_seeded_and_reproducible() -> None:
     assert max(local) < min(broad)
 
 
+def test_a_knob_that_is_not_searched_is_never_drawn_but_can_be_set() -> None:
+    assert not tf.SPACE["random_state"].search
+    assert all("random_state" not in c.knobs for c in tf.plan(3, 20, 20))
+    assert tf.parse_set("random_state=1") == {"random_state": 1}
+    assert tf.build({"random_state": 1})[1].random_state == 1
+
+
+def test_the_split_halves_are_whole_sessions_and_seeded() -> None:
+    sessions = [f"s{i // 3}" for i in range(300)]
+    a = tf.halves(sessions)
+    assert a.sum() == 150 and (a == tf.halves(sessions)).all()
+    for i in range(0, 300, 3):
+        assert a[i] == a[i + 1] == a[i + 2]
+
+
 def test_the_run_order_samples_every_group_first() -> None:
     order = [c.id for c in tf.run_order(tf.plan(1, 6, 4, [{"max_total": 200}]))]
     assert order[:7] == ["d0", "c0", "s01", "l01", "r01", "m01", "x1"]
