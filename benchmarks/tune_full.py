@@ -399,6 +399,16 @@ def run_order(configs: Sequence[Config]) -> list[Config]:
     return first + rest
 
 
+def _same(value: Any, raw: str) -> bool:
+    """``raw`` (command-line text) names ``value``: ``10`` names 10.0, ``None`` names None."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value) == raw
+    try:
+        return float(raw) == value
+    except ValueError:
+        return False
+
+
 def parse_set(text: str, space: Mapping[str, Knob] = SPACE) -> dict[str, Any]:
     """``"max_total=200,rank_top=100"`` -> knobs (values parsed as the knob's values are)."""
     knobs: dict[str, Any] = {}
@@ -408,7 +418,7 @@ def parse_set(text: str, space: Mapping[str, Knob] = SPACE) -> dict[str, Any]:
             raise ConfigError(f"--set wants KNOB=VALUE, got {part!r}")
         check_names([name.strip()], space)
         knob = space[name.strip()]
-        matches = [v for v in knob.values if str(v) == raw.strip()]
+        matches = [v for v in knob.values if _same(v, raw.strip())]
         if not matches:
             raise ConfigError(f"knob {knob.name!r}: {raw!r} is not one of {list(knob.values)}")
         knobs[knob.name] = matches[0]

@@ -101,6 +101,12 @@ def test_a_bad_knob_name_is_a_clear_error() -> None:
         "negatives_per_point": None,
         "learning_rate": 0.05,
     }
+    assert tf.parse_set("l2_regularization=10,max_iter=300.0") == {
+        "l2_regularization": 10.0,
+        "max_iter": 300,
+    }
+    with pytest.raises(ConfigError, match="is not one of"):
+        tf.parse_set("negatives_per_point=none")
     with pytest.raises(ConfigError, match="is not one of"):
         tf.build({"rank_top": 7})
 
