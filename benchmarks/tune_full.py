@@ -732,17 +732,42 @@ def figures(work: Path, record: dict[str, Any], z: float) -> None:
         for r in winners
         if min(r["z_hr_a"], r["z_hr_b"]) > 0 and min(r["z_mrr_a"], r["z_mrr_b"]) > -1
     ]
+
+    def reseeded(r: dict[str, Any]) -> list[dict[str, Any]]:
+        """The same knobs with another ranker seed (another sample of negatives)."""
+        knobs = {n: v for n, v in r["knobs"].items() if n != "random_state"}
+        return [
+            o
+            for o in tried
+            if o is not r
+            and {n: v for n, v in o["knobs"].items() if n != "random_state"} == knobs
+            and o["knobs"].get("random_state", 0) != r["knobs"].get("random_state", 0)
+        ]
+
+    # A ranker's gain must not hang on one sample: with its knobs refitted under another
+    # seed it must still beat the noise (a ranker winner never refitted stays unconfirmed).
+    confirmed = [
+        r
+        for r in holding
+        if not any(SPACE[n].kind == RANKER for n in r["knobs"])
+        or (reseeded(r) and all(wins(o) for o in reseeded(r)))
+    ]
     on_a = max(tried, key=lambda r: r["z_hr_a"] + r["z_mrr_a"], default=None)
     record["decision"] = {
         "rule": f"change a default only if its paired gain over the defaults is > {z:g} SE "
-        "on HR@K or MRR@K with no loss beyond 1 SE on the other, and it holds on both halves "
-        "of the test sessions",
+        "on HR@K or MRR@K with no loss beyond 1 SE on the other, it holds on both halves "
+        "of the test sessions, and (ranker knobs) it still beats the noise refitted with "
+        "another seed",
         "best_by_mrr": best["id"] if best else None,
         "beats_noise": sorted(r["id"] for r in winners),
         "holds_on_both_halves": sorted(r["id"] for r in holding),
         "selected_on_half_a": on_a["id"] if on_a else None,
-        "chosen": max(holding, key=lambda r: r["z_hr"] + r["z_mrr"])["id"]
-        if holding
+        "seed_checks": {
+            r["id"]: {o["id"]: [o["z_hr"], o["z_mrr"]] for o in reseeded(r)} for r in holding
+        },
+        "confirmed": sorted(r["id"] for r in confirmed),
+        "chosen": max(confirmed, key=lambda r: r["z_hr"] + r["z_mrr"])["id"]
+        if confirmed
         else DEFAULTS_ID,
     }
 
@@ -851,6 +876,13 @@ def markdown(record: dict[str, Any]) -> str:
             f"{r['z_hr_a']:+.1f} / {r['z_hr_b']:+.1f}, ΔMRR z {r['z_mrr_a']:+.1f} / "
             f"{r['z_mrr_b']:+.1f}."
         )
+    for cid, others in decision.get("seed_checks", {}).items():
+        for oid, (zh, zm) in others.items():
+            lines.append(
+                f"\nThe knobs of `{cid}` refitted with another seed (`{oid}`, another sample of "
+                f"negatives): ΔHR z {zh:+.1f}, ΔMRR z {zm:+.1f}"
+                + (" (still over the noise)." if max(zh, zm) > 2 else " (not over the noise).")
+            )
     a = res.get(decision.get("selected_on_half_a") or "")
     if a is not None:
         lines.append(
@@ -860,7 +892,7 @@ def markdown(record: dict[str, Any]) -> str:
         )
     chosen = decision.get("chosen")
     if chosen == DEFAULTS_ID:
-        lines.append("\n**Defaults kept**: no configuration's paired gain is over the noise.")
+        lines.append("\n**Defaults kept**: no configuration's gain passes the rule.")
     elif chosen:
         lines.append(f"\n**Chosen: `{chosen}`** ({_knobs_text(res[chosen]['knobs'])}).")
     notes = record.get("notes", [])
