@@ -31,7 +31,7 @@ time, so other work interleaves (do not wrap this script in ``flock``)::
     D=../shared/data/rsc15-100k
     .venv/bin/python benchmarks/tune_full.py --train $D/yoochoose-clicks-100k_train_tr.txt \\
         --test $D/yoochoose-clicks-100k_train_valid.txt --format session-rec \\
-        --work /tmp/featrec-tune --seed 1 --serving 24 --ranker 4 --batch 7 --max-batches 1
+        --work /tmp/featrec-tune --seed 1 --serving 24 --ranker 3 --batch 8
 
 It resumes: configurations already in ``--out`` (``docs/tuning/rsc15-full.json``) are not run
 again; ``--max-batches`` bounds one invocation; ``--report`` only rewrites the JSON's figures
