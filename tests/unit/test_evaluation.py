@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,9 +20,12 @@ from featrec.app.evaluation.replay import (
     ReplayGate,
     SessionHistory,
     SessionView,
+    evaluation_config,
     most_popular,
     parse_policies,
 )
+from featrec.app.serving.config import ServingConfig
+from featrec.core.candidates.config import CandidateConfig
 from featrec.core.evaluation.protocol import (
     PredictionPoint,
     align_external,
@@ -38,6 +42,7 @@ from featrec.core.features.catalog import SESSION_FEATURES
 from featrec.core.features.rows import FeatureRow
 from featrec.core.ports.features import InMemoryFeatureStore
 from featrec.core.ports.serving import InMemoryRows, StampedRow
+from featrec.core.ranking.rerank import RerankConfig
 from featrec.errors import ConfigError, FeatrecError
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -239,6 +244,37 @@ def test_gate_finishes_once() -> None:
     assert gate.release() is None and gate.done
     assert gate.release() is None
     assert len(finished) == 1 and finished[0].rows_written == 1
+
+
+def test_variants_answer_beside_the_policies_with_their_own_config() -> None:
+    events = [ev(0, "s1", "a", 0), ev(1, "s1", "b", 1), ev(2, "s2", "c", 2), ev(3, "s2", "a", 3)]
+    clock = [0.0]
+    gate, store, answers = _gate(events, clock)
+    # No model: the candidate order, which here is session-only's (no item model rows).
+    gate.policies.add_variant("same", None)
+    small = ServingConfig(candidates=replace(CandidateConfig(), max_total=1, min_total=0))
+    gate.policies.add_variant("small", None, small)
+    for name in ("same", SESSION_ONLY, POPULARITY):
+        with pytest.raises(ConfigError, match="already answering"):
+            gate.policies.add_variant(name, None)
+    assert gate.release() is events[0]
+    row = _row(events[0], 1)
+    store.write([row])
+    gate.rows_written([row])
+    gate.settle()
+    (answer,) = answers
+    assert answer.lists["same"] == answer.lists[SESSION_ONLY]
+    assert not answer.degraded["same"]
+    assert answer.lists["small"] == answer.lists[SESSION_ONLY][:1] == ["a"]
+
+
+def test_a_replay_keeps_the_accuracy_knobs_and_drops_the_experience_ones() -> None:
+    rerank = RerankConfig(max_per_category=5, stability_window=2, popularity_damping=0.2)
+    base = ServingConfig(rerank=rerank, rank_top=20)
+    cfg = evaluation_config(base)
+    assert cfg.rerank == RerankConfig(drop_purchased=True, popularity_damping=0.2)
+    assert cfg.rank_top == 20 and cfg.candidates == base.candidates
+    assert evaluation_config().rerank == RerankConfig(drop_purchased=True)
 
 
 def test_policies_that_need_a_model_refuse_to_run_without_one() -> None:

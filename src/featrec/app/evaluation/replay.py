@@ -89,7 +89,8 @@ def parse_policies(spec: str) -> list[str]:
 def evaluation_config(base: ServingConfig | None = None) -> ServingConfig:
     """The serving config a replay measures with: accuracy only, so the rerank knobs that trade
     accuracy for user experience (category cap, list stability) are off, and a session row is
-    never judged stale by the wall clock (the replay clock is event time)."""
+    never judged stale by the wall clock (the replay clock is event time). The candidate knobs,
+    ``rank_top`` and the popularity damping are ``base``'s (tuned by a replay)."""
     cfg = base if base is not None else ServingConfig()
     return ServingConfig(
         max_session_age_s=max(cfg.max_session_age_s, 2 * max(STALE.values())),
@@ -98,7 +99,7 @@ def evaluation_config(base: ServingConfig | None = None) -> ServingConfig:
         item_cache_rows=cfg.item_cache_rows,
         store_retry_s=cfg.store_retry_s,
         candidates=cfg.candidates,
-        rerank=RerankConfig(drop_purchased=True),
+        rerank=RerankConfig(drop_purchased=True, popularity_damping=cfg.rerank.popularity_damping),
         cache_sessions=cfg.cache_sessions,
         rank_top=cfg.rank_top,
     )
@@ -234,6 +235,7 @@ class Policies:
         self.popular = list(popular[:k])
         self.clock = ReplayClock()
         self.history = SessionHistory()
+        self.rows = rows
         cfg = evaluation_config(config)
         # session-only stays the co-visitation scorer alone; item-model orders by the model.
         configs = {
@@ -259,6 +261,23 @@ class Policies:
                 config=configs.get(name, cfg),
                 clock=self.clock,
             )
+
+    def add_variant(
+        self, name: str, model: LoadedModel | None, config: ServingConfig | None = None
+    ) -> None:
+        """Answer also as ``name``: the full policy's view (the live session row) with its own
+        ``model`` (None: the candidate order) and serving ``config`` (through
+        :func:`evaluation_config`). Tuning replays many configurations in one pass this way."""
+        if name in self.names or name in POLICIES:
+            raise ConfigError(f"variant name {name!r} is a policy's or already answering")
+        self.names.append(name)
+        self.recommenders[name] = Recommender(
+            SessionView(self.rows, self.history, self.clock, 0.0),
+            DiscardedRequestLog(),
+            model=model,
+            config=evaluation_config(config),
+            clock=self.clock,
+        )
 
     def answer(self, point: PredictionPoint, answer: PointAnswer) -> None:
         self.clock.now_s = point.at_s
