@@ -55,6 +55,7 @@ from featrec.core.ranking.item_table import (
     TREND_COUNTS,
     TREND_PURCHASE_SHARE,
     ItemColumns,
+    _float,
 )
 
 Row = Mapping[str, object]
@@ -136,15 +137,6 @@ def item_row(features: Row | None, trending: Row | None) -> dict[str, object] | 
         if merged.get("category") is None:
             merged["category"] = batch_category
     return merged
-
-
-def _float(value: object) -> float:
-    """``value`` as a float when it is a number (not a bool), else NaN."""
-    if value.__class__ is float:
-        return value  # type: ignore[return-value]
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return NAN
 
 
 def _num(row: Row | None, name: str) -> float:
