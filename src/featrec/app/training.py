@@ -28,12 +28,15 @@ defaults tuned on RSC15-100k: what ``featrec evaluate`` and ``benchmarks/ranker_
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import tempfile
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -729,99 +732,211 @@ def holdout_start(times: Sequence[datetime], holdout: float) -> datetime | None:
     return ordered[len(ordered) - n_test]
 
 
-def fit_stream(
+class RowSpool:
+    """Rows of float64 features appended to a file in ``directory`` instead of held in
+    memory: one ``tofile`` per block, read back in one allocation (:meth:`read`) or in
+    chunks (:meth:`chunks`). The width is set by the first block."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.path = directory / f"{name}.f64"
+        self.width: int | None = None
+        self.rows = 0
+        self._file: BinaryIO | None = None
+
+    def append(self, block: npt.NDArray[np.float64]) -> None:
+        if self.width is None:
+            self.width = block.shape[1]
+        elif block.shape[1] != self.width:
+            raise ValueError(f"a block of width {block.shape[1]} in a spool of {self.width}")
+        if self._file is None:
+            self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close()/read()
+        np.ascontiguousarray(block, dtype=np.float64).tofile(self._file)
+        self.rows += block.shape[0]
+
+    def _flushed(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def read(self, width: int) -> npt.NDArray[np.float64]:
+        """Every row, as one C-contiguous array (``width`` columns when empty)."""
+        self._flushed()
+        if self.rows == 0:
+            return np.empty((0, self.width or width), dtype=np.float64)
+        return np.fromfile(self.path, dtype=np.float64).reshape(self.rows, -1)
+
+    def chunks(self, rows: int) -> Iterator[npt.NDArray[np.float64]]:
+        """The rows in order, at most ``rows`` at a time."""
+        self._flushed()
+        if self.rows == 0 or self.width is None:
+            return
+        with open(self.path, "rb") as f:
+            for start in range(0, self.rows, rows):
+                n = min(rows, self.rows - start)
+                yield np.fromfile(f, dtype=np.float64, count=n * self.width).reshape(n, -1)
+
+    def close(self) -> None:
+        self._flushed()
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class CollectedRows:
+    """What :func:`collect_rows` keeps of a replay for the fit: the training rows and labels,
+    the held-out points' rows (spooled to disk), their candidates and targets, and counts."""
+
+    train: RowSpool
+    held: RowSpool
+    train_y: list[npt.NDArray[np.int8]] = field(default_factory=list)
+    held_items: list[tuple[str, ...]] = field(default_factory=list)
+    held_targets: list[str] = field(default_factory=list)
+    declared: tuple[str, ...] | None = None
+    points: int = 0
+    train_points: int = 0
+    rows: int = 0
+    positives: int = 0
+    hits: int = 0
+    covered: int = 0
+    any_items: bool = False
+
+    def close(self) -> None:
+        self.train.close()
+        self.held.close()
+
+
+#: Held-out rows scored at a time after the fit (~64 MB of features).
+HELD_CHUNK_ROWS = 131_072
+
+
+def collect_rows(
     replayed: Iterable[PointRows],
     config: TrainingConfig,
     *,
     holdout_from: datetime | None,
-    on_fit: Callable[[int], None] | None = None,
-) -> TrainingResult:
-    """:func:`fit_ranker` over a stream of replayed points (:func:`replay_points`), keeping
-    only what the fit needs: the training points' positives and their seeded sample of
-    negatives, and every row of the held-out points (those at or after ``holdout_from``,
-    see :func:`holdout_start`). The same rows, model and metrics as :func:`fit_ranker` on
-    the whole :class:`FeatureSet` (the same seeded sample, drawn in the same order).
-    ``on_fit(rows)`` is called before fitting on ``rows`` rows."""
+    directory: Path,
+) -> CollectedRows:
+    """The first half of :func:`fit_stream`: read the replay, spooling to ``directory`` the
+    training points' positives and seeded sample of negatives and every row of the held-out
+    points. Memory keeps only labels, the held-out points' candidate ids and targets."""
     rng = np.random.default_rng(config.random_state)
     per_point = config.negatives_per_point
-    train_x: list[npt.NDArray[np.float64]] = []
-    train_y: list[npt.NDArray[np.int64]] = []
-    held: list[PointRows] = []
-    n_points = n_train = n_rows = positives = hits = covered = 0
-    any_items = False
-    declared: tuple[str, ...] | None = None
+    out = CollectedRows(RowSpool(directory, "train"), RowSpool(directory, "held"))
+    names: dict[str, str] = {}
     for rows in replayed:
-        if declared is None:
-            declared = rows.point.declared
-        elif rows.point.declared != declared:
+        if out.declared is None:
+            out.declared = rows.point.declared
+        elif rows.point.declared != out.declared:
             raise ConfigError("the points name different declared features")
-        n_points += 1
-        n_rows += len(rows.y)
+        out.points += 1
+        out.rows += len(rows.y)
         found = int(rows.y.sum())
-        positives += found
-        hits += found > 0
-        covered += rows.covered
-        any_items = any_items or bool(rows.point.items)
+        out.positives += found
+        out.hits += found > 0
+        out.covered += rows.covered
+        out.any_items = out.any_items or bool(rows.point.items)
         if holdout_from is not None and rows.point.at >= holdout_from:
-            held.append(rows)
+            out.held.append(rows.X)
+            out.held_items.append(tuple(names.setdefault(i, i) for i in rows.items))
+            out.held_targets.append(rows.point.target or "")
             continue
-        n_train += 1
+        out.train_points += 1
         if per_point is None:
-            train_x.append(rows.X)
-            train_y.append(rows.y)
+            out.train.append(rows.X)
+            out.train_y.append(rows.y.astype(np.int8))
             continue
         keep = rows.y == 1
         negatives = np.flatnonzero(rows.y == 0)
         if len(negatives) > per_point:
             negatives = rng.choice(negatives, per_point, replace=False)
         keep[negatives] = True
-        train_x.append(rows.X[keep])
-        train_y.append(rows.y[keep])
-    if n_points == 0:
+        out.train.append(rows.X[keep])
+        out.train_y.append(rows.y[keep].astype(np.int8))
+    return out
+
+
+def fit_collected(
+    collected: CollectedRows,
+    config: TrainingConfig,
+    *,
+    on_fit: Callable[[int], None] | None = None,
+) -> TrainingResult:
+    """The second half of :func:`fit_stream`: fit on the collected training rows, then score
+    the held-out rows chunk by chunk for HR@K / MRR@K."""
+    c = collected
+    if c.points == 0:
         raise ConfigError("no prediction points to train on")
-    names = (*RANKING_FEATURES, *(declared or ()))
-    width = len(names)
-    X = np.vstack(train_x) if train_x else np.empty((0, width), dtype=np.float64)
-    train_x.clear()
-    y = np.concatenate(train_y) if train_y else np.empty(0, dtype=np.int64)
+    names = (*RANKING_FEATURES, *(c.declared or ()))
+    y = np.concatenate(c.train_y).astype(np.int64) if c.train_y else np.empty(0, np.int64)
+    c.train_y.clear()
     if y.sum() == 0 or y.sum() == len(y):
         raise ConfigError(
             "the training points need both positive and negative examples: with no next "
             "item among the candidates there is nothing to learn"
         )
+    X = c.train.read(len(names))
+    # What Ranker.fit does to an all-NaN column, done here in place: the Ranker would copy
+    # the whole matrix to do it.
+    for column in range(X.shape[1]):
+        if np.isnan(X[:, column]).all():
+            X[:, column] = 0.0
     if on_fit is not None:
         on_fit(len(y))
     ranker = config.ranker(names).fit(X, y)
     del X
     metrics: dict[str, float] = {
-        "points": float(n_points),
-        "train_points": float(n_train),
-        "holdout_points": float(len(held)),
-        "rows": float(n_rows),
+        "points": float(c.points),
+        "train_points": float(c.train_points),
+        "holdout_points": float(len(c.held_targets)),
+        "rows": float(c.rows),
         "train_rows": float(len(y)),
-        "positive_rate": positives / n_rows if n_rows else 0.0,
-        "candidate_recall": hits / n_points,
-        "candidate_coverage": covered / n_rows if n_rows and any_items else 1.0,
+        "positive_rate": c.positives / c.rows if c.rows else 0.0,
+        "candidate_recall": c.hits / c.points,
+        "candidate_coverage": c.covered / c.rows if c.rows and c.any_items else 1.0,
     }
-    if held:
+    if c.held_targets:
         threads = ranker.prediction_threads
         ranker.set_params(prediction_threads=None)
-        scores = ranker.score_candidates(np.vstack([r.X for r in held]))
+        scores = np.concatenate(
+            [ranker.score_candidates(chunk) for chunk in c.held.chunks(HELD_CHUNK_ROWS)]
+        )
         ranker.set_params(prediction_threads=threads)
         k = config.k
-        targets = [r.point.target or "" for r in held]
-        by_candidates = [r.items for r in held]
         by_model: list[list[str]] = []
         start = 0
-        for r in held:
-            part = scores[start : start + len(r.items)]
-            start += len(r.items)
-            order = sorted(range(len(r.items)), key=lambda j: (-part[j], j))
-            by_model.append([r.items[j] for j in order])
+        for items in c.held_items:
+            part = scores[start : start + len(items)]
+            start += len(items)
+            order = sorted(range(len(items)), key=lambda j: (-part[j], j))
+            by_model.append([items[j] for j in order])
+        by_candidates = [list(items) for items in c.held_items]
         for name, lists in (("candidate_order", by_candidates), ("model", by_model)):
-            metrics[f"holdout_{name}_hr@{k}"] = hit_rate_at_k(lists, targets, k)
-            metrics[f"holdout_{name}_mrr@{k}"] = mrr_at_k(lists, targets, k)
+            metrics[f"holdout_{name}_hr@{k}"] = hit_rate_at_k(lists, c.held_targets, k)
+            metrics[f"holdout_{name}_mrr@{k}"] = mrr_at_k(lists, c.held_targets, k)
     return TrainingResult(ranker, metrics)
+
+
+def fit_stream(
+    replayed: Iterable[PointRows],
+    config: TrainingConfig,
+    *,
+    holdout_from: datetime | None,
+    on_fit: Callable[[int], None] | None = None,
+    directory: Path | None = None,
+) -> TrainingResult:
+    """:func:`fit_ranker` over a stream of replayed points (:func:`replay_points`), keeping
+    only what the fit needs: the training points' positives and their seeded sample of
+    negatives, and every row of the held-out points (those at or after ``holdout_from``,
+    see :func:`holdout_start`), both spooled to files in ``directory`` (default: a temporary
+    one) rather than held in memory. The same rows, model and metrics as :func:`fit_ranker`
+    on the whole :class:`FeatureSet` (the same seeded sample, drawn in the same order).
+    ``on_fit(rows)`` is called before fitting on ``rows`` rows. :func:`collect_rows` and
+    :func:`fit_collected` are its two halves, for a caller that frees memory in between."""
+    with contextlib.ExitStack() as stack:
+        if directory is None:
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="featrec-")))
+        collected = collect_rows(replayed, config, holdout_from=holdout_from, directory=directory)
+        stack.callback(collected.close)
+        return fit_collected(collected, config, on_fit=on_fit)
 
 
 def train(

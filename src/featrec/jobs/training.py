@@ -24,7 +24,7 @@ from featrec.errors import ConfigError
 from featrec.settings import Settings
 
 if TYPE_CHECKING:
-    from featrec.app.training import LabelledPoint, TrainingConfig
+    from featrec.app.training import CollectedRows, LabelledPoint, TrainingConfig
     from featrec.core.events.model import Event
     from featrec.core.items.slist import SessionFolds
 
@@ -131,21 +131,12 @@ def train_on_dataset(
 
     Streams: the training set is read point by point in time order and the log in batches
     (both through DuckDB), replayed together (:func:`~featrec.app.training.replay_points`),
-    and only what the fit keeps is held (:func:`~featrec.app.training.fit_stream`: the
-    training points' positives and sampled negatives, the held-out points' rows)."""
-    import pyarrow.parquet as pq
-
-    from featrec.adapters.duckdb.event_stream import DatasetStream, LogStream, events_of
+    and only what the fit keeps is kept (:func:`~featrec.app.training.collect_rows`: the
+    training points' positives and sampled negatives, the held-out points' rows, spooled
+    to a temp dir). The fit starts once the DuckDB databases and the replay are gone, and
+    the held-out rows are scored from disk in chunks."""
     from featrec.adapters.files.model_store import models_dir, save_model
-    from featrec.app.training import (
-        DATASET_COLUMNS,
-        TrainingConfig,
-        declared_names,
-        fit_stream,
-        holdout_start,
-        replay_points,
-        stream_points,
-    )
+    from featrec.app.training import TrainingConfig, fit_collected
 
     started = time.perf_counter()
     path = job.dataset or default_dataset(settings)
@@ -158,9 +149,74 @@ def train_on_dataset(
         learning_rate=job.learning_rate,
         session_policy=settings.session_policy,
     )
+    with contextlib.ExitStack() as outer:
+        work = Path(outer.enter_context(tempfile.TemporaryDirectory(prefix="featrec-train-")))
+        collected, read = _collect(settings, path, config, work, progress)
+        outer.callback(collected.close)
+        # The DuckDB databases (up to their memory limits) are closed by now: the fit and
+        # the held-out scoring have the memory to themselves.
+        result = fit_collected(
+            collected,
+            config,
+            on_fit=lambda n: progress.stage(
+                f"fitting the ranker on {n:,} rows ({config.max_iter} boosting iterations)"
+            ),
+        )
+    training = {
+        "item_model_folds": read.folds,
+        "dataset": str(path.resolve()),
+        "dataset_rows": read.dataset_rows,
+        "events": read.events,
+        "holdout": job.holdout,
+        "negatives_per_point": job.negatives,
+    }
+    root = models_dir(settings.home)
+    manifest = save_model(
+        result.ranker, root, metrics=result.metrics, training=training, version=job.version
+    )
+    return TrainReport(
+        version=manifest.version,
+        path=root / manifest.version,
+        metrics=dict(result.metrics),
+        k=config.k,
+        seconds=time.perf_counter() - started,
+        training=training,
+    )
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What :func:`_collect` read: training-set rows, log events, item-model folds used."""
+
+    dataset_rows: int
+    events: int
+    folds: bool
+
+
+def _collect(
+    settings: Settings,
+    path: Path,
+    config: TrainingConfig,
+    work: Path,
+    progress: Progress,
+) -> tuple[CollectedRows, _Read]:
+    """Replay the log beside the training set (both through DuckDB) and keep what the fit
+    needs (:func:`~featrec.app.training.collect_rows`, spooled under ``work``). The DuckDB
+    databases, the replay's signals and the item model's folds are gone when it returns."""
+    import pyarrow.parquet as pq
+
+    from featrec.adapters.duckdb.event_stream import DatasetStream, LogStream, events_of
+    from featrec.app.training import (
+        DATASET_COLUMNS,
+        collect_rows,
+        declared_names,
+        holdout_start,
+        replay_points,
+        stream_points,
+    )
+
     folds = item_model_folds(settings)
     with contextlib.ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="featrec-train-")))
         progress.stage("reading the training set's points (DuckDB)")
         dataset = stack.enter_context(
             DatasetStream(path, required=DATASET_COLUMNS, temp_dir=work / "duckdb-dataset")
@@ -193,31 +249,10 @@ def train_on_dataset(
             item_model=folds,
             sessions_with_points=set(index.column("session_id").to_pylist()),
         )
-        result = fit_stream(
+        collected = collect_rows(
             replayed,
             config,
             holdout_from=holdout_start(index.column("at").to_pylist(), config.holdout),
-            on_fit=lambda n: progress.stage(
-                f"fitting the ranker on {n:,} rows ({config.max_iter} boosting iterations)"
-            ),
+            directory=work,
         )
-    training = {
-        "item_model_folds": folds is not None,
-        "dataset": str(path.resolve()),
-        "dataset_rows": rows,
-        "events": n_events,
-        "holdout": job.holdout,
-        "negatives_per_point": job.negatives,
-    }
-    root = models_dir(settings.home)
-    manifest = save_model(
-        result.ranker, root, metrics=result.metrics, training=training, version=job.version
-    )
-    return TrainReport(
-        version=manifest.version,
-        path=root / manifest.version,
-        metrics=dict(result.metrics),
-        k=config.k,
-        seconds=time.perf_counter() - started,
-        training=training,
-    )
+    return collected, _Read(rows, n_events, folds is not None)
