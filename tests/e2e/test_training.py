@@ -148,6 +148,41 @@ def test_fit_on_events_trains_a_storable_ranker_from_events_alone(tmp_path: Path
         fit_on_events([])
 
 
+@pytest.mark.parametrize(("holdout", "negatives"), [(0.0, None), (0.0, 5), (0.25, None), (0.25, 3)])
+def test_fit_on_events_streams_to_the_in_memory_model_and_metrics(
+    holdout: float, negatives: int | None
+) -> None:
+    """fit_on_events replays and fits as a stream; the in-memory path it replaced
+    (replay_features + fit_ranker, i.e. `train`) gives the same model and metrics."""
+    from featrec.app.training import train as train_in_memory
+
+    events = list(generate(GeneratorConfig(n_events=3000, n_items=120, n_users=50, seed=5)))
+    config = TrainingConfig(
+        holdout=holdout, negatives_per_point=negatives, max_iter=15, learn_after_session=True
+    )
+    ticks: list[int] = []
+    streamed = fit_on_events(
+        events,
+        config=config,
+        max_points=250,
+        since_fraction=0.2,
+        seed=2,
+        on_point=lambda: ticks.append(1),
+    )
+    points = points_from_events(
+        events, collapse_repeats=False, since=events[600].ts, max_points=250, seed=2
+    )
+    in_memory = train_in_memory(events, points, config)
+    assert len(ticks) == len(points) == 250
+    assert streamed.metrics == in_memory.metrics
+    assert (streamed.metrics["holdout_points"] > 0) == (holdout > 0)
+    features = replay_features(events, points[:60])
+    assert (
+        streamed.ranker.score_candidates(features.X).tobytes()
+        == in_memory.ranker.score_candidates(features.X).tobytes()
+    )
+
+
 def _prefix(events: list[Event], point: LabelledPoint) -> tuple[int, list[Event]]:
     """Index of the point's event, and its session's events up to it."""
     mine: list[Event] = []

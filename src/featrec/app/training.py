@@ -980,9 +980,11 @@ def fit_on_events(
 
     Every next-item point of the events (repeats kept, as in session-based evaluation) after
     the first ``since_fraction`` of them (the signals are still warming up there), or a
-    seeded sample of ``max_points`` of those, replayed with :func:`train`. ``config``'s
-    defaults are tuned on RSC15-100k (train_tr -> train_valid); with ``holdout`` 0 the model
-    fits on every point and the metrics carry no held-out figures.
+    seeded sample of ``max_points`` of those, replayed and fitted as a stream
+    (:func:`replay_points`, :func:`fit_stream`: the same model and metrics as :func:`train`,
+    without every row in memory). ``config``'s defaults are tuned on RSC15-100k (train_tr ->
+    train_valid); with ``holdout`` 0 the model fits on every point and the metrics carry no
+    held-out figures.
     """
     if not train_events:
         raise ConfigError("no training events")
@@ -992,4 +994,22 @@ def fit_on_events(
     points = points_from_events(
         train_events, collapse_repeats=False, since=since, max_points=max_points, seed=seed
     )
-    return train(train_events, points, config, on_point, item_model)
+    if not points:
+        raise ConfigError("no prediction points to train on")
+    replayed = replay_points(
+        zip(train_events, last_flags(train_events), strict=True),
+        sorted(points, key=lambda p: p.at),
+        candidates=config.candidates,
+        session_policy=config.session_policy,
+        learn_after_session=config.learn_after_session,
+        item_model=item_model,
+    )
+
+    def counted() -> Iterator[PointRows]:
+        for rows in replayed:
+            yield rows
+            if on_point is not None:
+                on_point()
+
+    holdout_from = holdout_start([p.at for p in points], config.holdout)
+    return fit_stream(counted(), config, holdout_from=holdout_from)
