@@ -24,7 +24,12 @@ from featrec.errors import ConfigError
 from featrec.settings import Settings
 
 if TYPE_CHECKING:
-    from featrec.app.training import CollectedRows, LabelledPoint, TrainingConfig
+    from featrec.app.training import (
+        CollectedRows,
+        LabelledPoint,
+        TrainingConfig,
+        TrainingResult,
+    )
     from featrec.core.events.model import Event
     from featrec.core.items.slist import SessionFolds
 
@@ -71,11 +76,25 @@ def fit_and_save(
 ) -> TrainReport:
     """Fit the ranker on ``points`` (features replayed from ``events``) and save it;
     ``item_model``: the cross-fitted item models its ``model`` features come from."""
-    from featrec.adapters.files.model_store import models_dir, save_model
     from featrec.app.training import train as train_ranker
 
     started = time.perf_counter()
     result = train_ranker(events, points, config, on_point=on_point, item_model=item_model)
+    return _save(settings, result, config, training, version, started)
+
+
+def _save(
+    settings: Settings,
+    result: TrainingResult,
+    config: TrainingConfig,
+    training: Mapping[str, Any],
+    version: str | None,
+    started: float,
+) -> TrainReport:
+    """Save ``result``'s ranker as a model version; the report of the run begun at
+    ``started`` (``time.perf_counter()``)."""
+    from featrec.adapters.files.model_store import models_dir, save_model
+
     root = models_dir(settings.home)
     manifest = save_model(
         result.ranker, root, metrics=result.metrics, training=dict(training), version=version
@@ -135,7 +154,6 @@ def train_on_dataset(
     training points' positives and sampled negatives, the held-out points' rows, spooled
     to a temp dir). The fit starts once the DuckDB databases and the replay are gone, and
     the held-out rows are scored from disk in chunks."""
-    from featrec.adapters.files.model_store import models_dir, save_model
     from featrec.app.training import TrainingConfig, fit_collected
 
     started = time.perf_counter()
@@ -170,18 +188,7 @@ def train_on_dataset(
         "holdout": job.holdout,
         "negatives_per_point": job.negatives,
     }
-    root = models_dir(settings.home)
-    manifest = save_model(
-        result.ranker, root, metrics=result.metrics, training=training, version=job.version
-    )
-    return TrainReport(
-        version=manifest.version,
-        path=root / manifest.version,
-        metrics=dict(result.metrics),
-        k=config.k,
-        seconds=time.perf_counter() - started,
-        training=training,
-    )
+    return _save(settings, result, config, training, job.version, started)
 
 
 @dataclass(frozen=True)
