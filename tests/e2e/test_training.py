@@ -152,9 +152,9 @@ def test_fit_on_events_trains_a_storable_ranker_from_events_alone(tmp_path: Path
 def test_fit_on_events_streams_to_the_in_memory_model_and_metrics(
     holdout: float, negatives: int | None
 ) -> None:
-    """fit_on_events replays and fits as a stream; the in-memory path it replaced
-    (replay_features + fit_ranker, i.e. `train`) gives the same model and metrics."""
-    from featrec.app.training import train as train_in_memory
+    """fit_on_events (through `train`) replays and fits as a stream; the in-memory path it
+    replaced (replay_features + fit_ranker) gives the same model and metrics."""
+    from featrec.app.training import fit_ranker
 
     events = list(generate(GeneratorConfig(n_events=3000, n_items=120, n_users=50, seed=5)))
     config = TrainingConfig(
@@ -172,7 +172,7 @@ def test_fit_on_events_streams_to_the_in_memory_model_and_metrics(
     points = points_from_events(
         events, collapse_repeats=False, since=events[600].ts, max_points=250, seed=2
     )
-    in_memory = train_in_memory(events, points, config)
+    in_memory = fit_ranker(replay_features(events, points, learn_after_session=True), config)
     assert len(ticks) == len(points) == 250
     assert streamed.metrics == in_memory.metrics
     assert (streamed.metrics["holdout_points"] > 0) == (holdout > 0)

@@ -946,19 +946,28 @@ def train(
     on_point: Callable[[], None] | None = None,
     item_model: ItemModel | SessionFolds | None = None,
 ) -> TrainingResult:
-    """Replay ``events`` for ``points``' features, then :func:`fit_ranker`."""
+    """Replay ``events`` for ``points``' features and fit, as a stream
+    (:func:`replay_points` into :func:`fit_stream`): the model and metrics of
+    :func:`replay_features` + :func:`fit_ranker`, without every row in memory."""
     if not points:
         raise ConfigError("no prediction points to train on")
-    features = replay_features(
-        events,
-        points,
+    replayed = replay_points(
+        zip(events, last_flags(events), strict=True),
+        sorted(points, key=lambda p: p.at),
         candidates=config.candidates,
         session_policy=config.session_policy,
         learn_after_session=config.learn_after_session,
-        on_point=on_point,
         item_model=item_model,
     )
-    return fit_ranker(features, config)
+
+    def counted() -> Iterator[PointRows]:
+        for rows in replayed:
+            yield rows
+            if on_point is not None:
+                on_point()
+
+    holdout_from = holdout_start([p.at for p in points], config.holdout)
+    return fit_stream(counted(), config, holdout_from=holdout_from)
 
 
 #: :func:`fit_on_events`'s defaults (tuned on RSC15-100k): fit on every point, signals that
@@ -983,9 +992,8 @@ def fit_on_events(
 
     Every next-item point of the events (repeats kept, as in session-based evaluation) after
     the first ``since_fraction`` of them (the signals are still warming up there), or a
-    seeded sample of ``max_points`` of those, replayed and fitted as a stream
-    (:func:`replay_points`, :func:`fit_stream`: the same model and metrics as :func:`train`,
-    without every row in memory). ``config``'s defaults are tuned on RSC15-100k (train_tr ->
+    seeded sample of ``max_points`` of those, replayed and fitted as a stream with
+    :func:`train`. ``config``'s defaults are tuned on RSC15-100k (train_tr ->
     train_valid); with ``holdout`` 0 the model fits on every point and the metrics carry no
     held-out figures.
     """
@@ -997,22 +1005,4 @@ def fit_on_events(
     points = points_from_events(
         train_events, collapse_repeats=False, since=since, max_points=max_points, seed=seed
     )
-    if not points:
-        raise ConfigError("no prediction points to train on")
-    replayed = replay_points(
-        zip(train_events, last_flags(train_events), strict=True),
-        sorted(points, key=lambda p: p.at),
-        candidates=config.candidates,
-        session_policy=config.session_policy,
-        learn_after_session=config.learn_after_session,
-        item_model=item_model,
-    )
-
-    def counted() -> Iterator[PointRows]:
-        for rows in replayed:
-            yield rows
-            if on_point is not None:
-                on_point()
-
-    holdout_from = holdout_start([p.at for p in points], config.holdout)
-    return fit_stream(counted(), config, holdout_from=holdout_from)
+    return train(train_events, points, config, on_point, item_model)

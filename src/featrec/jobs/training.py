@@ -4,9 +4,9 @@
 build`` wrote and the event log it was built from (both through DuckDB, in batches), replays
 the log for the candidate and session features (:mod:`featrec.app.training`), fits, and writes
 ``$FEATREC_HOME/models/<version>/`` with its manifest
-(:mod:`featrec.adapters.files.model_store`). :func:`fit_and_save` is the in-memory path the
-replay evaluation shares (its logs are small).
-"""
+(:mod:`featrec.adapters.files.model_store`). :func:`fit_and_save` fits on points and events
+already in memory (the replay evaluation's, whose logs are small); its replay and fit stream
+too (:func:`featrec.app.training.train`)."""
 
 from __future__ import annotations
 
