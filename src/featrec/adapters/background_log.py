@@ -45,11 +45,13 @@ class BackgroundRequestLog:
         *,
         max_pending: int = 10_000,
         max_batch: int = 256,
-        linger_s: float = DEFAULT_LINGER_S,
+        linger_s: float | None = None,
         on_error: Callable[[int, str], None] | None = None,
     ) -> None:
         if max_pending < 1 or max_batch < 1:
             raise ConfigError("max_pending and max_batch must be >= 1")
+        if linger_s is None:  # read at construction: a benchmark may change the default
+            linger_s = DEFAULT_LINGER_S
         if not 0 <= linger_s <= 1:
             raise ConfigError(f"linger_s must be in [0, 1] s, got {linger_s!r}")
         self.inner = inner
