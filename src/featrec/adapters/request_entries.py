@@ -39,71 +39,53 @@ class RowDigests:
 
     def __init__(self, size: int = _MEMO_SIZE) -> None:
         self._size = size
-        #: ``id(row)``: the row, its digest, its JSON, and the entry's ``[view, key, digest]``
-        #: JSON with the view and key it was first logged under.
-        self._by_id: dict[int, tuple[StampedRow, str, bytes, str, str, bytes]] = {}
+        self._by_id: dict[int, tuple[StampedRow, str, bytes]] = {}
         self.stored: dict[str, float] = {}
 
     def encode(self, logged: LoggedRow) -> tuple[str, bytes]:
         """``(digest, json)`` of a row (the row must not be None)."""
-        found = self._memo(logged)
-        return found[1], found[2]
-
-    def _memo(self, logged: LoggedRow) -> tuple[StampedRow, str, bytes, str, str, bytes]:
         row = logged.row
         assert row is not None
         found = self._by_id.get(id(row))
         if found is not None and found[0] is row:
-            return found
+            return found[1], found[2]
         data = _dumps({"ts_us": row.ts_us, "values": row.values})
         digest = hashlib.blake2b(
             logged.view.encode() + b"\0" + logged.key.encode() + b"\0" + data, digest_size=16
         ).hexdigest()
-        found = (
-            row,
-            digest,
-            data,
-            logged.view,
-            logged.key,
-            _dumps([logged.view, logged.key, digest]),
-        )
-        self._by_id[id(row)] = found
+        self._by_id[id(row)] = (row, digest, data)
         if len(self._by_id) > self._size:
             for _ in range(len(self._by_id) // 4):
                 del self._by_id[next(iter(self._by_id))]
-        return found
+        return digest, data
 
-    def rows_json(
+    def refs(
         self,
         rows: Sequence[LoggedRow],
         new_rows: dict[str, bytes],
         stale_before: float = -math.inf,
-    ) -> bytes:
-        """The entry's ``rows``, ``[[view, key, digest], ...]`` (digest null for a missing
-        row), as JSON; every row this process has not stored (or stored before
-        ``stale_before``) goes into ``new_rows``. This runs for every logged row, ~400 per
-        request: the memo lookup is inlined and each row's ``[view, key, digest]`` is encoded
-        once, with its digest."""
+    ) -> list[str | None]:
+        """The digests of ``rows`` in order (None for a missing row); every row this process
+        has not stored (or stored before ``stale_before``) goes into ``new_rows``. The memo
+        lookup is inlined: this runs for every logged row, ~400 per request."""
         memo = self._by_id
         stored = self.stored
-        parts: list[bytes] = []
+        out: list[str | None] = []
         for logged in rows:
             row = logged.row
             if row is None:
-                parts.append(_dumps([logged.view, logged.key, None]))
+                out.append(None)
                 continue
             found = memo.get(id(row))
-            if found is None or found[0] is not row:
-                found = self._memo(logged)
-            digest = found[1]
-            if found[3] == logged.view and found[4] == logged.key:
-                parts.append(found[5])
-            else:  # the same row object logged under another name: that name
-                parts.append(_dumps([logged.view, logged.key, digest]))
+            if found is not None and found[0] is row:
+                digest, data = found[1], found[2]
+            else:
+                digest, data = self.encode(logged)
+            out.append(digest)
             at = stored.get(digest)
             if at is None or at < stale_before:
-                new_rows[digest] = found[2]
-        return b"[" + b",".join(parts) + b"]"
+                new_rows[digest] = data
+        return out
 
     def remember(self, digests: Iterable[str], now: float) -> None:
         for digest in digests:
@@ -113,14 +95,16 @@ class RowDigests:
                 del self.stored[next(iter(self.stored))]
 
 
-def entry_json(record: RequestRecord, rows_json: bytes) -> bytes:
-    """The stored entry: ``rows_json`` is :meth:`RowDigests.rows_json` of the record's rows."""
+def entry_json(record: RequestRecord, refs: Sequence[str | None]) -> bytes:
     return _dumps(
         {
             "request_id": record.request_id,
             "created_at_s": record.created_at_s,
             "body": record.body,
-            "rows": orjson.Fragment(rows_json),
+            "rows": [
+                [logged.view, logged.key, ref]
+                for logged, ref in zip(record.rows, refs, strict=True)
+            ],
         }
     )
 

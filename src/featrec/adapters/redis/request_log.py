@@ -81,8 +81,8 @@ class RedisRequestLog:
         entries: list[tuple[str, bytes]] = []
         with self._lock:
             for record in records:
-                rows = self._digests.rows_json(record.rows, new_rows, refresh_before)
-                entries.append((record.request_id, entry_json(record, rows)))
+                refs = self._digests.refs(record.rows, new_rows, refresh_before)
+                entries.append((record.request_id, entry_json(record, refs)))
         with translated("writing the request log to Redis"):
             pipe = self._client.pipeline(transaction=False)
             for digest, data in new_rows.items():

@@ -86,8 +86,8 @@ class SqliteRequestLog:
         new_rows: dict[str, bytes] = {}
         entries: list[tuple[str, float, bytes]] = []
         for record in records:
-            rows = self._digests.rows_json(record.rows, new_rows)
-            entry = entry_json(record, rows)
+            refs = self._digests.refs(record.rows, new_rows)
+            entry = entry_json(record, refs)
             entries.append((record.request_id, record.created_at_s, entry))
         return entries, new_rows
 

@@ -28,9 +28,7 @@ bits. An entry of another schema, or one with a missing or mistyped field, raise
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from itertools import chain
-from operator import attrgetter, methodcaller
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Final, NoReturn
 
 from featrec.core.candidates.model import SOURCES, Candidate
@@ -48,17 +46,6 @@ _BIT: Final = {source: 1 << i for i, source in enumerate(SOURCES)}
 _SOURCES_OF: Final = tuple(
     tuple(s for i, s in enumerate(SOURCES) if mask & (1 << i)) for mask in range(1 << len(SOURCES))
 )
-#: The mask of each tuple of sources in :data:`SOURCES` order (any other tuple is not a key).
-_MASK_OF: Final = {sources: mask for mask, sources in enumerate(_SOURCES_OF)}
-_ITEM_ID: Final = attrgetter("item_id")
-_SOURCES_ATTR: Final = attrgetter("sources")
-_SCORES_ATTR: Final = attrgetter("scores")
-_DETAILS_ATTR: Final = attrgetter("details")
-#: Schema 2's decision columns, and the fields they hold (in that order).
-_DECISION_COLUMNS: Final = ("item_ids", "scores", "ranks", "kept", "reasons", "raw_scores")
-_DECISION_FIELDS: Final = attrgetter("item_id", "score", "rank", "kept", "reasons", "raw_score")
-#: The post-processing settings' fields, in order (the body's ``rerank`` object).
-_RERANK_FIELDS: Final = tuple(f.name for f in fields(RerankConfig))
 #: How the note saying that the request ignored a stale user row begins.
 USER_ROW_IGNORED: Final = "user features ignored"
 
@@ -159,7 +146,7 @@ class ServedRequest:
             "session_version": self.session_version,
             "session_used": self.session_used,
             **({} if self.rank_top is None else {"rank_top": self.rank_top}),
-            "rerank": {name: getattr(self.rerank, name) for name in _RERANK_FIELDS},
+            "rerank": asdict(self.rerank),
             "experiment": None
             if arm is None
             else {
@@ -223,35 +210,42 @@ class ServedRequest:
 
 def _candidate_columns(candidates: tuple[Candidate, ...]) -> dict[str, Any] | None:
     """Schema 2's candidates: one list per field (None when a candidate lists its sources out
-    of :data:`SOURCES` order or names an unknown one: schema 1 then). A score's or detail's
-    columns come in the order their names first appear (candidate by candidate, each in its
-    own order), a candidate without the name has None there. The transposition runs in C
-    (``map`` over getters): the log's writer thread does it for every request."""
-    try:
-        masks = list(map(_MASK_OF.__getitem__, map(_SOURCES_ATTR, candidates)))
-    except (KeyError, TypeError):  # not a tuple in SOURCES order: schema 1
-        return None
-    out: dict[str, Any] = {
-        "item_ids": list(map(_ITEM_ID, candidates)),
-        "sources": masks,
-    }
-    for part, getter in (("scores", _SCORES_ATTR), ("details", _DETAILS_ATTR)):
-        values = list(map(getter, candidates))
-        out[part] = {
-            name: list(map(methodcaller("get", name), values))
-            for name in dict.fromkeys(chain.from_iterable(values))
-        }
-    return out
+    of :data:`SOURCES` order or names an unknown one: schema 1 then)."""
+    n = len(candidates)
+    ids: list[str] = []
+    masks: list[int] = []
+    scores: dict[str, list[float | None]] = {}
+    details: dict[str, list[float | None]] = {}
+    for i, c in enumerate(candidates):
+        ids.append(c.item_id)
+        mask = 0
+        for source in c.sources:
+            bit = _BIT.get(source)
+            if bit is None:
+                return None
+            mask |= bit
+        if _SOURCES_OF[mask] != c.sources:
+            return None
+        masks.append(mask)
+        for column, values in ((scores, c.scores), (details, c.details)):
+            for name, value in values.items():
+                found = column.get(name)
+                if found is None:
+                    found = column[name] = [None] * n
+                found[i] = value
+    return {"item_ids": ids, "sources": masks, "scores": scores, "details": details}
 
 
 def _decision_columns(decisions: tuple[Decision, ...]) -> dict[str, Any]:
-    """Schema 2's decisions: one list per field (transposed in C, as the candidates)."""
-    if not decisions:
-        return {name: [] for name in _DECISION_COLUMNS}
-    rows = map(_DECISION_FIELDS, decisions)
-    columns = dict(zip(_DECISION_COLUMNS, map(list, zip(*rows, strict=True)), strict=True))
-    columns["reasons"] = list(map(list, columns["reasons"]))
-    return columns
+    """Schema 2's decisions: one list per field."""
+    return {
+        "item_ids": [d.item_id for d in decisions],
+        "scores": [d.score for d in decisions],
+        "ranks": [d.rank for d in decisions],
+        "kept": [d.kept for d in decisions],
+        "reasons": [list(d.reasons) for d in decisions],
+        "raw_scores": [d.raw_score for d in decisions],
+    }
 
 
 class _Fields:
