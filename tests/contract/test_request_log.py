@@ -10,6 +10,7 @@ import contextlib
 import math
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,6 +206,45 @@ def test_background_log_writes_in_order_in_batches_and_get_waits(tmp_path: Path)
     reopened = SqliteRequestLog(tmp_path / "requests.db")
     assert all(reopened.get(f"r{i}") is not None for i in range(300))
     reopened.close()
+
+
+def test_background_log_lingers_for_a_batch_but_never_delays_a_reader(tmp_path: Path) -> None:
+    """Having taken a record, the writer waits ``linger_s`` for more and writes them in one
+    batch; a full batch ends the wait, and ``get``/``flush`` do not wait for it."""
+    inner = SqliteRequestLog(tmp_path / "requests.db")
+    batches: list[int] = []
+    append_many = inner.append_many
+
+    def counting(records: list[RequestRecord]) -> None:
+        batches.append(len(records))
+        append_many(records)
+
+    inner.append_many = counting  # type: ignore[method-assign]
+    log = BackgroundRequestLog(inner, max_batch=4, linger_s=0.5)
+    try:
+        for i in range(3):
+            log.append(make_record(f"a{i}", SHARED))
+        time.sleep(0.2)
+        assert batches == []  # still lingering: 3 of at most 4
+        deadline = time.monotonic() + 5
+        while not batches and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batches == [3]  # one batch, once the linger ran out
+
+        started = time.monotonic()
+        for i in range(4):  # a full batch: written without waiting out the linger
+            log.append(make_record(f"b{i}", SHARED))
+        while len(batches) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert batches[1:] == [4] and time.monotonic() - started < 0.4
+
+        started = time.monotonic()
+        log.append(make_record("c", SHARED))
+        time.sleep(0.05)  # the writer has taken it and lingers
+        assert log.get("c") == make_record("c", SHARED)  # the reader ends the linger
+        assert time.monotonic() - started < 0.4 and batches[2:] == [1]
+    finally:
+        log.close()
 
 
 def test_background_log_builds_deferred_records_off_the_request_path(tmp_path: Path) -> None:

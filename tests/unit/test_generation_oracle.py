@@ -101,3 +101,4 @@ def test_generation_equals_the_replaced_version(
     assert new == old
     assert [c.details for c in new] == [c.details for c in old]
     assert [list(c.scores) for c in new] == [list(c.scores) for c in old]  # key order too
+    assert [list(c.details) for c in new] == [list(c.details) for c in old]  # (the log's order)

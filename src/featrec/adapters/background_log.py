@@ -13,6 +13,12 @@ from typing import Any, Protocol, cast
 from featrec.core.ports.serving import RequestLog, RequestRecord
 from featrec.errors import ConfigError, FeatrecError, StoreError
 
+#: How long the writer waits for more records once it has one (seconds). Measured at 200
+#: candidates in-process (README, fifth pass): 5 ms took p50 from ~4.0 to ~3.1-3.3 ms with p99
+#: unchanged (~7 ms); 20 ms gave the same p50 but p99 12-14 ms (a longer batch holds the GIL
+#: while a request waits for it).
+DEFAULT_LINGER_S = 0.005
+
 
 class BatchRequestLog(RequestLog, Protocol):
     """A request log that can write several records at once (one transaction or round trip)."""
@@ -23,6 +29,12 @@ class BatchRequestLog(RequestLog, Protocol):
 class BackgroundRequestLog:
     """Takes request records off the request path: ``append`` queues, a thread of its own
     writes them in order, in batches (one transaction per batch on SQLite).
+
+    Having taken a record, the writer waits up to ``linger_s`` for more before writing (unless
+    ``max_batch`` are already queued, or a ``flush``, ``get`` or ``close`` is waiting): one
+    transaction and one wake-up of the thread for several requests instead of one each. A
+    record is therefore written at most ``linger_s`` plus one batch's write after it was
+    queued (``linger_s=0``: as soon as the writer is free).
 
     A full queue (the store is slow or down) refuses the record with a
     :class:`~featrec.errors.StoreError` instead of blocking the request. A batch that fails
@@ -36,12 +48,23 @@ class BackgroundRequestLog:
         *,
         max_pending: int = 10_000,
         max_batch: int = 256,
+        linger_s: float | None = None,
         on_error: Callable[[int, str], None] | None = None,
     ) -> None:
         if max_pending < 1 or max_batch < 1:
             raise ConfigError("max_pending and max_batch must be >= 1")
+        if linger_s is None:  # read at construction: a benchmark may change the default
+            linger_s = DEFAULT_LINGER_S
+        if not 0 <= linger_s <= 1:
+            raise ConfigError(f"linger_s must be in [0, 1] s, got {linger_s!r}")
         self.inner = inner
         self.max_batch = max_batch
+        self.linger_s = linger_s
+        #: Set to end the writer's linger early (a full batch, a flush, close).
+        self._wake = threading.Event()
+        #: Callers waiting in :meth:`flush` (the writer does not linger while any are).
+        self._flushing = 0
+        self._flush_lock = threading.Lock()
         self.on_error = on_error
         self.failed = 0
         self.last_error: str | None = None
@@ -65,6 +88,8 @@ class BackgroundRequestLog:
                 f"request log queue full ({self._queue.maxsize} records pending): the log "
                 f"store is too slow or down (last error: {self.last_error})"
             ) from None
+        if self._queue.qsize() >= self.max_batch:
+            self._wake.set()
 
     def append_deferred(self, build: Callable[[], RequestRecord]) -> None:
         """Queue a record that the writer thread builds (``build()``) just before writing it:
@@ -74,7 +99,14 @@ class BackgroundRequestLog:
 
     def flush(self) -> None:
         """Wait until every record queued so far is written (or has failed)."""
-        self._queue.join()
+        with self._flush_lock:
+            self._flushing += 1
+        try:
+            self._wake.set()
+            self._queue.join()
+        finally:
+            with self._flush_lock:
+                self._flushing -= 1
 
     def get(self, request_id: str) -> RequestRecord | None:
         self.flush()
@@ -91,12 +123,17 @@ class BackgroundRequestLog:
         if not self._closed:
             self._closed = True
             self._queue.put(None)
+            self._wake.set()
             self._thread.join()
         self.inner.close()
 
     def _run(self) -> None:
         while True:
             first = self._queue.get()
+            if first is not None and self.linger_s > 0 and not self._flushing:
+                # more records to write with this one (set: a full batch, a flush, close)
+                self._wake.wait(self.linger_s)
+            self._wake.clear()
             batch = [first]
             while len(batch) < self.max_batch:
                 try:

@@ -63,29 +63,54 @@ class SqliteRequestLog:
     def append_many(self, records: Sequence[RequestRecord]) -> None:
         """Write ``records`` in one transaction."""
         with self._lock, translated("writing the request log"):
-            new_rows: dict[str, bytes] = {}
-            entries: list[tuple[str, float, bytes]] = []
-            for record in records:
-                refs = self._digests.refs(record.rows, new_rows)
-                entry = entry_json(record, refs)
-                entries.append((record.request_id, record.created_at_s, entry))
-            self._db.execute("BEGIN")
-            try:
-                if new_rows:
-                    self._db.executemany(
-                        "INSERT OR IGNORE INTO feature_rows (digest, row) VALUES (?, ?)",
-                        new_rows.items(),
-                    )
+            entries, new_rows = self._encode(records)
+            self._write(entries, new_rows)
+
+    def encode_entries(
+        self, records: Sequence[RequestRecord]
+    ) -> tuple[list[tuple[str, float, bytes]], dict[str, bytes]]:
+        """The entries' stored form and the rows not stored yet (:meth:`append_many`'s first
+        half; with :meth:`write_entries`, its second, for timing them apart)."""
+        with self._lock, translated("writing the request log"):
+            return self._encode(records)
+
+    def write_entries(
+        self, entries: Sequence[tuple[str, float, bytes]], new_rows: dict[str, bytes]
+    ) -> None:
+        with self._lock, translated("writing the request log"):
+            self._write(entries, new_rows)
+
+    def _encode(
+        self, records: Sequence[RequestRecord]
+    ) -> tuple[list[tuple[str, float, bytes]], dict[str, bytes]]:
+        new_rows: dict[str, bytes] = {}
+        entries: list[tuple[str, float, bytes]] = []
+        for record in records:
+            refs = self._digests.refs(record.rows, new_rows)
+            entry = entry_json(record, refs)
+            entries.append((record.request_id, record.created_at_s, entry))
+        return entries, new_rows
+
+    def _write(
+        self, entries: Sequence[tuple[str, float, bytes]], new_rows: dict[str, bytes]
+    ) -> None:
+        self._db.execute("BEGIN")
+        try:
+            if new_rows:
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO requests (request_id, created_at_s, entry) "
-                    "VALUES (?, ?, ?)",
-                    entries,
+                    "INSERT OR IGNORE INTO feature_rows (digest, row) VALUES (?, ?)",
+                    new_rows.items(),
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._digests.remember(new_rows, time.monotonic())
+            self._db.executemany(
+                "INSERT OR REPLACE INTO requests (request_id, created_at_s, entry) "
+                "VALUES (?, ?, ?)",
+                entries,
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._digests.remember(new_rows, time.monotonic())
 
     def get(self, request_id: str) -> RequestRecord | None:
         with self._lock, translated("reading the request log"):

@@ -162,35 +162,42 @@ def generate(
 
     popular_n = 0
     popular_scores = by_source[POPULAR]
+    popular_bit = _BIT[POPULAR]
     for item, score in global_list[config.max_trending :]:
         if len(admitted) >= config.min_total or popular_n >= config.max_popular:
             break
         if item in admitted:
             continue
         popular_scores[item] = score
-        admit(POPULAR, (item,))
+        admitted[item] = popular_bit  # admit(POPULAR, (item,)) of an item not admitted yet
         popular_n += 1
 
     # The candidate order on plain numbers; Candidate objects only for the pool that is kept.
-    order_key = _model_order_key if config.order == "model" else _order_key
-    keys = [order_key(item, mask, by_source) for item, mask in admitted.items()]
+    if config.order == "model":
+        keys = [_model_order_key(item, mask, by_source) for item, mask in admitted.items()]
+    else:
+        keys = _order_keys(admitted, by_source)
     keys.sort()
-    kept = keys[: config.max_total]
-    details = _covisit_details(anchors, lookup, scoring.normalise, {key[2] for key in kept})
-    source_dicts = [(source, by_source[source]) for source in SOURCES]
-    out = []
-    for key in kept:
-        item = key[2]
-        mask = admitted[item]
-        out.append(
-            new_candidate(
-                item,
-                _SOURCES_OF[mask],
-                {s: scores[item] for s, scores in source_dicts if item in scores},
-                details.get(item, {}),
-            )
-        )
-    return out
+    kept = [key[2] for key in keys[: config.max_total]]
+    details = _covisit_details(anchors, lookup, scoring.normalise, set(kept))
+    # Each kept item's scores, source by source in SOURCES order (so each dict lists its
+    # sources in that order), walking the smaller of the source's dict and the pool.
+    scores_of: dict[str, dict[str, float]] = {item: {} for item in kept}
+    for source in SOURCES:
+        scores = by_source[source]
+        if len(scores) < len(scores_of):
+            for item, value in scores.items():
+                entry = scores_of.get(item)
+                if entry is not None:
+                    entry[source] = value
+        else:
+            for item, entry in scores_of.items():
+                if item in scores:
+                    entry[source] = scores[item]
+    return [
+        new_candidate(item, _SOURCES_OF[admitted[item]], scores_of[item], details.get(item, {}))
+        for item in kept
+    ]
 
 
 #: Bit of each source in an admitted item's mask, and the sources (in SOURCES order) per mask.
@@ -219,6 +226,7 @@ def _covisit_details(
     """Per neighbour of the session's distinct anchors (newest first) that is in ``wanted``
     (the candidates kept): see :data:`~featrec.core.candidates.model.DETAILS`."""
     out: dict[str, dict[str, float]] = {}
+    get = out.get
     for p, anchor in enumerate(dict.fromkeys(anchors)):
         row = lookup(anchor)
         if not row:
@@ -227,7 +235,7 @@ def _covisit_details(
         for rank, (item, w) in enumerate(row, start=1):
             if item not in wanted:
                 continue
-            entry = out.get(item)
+            entry = get(item)
             if entry is None:
                 entry = out[item] = {"covisit_anchors": 0.0, "covisit_best_rank": float(rank)}
             entry["covisit_anchors"] += 1.0
@@ -273,6 +281,15 @@ _weight: Final = itemgetter(1)
 
 #: Order of the sources that come after the co-visitation scorer's candidates.
 _LATER: Final = (SESSION, MODEL, HISTORY, TRENDING, POPULAR)
+#: Per mask, the rank of the first later source it has (1-based in :data:`_LATER`) and that
+#: source (None: none of them, rank ``len(_LATER) + 1``).
+_FIRST_LATER: Final[tuple[tuple[int, str | None], ...]] = tuple(
+    next(
+        ((rank, s) for rank, s in enumerate(_LATER, start=1) if mask & (1 << SOURCES.index(s))),
+        (len(_LATER) + 1, None),
+    )
+    for mask in range(1 << len(SOURCES))
+)
 
 
 def _order_key(
@@ -287,6 +304,26 @@ def _order_key(
         if mask & _BIT[source]:
             return (rank, -by_source[source].get(item, 0.0), item)
     return (len(_LATER) + 1, 0.0, item)
+
+
+def _order_keys(
+    admitted: Mapping[str, int], by_source: Mapping[str, Mapping[str, float]]
+) -> list[tuple[int, float, str]]:
+    """:func:`_order_key` of every admitted item (the same tuples, inlined: one per
+    candidate per request), the first later source of each mask looked up once."""
+    covisit = by_source[COVISIT]
+    session = by_source[SESSION]
+    later = [(rank, None if source is None else by_source[source]) for rank, source in _FIRST_LATER]
+    out: list[tuple[int, float, str]] = []
+    append = out.append
+    for item, mask in admitted.items():
+        base = covisit.get(item, 0.0) + session.get(item, 0.0)
+        if base > 0:
+            append((0, -base, item))
+            continue
+        rank, scores = later[mask]
+        append((rank, -scores.get(item, 0.0), item) if scores is not None else (rank, 0.0, item))
+    return out
 
 
 def _model_order_key(

@@ -94,8 +94,9 @@ def score_session(
             found = cache[anchor] = _normalised(neighbours(anchor), config.normalise)
         row, norm = found
         weight = t * p**-config.recency_decay / norm
+        get = scores.get
         for item, w in row:
-            scores[item] = scores.get(item, 0.0) + weight * w
+            scores[item] = get(item, 0.0) + weight * w
         if config.reminder_weight > 0:
             reminder = t * config.reminder_weight * p**-config.reminder_decay
             scores[anchor] = scores.get(anchor, 0.0) + reminder

@@ -1,0 +1,134 @@
+"""Where the request log's writer thread spends its CPU, phase by phase, on real records.
+
+The world of ``benchmarks/recommend.py`` (private redis-server, 5,000 items, a 200-tree ranker),
+``--requests`` cold-cache requests at ``--candidates`` candidates whose records are *captured*
+(not written), then the writer's work done on them in this thread, timed per phase in
+batches of ``--batch`` records (the serving writer takes whatever is queued: at one request
+thread it is mostly one record per transaction): building the body (``to_record``), the row
+digests and the entry's bytes, and the SQLite transaction. ``--cprofile`` prints the top
+functions of the whole write.
+
+    flock /tmp/featrec-heavy.lock .venv/bin/python benchmarks/profile_request_log.py \
+        [--candidates 200] [--requests 400] [--batch 1] [--cprofile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import recommend as bench
+from measure import load_average, prepare_world
+
+from featrec.adapters.sqlite.request_log import SqliteRequestLog
+from featrec.app.serving.recommender import ServingConfig
+from featrec.core.ports.serving import RequestRecord
+from featrec.jobs.serving import ServingOptions, open_recommender, pool_config
+from featrec.testing.redis_server import RedisServer
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--candidates", type=int, default=200)
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3, help="timed passes (the best is shown)")
+    ap.add_argument("--cprofile", action="store_true")
+    args = ap.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="featrec-bench-log-"))
+    server = RedisServer(tmp)
+    server.start()
+    try:
+        run(args, tmp, server)
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
+    settings = prepare_world(tmp, server.url, bench)
+    rng = random.Random(7)
+    bench.world(rng)
+    order = [f"s{i}" for i in range(bench.N_SESSIONS)]
+    rng.shuffle(order)
+    config = replace(
+        ServingConfig(max_session_age_s=bench.MAX_SESSION_AGE_S),
+        candidates=pool_config(args.candidates),
+    )
+    recommender = open_recommender(
+        settings, ServingOptions(request_log="sqlite", model="latest", config=config)
+    )
+    builds: list[Callable[[], RequestRecord]] = []
+    recommender._defer = builds.append  # capture: the records are written below, timed
+    for session in order[: args.requests]:
+        recommender.recommend(session, k=20)
+    recommender.log.close()
+    n = len(builds)
+    print(f"load average (1, 5, 15 min): {load_average()}")
+    print(f"{n} records at {args.candidates} candidates, batches of {args.batch}")
+
+    best: dict[str, float] = {}
+    for attempt in range(args.repeat):
+        log = SqliteRequestLog(tmp / f"log{attempt}.db")
+        times = {"body (to_record)": 0.0, "digests + entry bytes": 0.0, "SQLite write": 0.0}
+        for start in range(0, n, args.batch):
+            chunk = builds[start : start + args.batch]
+            c0 = time.thread_time()
+            records = [build() for build in chunk]
+            c1 = time.thread_time()
+            if hasattr(log, "encode_entries"):
+                entries, new_rows = log.encode_entries(records)
+                c2 = time.thread_time()
+                log.write_entries(entries, new_rows)
+            else:  # an older tree (PYTHONPATH): encoding and writing timed together
+                c2 = c1
+                log.append_many(records)
+            c3 = time.thread_time()
+            times["body (to_record)"] += c1 - c0
+            times["digests + entry bytes"] += c2 - c1
+            times["SQLite write"] += c3 - c2
+        log.close()
+        for name, value in times.items():
+            best[name] = min(best.get(name, float("inf")), value)
+    print(f"{'phase (best of ' + str(args.repeat) + ')':<32}{'CPU-us/record':>14}")
+    for name, value in best.items():
+        print(f"{name:<32}{value / n * 1e6:>14.0f}")
+    sizes = (
+        [
+            len(entry)
+            for _, _, entry in SqliteRequestLog(tmp / "sizes.db").encode_entries(
+                [build() for build in builds[:50]]
+            )[0]
+        ]
+        if hasattr(SqliteRequestLog, "encode_entries")
+        else []
+    )
+    if sizes:
+        print(f"entry size: {sum(sizes) / len(sizes) / 1000:.1f} KB on average")
+    print(f"{'total':<32}{sum(best.values()) / n * 1e6:>14.0f}")
+    if args.cprofile:
+        log = SqliteRequestLog(tmp / "profiled.db")
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for start in range(0, n, args.batch):
+            log.append_many([build() for build in builds[start : start + args.batch]])
+        profiler.disable()
+        log.close()
+        stats: Any = pstats.Stats(profiler)
+        stats.sort_stats("tottime").print_stats(20)
+
+
+if __name__ == "__main__":
+    main()
