@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from featrec.adapters.feast.repo import apply_repo
 from featrec.adapters.feast.writers import RedisLayoutWriter
 from featrec.adapters.files.model_store import models_dir, save_model
 from featrec.settings import Settings
+from featrec.testing.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,3 +118,16 @@ def prepare_world(
     sessions = world.N_SESSIONS
     print(f"{len(rows):,} rows written ({sessions:,} sessions); model {version}", flush=True)
     return settings
+
+
+def with_private_redis(prefix: str, run: Callable[[Path, RedisServer], None]) -> None:
+    """``run(tmp, server)`` with a redis-server of its own in a new temp dir; both are gone
+    afterwards, whatever ``run`` does."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    server = RedisServer(tmp)
+    server.start()
+    try:
+        run(tmp, server)
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)

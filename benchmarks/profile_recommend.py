@@ -20,9 +20,7 @@ import cProfile
 import gc
 import pstats
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -32,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import recommend as bench
-from measure import Stages, load_average, prepare_world
+from measure import Stages, load_average, prepare_world, with_private_redis
 
 from featrec.app.serving import recommender as rec_module
 from featrec.app.serving import steps
@@ -87,14 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--cprofile", action="store_true")
     ap.add_argument("--gc-off", action="store_true", help="no garbage collection (diagnosis)")
     args = ap.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="featrec-bench-profile-"))
-    server = RedisServer(tmp)
-    server.start()
-    try:
-        run(args, tmp, server)
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with_private_redis("featrec-bench-profile-", lambda tmp, server: run(args, tmp, server))
 
 
 def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:

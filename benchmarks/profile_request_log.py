@@ -18,9 +18,7 @@ import argparse
 import cProfile
 import pstats
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -30,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import recommend as bench
-from measure import load_average, prepare_world
+from measure import load_average, prepare_world, with_private_redis
 
 from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.app.serving.recommender import ServingConfig
@@ -47,14 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed passes (the best is shown)")
     ap.add_argument("--cprofile", action="store_true")
     args = ap.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="featrec-bench-log-"))
-    server = RedisServer(tmp)
-    server.start()
-    try:
-        run(args, tmp, server)
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with_private_redis("featrec-bench-log-", lambda tmp, server: run(args, tmp, server))
 
 
 def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:

@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -46,7 +44,13 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import load_average, percentiles, prepare_world, timed  # noqa: E402
+from measure import (  # noqa: E402
+    load_average,
+    percentiles,
+    prepare_world,
+    timed,
+    with_private_redis,
+)
 
 from featrec.adapters.feast.repo import open_store  # noqa: E402
 from featrec.adapters.redis.rows import open_redis_row_reader  # noqa: E402
@@ -278,14 +282,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="HTTP servers to measure side by side (granian,uvicorn)",
     )
     args = ap.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="featrec-bench-recommend-"))
-    server = RedisServer(tmp)
-    server.start()
-    try:
-        run(args, tmp, server)
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with_private_redis("featrec-bench-recommend-", lambda tmp, server: run(args, tmp, server))
 
 
 def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
