@@ -187,7 +187,8 @@ def test_redis_down_is_store_unavailable(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_background_log_writes_in_order_in_batches_and_get_waits(tmp_path: Path) -> None:
+def _counting_log(tmp_path: Path) -> tuple[SqliteRequestLog, list[int]]:
+    """A SQLite request log that also records the size of every batch written to it."""
     inner = SqliteRequestLog(tmp_path / "requests.db")
     batches: list[int] = []
     append_many = inner.append_many
@@ -197,6 +198,11 @@ def test_background_log_writes_in_order_in_batches_and_get_waits(tmp_path: Path)
         append_many(records)
 
     inner.append_many = counting  # type: ignore[method-assign]
+    return inner, batches
+
+
+def test_background_log_writes_in_order_in_batches_and_get_waits(tmp_path: Path) -> None:
+    inner, batches = _counting_log(tmp_path)
     log = BackgroundRequestLog(inner, max_batch=50)
     for i in range(300):
         log.append(make_record(f"r{i}", SHARED, created=float(i)))
@@ -211,15 +217,7 @@ def test_background_log_writes_in_order_in_batches_and_get_waits(tmp_path: Path)
 def test_background_log_lingers_for_a_batch_but_never_delays_a_reader(tmp_path: Path) -> None:
     """Having taken a record, the writer waits ``linger_s`` for more and writes them in one
     batch; a full batch ends the wait, and ``get``/``flush`` do not wait for it."""
-    inner = SqliteRequestLog(tmp_path / "requests.db")
-    batches: list[int] = []
-    append_many = inner.append_many
-
-    def counting(records: list[RequestRecord]) -> None:
-        batches.append(len(records))
-        append_many(records)
-
-    inner.append_many = counting  # type: ignore[method-assign]
+    inner, batches = _counting_log(tmp_path)
     log = BackgroundRequestLog(inner, max_batch=4, linger_s=0.5)
     try:
         for i in range(3):
