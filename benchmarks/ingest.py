@@ -52,7 +52,11 @@ from bytewax.testing import run_main
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 from dataflows import metrics, session_shards, sinks, sources  # noqa: E402
-from dataflows.gc_tuning import tune_gc, tune_switch_interval  # noqa: E402
+from dataflows.gc_tuning import (  # noqa: E402
+    SESSIONS_GC_THRESHOLDS,
+    tune_gc,
+    tune_switch_interval,
+)
 from dataflows.sessions import build_flow  # noqa: E402
 from dataflows.sinks import DeadLetterSink, EventLogSink  # noqa: E402
 from dataflows.sources import FileReplaySource, RedisStreamSource, SourceItem  # noqa: E402
@@ -112,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
     settings = prepare_repo(tmp, server.url)
     client = server.client()
-    tune_gc()  # as dataflows.sessions:flow() does in production
+    tune_gc(SESSIONS_GC_THRESHOLDS)  # as dataflows.sessions:flow() does in production
     tune_switch_interval()
 
     t0 = time.perf_counter()

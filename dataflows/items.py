@@ -46,7 +46,7 @@ from bytewax.outputs import Sink
 
 from dataflows import item_metrics
 from dataflows.batching import micro_batch, shard_chunks, shard_of
-from dataflows.gc_tuning import tune_gc
+from dataflows.gc_tuning import ITEMS_GC_THRESHOLDS, tune_gc
 from dataflows.item_logic import (
     BoardLogic,
     BoardState,
@@ -427,7 +427,7 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
     (``FEATREC_SOURCE``, ``FEATREC_SOURCE_FORMAT``, ``FEATREC_REPLAY_SPEED``).
     """
     env = os.environ if environ is None else environ
-    tune_gc()
+    tune_gc(ITEMS_GC_THRESHOLDS)
     settings = Settings.from_env(env)
     source = source_from_env(env, settings)
     # Not exclusive: `featrec items bootstrap` may write the same rows (each row is guarded).

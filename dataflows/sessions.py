@@ -51,7 +51,7 @@ from prometheus_client import Counter
 
 from dataflows import metrics
 from dataflows.batching import micro_batch, shard_chunks
-from dataflows.gc_tuning import tune_gc, tune_switch_interval
+from dataflows.gc_tuning import SESSIONS_GC_THRESHOLDS, tune_gc, tune_switch_interval
 from dataflows.kafka import KafkaDeadLetterSink, KafkaEventSource
 from dataflows.metrics import FlowStats
 from dataflows.sinks import DeadLetterSink, EventLogSink, FeatureSink, WriterFactory
@@ -540,7 +540,7 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
     stream, or ``<home>/deadletters.jsonl``.
     """
     env = os.environ if environ is None else environ
-    tune_gc()
+    tune_gc(SESSIONS_GC_THRESHOLDS)
     tune_switch_interval()
     settings = Settings.from_env(env)
     source = source_from_env(env, settings, tombstones=True)
