@@ -19,25 +19,23 @@ import argparse
 import cProfile
 import gc
 import pstats
-import random
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import recommend as bench
-from measure import Stages, load_average, prepare_world, with_private_redis
+from measure import Stages, load_average, with_private_redis
 
 from featrec.app.serving import recommender as rec_module
 from featrec.app.serving import steps
 from featrec.app.serving.cache import ResponseCache
 from featrec.app.serving.context import ContextReader
-from featrec.app.serving.recommender import Recommender, ServingConfig
-from featrec.jobs.serving import ServingOptions, open_recommender, pool_config, settle_heap
+from featrec.app.serving.recommender import Recommender
+from featrec.jobs.serving import settle_heap
 from featrec.testing.redis_server import RedisServer
 
 
@@ -89,18 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
-    settings = prepare_world(tmp, server.url, bench)
-    rng = random.Random(7)
-    bench.world(rng)  # the same draws as before the session order
-    order = [f"s{i}" for i in range(bench.N_SESSIONS)]
-    rng.shuffle(order)
-    config = replace(
-        ServingConfig(max_session_age_s=bench.MAX_SESSION_AGE_S),
-        candidates=pool_config(args.candidates),
-    )
-    recommender = open_recommender(
-        settings, ServingOptions(request_log="sqlite", model="latest", config=config)
-    )
+    recommender, order = bench.logged_world(tmp, server.url, args.candidates)
     settle_heap()
     stages = Stages()
     patch(stages, recommender)

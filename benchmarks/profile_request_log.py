@@ -17,23 +17,19 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import recommend as bench
-from measure import load_average, prepare_world, with_private_redis
+from measure import load_average, with_private_redis
 
 from featrec.adapters.sqlite.request_log import SqliteRequestLog
-from featrec.app.serving.recommender import ServingConfig
 from featrec.core.ports.serving import RequestRecord
-from featrec.jobs.serving import ServingOptions, open_recommender, pool_config
 from featrec.testing.redis_server import RedisServer
 
 
@@ -49,18 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
-    settings = prepare_world(tmp, server.url, bench)
-    rng = random.Random(7)
-    bench.world(rng)
-    order = [f"s{i}" for i in range(bench.N_SESSIONS)]
-    rng.shuffle(order)
-    config = replace(
-        ServingConfig(max_session_age_s=bench.MAX_SESSION_AGE_S),
-        candidates=pool_config(args.candidates),
-    )
-    recommender = open_recommender(
-        settings, ServingOptions(request_log="sqlite", model="latest", config=config)
-    )
+    recommender, order = bench.logged_world(tmp, server.url, args.candidates)
     builds: list[Callable[[], RequestRecord]] = []
     recommender._defer = builds.append  # capture: the records are written below, timed
     for session in order[: args.requests]:

@@ -93,6 +93,25 @@ def full(view: catalog.View, **values: object) -> dict[str, object]:
     return out
 
 
+def logged_world(tmp: Path, url: str, candidates: int) -> tuple[Recommender, list[str]]:
+    """The benchmark world (:func:`world`'s seeded draws) in a private store, a recommender
+    over it at ``candidates`` candidates with a SQLite request log, and the sessions in the
+    seeded order the profiles request them (``profile_recommend.py``,
+    ``profile_request_log.py``)."""
+    settings = prepare_world(tmp, url, sys.modules[__name__])
+    rng = random.Random(7)
+    world(rng)  # the same draws as before the session order
+    order = [f"s{i}" for i in range(N_SESSIONS)]
+    rng.shuffle(order)
+    config = replace(
+        ServingConfig(max_session_age_s=MAX_SESSION_AGE_S), candidates=pool_config(candidates)
+    )
+    recommender = open_recommender(
+        settings, ServingOptions(request_log="sqlite", model="latest", config=config)
+    )
+    return recommender, order
+
+
 def world(rng: random.Random) -> list[FeatureRow]:
     rows: list[FeatureRow] = []
     popularity = [1.0 / (i + 1) ** 0.8 for i in range(N_ITEMS)]

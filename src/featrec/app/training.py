@@ -28,7 +28,6 @@ defaults tuned on RSC15-100k: what ``featrec evaluate`` and ``benchmarks/ranker_
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import tempfile
@@ -921,22 +920,23 @@ def fit_stream(
     *,
     holdout_from: datetime | None,
     on_fit: Callable[[int], None] | None = None,
-    directory: Path | None = None,
 ) -> TrainingResult:
     """:func:`fit_ranker` over a stream of replayed points (:func:`replay_points`), keeping
     only what the fit needs: the training points' positives and their seeded sample of
     negatives, and every row of the held-out points (those at or after ``holdout_from``,
-    see :func:`holdout_start`), both spooled to files in ``directory`` (default: a temporary
-    one) rather than held in memory. The same rows, model and metrics as :func:`fit_ranker`
+    see :func:`holdout_start`), both spooled to files in a temporary directory rather than
+    held in memory. The same rows, model and metrics as :func:`fit_ranker`
     on the whole :class:`FeatureSet` (the same seeded sample, drawn in the same order).
     ``on_fit(rows)`` is called before fitting on ``rows`` rows. :func:`collect_rows` and
     :func:`fit_collected` are its two halves, for a caller that frees memory in between."""
-    with contextlib.ExitStack() as stack:
-        if directory is None:
-            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="featrec-")))
-        collected = collect_rows(replayed, config, holdout_from=holdout_from, directory=directory)
-        stack.callback(collected.close)
-        return fit_collected(collected, config, on_fit=on_fit)
+    with tempfile.TemporaryDirectory(prefix="featrec-") as directory:
+        collected = collect_rows(
+            replayed, config, holdout_from=holdout_from, directory=Path(directory)
+        )
+        try:
+            return fit_collected(collected, config, on_fit=on_fit)
+        finally:
+            collected.close()
 
 
 def train(
