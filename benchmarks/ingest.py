@@ -54,6 +54,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 from dataflows import metrics, session_shards, sinks, sources  # noqa: E402
 from dataflows.gc_tuning import (  # noqa: E402
     SESSIONS_GC_THRESHOLDS,
+    frozen_after,
     tune_gc,
     tune_switch_interval,
 )
@@ -251,15 +252,16 @@ class _InlineLog(StatelessSinkPartition[list[Event]]):
 
 
 def flow_parts(s: Settings, shape: str, name: str) -> dict[str, Any]:
-    """Writer factory and sinks of one shape (the baseline keeps the old writer and log)."""
+    """Writer factory and sinks of one shape (the baseline keeps the old writer and log).
+    Writers are opened as the production flows open theirs (:func:`frozen_after`)."""
     if shape == "per-event":
         return {
-            "writer_factory": lambda: open_writer(s),
+            "writer_factory": frozen_after(lambda: open_writer(s)),
             "dead_letter_sink": DeadLetterSink(file=s.dead_letter_file),
             "event_log_sink": InlineEventLogSink(s.event_log_dir / name),
         }
     return {
-        "writer_factory": lambda: open_writer(s, flow=True, exclusive=True),
+        "writer_factory": frozen_after(lambda: open_writer(s, flow=True, exclusive=True)),
         "dead_letter_sink": DeadLetterSink(file=s.dead_letter_file),
         "event_log_sink": EventLogSink(s.event_log_dir / name),
     }
@@ -477,8 +479,8 @@ def freshness(
     samples: list[Sample] = []
     s = settings.with_(stream=f"bench:{name}")
     parts = flow_parts(s, "batch", name)
-    parts["writer_factory"] = lambda: TimingWriter(
-        open_writer(s, flow=True, exclusive=True), samples
+    parts["writer_factory"] = frozen_after(
+        lambda: TimingWriter(open_writer(s, flow=True, exclusive=True), samples)
     )
     source = BoundedStream(RedisStreamSource(url, [s.stream], batch_size=1000), total + warmup)
     flow = build_flow(source, s, **parts)

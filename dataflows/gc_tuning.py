@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 #: The sessions flow's thresholds: allocations before a young collection, then young
 #: collections per middle one, middle per full (CPython's defaults: 700, 10, 10).
@@ -33,6 +37,25 @@ def tune_gc(thresholds: tuple[int, int, int]) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*thresholds)
+
+
+def frozen_after(open_: Callable[[], T]) -> Callable[[], T]:
+    """``open_`` (a worker's writer factory), then freeze the heap it leaves behind.
+
+    The writer is opened on the worker, after :func:`tune_gc`'s freeze, and opening it
+    imports Feast and loads its registry: hundreds of thousands of long-lived objects that
+    the collector would otherwise walk again in the first middle collections (one stopped the
+    sessions worker for 41-60 ms a few seconds into a run, events waiting) and in every full
+    one. Freezing once more after it keeps them out of its reach; reference counting still
+    frees them."""
+
+    def opened() -> T:
+        value = open_()
+        gc.collect()
+        gc.freeze()
+        return value
+
+    return opened
 
 
 #: Seconds a thread may hold the GIL while another waits for it (CPython's default: 0.005).

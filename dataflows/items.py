@@ -46,7 +46,7 @@ from bytewax.outputs import Sink
 
 from dataflows import item_metrics
 from dataflows.batching import micro_batch, shard_chunks, shard_of
-from dataflows.gc_tuning import ITEMS_GC_THRESHOLDS, tune_gc
+from dataflows.gc_tuning import ITEMS_GC_THRESHOLDS, frozen_after, tune_gc
 from dataflows.item_logic import (
     BoardLogic,
     BoardState,
@@ -431,7 +431,7 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
     settings = Settings.from_env(env)
     source = source_from_env(env, settings)
     # Not exclusive: `featrec items bootstrap` may write the same rows (each row is guarded).
-    factory: WriterFactory = partial(open_online_writer, settings, exclusive=False)
+    factory: WriterFactory = frozen_after(partial(open_online_writer, settings, exclusive=False))
     return build_flow(
         source,
         settings,

@@ -51,7 +51,12 @@ from prometheus_client import Counter
 
 from dataflows import metrics
 from dataflows.batching import micro_batch, shard_chunks
-from dataflows.gc_tuning import SESSIONS_GC_THRESHOLDS, tune_gc, tune_switch_interval
+from dataflows.gc_tuning import (
+    SESSIONS_GC_THRESHOLDS,
+    frozen_after,
+    tune_gc,
+    tune_switch_interval,
+)
 from dataflows.kafka import KafkaDeadLetterSink, KafkaEventSource
 from dataflows.metrics import FlowStats
 from dataflows.sinks import DeadLetterSink, EventLogSink, FeatureSink, WriterFactory
@@ -545,7 +550,9 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
     settings = Settings.from_env(env)
     source = source_from_env(env, settings, tombstones=True)
     dead = dead_letter_sink(env, settings, source, items=False)
-    factory: Callable[[], FeatureWriter] = partial(open_online_writer, settings, exclusive=True)
+    factory: Callable[[], FeatureWriter] = frozen_after(
+        partial(open_online_writer, settings, exclusive=True)
+    )
     return build_flow(
         source,
         settings,

@@ -134,12 +134,76 @@ def test_snapshots_are_incremental_and_exact() -> None:
     shard = SessionShard(POLICY, 60.0)
     shard.fold_batch([Arrival(ev(i, f"s{i % 5}", i), 1.0, "o") for i in range(20)], 1.0)
     first = shard.to_bytes()
-    assert shard.stale == set()
+    assert shard.stale == {}
     shard.fold_batch([Arrival(ev(99, "s1", 50), 1.0, "o")], 2.0)
-    assert shard.stale == {"s1"}
+    assert shard.stale == {"s1": 2.0}
     shard.forget("s2")
     second = shard.to_bytes()
     again = SessionShard.from_bytes(second, POLICY, 60.0)
     assert again.states == shard.states and list(again.touched) == list(shard.touched)
     assert SessionShard.from_bytes(first, POLICY, 60.0).states["s1"].n_events == 4
     assert again.states["s1"].n_events == 5 and "s2" not in again.states
+
+
+def test_encode_idle_takes_the_least_recently_changed_idle_sessions_first() -> None:
+    shard = SessionShard(POLICY, 600.0)
+    for i, sid in enumerate(["a", "b", "c", "d"]):
+        shard.fold_batch([Arrival(ev(i, sid, i), 1.0, "o")], now=10.0 + i)
+    shard.fold_batch([Arrival(ev(9, "a", 9), 1.0, "o")], now=20.0)  # a changes again
+    assert list(shard.stale) == ["b", "c", "d", "a"]
+    assert shard.next_idle(5.0) == 16.0  # b, changed at 11, idle 5 s at 16
+    assert shard.encode_idle(now=15.5, idle_s=5.0, limit=10) == 0
+    assert shard.encode_idle(now=17.5, idle_s=5.0, limit=1) == 1  # the limit holds
+    assert list(shard.stale) == ["c", "d", "a"] and set(shard.blobs) == {"b"}
+    assert shard.encode_idle(now=100.0, idle_s=5.0, limit=10) == 3
+    assert shard.stale == {} and shard.next_idle(5.0) is None
+    # A session changed after it was encoded ahead is stale again, and encoded again.
+    shard.fold_batch([Arrival(ev(10, "c", 10), 1.0, "o")], now=101.0)
+    assert shard.stale == {"c": 101.0}
+    assert SessionShard.from_bytes(shard.to_bytes(), POLICY, 600.0).states == shard.states
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(
+    spec=events_strategy,
+    cut=st.integers(1, 10),
+    steps=st.lists(
+        st.sampled_from(["fold", "fold", "ahead", "ahead", "snapshot", "forget", "expire"]),
+        min_size=5,
+        max_size=40,
+    ),
+    idle=st.floats(0, 3),
+    limit=st.integers(1, 4),
+)
+def test_encoding_ahead_never_changes_a_snapshot(
+    spec: list[tuple[str, float, str | None, str]],
+    cut: int,
+    steps: list[str],
+    idle: float,
+    limit: int,
+) -> None:
+    """A shard that encodes ahead (any idle wait, any limit, at any moment) snapshots to the
+    same bytes as its twin that never does, and its snapshots resume to the same states."""
+    events = [ev(i, s, t, u, k) for i, (s, t, u, k) in enumerate(spec)]
+    ahead, plain = SessionShard(POLICY, 5.0), SessionShard(POLICY, 5.0)
+    now, pos = 0.0, 0
+    for step in steps:
+        now += 0.7
+        if step == "fold" and pos < len(events):
+            chunk = [Arrival(e, now, "o") for e in events[pos : pos + cut]]
+            pos += cut
+            assert ahead.fold_batch(chunk, now) == plain.fold_batch(chunk, now)
+        elif step == "ahead":
+            ahead.encode_idle(now, idle, limit)
+        elif step == "forget" and plain.states:
+            sid = next(iter(plain.states))
+            assert ahead.forget(sid) == plain.forget(sid)
+        elif step == "expire":
+            assert ahead.expire(now)[1] == plain.expire(now)[1]
+        else:
+            blob = ahead.to_bytes()
+            assert blob == plain.to_bytes()
+            assert SessionShard.from_bytes(blob, POLICY, 5.0).states == ahead.states
+    blob = ahead.to_bytes()
+    assert blob == plain.to_bytes()
+    assert SessionShard.from_bytes(blob, POLICY, 5.0).states == ahead.states

@@ -16,6 +16,12 @@ the same :func:`~featrec.core.sessions.fold.fold`; the shard only adds bookkeepi
 - **Snapshots.** :meth:`to_bytes` is one msgpack blob (immutable, and incremental: only the
   sessions changed since the last snapshot are encoded again, the others' bytes are reused;
   a deep copy would copy every object); :meth:`from_bytes` rebuilds the shard.
+- **Encoding ahead.** The engine snapshots every shard at the end of an epoch, one after the
+  other, while events wait: ~16 shards x ~1,400 changed sessions x 2.5-4 µs stopped the worker
+  for ~85-120 ms per epoch at 16k events/s. :meth:`encode_idle` encodes, a few hundred at a
+  time between batches, the changed sessions that have been idle for a while (most of them
+  will not change again before the snapshot), so the snapshot itself encodes only the
+  sessions touched in the last moments. The bytes are the same either way.
 
 System time is always passed in (``now``, unix seconds), so tests drive it.
 """
@@ -61,10 +67,12 @@ class SessionShard:
         self.touched: dict[str, float] = {}
         #: session id -> newest ``ingested_at`` folded since the session's last row.
         self.dirty: dict[str, float] = {}
-        #: session id -> its state as msgpack, as of the last snapshot (snapshots are
+        #: session id -> its state as msgpack, as of when it was last encoded (snapshots are
         #: incremental: only sessions changed since then, ``stale``, are encoded again).
         self.blobs: dict[str, bytes] = {}
-        self.stale: set[str] = set()
+        #: session id -> system time of its last change, for sessions whose blob is out of
+        #: date; least recently changed first (:meth:`encode_idle` takes from the front).
+        self.stale: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self.states)
@@ -95,7 +103,8 @@ class SessionShard:
             if fold(state, event, policy) is Outcome.LATE:
                 late.append((i, newest_us))
                 continue
-            stale.add(sid)
+            stale.pop(sid, None)
+            stale[sid] = now
             seen = dirty.get(sid)
             ingested_at = arrival[1]
             if seen is None or ingested_at > seen:
@@ -121,7 +130,7 @@ class SessionShard:
         for sid in gone:
             del self.touched[sid]
             self.blobs.pop(sid, None)
-            self.stale.discard(sid)
+            self.stale.pop(sid, None)
             state = self.states.pop(sid)
             pending = self.dirty.pop(sid, None)
             if pending is not None:
@@ -139,7 +148,7 @@ class SessionShard:
         self.touched.pop(session_id, None)
         self.dirty.pop(session_id, None)
         self.blobs.pop(session_id, None)
-        self.stale.discard(session_id)
+        self.stale.pop(session_id, None)
         return self.states.pop(session_id, None) is not None
 
     def drop_where(self, denied: Callable[[SessionState], bool]) -> int:
@@ -156,14 +165,37 @@ class SessionShard:
         (``msgspec.Raw``), so a snapshot of mostly idle sessions costs little."""
         encode, blobs, states = _ENCODER.encode, self.blobs, self.states
         for sid in self.stale:
-            state = states.get(sid)
-            if state is not None:
-                blobs[sid] = encode(_state_list(state))
-        self.stale = set()
+            blobs[sid] = encode(_state_list(states[sid]))
+        self.stale = {}
         raw = [msgspec.Raw(blobs[sid]) for sid in self.touched]
         times = list(self.touched.values())
         dirty = [[sid, at] for sid, at in self.dirty.items()]
         return encode([SNAPSHOT_FORMAT, raw, times, dirty])
+
+    def encode_idle(self, now: float, idle_s: float, limit: int) -> int:
+        """Encode up to ``limit`` changed sessions untouched since ``now - idle_s``, least
+        recently changed first, ahead of the next snapshot; how many."""
+        stale = self.stale
+        if not stale:
+            return 0
+        horizon = now - idle_s
+        done: list[str] = []
+        for sid, at in stale.items():
+            if at > horizon or len(done) >= limit:
+                break
+            done.append(sid)
+        encode, blobs, states = _ENCODER.encode, self.blobs, self.states
+        for sid in done:
+            blobs[sid] = encode(_state_list(states[sid]))
+            del stale[sid]
+        return len(done)
+
+    def next_idle(self, idle_s: float) -> float | None:
+        """System time at which the least recently changed stale session has been idle
+        ``idle_s`` (when :meth:`encode_idle` has work), or None."""
+        for at in self.stale.values():
+            return at + idle_s
+        return None
 
     @classmethod
     def from_bytes(
@@ -180,7 +212,7 @@ class SessionShard:
             shard.states[state.session_id] = state
             shard.touched[state.session_id] = at if now is None else now
         shard.dirty = {sid: at for sid, at in dirty}
-        shard.stale = set(shard.states)
+        shard.stale = dict(shard.touched)
         return shard
 
 
