@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import os
 import pstats
 import shutil
@@ -491,7 +492,7 @@ def freshness(
         text=True,
     )  # fmt: skip
     c0, t0 = time.process_time(), time.perf_counter()
-    with flush_stamps():
+    with flush_stamps(), worker_pauses() as pauses:
         run_main(flow)
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     out, _ = producer.communicate(timeout=60)
@@ -518,6 +519,67 @@ def freshness(
             f"  {label:<24} p50 {qi[49] * 1000:6.1f} ms, p99 {qi[98] * 1000:6.1f} ms; "
             f"in the slowest 1%: mean {statistics.fmean(x[i] for x in tail) * 1000:6.1f} ms"
         )
+    pauses.report(steady_from)
+
+
+class Pauses:
+    """The worker's stops during a run: collector pauses by generation and the engine's
+    end-of-epoch snapshots (every shard's, one after another), as (started, seconds)."""
+
+    def __init__(self) -> None:
+        self.gc: dict[int, list[tuple[float, float]]] = {0: [], 1: [], 2: []}
+        self.snapshots: list[tuple[float, float]] = []
+
+    def report(self, since: float) -> None:
+        names = {0: "young", 1: "middle", 2: "full"}
+        parts = []
+        for gen, xs in self.gc.items():
+            d = [x[1] for x in xs if x[0] >= since]
+            if d:
+                parts.append(f"{names[gen]} {len(d)} (max {max(d) * 1000:.1f} ms)")
+        # One epoch's snapshots run back to back: group those less than 50 ms apart.
+        epochs: list[float] = []
+        last = -1.0
+        for at, took in sorted(x for x in self.snapshots if x[0] >= since):
+            if at - last < 0.05:
+                epochs[-1] += took
+            else:
+                epochs.append(took)
+            last = at + took
+        stalls = ", ".join(f"{x * 1000:.1f}" for x in epochs) or "none"
+        print(
+            f"  worker pauses in the steady phase: collections {'; '.join(parts) or 'none'}; "
+            f"end-of-epoch snapshots, all shards: {stalls} ms"
+        )
+
+
+@contextmanager
+def worker_pauses() -> Iterator[Pauses]:
+    """Time the collector (``gc.callbacks``) and the shards' snapshots during a run."""
+    pauses = Pauses()
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.time()
+        else:
+            pauses.gc[info["generation"]].append((started[0], time.time() - started[0]))
+
+    snapshot = session_shards.ShardLogic.snapshot
+
+    def timed_snapshot(logic: session_shards.ShardLogic) -> bytes:
+        at = time.time()
+        blob = snapshot(logic)
+        pauses.snapshots.append((at, time.time() - at))
+        return blob
+
+    gc.callbacks.append(on_gc)
+    session_shards.ShardLogic.snapshot = timed_snapshot  # type: ignore[method-assign]
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(on_gc)
+        session_shards.ShardLogic.snapshot = snapshot  # type: ignore[method-assign]
 
 
 # -- memory and the gap ------------------------------------------------------------------------
