@@ -5,19 +5,26 @@ batch size, any row batch bound and shard count; one bad record costs only itsel
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dataflows.sessions import build_flow
+from dataflows import session_shards
+from dataflows.metrics import FlowStats
+from dataflows.session_shards import ENCODE_IDLE_S, ShardLogic
+from dataflows.sessions import NothingDenied, build_flow
+from featrec.core.events.batch_decode import Arrival
 from featrec.core.events.formats import DeadLetter, RawRecord
 from featrec.core.events.model import Event
 from featrec.core.features.catalog import SESSION_FEATURES
 from featrec.core.ports.features import InMemoryFeatureStore
 from featrec.core.sessions.fold import Outcome, SessionState, fold, session_row
+from featrec.core.sessions.shard import SessionShard
 from featrec.settings import Settings
 
 VIEW = SESSION_FEATURES.name
@@ -117,3 +124,42 @@ def test_one_bad_record_inside_a_batch_loses_only_itself(tmp_path: Path) -> None
     assert [(d.origin, d.reason.split(":")[0]) for d in letters] == [("t:bad", "price")]
     assert logged == 400
     assert len(rows) == 40 and all(v[0]["n_events"] == 10 for v in rows.values())  # type: ignore[index]
+
+
+def test_the_shard_step_encodes_idle_sessions_ahead_and_wakes_for_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between batches the step encodes sessions idle for ENCODE_IDLE_S (so the end-of-epoch
+    snapshot has less to do), and its timer wakes when the oldest changed one is due."""
+    policy = Settings().session_policy
+    events = [
+        Event(f"e{i}", f"s{i % 3}", "i1", "view", T0 + timedelta(seconds=i)) for i in range(6)
+    ]
+    arrivals = [Arrival(e, 1.0, "o") for e in events]
+
+    def logic() -> ShardLogic:
+        return ShardLogic(
+            SessionShard(policy, 600.0),
+            deadline_s=60.0,
+            max_rows=1000,
+            stats=FlowStats(),
+            deny=NothingDenied(),
+        )
+
+    waiting = logic()
+    before = time.time()
+    waiting.on_batch([arrivals])
+    assert set(waiting.shard.stale) == {"s0", "s1", "s2"} and not waiting.shard.blobs
+    due = waiting.notify_at()
+    assert due is not None
+    assert before + ENCODE_IDLE_S <= due.timestamp() <= time.time() + ENCODE_IDLE_S
+
+    monkeypatch.setattr(session_shards, "ENCODE_IDLE_S", 0.0)
+    ahead = logic()
+    ahead.on_batch([arrivals])
+    assert ahead.shard.stale == {} and set(ahead.shard.blobs) == {"s0", "s1", "s2"}
+    # The snapshot reuses those bytes: the same as encoding every session at snapshot time.
+    blob = ahead.snapshot()
+    again = SessionShard.from_bytes(blob, policy, 600.0)  # nothing encoded yet
+    assert again.to_bytes() == blob
+    assert again.states == ahead.shard.states == waiting.shard.states
