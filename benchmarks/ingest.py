@@ -96,6 +96,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     ap.add_argument("--half-rate", type=int, default=0, help="second freshness rate, events/s")
     ap.add_argument(
+        "--epoch-s",
+        type=float,
+        default=10.0,
+        help="the freshness runs' epoch (snapshot) interval; bytewax's run_main default is 10, "
+        "featrec's launcher runs flows with 5",
+    )
+    ap.add_argument(
         "--deadlines",
         default="",
         help="comma-separated FEATREC_BATCH_DEADLINE_MS values to run the freshness part at "
@@ -160,7 +167,10 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
             for deadline in deadlines if target else []:
                 client.flushall()
                 at = settings.with_(batch_deadline_ms=deadline)
-                freshness(events_path, at, server.url, target, args.rate_seconds, f"f{runs}", n)
+                freshness(
+                    events_path, at, server.url, target, args.rate_seconds, f"f{runs}", n,
+                    args.epoch_s,
+                )  # fmt: skip
                 runs += 1
     # 4. Memory per live session.
     if "memory" in parts:
@@ -472,7 +482,14 @@ print(time.perf_counter() - start, flush=True)
 
 
 def freshness(
-    path: Path, settings: Settings, url: str, rate: int, seconds: float, name: str, n: int
+    path: Path,
+    settings: Settings,
+    url: str,
+    rate: int,
+    seconds: float,
+    name: str,
+    n: int,
+    epoch_s: float = 10.0,
 ) -> None:
     """Publish at a steady rate from another process while the flow runs; percentiles."""
     warmup = 500
@@ -493,7 +510,7 @@ def freshness(
     )  # fmt: skip
     c0, t0 = time.process_time(), time.perf_counter()
     with flush_stamps(), worker_pauses() as pauses:
-        run_main(flow)
+        run_main(flow, epoch_interval=timedelta(seconds=epoch_s))
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     out, _ = producer.communicate(timeout=60)
     steady_from_s, produced_s = out.split()[:2]

@@ -73,6 +73,9 @@ SESSIONS_STEP: Final = "sessions"
 ENCODE_IDLE_S: Final = 1.0
 #: At most this many sessions encoded ahead per batch or timer call (~0.5-1 ms of work).
 ENCODE_LIMIT: Final = 256
+#: This long before the next end-of-epoch snapshot is expected (the interval between a
+#: shard's last two snapshots), every changed session is encoded ahead, idle or not.
+SNAPSHOT_LEAD_S: Final = 0.3
 
 ShardValue: TypeAlias = list[Arrival] | Forget
 ShardItem: TypeAlias = tuple[str, ShardValue]
@@ -205,6 +208,9 @@ class ShardLogic(StatefulBatchLogic[ShardValue, ShardOutput, bytes]):
         self.live = len(shard)
         metrics.LIVE_SESSIONS.inc(self.live)
         self.flush_at: float | None = time.time() + deadline_s if shard.dirty else None
+        #: When this shard's last snapshot was taken, and the interval before it.
+        self.snapshot_at: float | None = None
+        self.epoch_s: float | None = None
 
     def on_batch(self, values: list[ShardValue]) -> tuple[Iterable[ShardOutput], bool]:
         now = time.time()
@@ -237,7 +243,7 @@ class ShardLogic(StatefulBatchLogic[ShardValue, ShardOutput, bytes]):
             if len(shard.dirty) >= self.max_rows:
                 self._flush(out)
         self._expire(now, out)
-        shard.encode_idle(now, ENCODE_IDLE_S, ENCODE_LIMIT)
+        shard.encode_idle(now, self._idle_s(now), ENCODE_LIMIT)
         return out, self._keep()
 
     def on_notify(self) -> tuple[Iterable[ShardOutput], bool]:
@@ -246,7 +252,7 @@ class ShardLogic(StatefulBatchLogic[ShardValue, ShardOutput, bytes]):
         if self.flush_at is not None and self.flush_at <= now:
             self._flush(out)
         self._expire(now, out)
-        self.shard.encode_idle(now, ENCODE_IDLE_S, ENCODE_LIMIT)
+        self.shard.encode_idle(now, self._idle_s(now), ENCODE_LIMIT)
         return out, self._keep()
 
     def on_eof(self) -> tuple[Iterable[ShardOutput], bool]:
@@ -262,13 +268,36 @@ class ShardLogic(StatefulBatchLogic[ShardValue, ShardOutput, bytes]):
         due = self.shard.next_expiry()
         if self.flush_at is not None and (due is None or self.flush_at < due):
             due = self.flush_at
-        idle = self.shard.next_idle(ENCODE_IDLE_S)
+        now = time.time()
+        idle = self.shard.next_idle(self._idle_s(now))
+        lead = self._lead_from()
+        if idle is not None and lead is not None and now < lead:
+            idle = min(idle, lead)
         if idle is not None and (due is None or idle < due):
             due = idle
         return None if due is None else datetime.fromtimestamp(due, UTC)
 
     def snapshot(self) -> bytes:
+        now = time.time()
+        if self.snapshot_at is not None:
+            self.epoch_s = now - self.snapshot_at
+        self.snapshot_at = now
         return self.shard.to_bytes()
+
+    def _lead_from(self) -> float | None:
+        """When the encode-everything window before the expected next snapshot opens (the
+        snapshot is expected one interval after the last), or None before two snapshots."""
+        if self.epoch_s is None or self.snapshot_at is None:
+            return None
+        return self.snapshot_at + self.epoch_s - SNAPSHOT_LEAD_S
+
+    def _idle_s(self, now: float) -> float:
+        """How long a changed session must have been idle to be encoded ahead now: 0 within
+        ``SNAPSHOT_LEAD_S`` either side of the expected snapshot (a missed guess falls back)."""
+        lead = self._lead_from()
+        if lead is not None and lead <= now <= lead + 2 * SNAPSHOT_LEAD_S:
+            return 0.0
+        return ENCODE_IDLE_S
 
     def _keep(self) -> bool:
         if len(self.shard) or self.shard.dirty:

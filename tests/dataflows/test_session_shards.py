@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from dataflows import session_shards
 from dataflows.metrics import FlowStats
-from dataflows.session_shards import ENCODE_IDLE_S, ShardLogic
+from dataflows.session_shards import ENCODE_IDLE_S, SNAPSHOT_LEAD_S, ShardLogic
 from dataflows.sessions import NothingDenied, build_flow
 from featrec.core.events.batch_decode import Arrival
 from featrec.core.events.formats import DeadLetter, RawRecord
@@ -152,7 +152,7 @@ def test_the_shard_step_encodes_idle_sessions_ahead_and_wakes_for_them(
     assert set(waiting.shard.stale) == {"s0", "s1", "s2"} and not waiting.shard.blobs
     due = waiting.notify_at()
     assert due is not None
-    assert before + ENCODE_IDLE_S <= due.timestamp() <= time.time() + ENCODE_IDLE_S
+    assert before + ENCODE_IDLE_S - 1e-3 <= due.timestamp() <= time.time() + ENCODE_IDLE_S
 
     monkeypatch.setattr(session_shards, "ENCODE_IDLE_S", 0.0)
     ahead = logic()
@@ -163,3 +163,38 @@ def test_the_shard_step_encodes_idle_sessions_ahead_and_wakes_for_them(
     again = SessionShard.from_bytes(blob, policy, 600.0)  # nothing encoded yet
     assert again.to_bytes() == blob
     assert again.states == ahead.shard.states == waiting.shard.states
+
+
+def test_near_the_expected_snapshot_every_changed_session_is_encoded_ahead() -> None:
+    """The next end-of-epoch snapshot is expected one interval after a shard's last one:
+    within SNAPSHOT_LEAD_S of it, sessions are encoded ahead idle or not; before, only idle."""
+    policy = Settings().session_policy
+    arrivals = [
+        Arrival(Event(f"e{i}", f"s{i}", "i1", "view", T0 + timedelta(seconds=i)), 1.0, "o")
+        for i in range(3)
+    ]
+    logic = ShardLogic(
+        SessionShard(policy, 600.0),
+        deadline_s=60.0,
+        max_rows=1000,
+        stats=FlowStats(),
+        deny=NothingDenied(),
+    )
+    logic.snapshot()
+    logic.snapshot()
+    assert logic.epoch_s is not None and logic.snapshot_at is not None
+    # The last two snapshots 10 s apart, the next expected in 0.8 s: not near enough yet.
+    logic.epoch_s, logic.snapshot_at = 10.0, time.time() - 10.0 + 0.8
+    logic.on_batch([arrivals])
+    assert set(logic.shard.stale) == {"s0", "s1", "s2"}
+    due = logic.notify_at()  # wakes when the window opens (0.5 s), before the idle rule (1 s)
+    assert due is not None
+    assert abs(due.timestamp() - (logic.snapshot_at + 10.0 - SNAPSHOT_LEAD_S)) < 1e-3
+    # The next snapshot is due in 0.1 s: everything changed is encoded now.
+    logic.snapshot_at = time.time() - 10.0 + 0.1
+    logic.on_notify()
+    assert logic.shard.stale == {} and set(logic.shard.blobs) == {"s0", "s1", "s2"}
+    # A guess missed by more than the lead falls back to the idle rule.
+    logic.snapshot_at = time.time() - 10.0 - 2 * SNAPSHOT_LEAD_S - 0.1
+    logic.on_batch([[Arrival(arrivals[0].event, 1.0, "o")]])
+    assert set(logic.shard.stale) == {"s0"}
