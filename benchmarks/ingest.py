@@ -96,6 +96,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     ap.add_argument("--half-rate", type=int, default=0, help="second freshness rate, events/s")
     ap.add_argument(
+        "--encode-ahead",
+        choices=("on", "idle", "off"),
+        default="on",
+        help="A/B of the shards' encoding ahead of snapshots: on (as shipped), idle (only "
+        "sessions idle for ENCODE_IDLE_S, not near the expected snapshot), off (none: every "
+        "changed session encoded at snapshot time, as before)",
+    )
+    ap.add_argument(
+        "--no-freeze",
+        action="store_true",
+        help="A/B: do not freeze the heap after a worker opens its writer (as before)",
+    )
+    ap.add_argument(
         "--epoch-s",
         type=float,
         default=10.0,
@@ -110,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     print(f"load average at start: {os.getloadavg()}")
+    ab_switches(args.encode_ahead, args.no_freeze)
 
     with tempfile.TemporaryDirectory(prefix="featrec-ingest-") as tmp_name:
         tmp = Path(tmp_name)
@@ -120,6 +134,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         finally:
             server.stop()
     print(f"\nload average at end: {os.getloadavg()}")
+
+
+def ab_switches(encode_ahead: str, no_freeze: bool) -> None:
+    """Turn this benchmark's A/B switches into the flow's settings (module constants)."""
+    global frozen_after  # noqa: PLW0603 - the writer factories below look it up here
+    if encode_ahead != "on":
+        session_shards.SNAPSHOT_LEAD_S = -1e9  # type: ignore[misc]
+    if encode_ahead == "off":
+        session_shards.ENCODE_IDLE_S = 1e9  # type: ignore[misc]
+    if no_freeze:
+        frozen_after = _unfrozen
+    if encode_ahead != "on" or no_freeze:
+        print(f"A/B: encode ahead {encode_ahead}, freeze after the writer opens: {not no_freeze}")
+
+
+def _unfrozen(open_: Callable[[], Any]) -> Callable[[], Any]:
+    return open_
 
 
 def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
