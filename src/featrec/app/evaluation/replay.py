@@ -135,6 +135,41 @@ class SessionHistory:
         return self._rows[session_id][i - 1] if i else None
 
 
+class FrozenRows:
+    """A :class:`RowReader` that reads each row of every view but ``session_features`` from
+    ``base`` once and keeps it: in a replay those rows (item signals, batch features, the item
+    model) are frozen at the training cutoff, so every policy's recommender shares one read of
+    each instead of each reading it through its own cache. The replay gate refuses a write of
+    any other view than ``session_features`` (:meth:`ReplayGate.rows_written`), which is what
+    makes keeping them exact."""
+
+    def __init__(self, base: RowReader) -> None:
+        self.base = base
+        self._views: dict[str, dict[str, StampedRow | None]] = {}
+
+    def read_rows(self, wanted: Wanted) -> Found:
+        out: Found = {}
+        missing: dict[str, list[str]] = {}
+        for view, keys in wanted.items():
+            if view == SESSION_FEATURES.name:
+                missing[view] = list(keys)
+                continue
+            kept = self._views.setdefault(view, {})
+            absent = [key for key in keys if key not in kept]
+            if absent:
+                missing[view] = list(dict.fromkeys(absent))
+        fetched = self.base.read_rows(missing) if missing else {}
+        for view, keys in wanted.items():
+            if view == SESSION_FEATURES.name:
+                out[view] = fetched[view]
+                continue
+            kept = self._views[view]
+            if view in fetched:
+                kept.update(zip(missing[view], fetched[view], strict=True))
+            out[view] = [kept[key] for key in keys]
+        return out
+
+
 class SessionView:
     """A :class:`RowReader` that serves every view from ``base`` except ``session_features``,
     which comes from ``history`` as of ``delay_s`` before the clock (``delay_s=None``: never,
@@ -236,6 +271,8 @@ class Policies:
         self.clock = ReplayClock()
         self.history = SessionHistory()
         self.rows = rows
+        #: The rows every recommender reads besides the session's, read once (see FrozenRows).
+        self.frozen = FrozenRows(rows)
         cfg = evaluation_config(config)
         # session-only stays the co-visitation scorer alone; item-model orders by the model.
         configs = {
@@ -255,7 +292,7 @@ class Policies:
             elif name in STALE:
                 delay = STALE[name]
             self.recommenders[name] = Recommender(
-                SessionView(rows, self.history, self.clock, delay),
+                SessionView(self.frozen, self.history, self.clock, delay),
                 DiscardedRequestLog(),
                 model=None if name in (SESSION_ONLY, ITEM_MODEL) else model,
                 config=configs.get(name, cfg),
@@ -272,7 +309,7 @@ class Policies:
             raise ConfigError(f"variant name {name!r} is a policy's or already answering")
         self.names.append(name)
         self.recommenders[name] = Recommender(
-            SessionView(self.rows, self.history, self.clock, 0.0),
+            SessionView(self.frozen, self.history, self.clock, 0.0),
             DiscardedRequestLog(),
             model=model,
             config=evaluation_config(config),
@@ -420,7 +457,10 @@ class ReplayGate:
         from the store in one read and their points answered together."""
         for row in rows:
             if row.view != SESSION_FEATURES.name:
-                continue
+                raise FeatrecError(
+                    f"a {row.view!r} row was written during the replay: the replay keeps every "
+                    "view but session_features frozen at the training cutoff"
+                )
             self.stats.rows_written += 1
             flight = self._in_flight.get(row.key)
             if flight is None or row.key in self._written:
