@@ -3,11 +3,16 @@ that do not depend on the concurrency (only on each session's own events)."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from featrec.app.evaluation.answer_pool import AnswerPool
 from featrec.app.evaluation.replay import (
     BATCH_ONLY,
     ITEM_MODEL,
@@ -79,13 +84,33 @@ def _neighbours() -> list[FeatureRow]:
     ]
 
 
+class _JsonLines:
+    """An answering worker's output in a test: JSON lines in its own file."""
+
+    def __init__(self, path: Path) -> None:
+        self.f = path.open("w")
+
+    def write(self, answer: PointAnswer) -> None:
+        self.f.write(json.dumps(answer.to_dict()) + "\n")
+
+    def close(self) -> None:
+        self.f.close()
+
+
 def _replay(
-    events: list[Event], concurrency: int, seed: int, every_policy: bool = False
-) -> list[PointAnswer]:
+    events: list[Event],
+    concurrency: int,
+    seed: int,
+    every_policy: bool = False,
+    workers: int = 1,
+    out_dir: Path | None = None,
+) -> list[dict[str, Any]]:
     """Run the gate against a flow stand-in that folds each released event with the real
     session fold and writes the rows in a shuffled order, a few at a time, settling (reading
     back, answering) after a random number of writes. ``every_policy``: the full policy and
-    the stale views too, with a real fitted ranker."""
+    the stale views too, with a real fitted ranker. ``workers`` > 1: the points are answered
+    by an :class:`AnswerPool` of that many forked processes, each writing its answers to its
+    own file in ``out_dir``. Returns the answers as dicts, in event order."""
     store = InMemoryFeatureStore()
     store.write(_neighbours())
     rows = InMemoryRows(store)
@@ -97,8 +122,25 @@ def _replay(
         5,
     )
     answers: list[PointAnswer] = []
+    pool = None
+    if workers > 1:
+        assert out_dir is not None
+        out = out_dir
+        # Each worker reads the frozen rows through a reader of its own, as in a real replay.
+        pool = AnswerPool(
+            policies,
+            lambda i: _JsonLines(out / f"w{i}.jsonl"),
+            workers,
+            reopen=lambda: InMemoryRows(store),
+        ).start()
     gate = ReplayGate(
-        events, prediction_points(events), rows, policies, answers.append, concurrency=concurrency
+        events,
+        prediction_points(events),
+        rows,
+        policies,
+        answers.append,
+        concurrency=concurrency,
+        answering=pool,
     )
     states: dict[str, SessionState] = {}
     rng = random.Random(seed)
@@ -123,11 +165,20 @@ def _replay(
         if rng.random() < 0.5:
             gate.settle()
     assert gate.done and not pending
-    return sorted(answers, key=lambda a: a.point.event_index)
+    if pool is None:
+        found = [a.to_dict() for a in answers]
+    else:
+        assert out_dir is not None and not answers
+        files = sorted(out_dir.glob("w*.jsonl"))
+        assert len(files) == workers
+        found = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    return sorted(found, key=lambda a: int(a["point"]["event_index"]))
 
 
-def _figures(answers: list[PointAnswer]) -> list[tuple[object, ...]]:
-    return [(a.point, sorted(a.lists.items()), sorted(a.degraded.items())) for a in answers]
+def _figures(answers: list[dict[str, Any]]) -> list[tuple[object, ...]]:
+    return [
+        (a["point"], sorted(a["lists"].items()), sorted(a["degraded"].items())) for a in answers
+    ]
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -144,12 +195,85 @@ def test_every_policy_answers_the_same_at_any_concurrency() -> None:
     rows read back at each point and the history before it, whatever else is in flight."""
     events = _events(3, sessions=20)
     answers = _replay(events, 1, 3, every_policy=True)
-    assert all(set(a.lists) == set(POLICIES) for a in answers)
+    assert all(set(a["lists"]) == set(POLICIES) for a in answers)
     # the live row matters: full differs from batch-only somewhere
-    assert any(a.lists["full"] != a.lists[BATCH_ONLY] for a in answers)
+    assert any(a["lists"]["full"] != a["lists"][BATCH_ONLY] for a in answers)
     baseline = _figures(answers)
     for concurrency in (3, 64):
         assert _figures(_replay(events, concurrency, 5, every_policy=True)) == baseline
+
+
+@pytest.mark.parametrize(("concurrency", "workers"), [(1, 2), (7, 3), (64, 2)])
+def test_answering_processes_answer_the_same(
+    tmp_path: Path, concurrency: int, workers: int
+) -> None:
+    """Points answered by forked worker processes, each owning whole sessions: every policy's
+    list at every point is the serial replay's, whatever the number of workers and the
+    interleaving, and each worker answered some of them."""
+    events = _events(4, sessions=24)
+    baseline = _figures(_replay(events, 1, 4, every_policy=True))
+    assert len(baseline) == sum(p is not None for p in prediction_points(events))
+    out = tmp_path / f"c{concurrency}w{workers}"
+    out.mkdir()
+    pooled = _replay(
+        events, concurrency, 9 + workers, every_policy=True, workers=workers, out_dir=out
+    )
+    assert _figures(pooled) == baseline
+    assert all((out / f"w{i}.jsonl").stat().st_size > 0 for i in range(workers))
+    # a session's points all come from one worker
+    owners: dict[str, int] = {}
+    for i in range(workers):
+        for line in (out / f"w{i}.jsonl").read_text().splitlines():
+            session = json.loads(line)["point"]["session_id"]
+            assert owners.setdefault(session, i) == i
+
+
+class _Failing(_JsonLines):
+    def write(self, answer: PointAnswer) -> None:
+        if answer.point.position == 3:
+            os._exit(3)  # the worker dies mid-replay
+        super().write(answer)
+
+
+def test_a_failed_answering_worker_fails_the_replay(tmp_path: Path) -> None:
+    events = _events(5, sessions=12)
+    store = InMemoryFeatureStore()
+    store.write(_neighbours())
+    rows = InMemoryRows(store)
+    policies = Policies([POPULARITY, SESSION_ONLY], rows, None, most_popular(events, 5), 5)
+    pool = AnswerPool(policies, lambda i: _Failing(tmp_path / f"w{i}.jsonl"), 2).start()
+    gate = ReplayGate(
+        events,
+        prediction_points(events),
+        rows,
+        policies,
+        lambda a: None,
+        concurrency=4,
+        answering=pool,
+    )
+    states: dict[str, SessionState] = {}
+    with pytest.raises(FeatrecError, match="answering worker"):
+        while (batch := gate.release_batch()) is not None:
+            rows_out = []
+            for event in batch:
+                state = states.setdefault(event.session_id, SessionState(event.session_id))
+                fold(state, event, POLICY)
+                rows_out.append(session_row(state))
+            store.write(rows_out)
+            gate.rows_written(rows_out)
+    pool.terminate()
+
+
+def test_a_non_session_row_written_during_the_replay_is_refused() -> None:
+    """The policies keep the item rows they read (frozen at the cutoff): a write of one
+    during the replay would make that wrong, so the gate refuses it."""
+    e = [Event("a", "s1", "i1", CLICK, T0)]
+    rows = InMemoryRows(InMemoryFeatureStore())
+    policies = Policies([POPULARITY], rows, None, ["i1"], 1)
+    gate = ReplayGate(e, prediction_points(e), rows, policies, lambda a: None)
+    assert gate.release_batch() == [e[0]]
+    with pytest.raises(FeatrecError, match="frozen"):
+        gate.rows_written([_neighbours()[0]])
 
 
 def test_two_events_of_one_session_are_never_in_flight_together() -> None:

@@ -41,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Final, Protocol
 
 from featrec.app.serving.recommender import LoadedModel, Recommender, ServingConfig
 from featrec.core.evaluation.protocol import PredictionPoint
@@ -299,6 +299,12 @@ class Policies:
                 clock=self.clock,
             )
 
+    def use_rows(self, rows: RowReader) -> None:
+        """Read the store through ``rows`` from now on (an answering process opens its own
+        reader: a store connection is not shared across ``fork``)."""
+        self.rows = rows
+        self.frozen.base = rows
+
     def add_variant(
         self, name: str, model: LoadedModel | None, config: ServingConfig | None = None
     ) -> None:
@@ -330,6 +336,58 @@ class Policies:
             answer.degraded[name] = degraded
 
 
+class Answering(Protocol):
+    """Where the gate sends each settled event: its session row as read back (None: not
+    readable) and its prediction point (None: the session's last event), for every policy to
+    answer in the session's order. :class:`SerialAnswers` answers in the gate's own process;
+    :class:`featrec.app.evaluation.answer_pool.AnswerPool` in worker processes that each own
+    whole sessions."""
+
+    def settled(
+        self,
+        session_id: str,
+        at_s: float,
+        row: StampedRow | None,
+        point: PredictionPoint | None,
+        freshness_ms: float,
+    ) -> None: ...
+
+    def flush(self) -> None:
+        """The gate settled a batch of events (a pool sends what it holds)."""
+
+    def close(self) -> None:
+        """Every event has settled: finish answering (a pool waits for its workers)."""
+
+
+class SerialAnswers:
+    """Every policy answers at once, in the caller's process, each point as it settles."""
+
+    def __init__(self, policies: Policies, out: Callable[[PointAnswer], None]) -> None:
+        self.policies = policies
+        self.out = out
+
+    def settled(
+        self,
+        session_id: str,
+        at_s: float,
+        row: StampedRow | None,
+        point: PredictionPoint | None,
+        freshness_ms: float,
+    ) -> None:
+        if row is not None:
+            self.policies.history.record(session_id, at_s, row)
+        if point is not None:
+            answer = PointAnswer(point, freshness_ms=freshness_ms)
+            self.policies.answer(point, answer)
+            self.out(answer)
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 class ReplayGate:
     """Lock-step per session between the flow's source and its feature sink (module doc).
 
@@ -358,6 +416,7 @@ class ReplayGate:
         monotonic: Callable[[], float] = time.perf_counter,
         on_finish: Callable[[ReplayStats], None] | None = None,
         concurrency: int = 1,
+        answering: Answering | None = None,
     ) -> None:
         if len(events) != len(points):
             raise ValueError(f"{len(points)} points for {len(events)} events")
@@ -371,6 +430,10 @@ class ReplayGate:
         self.timeout_s = timeout_s
         self.monotonic = monotonic
         self.concurrency = concurrency
+        #: Who answers the settled points (default: ``policies``, here, as they settle).
+        self.answering: Answering = (
+            answering if answering is not None else SerialAnswers(policies, out)
+        )
         self.stats = ReplayStats()
         self._next = 0
         #: Session -> (index of its event in flight, release time).
@@ -448,6 +511,7 @@ class ReplayGate:
     def _finish(self) -> None:
         if not self._finished:
             self._finished = True
+            self.answering.close()
             if self._on_finish is not None:
                 self._on_finish(self.stats)
 
@@ -482,6 +546,7 @@ class ReplayGate:
         readable = self.monotonic()
         for (session, (index, released_at)), row in zip(written, found, strict=True):
             self._settle(session, index, released_at, row, readable)
+        self.answering.flush()
         return len(written)
 
     def dead_lettered(self, count: int = 1, session_ids: Sequence[str | None] = ()) -> None:
@@ -521,14 +586,10 @@ class ReplayGate:
         at_s = event.ts.timestamp()
         if row is None:
             self.stats.unreadable += 1
-        else:
-            self.policies.history.record(event.session_id, at_s, row)
         point = self.points[index]
         if point is not None:
-            answer = PointAnswer(point, freshness_ms=freshness)
-            self.policies.answer(point, answer)
             self.stats.points += 1
-            self.out(answer)
+        self.answering.settled(event.session_id, at_s, row, point, freshness)
         self._unblock(session_id)
 
 
