@@ -25,6 +25,8 @@ a store connection is not shared across ``fork``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import multiprocessing
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -36,6 +38,9 @@ from featrec.core.evaluation.protocol import PredictionPoint
 from featrec.core.ports.serving import RowReader, StampedRow
 from featrec.errors import ConfigError, FeatrecError
 
+#: What a worker's pipe holds before the gate waits for it (1 MiB, Linux's default maximum
+#: for an unprivileged process: ~1,500 settled events).
+PIPE_BYTES = 1 << 20
 #: One settled event, as sent to its session's worker.
 Settled = tuple[str, float, StampedRow | None, PredictionPoint | None, float]
 
@@ -67,7 +72,9 @@ class AnswerPool:
         self.open_out = open_out
         self.workers = workers
         self.reopen = reopen
+        #: Per worker: the pipe its settled events go down, and the one its count comes back.
         self._conns: list[Connection] = []
+        self._results: list[Connection] = []
         self._procs: list[BaseProcess] = []
         self._owner: dict[str, int] = {}
         self._batches: list[list[Settled]] = [[] for _ in range(workers)]
@@ -77,16 +84,20 @@ class AnswerPool:
     def start(self) -> AnswerPool:
         context = multiprocessing.get_context("fork")
         for index in range(self.workers):
-            parent, child = context.Pipe()
+            inbox, send = context.Pipe(duplex=False)
+            receive, outbox = context.Pipe(duplex=False)
+            _widen(send)
             proc = context.Process(
                 target=_work,
-                args=(self.policies, child, self.open_out, index, self.reopen),
+                args=(self.policies, inbox, outbox, self.open_out, index, self.reopen),
                 name=f"featrec-answers-{index}",
                 daemon=True,
             )
             proc.start()
-            child.close()
-            self._conns.append(parent)
+            inbox.close()
+            outbox.close()
+            self._conns.append(send)
+            self._results.append(receive)
             self._procs.append(proc)
         return self
 
@@ -128,13 +139,14 @@ class AnswerPool:
         for index in range(self.workers):
             self._send(index, None)
         problems = []
-        for index, (conn, proc) in enumerate(zip(self._conns, self._procs, strict=True)):
+        for index, proc in enumerate(self._procs):
             try:
-                answered = conn.recv()
+                answered = self._results[index].recv()
             except (EOFError, ConnectionResetError):
                 answered = None
             proc.join()
-            conn.close()
+            self._conns[index].close()
+            self._results[index].close()
             if answered != self._sent[index] or proc.exitcode != 0:
                 problems.append(self._failed(index, answered))
         if problems:
@@ -157,9 +169,17 @@ class AnswerPool:
         )
 
 
+def _widen(conn: Connection) -> None:
+    """Let the pipe hold ``PIPE_BYTES`` (Linux; elsewhere the default): the gate then runs
+    ahead of a busy worker instead of waiting on its pipe while another worker idles."""
+    with contextlib.suppress(AttributeError, OSError):
+        fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+
 def _work(
     policies: Policies,
     conn: Connection,
+    results: Connection,
     open_out: Callable[[int], AnswerSink],
     index: int,
     reopen: Callable[[], RowReader] | None,
@@ -183,10 +203,11 @@ def _work(
                         answered += 1
         finally:
             out.close()
-        conn.send(answered)
+        results.send(answered)
     finally:
         # An exception ends the process with exit code 1 and its traceback on stderr.
         conn.close()
+        results.close()
 
 
 __all__ = ["AnswerPool", "AnswerSink", "Settled"]
