@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,17 @@ from featrec.app.evaluation.replay import (
     ReplayGate,
     most_popular,
 )
+from featrec.app.item_signals import trending_key
 from featrec.core.evaluation.protocol import prediction_points, time_ordered
 from featrec.core.events.model import CLICK, Event
 from featrec.core.features.catalog import ITEM_MODEL as ITEM_MODEL_VIEW
-from featrec.core.features.catalog import ITEM_NEIGHBOURS
+from featrec.core.features.catalog import ITEM_NEIGHBOURS, ITEM_TRENDING
 from featrec.core.features.rows import FeatureRow
 from featrec.core.ports.features import InMemoryFeatureStore
 from featrec.core.ports.serving import InMemoryRows
 from featrec.core.sessions.fold import SessionPolicy, SessionState, fold, session_row
 from featrec.errors import ConfigError, FeatrecError
-from featrec.testing.shop import toy_model
+from featrec.testing.shop import full, toy_model
 
 pytestmark = pytest.mark.unit
 
@@ -56,32 +58,70 @@ def _events(seed: int, sessions: int = 30) -> list[Event]:
 
 
 def _neighbours() -> list[FeatureRow]:
-    return [
+    return (
+        [
+            FeatureRow(
+                ITEM_NEIGHBOURS.name,
+                item,
+                {
+                    "neighbour_ids": [ITEMS[(k + j) % 12] for j in (1, 2, 5)],
+                    "neighbour_weights": [3.0, 2.0, 1.0],
+                    "as_of_s": 0.0,
+                },
+                1,
+            )
+            for k, item in enumerate(ITEMS)
+        ]
+        + [
+            FeatureRow(
+                ITEM_MODEL_VIEW.name,
+                item,
+                {
+                    "model_ids": [ITEMS[(k + j) % 12] for j in (3, 1, 7)],
+                    "model_weights": [0.5, 0.4, 0.1],
+                    "model_version": "v",
+                    "trained_at_s": 0.0,
+                },
+                1,
+            )
+            for k, item in enumerate(ITEMS)
+        ]
+        + _trending()
+    )
+
+
+def _trending() -> list[FeatureRow]:
+    """A trending list at the cutoff and each item's decayed scores (what a degraded answer
+    ranks by: its order depends on the time of the point)."""
+    as_of = T0.timestamp()
+    scores = {item: float((7 * k) % 12 + 1) for k, item in enumerate(ITEMS)}
+    ranked = sorted(scores, key=lambda i: -scores[i])
+    rows = [
         FeatureRow(
             ITEM_NEIGHBOURS.name,
-            item,
+            trending_key(None),
             {
-                "neighbour_ids": [ITEMS[(k + j) % 12] for j in (1, 2, 5)],
-                "neighbour_weights": [3.0, 2.0, 1.0],
-                "as_of_s": 0.0,
+                "neighbour_ids": ranked[:8],
+                "neighbour_weights": [scores[i] for i in ranked[:8]],
+                "as_of_s": as_of,
             },
             1,
         )
-        for k, item in enumerate(ITEMS)
-    ] + [
-        FeatureRow(
-            ITEM_MODEL_VIEW.name,
-            item,
-            {
-                "model_ids": [ITEMS[(k + j) % 12] for j in (3, 1, 7)],
-                "model_weights": [0.5, 0.4, 0.1],
-                "model_version": "v",
-                "trained_at_s": 0.0,
-            },
-            1,
-        )
-        for k, item in enumerate(ITEMS)
     ]
+    for k, item in enumerate(ITEMS):
+        view, click = scores[item] * (k % 3), scores[item]
+        values = full(
+            ITEM_TRENDING,
+            trend_view=view,
+            trend_click=click,
+            trend_cart=0.0,
+            trend_purchase=0.0,
+            trend_score=view + click,
+            category=None,
+            as_of_s=as_of - 600.0 * (k % 4),
+        )
+        rows.append(FeatureRow(ITEM_TRENDING.name, item, values, 1))
+    return rows
 
 
 class _JsonLines:
@@ -104,13 +144,16 @@ def _replay(
     every_policy: bool = False,
     workers: int = 1,
     out_dir: Path | None = None,
+    share_degraded: bool = True,
+    built: list[Policies] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the gate against a flow stand-in that folds each released event with the real
     session fold and writes the rows in a shuffled order, a few at a time, settling (reading
     back, answering) after a random number of writes. ``every_policy``: the full policy and
     the stale views too, with a real fitted ranker. ``workers`` > 1: the points are answered
     by an :class:`AnswerPool` of that many forked processes, each writing its answers to its
-    own file in ``out_dir``. Returns the answers as dicts, in event order."""
+    own file in ``out_dir``. ``share_degraded``: see :meth:`Policies.answer`; ``built``
+    receives the policies. Returns the answers as dicts, in event order."""
     store = InMemoryFeatureStore()
     store.write(_neighbours())
     rows = InMemoryRows(store)
@@ -120,7 +163,10 @@ def _replay(
         toy_model() if every_policy else None,
         most_popular(events, 5),
         5,
+        share_degraded=share_degraded,
     )
+    if built is not None:
+        built.append(policies)
     answers: list[PointAnswer] = []
     pool = None
     if workers > 1:
@@ -201,6 +247,31 @@ def test_every_policy_answers_the_same_at_any_concurrency() -> None:
     baseline = _figures(answers)
     for concurrency in (3, 64):
         assert _figures(_replay(events, concurrency, 5, every_policy=True)) == baseline
+
+
+def _with_users(events: list[Event]) -> list[Event]:
+    """Half of the sessions name a user (with no user row: the degraded answer reads it)."""
+    return [
+        replace(e, user_id=f"u{int(e.session_id[1:]) % 3}") if int(e.session_id[1:]) % 2 else e
+        for e in events
+    ]
+
+
+@pytest.mark.parametrize("seed", [3, 6])
+def test_a_shared_no_session_answer_is_the_one_computed(seed: int) -> None:
+    """Policies without a session row at a point (batch-only; the stale views early in a
+    session) take the no-session answer computed there by a policy with the same config:
+    every list and degraded flag is what each policy computes on its own."""
+    events = _with_users(_events(seed, sessions=20))
+    built: list[Policies] = []
+    shared = _replay(events, 7, seed, every_policy=True, built=built)
+    alone = _replay(events, 7, seed, every_policy=True, share_degraded=False, built=built)
+    assert _figures(shared) == _figures(alone)
+    assert built[0].shared > len(shared) and built[1].shared == 0
+    # the degraded list is not empty (the trending rows), and the stale views do see session
+    # rows at some points: not everything was shared
+    assert all(a["lists"][BATCH_ONLY] for a in shared)
+    assert any(not a["degraded"]["stale-1s"] for a in shared)
 
 
 @pytest.mark.parametrize(("concurrency", "workers"), [(1, 2), (7, 3), (64, 2)])

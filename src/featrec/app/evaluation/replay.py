@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
 
+from featrec.app.serving.config import NO_SESSION, STORE_FAILED, STORE_UNREACHABLE
 from featrec.app.serving.recommender import LoadedModel, Recommender, ServingConfig
 from featrec.core.evaluation.protocol import PredictionPoint
 from featrec.core.events.model import Event
@@ -187,16 +188,17 @@ class SessionView:
         self.clock = clock
         self.delay_s = delay_s
 
+    def session_row(self, session_id: str) -> StampedRow | None:
+        """The session row this view serves now."""
+        delay = self.delay_s
+        return None if delay is None else self.history.as_of(session_id, self.clock.now_s - delay)
+
     def read_rows(self, wanted: Wanted) -> Found:
         rest = {view: keys for view, keys in wanted.items() if view != SESSION_FEATURES.name}
         found = self.base.read_rows(rest) if rest else {}
         keys = wanted.get(SESSION_FEATURES.name)
         if keys is not None:
-            delay = self.delay_s
-            found[SESSION_FEATURES.name] = [
-                None if delay is None else self.history.as_of(key, self.clock.now_s - delay)
-                for key in keys
-            ]
+            found[SESSION_FEATURES.name] = [self.session_row(key) for key in keys]
         return {view: found[view] for view in wanted}
 
 
@@ -260,6 +262,8 @@ class Policies:
         popular: Sequence[str],
         k: int,
         config: ServingConfig | None = None,
+        *,
+        share_degraded: bool = True,
     ) -> None:
         if model is None and NEEDS_MODEL.intersection(names):
             raise ConfigError(
@@ -280,6 +284,13 @@ class Policies:
             ITEM_MODEL: replace(cfg, candidates=replace(cfg.candidates, order="model")),
         }
         self.recommenders: dict[str, Recommender] = {}
+        self.views: dict[str, SessionView] = {}
+        #: Whether a policy without a session row at a point may take the no-session answer
+        #: another policy with the same serving config computed there (see :meth:`answer`);
+        #: off for good after any answer degraded by the store.
+        self.share_degraded = share_degraded
+        #: Answers so taken instead of computed.
+        self.shared = 0
         for name in self.names:
             if name == POPULARITY:
                 continue
@@ -291,8 +302,9 @@ class Policies:
                 delay = None
             elif name in STALE:
                 delay = STALE[name]
+            self.views[name] = SessionView(self.frozen, self.history, self.clock, delay)
             self.recommenders[name] = Recommender(
-                SessionView(self.frozen, self.history, self.clock, delay),
+                self.views[name],
                 DiscardedRequestLog(),
                 model=None if name in (SESSION_ONLY, ITEM_MODEL) else model,
                 config=configs.get(name, cfg),
@@ -314,8 +326,9 @@ class Policies:
         if name in self.names or name in POLICIES:
             raise ConfigError(f"variant name {name!r} is a policy's or already answering")
         self.names.append(name)
+        self.views[name] = SessionView(self.frozen, self.history, self.clock, 0.0)
         self.recommenders[name] = Recommender(
-            SessionView(self.frozen, self.history, self.clock, 0.0),
+            self.views[name],
             DiscardedRequestLog(),
             model=model,
             config=evaluation_config(config),
@@ -323,15 +336,42 @@ class Policies:
         )
 
     def answer(self, point: PredictionPoint, answer: PointAnswer) -> None:
+        """Every policy's list at ``point``.
+
+        A policy that sees no session row at the point (batch-only always; a stale view
+        before its delay has passed since the session's first event) answers the degraded,
+        no-session answer, computed from the point (session id, user, time, ``k``), the rows
+        frozen at the cutoff and its serving config alone: its model and its session view do
+        not enter. So when another policy with the same config object computed that answer at
+        this point, it takes that list (and that latency) instead of computing it again. A
+        store failure anywhere turns this off: a failed read degrades differently."""
         self.clock.now_s = point.at_s
+        no_session: dict[int, tuple[list[str], float]] = {}
         for name in self.names:
             t0 = time.perf_counter()
             if name == POPULARITY:
                 items, degraded = list(self.popular), False
+                latency = (time.perf_counter() - t0) * 1000
             else:
-                got = self.recommenders[name].recommend(point.session_id, point.user_id, self.k)
+                recommender = self.recommenders[name]
+                key = None
+                if self.share_degraded and self.views[name].session_row(point.session_id) is None:
+                    key = id(recommender.config)
+                    taken = no_session.get(key)
+                    if taken is not None:
+                        answer.lists[name] = list(taken[0])
+                        answer.degraded[name] = True
+                        answer.latency_ms[name] = taken[1]
+                        self.shared += 1
+                        continue
+                got = recommender.recommend(point.session_id, point.user_id, self.k)
                 items, degraded = [i.item_id for i in got.items], got.degraded
-            answer.latency_ms[name] = (time.perf_counter() - t0) * 1000
+                latency = (time.perf_counter() - t0) * 1000
+                if got.degraded_code in (STORE_UNREACHABLE, STORE_FAILED):
+                    self.share_degraded = False
+                elif key is not None and got.degraded_code == NO_SESSION:
+                    no_session[key] = (items, latency)
+            answer.latency_ms[name] = latency
             answer.lists[name] = items
             answer.degraded[name] = degraded
 
