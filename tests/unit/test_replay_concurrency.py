@@ -20,6 +20,7 @@ from featrec.app.evaluation.replay import (
     POLICIES,
     POPULARITY,
     SESSION_ONLY,
+    FrozenRows,
     PointAnswer,
     Policies,
     ReplayGate,
@@ -29,10 +30,10 @@ from featrec.app.item_signals import trending_key
 from featrec.core.evaluation.protocol import prediction_points, time_ordered
 from featrec.core.events.model import CLICK, Event
 from featrec.core.features.catalog import ITEM_MODEL as ITEM_MODEL_VIEW
-from featrec.core.features.catalog import ITEM_NEIGHBOURS, ITEM_TRENDING
+from featrec.core.features.catalog import ITEM_NEIGHBOURS, ITEM_TRENDING, SESSION_FEATURES
 from featrec.core.features.rows import FeatureRow
 from featrec.core.ports.features import InMemoryFeatureStore
-from featrec.core.ports.serving import InMemoryRows
+from featrec.core.ports.serving import Found, InMemoryRows, Wanted
 from featrec.core.sessions.fold import SessionPolicy, SessionState, fold, session_row
 from featrec.errors import ConfigError, FeatrecError
 from featrec.testing.shop import full, toy_model
@@ -373,3 +374,38 @@ def test_two_events_of_one_session_are_never_in_flight_together() -> None:
 def test_concurrency_is_validated() -> None:
     with pytest.raises(ConfigError, match="concurrency"):
         ReplayGate([], [], InMemoryRows(InMemoryFeatureStore()), None, print, concurrency=0)  # type: ignore[arg-type]
+
+
+class _CountingRows(InMemoryRows):
+    """The in-memory store's reader, counting the keys it was asked for."""
+
+    asked = 0
+
+    def read_rows(self, wanted: Wanted) -> Found:
+        self.asked += sum(len(keys) for keys in wanted.values())
+        return super().read_rows(wanted)
+
+
+def test_frozen_rows_are_read_once_and_session_rows_every_time() -> None:
+    store = InMemoryFeatureStore()
+    store.write(_neighbours())
+    counting = _CountingRows(store)
+    frozen = FrozenRows(counting)
+    found = frozen.prefetch({ITEM_NEIGHBOURS.name: [*ITEMS, "nope"]}, chunk=5)
+    assert found == len(ITEMS) and counting.asked == len(ITEMS) + 1
+    again = frozen.read_rows({ITEM_NEIGHBOURS.name: ["i3", "nope", "i3"]})
+    assert counting.asked == len(ITEMS) + 1  # kept, the missing row too
+    assert (
+        again[ITEM_NEIGHBOURS.name]
+        == InMemoryRows(store).read_rows({ITEM_NEIGHBOURS.name: ["i3", "nope", "i3"]})[
+            ITEM_NEIGHBOURS.name
+        ]
+    )
+    state = SessionState("s1")
+    fold(state, Event("a", "s1", "i1", CLICK, T0), POLICY)
+    store.write([session_row(state)])
+    for _ in range(2):
+        assert frozen.read_rows({SESSION_FEATURES.name: ["s1"]})[SESSION_FEATURES.name][0]
+    assert counting.asked == len(ITEMS) + 3
+    with pytest.raises(ValueError, match="not frozen"):
+        frozen.prefetch({SESSION_FEATURES.name: ["s1"]})

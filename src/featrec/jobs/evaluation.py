@@ -411,6 +411,7 @@ def open_replay(root: Path) -> Replay:
     rows = open_rows(settings)
     model = load_model(settings, "latest") if NEEDS_MODEL.intersection(spec.policies) else None
     policies = Policies(spec.policies, rows, model, most_popular(train_log, spec.k), spec.k)
+    policies.frozen.prefetch(_item_rows(train_log))
     dead: list[DeadLetter] = []
     pool: AnswerPool | None = None
     answers: IO[str] | None = None
@@ -449,6 +450,23 @@ def open_replay(root: Path) -> Replay:
         answering=pool,
     )
     return Replay(work, spec, settings, gate, dead)
+
+
+def _item_rows(train: Sequence[Event]) -> dict[str, list[str]]:
+    """The rows of the training catalogue the policies read (item rows, neighbour and model
+    lists, the trending lists), to read once before answering starts."""
+    from featrec.app.item_signals import trending_key
+    from featrec.core.features import catalog
+
+    items = sorted({e.item_id for e in train})
+    categories = sorted({e.category for e in train if e.category is not None})
+    lists = [*items, trending_key(None), *(trending_key(c) for c in categories)]
+    return {
+        catalog.ITEM_FEATURES.name: items,
+        catalog.ITEM_TRENDING.name: items,
+        catalog.ITEM_NEIGHBOURS.name: lists,
+        catalog.ITEM_MODEL.name: items,
+    }
 
 
 class _AnswerLines:

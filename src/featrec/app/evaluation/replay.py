@@ -148,6 +148,19 @@ class FrozenRows:
         self.base = base
         self._views: dict[str, dict[str, StampedRow | None]] = {}
 
+    def prefetch(self, wanted: Wanted, chunk: int = 1000) -> int:
+        """Read and keep ``wanted`` (rows of views other than ``session_features``) now, in
+        reads of at most ``chunk`` keys; returns how many rows were found. Before answering
+        processes are forked, this spares each of them reading the same rows itself."""
+        found = 0
+        for view, keys in wanted.items():
+            if view == SESSION_FEATURES.name:
+                raise ValueError("session rows are not frozen")
+            for start in range(0, len(keys), chunk):
+                rows = self.read_rows({view: keys[start : start + chunk]})[view]
+                found += sum(row is not None for row in rows)
+        return found
+
     def read_rows(self, wanted: Wanted) -> Found:
         out: Found = {}
         missing: dict[str, list[str]] = {}
