@@ -13,7 +13,10 @@ the baseline the ratios are against).
     flock /tmp/featrec-heavy.lock .venv/bin/python benchmarks/replay_speed.py \
         --train $D/yoochoose-clicks-100k_train_tr.txt \
         --test $D/yoochoose-clicks-100k_train_valid.txt --format session-rec \
-        --work /tmp/featrec-replay-bench --concurrency 1,64
+        --work /tmp/featrec-replay-bench --concurrency 1,64,64x2
+
+``--concurrency 64x2``: 64 sessions in flight, their points answered by 2 worker processes
+(``featrec evaluate --workers``).
 
 ``--cprofile FILE`` runs the replay process under cProfile (one run only) and prints its top
 functions by cumulative time.
@@ -66,8 +69,10 @@ def prepared(args: argparse.Namespace, root: Path) -> WorkDir:
     return work
 
 
-def copy_for(work: WorkDir, root: Path, concurrency: int, events: int | None) -> WorkDir:
-    run = WorkDir(root / f"run-{concurrency}")
+def copy_for(
+    work: WorkDir, root: Path, concurrency: int, events: int | None, workers: int = 1
+) -> WorkDir:
+    run = WorkDir(root / (f"run-{concurrency}" + (f"x{workers}" if workers > 1 else "")))
     if run.root.exists():
         shutil.rmtree(run.root)
     shutil.copytree(work.root, run.root)
@@ -76,7 +81,9 @@ def copy_for(work: WorkDir, root: Path, concurrency: int, events: int | None) ->
             head = [line for _, line in zip(range(events), f, strict=False)]
         run.test_events.write_text("".join(head))
     spec = EvalSpec.from_json(run.spec.read_text())
-    run.spec.write_text(dataclasses.replace(spec, concurrency=concurrency).to_json())
+    run.spec.write_text(
+        dataclasses.replace(spec, concurrency=concurrency, workers=workers).to_json()
+    )
     return run
 
 
@@ -101,7 +108,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--policies", default="all")
     parser.add_argument("--work", type=Path, default=Path("/tmp/featrec-replay-bench"))
-    parser.add_argument("--concurrency", default="1,64", help="comma-separated, first = baseline")
+    parser.add_argument(
+        "--concurrency",
+        default="1,64",
+        help="comma-separated, first = baseline; CxW: concurrency C answered by W processes",
+    )
     parser.add_argument("--events", type=int, default=None, help="replay only the first N")
     parser.add_argument("--prepare-only", action="store_true")
     parser.add_argument("--cprofile", type=Path, default=None)
@@ -114,8 +125,10 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f} at start")
     runs: list[dict[str, Any]] = []
     first: list[tuple[int, dict[str, list[str]]]] | None = None
-    for concurrency in [int(c) for c in args.concurrency.split(",")]:
-        run = copy_for(work, args.work, concurrency, args.events)
+    for run_spec in args.concurrency.split(","):
+        concurrency, _, n = run_spec.partition("x")
+        concurrency, workers = int(concurrency), int(n or 1)
+        run = copy_for(work, args.work, concurrency, args.events, workers)
         cpu0 = children_cpu()
         profile = args.cprofile
         seconds = profiled(run, profile) if profile is not None else run_replay(run)
@@ -128,6 +141,7 @@ def main() -> None:
             first = lists
         row = {
             "concurrency": concurrency,
+            "workers": workers,
             "events": events,
             "seconds": seconds,
             "events_per_s": events / seconds,
@@ -140,7 +154,8 @@ def main() -> None:
         }
         runs.append(row)
         print(
-            f"concurrency {concurrency:>4}: {events:,} events in {seconds:.1f} s = "
+            f"concurrency {concurrency:>4}, {workers} answering: {events:,} events in "
+            f"{seconds:.1f} s = "
             f"{row['events_per_s']:,.0f} events/s, {row['cpu_ms_per_event']:.2f} CPU-ms/event "
             f"(replay process), load {os.getloadavg()[0]:.2f}; answers {same}"
         )
@@ -152,7 +167,8 @@ def main() -> None:
     base = runs[0]
     for row in runs[1:]:
         print(
-            f"concurrency {row['concurrency']} / {base['concurrency']}: "
+            f"concurrency {row['concurrency']}x{row['workers']} / "
+            f"{base['concurrency']}x{base['workers']}: "
             f"{row['events_per_s'] / base['events_per_s']:.2f}x events/s"
         )
     (args.work / "replay_speed.json").write_text(json.dumps(runs, indent=2))

@@ -145,9 +145,15 @@ def replay_flow(
 
 
 def flow() -> Dataflow:
-    """Factory for ``python -m bytewax.run``: the replay of the work dir in ``FEATREC_EVAL_DIR``."""
+    """Factory for ``python -m bytewax.run``: the replay of the work dir in ``FEATREC_EVAL_DIR``.
+
+    Feast is imported without typeguard's instrumentation
+    (:func:`~featrec.adapters.feast.repo.import_feast_unchecked`): the replay's start-up counts
+    in its events/s."""
+    from featrec.adapters.feast.repo import import_feast_unchecked
     from featrec.jobs.evaluation import open_replay
 
+    import_feast_unchecked()
     work_dir = FlowSettings.from_env(os.environ).eval_dir
     if work_dir is None:
         raise ConfigError(f"set {ENV_DIR} to the work directory `featrec evaluate` prepared")

@@ -317,3 +317,40 @@ def test_redis_errors_on_the_feast_paths_are_store_errors(
     with pytest.raises(StoreError, match="WRONGTYPE"):
         FeastOnlineReader(redis_store).read(catalog.SESSION_FEATURES.name, ["s"])
     assert client.get(key) == b"not a hash"
+
+
+def test_feast_imported_unchecked_and_typeguard_as_it_was(tmp_path: Path) -> None:
+    """In a fresh interpreter (this one imported Feast already): after
+    ``import_feast_unchecked`` Feast's classes are not instrumented, and typeguard still checks
+    what is decorated afterwards. (The replay, which imports Feast this way, writes and reads
+    its online store through it: ``tests/e2e/test_e2e_evaluate.py``.)"""
+    import subprocess
+
+    # Instrumented code calls typeguard's argument checks; unchecked code does not.
+    probe = (
+        "import feast\n"
+        "from typeguard import TypeCheckError, typechecked\n"
+        "print('check_argument_types_internal' in feast.Entity.__init__.__code__.co_names)\n"
+        "@typechecked\n"
+        "def f(x: int) -> int:\n"
+        "    return x\n"
+        "try:\n"
+        "    f('no')\n"
+        "    print('unchecked')\n"
+        "except TypeCheckError:\n"
+        "    print('checked')\n"
+    )
+    first = (
+        "from featrec.adapters.feast.repo import import_feast_unchecked\nimport_feast_unchecked()\n"
+    )
+    outputs = []
+    for name, code in (("normal.py", probe), ("unchecked.py", first + probe)):
+        script = tmp_path / name
+        script.write_text(code)
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.append(done.stdout.split())
+    assert outputs[0] == ["True", "checked"]
+    assert outputs[1] == ["False", "checked"]

@@ -125,11 +125,13 @@ def test_evaluate_replays_scores_and_reports(
             )
 
     # The second run splits the one file by time itself: the same split as the fixture's. It
-    # replays one session at a time (the first run: 64 at once): the figures must not change.
+    # replays one session at a time, answered in the replay process (the first run: 64 at
+    # once, answered by two worker processes): the figures must not change.
+    assert json.loads((out / "spec.json").read_text())["workers"] == 2
     out2 = tmp_path / "out2"
     done = _featrec(
         "evaluate", "--events", str(train_path.parent / "all.jsonl"), "--test-share", "0.2",
-        "--out", str(out2), "--concurrency", "1",
+        "--out", str(out2), "--concurrency", "1", "--workers", "1",
         "--policies", "popularity,session-only,item-model", "--external", f"pop={pop_file}",
         "--external", f"oracle={oracle_file}",
         cwd=tmp_path,

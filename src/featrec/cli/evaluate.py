@@ -20,6 +20,9 @@ import click
 from featrec.cli.common import FeatrecCommand, context_settings
 from featrec.core.events.formats import FORMATS
 
+#: Processes answering a replay's points (``--workers``); see README "Replay speed, third pass".
+DEFAULT_WORKERS = 2
+
 
 def _external(
     ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
@@ -117,6 +120,14 @@ def _external(
     "own session's last event is readable). The figures do not depend on it.",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=DEFAULT_WORKERS,
+    show_default=True,
+    help="Processes answering the prediction points, each owning whole sessions (1: the "
+    "replay process answers them itself). The figures do not depend on it.",
+)
+@click.option(
     "--external",
     multiple=True,
     callback=_external,
@@ -171,6 +182,7 @@ def evaluate(
     seed: int,
     session_gap: float,
     concurrency: int,
+    workers: int,
     external: dict[str, Path],
     points_out: Path | None,
     ab: bool,
@@ -239,6 +251,7 @@ def evaluate(
         session_gap_s=session_gap,
         settings_env=env,
         concurrency=concurrency,
+        workers=workers,
     )
     lists = {name: read_external(path) for name, path in external.items()}
     work = WorkDir(root)

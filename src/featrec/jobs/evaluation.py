@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from featrec.app.evaluation.answer_pool import AnswerPool
 from featrec.app.evaluation.replay import (
     NEEDS_ITEM_MODEL,
     NEEDS_MODEL,
@@ -110,6 +111,9 @@ class EvalSpec:
     test_share: float | None = None
     #: Sessions replayed at once, each in lock-step (the figures do not depend on it).
     concurrency: int = 1
+    #: Processes answering the points, each owning whole sessions (1: the replay process
+    #: answers itself; the figures do not depend on it).
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.trainer not in TRAINERS:
@@ -407,14 +411,30 @@ def open_replay(root: Path) -> Replay:
     rows = open_rows(settings)
     model = load_model(settings, "latest") if NEEDS_MODEL.intersection(spec.policies) else None
     policies = Policies(spec.policies, rows, model, most_popular(train_log, spec.k), spec.k)
-    answers: IO[str] = work.answers.open("w")
+    policies.frozen.prefetch(_item_rows(train_log))
     dead: list[DeadLetter] = []
+    pool: AnswerPool | None = None
+    answers: IO[str] | None = None
+    if spec.workers > 1:
+        # Forked now, before the dataflow starts its threads (see answer_pool).
+        pool = AnswerPool(
+            policies,
+            lambda index: _AnswerLines(_answer_part(work, index).open("w")),
+            spec.workers,
+            reopen=lambda: open_rows(settings),
+        ).start()
+    else:
+        answers = work.answers.open("w")
 
     def out(answer: PointAnswer) -> None:
+        assert answers is not None
         answers.write(json.dumps(answer.to_dict(), separators=(",", ":")) + "\n")
 
     def finish(stats: ReplayStats) -> None:
-        answers.close()
+        if answers is not None:
+            answers.close()
+        else:
+            _merge_parts(work, spec.workers)
         data = asdict(stats)
         data["dead_letter_reasons"] = sorted({d.reason for d in dead})[:20]
         work.replay.write_text(json.dumps(data))
@@ -427,8 +447,54 @@ def open_replay(root: Path) -> Replay:
         out,
         on_finish=finish,
         concurrency=spec.concurrency,
+        answering=pool,
     )
     return Replay(work, spec, settings, gate, dead)
+
+
+def _item_rows(train: Sequence[Event]) -> dict[str, list[str]]:
+    """The rows of the training catalogue the policies read (item rows, neighbour and model
+    lists, the trending lists), to read once before answering starts."""
+    from featrec.app.item_signals import trending_key
+    from featrec.core.features import catalog
+
+    items = sorted({e.item_id for e in train})
+    categories = sorted({e.category for e in train if e.category is not None})
+    lists = [*items, trending_key(None), *(trending_key(c) for c in categories)]
+    return {
+        catalog.ITEM_FEATURES.name: items,
+        catalog.ITEM_TRENDING.name: items,
+        catalog.ITEM_NEIGHBOURS.name: lists,
+        catalog.ITEM_MODEL.name: items,
+    }
+
+
+class _AnswerLines:
+    """An answering worker's output: its answers as JSON lines (merged at the end)."""
+
+    def __init__(self, f: IO[str]) -> None:
+        self.f = f
+
+    def write(self, answer: PointAnswer) -> None:
+        self.f.write(json.dumps(answer.to_dict(), separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _answer_part(work: WorkDir, index: int) -> Path:
+    return work.root / f"{ANSWERS}.worker-{index}"
+
+
+def _merge_parts(work: WorkDir, workers: int) -> None:
+    """The workers' answer files, one after the other, as ``answers.jsonl`` (its readers
+    order the points themselves: :func:`read_answers`)."""
+    with work.answers.open("w") as out:
+        for index in range(workers):
+            part = _answer_part(work, index)
+            with part.open() as f:
+                shutil.copyfileobj(f, out)
+            part.unlink()
 
 
 def _training_items(settings: Settings) -> list[Event]:

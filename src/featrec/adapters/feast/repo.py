@@ -221,6 +221,35 @@ def redis_layout_options(settings: Settings) -> tuple[str, int | None]:
     return project, ttl or None
 
 
+def import_feast_unchecked() -> None:
+    """Import Feast (and its SQLite online store) without typeguard's run-time type checks.
+
+    Feast decorates its classes with ``typeguard.typechecked``, which re-parses and recompiles
+    each decorated function at import: about 2 of the ~3 s ``import feast`` takes. The checks
+    only raise on arguments of the wrong type; featrec's tests run with them on. A process that
+    pays that import on its critical path (the replay of ``featrec evaluate``, whose start-up
+    is part of its events/s) calls this first: while Feast is imported, ``typechecked`` returns
+    what it decorates; it is restored afterwards, so nothing imported later is affected. A
+    no-op when Feast is already imported.
+    """
+    if "feast" in sys.modules:
+        return
+    import typeguard
+
+    checked = typeguard.typechecked
+    typeguard.typechecked = _unchecked
+    try:
+        import feast
+        import feast.infra.online_stores.sqlite  # noqa: F401
+    finally:
+        typeguard.typechecked = checked
+
+
+def _unchecked(target: Any = None, **_: Any) -> Any:
+    """``typechecked`` that checks nothing (see :func:`import_feast_unchecked`)."""
+    return (lambda t: t) if target is None else target
+
+
 def load_repo_config(settings: Settings) -> RepoConfig:
     """The Feast ``RepoConfig`` of ``settings.repo`` for ``settings.online_store``.
 

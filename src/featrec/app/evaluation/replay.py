@@ -41,8 +41,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Final, Protocol
 
+from featrec.app.serving.config import NO_SESSION, STORE_FAILED, STORE_UNREACHABLE
 from featrec.app.serving.recommender import LoadedModel, Recommender, ServingConfig
 from featrec.core.evaluation.protocol import PredictionPoint
 from featrec.core.events.model import Event
@@ -135,6 +136,54 @@ class SessionHistory:
         return self._rows[session_id][i - 1] if i else None
 
 
+class FrozenRows:
+    """A :class:`RowReader` that reads each row of every view but ``session_features`` from
+    ``base`` once and keeps it: in a replay those rows (item signals, batch features, the item
+    model) are frozen at the training cutoff, so every policy's recommender shares one read of
+    each instead of each reading it through its own cache. The replay gate refuses a write of
+    any other view than ``session_features`` (:meth:`ReplayGate.rows_written`), which is what
+    makes keeping them exact."""
+
+    def __init__(self, base: RowReader) -> None:
+        self.base = base
+        self._views: dict[str, dict[str, StampedRow | None]] = {}
+
+    def prefetch(self, wanted: Wanted, chunk: int = 1000) -> int:
+        """Read and keep ``wanted`` (rows of views other than ``session_features``) now, in
+        reads of at most ``chunk`` keys; returns how many rows were found. Before answering
+        processes are forked, this spares each of them reading the same rows itself."""
+        found = 0
+        for view, keys in wanted.items():
+            if view == SESSION_FEATURES.name:
+                raise ValueError("session rows are not frozen")
+            for start in range(0, len(keys), chunk):
+                rows = self.read_rows({view: keys[start : start + chunk]})[view]
+                found += sum(row is not None for row in rows)
+        return found
+
+    def read_rows(self, wanted: Wanted) -> Found:
+        out: Found = {}
+        missing: dict[str, list[str]] = {}
+        for view, keys in wanted.items():
+            if view == SESSION_FEATURES.name:
+                missing[view] = list(keys)
+                continue
+            kept = self._views.setdefault(view, {})
+            absent = [key for key in keys if key not in kept]
+            if absent:
+                missing[view] = list(dict.fromkeys(absent))
+        fetched = self.base.read_rows(missing) if missing else {}
+        for view, keys in wanted.items():
+            if view == SESSION_FEATURES.name:
+                out[view] = fetched[view]
+                continue
+            kept = self._views[view]
+            if view in fetched:
+                kept.update(zip(missing[view], fetched[view], strict=True))
+            out[view] = [kept[key] for key in keys]
+        return out
+
+
 class SessionView:
     """A :class:`RowReader` that serves every view from ``base`` except ``session_features``,
     which comes from ``history`` as of ``delay_s`` before the clock (``delay_s=None``: never,
@@ -152,16 +201,17 @@ class SessionView:
         self.clock = clock
         self.delay_s = delay_s
 
+    def session_row(self, session_id: str) -> StampedRow | None:
+        """The session row this view serves now."""
+        delay = self.delay_s
+        return None if delay is None else self.history.as_of(session_id, self.clock.now_s - delay)
+
     def read_rows(self, wanted: Wanted) -> Found:
         rest = {view: keys for view, keys in wanted.items() if view != SESSION_FEATURES.name}
         found = self.base.read_rows(rest) if rest else {}
         keys = wanted.get(SESSION_FEATURES.name)
         if keys is not None:
-            delay = self.delay_s
-            found[SESSION_FEATURES.name] = [
-                None if delay is None else self.history.as_of(key, self.clock.now_s - delay)
-                for key in keys
-            ]
+            found[SESSION_FEATURES.name] = [self.session_row(key) for key in keys]
         return {view: found[view] for view in wanted}
 
 
@@ -225,6 +275,8 @@ class Policies:
         popular: Sequence[str],
         k: int,
         config: ServingConfig | None = None,
+        *,
+        share_degraded: bool = True,
     ) -> None:
         if model is None and NEEDS_MODEL.intersection(names):
             raise ConfigError(
@@ -236,6 +288,8 @@ class Policies:
         self.clock = ReplayClock()
         self.history = SessionHistory()
         self.rows = rows
+        #: The rows every recommender reads besides the session's, read once (see FrozenRows).
+        self.frozen = FrozenRows(rows)
         cfg = evaluation_config(config)
         # session-only stays the co-visitation scorer alone; item-model orders by the model.
         configs = {
@@ -243,6 +297,13 @@ class Policies:
             ITEM_MODEL: replace(cfg, candidates=replace(cfg.candidates, order="model")),
         }
         self.recommenders: dict[str, Recommender] = {}
+        self.views: dict[str, SessionView] = {}
+        #: Whether a policy without a session row at a point may take the no-session answer
+        #: another policy with the same serving config computed there (see :meth:`answer`);
+        #: off for good after any answer degraded by the store.
+        self.share_degraded = share_degraded
+        #: Answers so taken instead of computed.
+        self.shared = 0
         for name in self.names:
             if name == POPULARITY:
                 continue
@@ -254,13 +315,20 @@ class Policies:
                 delay = None
             elif name in STALE:
                 delay = STALE[name]
+            self.views[name] = SessionView(self.frozen, self.history, self.clock, delay)
             self.recommenders[name] = Recommender(
-                SessionView(rows, self.history, self.clock, delay),
+                self.views[name],
                 DiscardedRequestLog(),
                 model=None if name in (SESSION_ONLY, ITEM_MODEL) else model,
                 config=configs.get(name, cfg),
                 clock=self.clock,
             )
+
+    def use_rows(self, rows: RowReader) -> None:
+        """Read the store through ``rows`` from now on (an answering process opens its own
+        reader: a store connection is not shared across ``fork``)."""
+        self.rows = rows
+        self.frozen.base = rows
 
     def add_variant(
         self, name: str, model: LoadedModel | None, config: ServingConfig | None = None
@@ -271,8 +339,9 @@ class Policies:
         if name in self.names or name in POLICIES:
             raise ConfigError(f"variant name {name!r} is a policy's or already answering")
         self.names.append(name)
+        self.views[name] = SessionView(self.frozen, self.history, self.clock, 0.0)
         self.recommenders[name] = Recommender(
-            SessionView(self.rows, self.history, self.clock, 0.0),
+            self.views[name],
             DiscardedRequestLog(),
             model=model,
             config=evaluation_config(config),
@@ -280,17 +349,96 @@ class Policies:
         )
 
     def answer(self, point: PredictionPoint, answer: PointAnswer) -> None:
+        """Every policy's list at ``point``.
+
+        A policy that sees no session row at the point (batch-only always; a stale view
+        before its delay has passed since the session's first event) answers the degraded,
+        no-session answer, computed from the point (session id, user, time, ``k``), the rows
+        frozen at the cutoff and its serving config alone: its model and its session view do
+        not enter. So when another policy with the same config object computed that answer at
+        this point, it takes that list (and that latency) instead of computing it again. A
+        store failure anywhere turns this off: a failed read degrades differently."""
         self.clock.now_s = point.at_s
+        no_session: dict[int, tuple[list[str], float]] = {}
         for name in self.names:
             t0 = time.perf_counter()
             if name == POPULARITY:
                 items, degraded = list(self.popular), False
+                latency = (time.perf_counter() - t0) * 1000
             else:
-                got = self.recommenders[name].recommend(point.session_id, point.user_id, self.k)
+                recommender = self.recommenders[name]
+                key = None
+                if self.share_degraded and self.views[name].session_row(point.session_id) is None:
+                    key = id(recommender.config)
+                    taken = no_session.get(key)
+                    if taken is not None:
+                        answer.lists[name] = list(taken[0])
+                        answer.degraded[name] = True
+                        answer.latency_ms[name] = taken[1]
+                        self.shared += 1
+                        continue
+                got = recommender.recommend(point.session_id, point.user_id, self.k)
                 items, degraded = [i.item_id for i in got.items], got.degraded
-            answer.latency_ms[name] = (time.perf_counter() - t0) * 1000
+                latency = (time.perf_counter() - t0) * 1000
+                if got.degraded_code in (STORE_UNREACHABLE, STORE_FAILED):
+                    self.share_degraded = False
+                elif key is not None and got.degraded_code == NO_SESSION:
+                    no_session[key] = (items, latency)
+            answer.latency_ms[name] = latency
             answer.lists[name] = items
             answer.degraded[name] = degraded
+
+
+class Answering(Protocol):
+    """Where the gate sends each settled event: its session row as read back (None: not
+    readable) and its prediction point (None: the session's last event), for every policy to
+    answer in the session's order. :class:`SerialAnswers` answers in the gate's own process;
+    :class:`featrec.app.evaluation.answer_pool.AnswerPool` in worker processes that each own
+    whole sessions."""
+
+    def settled(
+        self,
+        session_id: str,
+        at_s: float,
+        row: StampedRow | None,
+        point: PredictionPoint | None,
+        freshness_ms: float,
+    ) -> None: ...
+
+    def flush(self) -> None:
+        """The gate settled a batch of events (a pool sends what it holds)."""
+
+    def close(self) -> None:
+        """Every event has settled: finish answering (a pool waits for its workers)."""
+
+
+class SerialAnswers:
+    """Every policy answers at once, in the caller's process, each point as it settles."""
+
+    def __init__(self, policies: Policies, out: Callable[[PointAnswer], None]) -> None:
+        self.policies = policies
+        self.out = out
+
+    def settled(
+        self,
+        session_id: str,
+        at_s: float,
+        row: StampedRow | None,
+        point: PredictionPoint | None,
+        freshness_ms: float,
+    ) -> None:
+        if row is not None:
+            self.policies.history.record(session_id, at_s, row)
+        if point is not None:
+            answer = PointAnswer(point, freshness_ms=freshness_ms)
+            self.policies.answer(point, answer)
+            self.out(answer)
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 class ReplayGate:
@@ -321,6 +469,7 @@ class ReplayGate:
         monotonic: Callable[[], float] = time.perf_counter,
         on_finish: Callable[[ReplayStats], None] | None = None,
         concurrency: int = 1,
+        answering: Answering | None = None,
     ) -> None:
         if len(events) != len(points):
             raise ValueError(f"{len(points)} points for {len(events)} events")
@@ -334,6 +483,10 @@ class ReplayGate:
         self.timeout_s = timeout_s
         self.monotonic = monotonic
         self.concurrency = concurrency
+        #: Who answers the settled points (default: ``policies``, here, as they settle).
+        self.answering: Answering = (
+            answering if answering is not None else SerialAnswers(policies, out)
+        )
         self.stats = ReplayStats()
         self._next = 0
         #: Session -> (index of its event in flight, release time).
@@ -411,6 +564,7 @@ class ReplayGate:
     def _finish(self) -> None:
         if not self._finished:
             self._finished = True
+            self.answering.close()
             if self._on_finish is not None:
                 self._on_finish(self.stats)
 
@@ -420,7 +574,10 @@ class ReplayGate:
         from the store in one read and their points answered together."""
         for row in rows:
             if row.view != SESSION_FEATURES.name:
-                continue
+                raise FeatrecError(
+                    f"a {row.view!r} row was written during the replay: the replay keeps every "
+                    "view but session_features frozen at the training cutoff"
+                )
             self.stats.rows_written += 1
             flight = self._in_flight.get(row.key)
             if flight is None or row.key in self._written:
@@ -442,6 +599,7 @@ class ReplayGate:
         readable = self.monotonic()
         for (session, (index, released_at)), row in zip(written, found, strict=True):
             self._settle(session, index, released_at, row, readable)
+        self.answering.flush()
         return len(written)
 
     def dead_lettered(self, count: int = 1, session_ids: Sequence[str | None] = ()) -> None:
@@ -481,14 +639,10 @@ class ReplayGate:
         at_s = event.ts.timestamp()
         if row is None:
             self.stats.unreadable += 1
-        else:
-            self.policies.history.record(event.session_id, at_s, row)
         point = self.points[index]
         if point is not None:
-            answer = PointAnswer(point, freshness_ms=freshness)
-            self.policies.answer(point, answer)
             self.stats.points += 1
-            self.out(answer)
+        self.answering.settled(event.session_id, at_s, row, point, freshness)
         self._unblock(session_id)
 
 
