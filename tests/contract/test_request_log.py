@@ -19,6 +19,7 @@ import redis
 
 from featrec.adapters.background_log import BackgroundRequestLog
 from featrec.adapters.redis.request_log import RedisRequestLog
+from featrec.adapters.request_entries import RowDigests
 from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.app.serving.recommender import Recommender
 from featrec.app.serving.record import ServedRequest
@@ -148,6 +149,62 @@ def test_sqlite_survives_reopening_and_prunes_old_entries(tmp_path: Path) -> Non
     db = sqlite3.connect(path)
     # the row only "old" used is gone, the shared session row and "new"'s item row remain
     assert db.execute("SELECT COUNT(*) FROM feature_rows").fetchone()[0] == 2
+    log.close()
+
+
+def _sharing(request_id: str, rows: list[LoggedRow], created: float) -> RequestRecord:
+    """A record with ``rows`` themselves (the same objects, as the recommender shares an
+    item's logged rows between requests while the row cache keeps them)."""
+    return RequestRecord(request_id, created, {"user_id": None, "session_id": "s1"}, rows)
+
+
+def test_a_logged_row_met_again_after_prune_deleted_its_row_is_stored_again(
+    tmp_path: Path,
+) -> None:
+    log = SqliteRequestLog(tmp_path / "requests.db")
+    rows = [LoggedRow("item_features", "a", SHARED), LoggedRow("item_trending", "a", None)]
+    log.append(_sharing("old", rows, 10.0))
+    assert log.prune(older_than_s=15.0) == 1  # deletes the only entry, and its rows
+    log.append(_sharing("new", rows, 20.0))  # the same LoggedRow objects
+    back = log.get("new")
+    assert back is not None and back.rows == rows
+    log.close()
+
+
+def test_row_references_are_memoised_only_once_their_row_is_stored() -> None:
+    digests = RowDigests()
+    rows = [LoggedRow("item_features", "a", SHARED), LoggedRow("user_features", "u", None)]
+    first: dict[str, bytes] = {}
+    digests.start_batch()
+    refs = digests.refs(rows, first)
+    assert [r[:2] for r in refs] == [["item_features", "a"], ["user_features", "u"]]
+    assert refs[1][2] is None and list(first) == [refs[0][2]]
+    # the batch was not written (no remember): the next one sends the row again
+    digests.start_batch()
+    again: dict[str, bytes] = {}
+    assert digests.refs(rows, again) == refs and again == first
+    digests.remember(again, now=1.0)
+    # stored: found by identity, nothing to send, the same reference lists
+    later: dict[str, bytes] = {}
+    found = digests.refs(rows, later)
+    assert later == {} and found == refs and found[0] is digests.refs(rows, {})[0]
+    # an equal row in another LoggedRow object has the same reference and is not sent
+    other: dict[str, bytes] = {}
+    copy = [LoggedRow("item_features", "a", StampedRow(dict(SHARED.values), SHARED.ts_us))]
+    assert digests.refs(copy, other) == refs[:1] and other == {}
+
+
+def test_redis_sends_rows_again_once_the_memo_is_half_an_entry_ttl_old(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    log = RedisRequestLog(client, prefix="t:", ttl_s=2)
+    rows = [LoggedRow("item_features", "a", SHARED)]
+    log.append(_sharing("r1", rows, 1.0))
+    for key in client.scan_iter(b"t:row:*"):
+        client.delete(key)  # as if the row had expired
+    time.sleep(1.1)  # past half the entry ttl: rows referred to are sent again
+    log.append(_sharing("r2", rows, 2.0))
+    back = log.get("r2")
+    assert back is not None and back.rows == rows
     log.close()
 
 

@@ -85,6 +85,7 @@ class SqliteRequestLog:
     ) -> tuple[list[tuple[str, float, bytes]], dict[str, bytes]]:
         new_rows: dict[str, bytes] = {}
         entries: list[tuple[str, float, bytes]] = []
+        self._digests.start_batch()
         for record in records:
             refs = self._digests.refs(record.rows, new_rows)
             entry = entry_json(record, refs)
