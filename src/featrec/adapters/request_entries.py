@@ -1,6 +1,8 @@
 """The request log's stored form, shared by its SQLite and Redis backends.
 
-An entry is JSON: ``{"request_id", "created_at_s", "body", "rows": [[view, key, digest], ...]}``.
+An entry is JSON: ``{"request_id", "created_at_s", "body", "rows": [[view, key, digest], ...]}``
+(Redis, and SQLite before row ids), or on SQLite ``{..., "row_ids": [id, ...]}``, each id a
+stored ``[view, key, digest]`` (:mod:`featrec.adapters.sqlite.request_log`).
 The body is opaque here (the serving application writes and reads it, see
 :mod:`featrec.app.serving.record`), except for the ``session_id`` and ``user_id`` that say whom
 the entry is about (forgetting a user). Each distinct feature row is stored once, apart from the
@@ -15,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Collection, Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -152,10 +154,33 @@ def entry_json(record: RequestRecord, refs: Sequence[RowRef]) -> bytes:
     )
 
 
+def entry_with_ids(record: RequestRecord, row_ids: Sequence[int]) -> bytes:
+    """The stored entry referring to its rows by the store's short ids (SQLite) instead of
+    ``[view, key, digest]`` lists: ``{"request_id", "created_at_s", "body", "row_ids"}``."""
+    return _dumps(
+        {
+            "request_id": record.request_id,
+            "created_at_s": record.created_at_s,
+            "body": record.body,
+            "row_ids": row_ids,
+        }
+    )
+
+
 def entry_from_json(data: bytes, rows: dict[str, bytes | None]) -> RequestRecord:
+    """An entry whose ``rows`` are ``[view, key, digest]`` lists, with ``rows`` by digest."""
     raw = orjson.loads(data)
+    return record_from(raw, raw["rows"], rows)
+
+
+def record_from(
+    raw: dict[str, Any], refs: Iterable[Sequence[str | None]], rows: dict[str, bytes | None]
+) -> RequestRecord:
+    """The record of a decoded entry whose rows are ``refs`` (``[view, key, digest]``, digest
+    None for no row), with the stored ``rows`` by digest."""
     logged: list[LoggedRow] = []
-    for view, key, ref in raw["rows"]:
+    for view, key, ref in refs:
+        assert view is not None and key is not None
         if ref is None:
             logged.append(LoggedRow(view, key, None))
             continue
