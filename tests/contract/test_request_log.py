@@ -19,6 +19,7 @@ import redis
 
 from featrec.adapters.background_log import BackgroundRequestLog
 from featrec.adapters.redis.request_log import RedisRequestLog
+from featrec.adapters.request_entries import RowDigests, entry_json
 from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.app.serving.recommender import Recommender
 from featrec.app.serving.record import ServedRequest
@@ -148,6 +149,164 @@ def test_sqlite_survives_reopening_and_prunes_old_entries(tmp_path: Path) -> Non
     db = sqlite3.connect(path)
     # the row only "old" used is gone, the shared session row and "new"'s item row remain
     assert db.execute("SELECT COUNT(*) FROM feature_rows").fetchone()[0] == 2
+    log.close()
+
+
+def _sharing(request_id: str, rows: list[LoggedRow], created: float) -> RequestRecord:
+    """A record with ``rows`` themselves (the same objects, as the recommender shares an
+    item's logged rows between requests while the row cache keeps them)."""
+    return RequestRecord(request_id, created, {"user_id": None, "session_id": "s1"}, rows)
+
+
+def test_a_logged_row_met_again_after_prune_deleted_its_row_is_stored_again(
+    tmp_path: Path,
+) -> None:
+    log = SqliteRequestLog(tmp_path / "requests.db")
+    rows = [LoggedRow("item_features", "a", SHARED), LoggedRow("item_trending", "a", None)]
+    log.append(_sharing("old", rows, 10.0))
+    assert log.prune(older_than_s=15.0) == 1  # deletes the only entry, and its rows
+    log.append(_sharing("new", rows, 20.0))  # the same LoggedRow objects
+    back = log.get("new")
+    assert back is not None and back.rows == rows
+    log.close()
+
+
+def test_sqlite_entries_refer_to_rows_by_short_ids_stored_once(tmp_path: Path) -> None:
+    import json
+    import sqlite3
+
+    log = SqliteRequestLog(tmp_path / "requests.db")
+    rows = [
+        LoggedRow("session_features", "s1", StampedRow({"n": 1}, 1)),
+        LoggedRow("item_features", "a", SHARED),
+        LoggedRow("item_trending", "a", None),
+    ]
+    log.append(_sharing("r1", rows, 1.0))
+    log.append_many([_sharing("r2", rows, 2.0), _sharing("r3", [*rows[1:], rows[0]], 3.0)])
+    # equal rows in other LoggedRow objects (the cache read them again) have the same ids
+    copies = [LoggedRow(r.view, r.key, r.row) for r in rows]
+    log.append(_sharing("r4", copies, 4.0))
+    for request_id, expected in (("r1", rows), ("r3", [*rows[1:], rows[0]]), ("r4", rows)):
+        back = log.get(request_id)
+        assert back is not None and back.rows == expected
+    log.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "requests.db")) as db:
+        refs = db.execute("SELECT id, view, key, digest FROM row_refs ORDER BY id").fetchall()
+        assert [(view, key, digest == "") for _, view, key, digest in refs] == [
+            ("session_features", "s1", False),
+            ("item_features", "a", False),
+            ("item_trending", "a", True),
+        ]
+        ids = [row_id for row_id, *_ in refs]
+        entries = {
+            rid: json.loads(entry)
+            for rid, entry in db.execute("SELECT request_id, entry FROM requests")
+        }
+    assert "rows" not in entries["r1"] and entries["r1"]["row_ids"] == ids
+    assert entries["r3"]["row_ids"] == [*ids[1:], ids[0]]
+    assert entries["r4"]["row_ids"] == ids
+
+
+def _old_entry(log: SqliteRequestLog, record: RequestRecord) -> None:
+    """Store ``record`` as a featrec before row ids did: ``[view, key, digest]`` lists."""
+    new_rows: dict[str, bytes] = {}
+    digests = RowDigests()
+    refs = digests.refs(record.rows, new_rows)
+    db = log._db
+    db.executemany(
+        "INSERT OR IGNORE INTO feature_rows (digest, row) VALUES (?, ?)", new_rows.items()
+    )
+    db.execute(
+        "INSERT INTO requests (request_id, created_at_s, entry) VALUES (?, ?, ?)",
+        (record.request_id, record.created_at_s, entry_json(record, refs)),
+    )
+
+
+def test_sqlite_reads_prunes_and_forgets_entries_of_both_forms(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "requests.db"
+    log = SqliteRequestLog(path)
+    item = LoggedRow("item_features", "a", SHARED)
+    theirs = [LoggedRow("user_features", "u1", StampedRow({"k": 1}, 2)), item]
+    others = [LoggedRow("user_features", "u2", StampedRow({"k": 2}, 3)), item]
+    # a row only an old entry refers to
+    others_old = [*others, LoggedRow("item_trending", "b", StampedRow({"t": 5}, 4))]
+
+    def body(user: str, session: str) -> dict[str, object]:
+        return {"user_id": user, "session_id": session}
+
+    _old_entry(log, RequestRecord("old-u1", 1.0, body("u1", "s1"), theirs))
+    _old_entry(log, RequestRecord("old-u2", 2.0, body("u2", "s2"), others_old))
+    log.append(RequestRecord("new-u1", 3.0, body("u1", "s3"), theirs))
+    log.append(RequestRecord("new-u2", 4.0, body("u2", "s4"), others))
+    for request_id, rows in (("old-u1", theirs), ("new-u1", theirs), ("old-u2", others_old)):
+        back = log.get(request_id)
+        assert back is not None and list(back.rows) == rows
+    assert log.sessions_of("u1") == {"s1", "s3"}
+    assert log.forget("u1", {"s1", "s3"}) == 2
+    for request_id, rows in (("old-u2", others_old), ("new-u2", others)):
+        back = log.get(request_id)
+        assert back is not None and list(back.rows) == rows
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        keys = {key for (key,) in db.execute("SELECT key FROM row_refs")}
+        stored = [row for (row,) in db.execute("SELECT row FROM feature_rows")]
+    assert "u1" not in keys and keys == {"u2", "a"}
+    assert len(stored) == 3 and not any(b'"k":1' in bytes(row) for row in stored)
+    # pruning the old entry keeps what the new one refers to, then drops the rest
+    assert log.prune(older_than_s=3.0) == 1
+    back = log.get("new-u2")
+    assert back is not None and list(back.rows) == others
+    assert log.prune(older_than_s=5.0) == 1
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT COUNT(*) FROM row_refs").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM feature_rows").fetchone()[0] == 0
+    log.close()
+
+
+def test_sqlite_a_lost_row_reference_is_a_clear_error(tmp_path: Path) -> None:
+    log = SqliteRequestLog(tmp_path / "requests.db")
+    log.append(_sharing("r1", [LoggedRow("item_features", "a", SHARED)], 1.0))
+    log._db.execute("DELETE FROM row_refs")
+    with pytest.raises(StoreError, match=r"request r1: 1 logged row reference\(s\)"):
+        log.get("r1")
+    log.close()
+
+
+def test_row_references_are_memoised_only_once_their_row_is_stored() -> None:
+    digests = RowDigests()
+    rows = [LoggedRow("item_features", "a", SHARED), LoggedRow("user_features", "u", None)]
+    first: dict[str, bytes] = {}
+    digests.start_batch()
+    refs = digests.refs(rows, first)
+    assert [r[:2] for r in refs] == [["item_features", "a"], ["user_features", "u"]]
+    assert refs[1][2] is None and list(first) == [refs[0][2]]
+    # the batch was not written (no remember): the next one sends the row again
+    digests.start_batch()
+    again: dict[str, bytes] = {}
+    assert digests.refs(rows, again) == refs and again == first
+    digests.remember(again, now=1.0)
+    # stored: found by identity, nothing to send, the same reference lists
+    later: dict[str, bytes] = {}
+    found = digests.refs(rows, later)
+    assert later == {} and found == refs and found[0] is digests.refs(rows, {})[0]
+    # an equal row in another LoggedRow object has the same reference and is not sent
+    other: dict[str, bytes] = {}
+    copy = [LoggedRow("item_features", "a", StampedRow(dict(SHARED.values), SHARED.ts_us))]
+    assert digests.refs(copy, other) == refs[:1] and other == {}
+
+
+def test_redis_sends_rows_again_once_the_memo_is_half_an_entry_ttl_old(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    log = RedisRequestLog(client, prefix="t:", ttl_s=2)
+    rows = [LoggedRow("item_features", "a", SHARED)]
+    log.append(_sharing("r1", rows, 1.0))
+    for key in client.scan_iter(b"t:row:*"):
+        client.delete(key)  # as if the row had expired
+    time.sleep(1.1)  # past half the entry ttl: rows referred to are sent again
+    log.append(_sharing("r2", rows, 2.0))
+    back = log.get("r2")
+    assert back is not None and back.rows == rows
     log.close()
 
 

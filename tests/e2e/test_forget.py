@@ -243,6 +243,9 @@ class Scan:
                     self.add("request log", self.text(entry))
                 for (row,) in db.execute("SELECT row FROM feature_rows"):
                     self.add("request log rows", self.text(row))
+                for (key,) in db.execute("SELECT key FROM row_refs"):
+                    # a reference names its row's entity: a user's or a session's id
+                    self.add("request log row references", int(key in self.ids))
 
     def sqlite_store(self, settings: Settings) -> None:
         """Every row of every table of Feast's SQLite online store, decoded."""

@@ -190,6 +190,17 @@ def test_sources_out_of_order_are_written_in_schema_1() -> None:
     assert ServedRequest.from_record(RequestRecord("r", 1.0, body, [])).candidates[0] == odd
 
 
+@pytest.mark.parametrize("sources", [["covisit", "popular"], ("covisit", "nowhere")])
+def test_sources_not_a_known_tuple_are_written_in_schema_1(sources: Any) -> None:
+    entry = old_log()["entries"][0]
+    record = ServedRequest.from_record(RequestRecord("r", 1.0, entry["body"], []))
+    odd = Candidate(record.candidates[0].item_id, sources, {"covisit": 2.0})
+    record = replace(record, candidates=(odd, *record.candidates[1:]))
+    body = record.to_record().body
+    assert body["schema"] == 1
+    assert body["candidates"][0]["sources"] == list(sources)
+
+
 def test_malformed_schema_2_columns_are_refused_naming_the_field() -> None:
     entry = old_log()["entries"][0]
     record = ServedRequest.from_record(RequestRecord("r", 1.0, entry["body"], []))

@@ -1,6 +1,8 @@
 """The request log's stored form, shared by its SQLite and Redis backends.
 
-An entry is JSON: ``{"request_id", "created_at_s", "body", "rows": [[view, key, digest], ...]}``.
+An entry is JSON: ``{"request_id", "created_at_s", "body", "rows": [[view, key, digest], ...]}``
+(Redis, and SQLite before row ids), or on SQLite ``{..., "row_ids": [id, ...]}``, each id a
+stored ``[view, key, digest]`` (:mod:`featrec.adapters.sqlite.request_log`).
 The body is opaque here (the serving application writes and reads it, see
 :mod:`featrec.app.serving.record`), except for the ``session_id`` and ``user_id`` that say whom
 the entry is about (forgetting a user). Each distinct feature row is stored once, apart from the
@@ -15,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Collection, Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -33,14 +35,33 @@ def _dumps(value: object) -> bytes:
     return orjson.dumps(value, option=_JSON_OPTIONS)
 
 
+#: One logged row's reference in an entry: ``[view, key, digest]`` (digest None: no row).
+RowRef = list[str | None]
+
+
 class RowDigests:
     """Content digests of rows, memoised by object identity (cached rows are shared objects),
-    and which digests this process has stored, and when."""
+    which digests this process has stored, and when; and each logged row's reference in an
+    entry, memoised by the identity of its :class:`LoggedRow` once its row is stored.
 
-    def __init__(self, size: int = _MEMO_SIZE) -> None:
+    The recommender hands out the same ``LoggedRow`` objects for an item while the row cache
+    keeps its rows, so most of an entry's ~400 references are found by one identity lookup per
+    row, in C (``map``), and the reference lists are shared by every entry that uses them. A
+    memo entry holds its ``LoggedRow``: while it is there, no other object can have its id.
+    """
+
+    def __init__(self, size: int = _MEMO_SIZE, created_at: float = -math.inf) -> None:
         self._size = size
+        #: When the memo started (monotonic): every reference in it was stored since then.
+        self.created_at = created_at
         self._by_id: dict[int, tuple[StampedRow, str, bytes]] = {}
         self.stored: dict[str, float] = {}
+        #: ``id(LoggedRow)`` -> its reference (only once its row is stored), and the
+        #: ``LoggedRow`` itself (held, so that its id is not reused while it is memoised).
+        self._refs: dict[int, RowRef] = {}
+        self._held: dict[int, LoggedRow] = {}
+        #: References of rows sent in the batch being written (memoised by :meth:`remember`).
+        self._pending: list[tuple[LoggedRow, RowRef]] = []
 
     def encode(self, logged: LoggedRow) -> tuple[str, bytes]:
         """``(digest, json)`` of a row (the row must not be None)."""
@@ -59,60 +80,107 @@ class RowDigests:
                 del self._by_id[next(iter(self._by_id))]
         return digest, data
 
+    def start_batch(self) -> None:
+        """Forget the references of a batch that was not written (call before encoding one)."""
+        self._pending.clear()
+
     def refs(
         self,
         rows: Sequence[LoggedRow],
         new_rows: dict[str, bytes],
         stale_before: float = -math.inf,
-    ) -> list[str | None]:
-        """The digests of ``rows`` in order (None for a missing row); every row this process
-        has not stored (or stored before ``stale_before``) goes into ``new_rows``. The memo
-        lookup is inlined: this runs for every logged row, ~400 per request."""
-        memo = self._by_id
+    ) -> list[RowRef]:
+        """The references ``[view, key, digest]`` of ``rows`` in order (digest None for a
+        missing row); every row this process has not stored (or stored before
+        ``stale_before``) goes into ``new_rows``. Rows met before are found by identity in C;
+        the rest (the session's row, rows the cache re-read) by :meth:`encode`. The returned
+        lists are shared: do not change them."""
+        out: list[RowRef | None] = list(map(self._refs.get, map(id, rows)))
+        if all(out):
+            return out  # type: ignore[return-value]
         stored = self.stored
-        out: list[str | None] = []
-        for logged in rows:
-            row = logged.row
-            if row is None:
-                out.append(None)
+        for i, found in enumerate(out):
+            if found is not None:
                 continue
-            found = memo.get(id(row))
-            if found is not None and found[0] is row:
-                digest, data = found[1], found[2]
+            logged = rows[i]
+            ref: RowRef
+            if logged.row is None:
+                ref = [logged.view, logged.key, None]
+                self._memoise(logged, ref)
             else:
                 digest, data = self.encode(logged)
-            out.append(digest)
-            at = stored.get(digest)
-            if at is None or at < stale_before:
-                new_rows[digest] = data
-        return out
+                ref = [logged.view, logged.key, digest]
+                at = stored.get(digest)
+                if at is None or at < stale_before:
+                    new_rows[digest] = data
+                    self._pending.append((logged, ref))
+                else:
+                    self._memoise(logged, ref)
+            out[i] = ref
+        return out  # type: ignore[return-value]
+
+    def _memoise(self, logged: LoggedRow, ref: RowRef) -> None:
+        key = id(logged)
+        self._refs[key] = ref
+        self._held[key] = logged
+        if len(self._refs) > self._size:
+            for _ in range(len(self._refs) // 4):
+                oldest = next(iter(self._refs))
+                del self._refs[oldest], self._held[oldest]
 
     def remember(self, digests: Iterable[str], now: float) -> None:
+        """The rows ``digests`` were stored at ``now``: the references sent with them are
+        memoised (those of a batch that failed are dropped unless their row is stored)."""
         for digest in digests:
             self.stored[digest] = now
         if len(self.stored) > self._size:
             for _ in range(len(self.stored) // 4):
                 del self.stored[next(iter(self.stored))]
+        pending, self._pending = self._pending, []
+        for logged, ref in pending:
+            if ref[2] in self.stored:
+                self._memoise(logged, ref)
 
 
-def entry_json(record: RequestRecord, refs: Sequence[str | None]) -> bytes:
+def entry_json(record: RequestRecord, refs: Sequence[RowRef]) -> bytes:
+    """The stored entry; ``refs`` are :meth:`RowDigests.refs` of ``record.rows``."""
     return _dumps(
         {
             "request_id": record.request_id,
             "created_at_s": record.created_at_s,
             "body": record.body,
-            "rows": [
-                [logged.view, logged.key, ref]
-                for logged, ref in zip(record.rows, refs, strict=True)
-            ],
+            "rows": refs,
+        }
+    )
+
+
+def entry_with_ids(record: RequestRecord, row_ids: Sequence[int]) -> bytes:
+    """The stored entry referring to its rows by the store's short ids (SQLite) instead of
+    ``[view, key, digest]`` lists: ``{"request_id", "created_at_s", "body", "row_ids"}``."""
+    return _dumps(
+        {
+            "request_id": record.request_id,
+            "created_at_s": record.created_at_s,
+            "body": record.body,
+            "row_ids": row_ids,
         }
     )
 
 
 def entry_from_json(data: bytes, rows: dict[str, bytes | None]) -> RequestRecord:
+    """An entry whose ``rows`` are ``[view, key, digest]`` lists, with ``rows`` by digest."""
     raw = orjson.loads(data)
+    return record_from(raw, raw["rows"], rows)
+
+
+def record_from(
+    raw: dict[str, Any], refs: Iterable[Sequence[str | None]], rows: dict[str, bytes | None]
+) -> RequestRecord:
+    """The record of a decoded entry whose rows are ``refs`` (``[view, key, digest]``, digest
+    None for no row), with the stored ``rows`` by digest."""
     logged: list[LoggedRow] = []
-    for view, key, ref in raw["rows"]:
+    for view, key, ref in refs:
+        assert view is not None and key is not None
         if ref is None:
             logged.append(LoggedRow(view, key, None))
             continue

@@ -61,7 +61,7 @@ class RedisRequestLog:
         self._ttl = ttl_s
         self._row_ttl = int(ttl_s * _ROW_TTL_FACTOR) + 1
         self._owns_client = owns_client
-        self._digests = RowDigests()
+        self._digests = RowDigests(created_at=time.monotonic())
         self._lock = threading.Lock()
 
     def _req_key(self, request_id: str) -> bytes:
@@ -80,6 +80,11 @@ class RedisRequestLog:
         new_rows: dict[str, bytes] = {}
         entries: list[tuple[str, bytes]] = []
         with self._lock:
+            if self._digests.created_at < refresh_before:
+                # every row referred to from now on is sent (again) at least once: a row
+                # outlives the entries written until the memo is renewed (half an entry ttl)
+                self._digests = RowDigests(created_at=now)
+            self._digests.start_batch()
             for record in records:
                 refs = self._digests.refs(record.rows, new_rows, refresh_before)
                 entries.append((record.request_id, entry_json(record, refs)))
@@ -153,7 +158,7 @@ class RedisRequestLog:
                 # redis-py's cluster client splits a DEL of many keys per slot
                 self._client.delete(*doomed[start : start + PAGE])
         with self._lock:
-            self._digests = RowDigests()
+            self._digests = RowDigests(created_at=time.monotonic())
         return len(entries)
 
     def close(self) -> None:

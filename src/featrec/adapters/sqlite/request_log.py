@@ -1,13 +1,17 @@
 """The request log on SQLite: one file (``<home>/requests.db``, the default), WAL mode.
 
 Entries are kept until :meth:`SqliteRequestLog.prune` removes them; each distinct feature row
-is stored once (see :mod:`featrec.adapters.request_entries`). ``iter_records`` lists the
+is stored once (see :mod:`featrec.adapters.request_entries`). An entry refers to its rows by
+short ids (``"row_ids"``): each distinct reference ``(view, key, digest)`` is a row of the
+``row_refs`` table, written once, so an entry at 200 candidates carries 400 small integers
+instead of 400 ``[view, key, digest]`` lists (~25 KB). Entries written before (``"rows"``:
+the lists themselves) read as they are. ``iter_records`` lists the
 entries without their feature rows (the A/B analysis reads the bodies). Store errors become
 :mod:`featrec.errors` (the recommender counts a failed append and still answers).
 
 Forgetting a user: ``sessions_of`` finds the sessions the log ties to a user; ``forget``
-deletes every entry naming the user or one of those sessions, with the feature rows no
-remaining entry refers to.
+deletes every entry naming the user or one of those sessions, with the feature rows and row
+references (they name a user or a session: ``view`` and ``key``) no remaining entry refers to.
 """
 
 from __future__ import annotations
@@ -19,19 +23,51 @@ import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from featrec.adapters.errors import translated
 from featrec.adapters.request_entries import (
     PAGE,
     RowDigests,
     body_only,
-    entry_from_json,
-    entry_json,
+    entry_with_ids,
     names,
-    row_refs,
+    record_from,
     sessions_named,
 )
-from featrec.core.ports.serving import RequestRecord
+from featrec.core.ports.serving import LoggedRow, RequestRecord
+from featrec.errors import StoreError
+
+#: A row reference as the ``row_refs`` table keeps it: ``(view, key, digest)``, digest ``""``
+#: for no row.
+_Ref = tuple[str, str, str]
+
+
+class _RowIds:
+    """The ``row_refs`` id of each logged row, memoised by the identity of its
+    :class:`LoggedRow` once its reference is stored (the memo holds the ``LoggedRow``, so no
+    other object can have its id meanwhile), and the id of each reference stored."""
+
+    def __init__(self, size: int = 200_000) -> None:
+        self._size = size
+        self.by_logged: dict[int, int] = {}
+        self._held: dict[int, LoggedRow] = {}
+        self.by_ref: dict[_Ref, int] = {}
+
+    def memoise(self, logged: LoggedRow, ref: _Ref, row_id: int) -> None:
+        key = id(logged)
+        self.by_logged[key] = row_id
+        self._held[key] = logged
+        self.by_ref[ref] = row_id
+        if len(self.by_logged) > self._size:
+            for _ in range(len(self.by_logged) // 4):
+                oldest = next(iter(self.by_logged))
+                del self.by_logged[oldest], self._held[oldest]
+        if len(self.by_ref) > self._size:
+            for _ in range(len(self.by_ref) // 4):
+                del self.by_ref[next(iter(self.by_ref))]
 
 
 class SqliteRequestLog:
@@ -42,6 +78,7 @@ class SqliteRequestLog:
         self.path = path
         self._lock = threading.Lock()
         self._digests = RowDigests()
+        self._ids = _RowIds()
         with translated(f"opening the request log {path}"):
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -54,6 +91,10 @@ class SqliteRequestLog:
                 "CREATE TABLE IF NOT EXISTS feature_rows (digest TEXT PRIMARY KEY, row BLOB)"
             )
             self._db.execute(
+                "CREATE TABLE IF NOT EXISTS row_refs (id INTEGER PRIMARY KEY, view TEXT NOT NULL, "
+                "key TEXT NOT NULL, digest TEXT NOT NULL, UNIQUE (view, key, digest))"
+            )
+            self._db.execute(
                 "CREATE INDEX IF NOT EXISTS requests_by_time ON requests (created_at_s)"
             )
 
@@ -63,54 +104,90 @@ class SqliteRequestLog:
     def append_many(self, records: Sequence[RequestRecord]) -> None:
         """Write ``records`` in one transaction."""
         with self._lock, translated("writing the request log"):
-            entries, new_rows = self._encode(records)
-            self._write(entries, new_rows)
-
-    def encode_entries(
-        self, records: Sequence[RequestRecord]
-    ) -> tuple[list[tuple[str, float, bytes]], dict[str, bytes]]:
-        """The entries' stored form and the rows not stored yet (:meth:`append_many`'s first
-        half; with :meth:`write_entries`, its second, for timing them apart)."""
-        with self._lock, translated("writing the request log"):
-            return self._encode(records)
-
-    def write_entries(
-        self, entries: Sequence[tuple[str, float, bytes]], new_rows: dict[str, bytes]
-    ) -> None:
-        with self._lock, translated("writing the request log"):
-            self._write(entries, new_rows)
+            self._db.execute("BEGIN")
+            try:
+                entries, new_rows, known = self._encode(records)
+                if new_rows:
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO feature_rows (digest, row) VALUES (?, ?)",
+                        new_rows.items(),
+                    )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO requests (request_id, created_at_s, entry) "
+                    "VALUES (?, ?, ?)",
+                    entries,
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._digests.remember(new_rows, time.monotonic())
+            for logged, ref, row_id in known:
+                self._ids.memoise(logged, ref, row_id)
 
     def _encode(
         self, records: Sequence[RequestRecord]
-    ) -> tuple[list[tuple[str, float, bytes]], dict[str, bytes]]:
+    ) -> tuple[list[tuple[str, float, bytes]], dict[str, bytes], list[tuple[LoggedRow, _Ref, int]]]:
+        """The entries' stored form, the rows not stored yet and the references met for the
+        first time with their ids (memoised once the transaction commits). Inside the
+        transaction: new references are inserted into ``row_refs`` to get their ids."""
         new_rows: dict[str, bytes] = {}
-        entries: list[tuple[str, float, bytes]] = []
-        for record in records:
-            refs = self._digests.refs(record.rows, new_rows)
-            entry = entry_json(record, refs)
-            entries.append((record.request_id, record.created_at_s, entry))
-        return entries, new_rows
+        known: list[tuple[LoggedRow, _Ref, int]] = []
+        # per record, its row ids (None: not known yet) and where the unknown ones go
+        ids_of: list[list[int | None]] = []
+        unknown: dict[_Ref, list[tuple[int, int, LoggedRow]]] = {}
+        memo = self._ids.by_logged.get
+        by_ref = self._ids.by_ref
+        digests = self._digests
+        stored = digests.stored
+        for n, record in enumerate(records):
+            rows = record.rows
+            ids: list[int | None] = list(map(memo, map(id, rows)))
+            ids_of.append(ids)
+            if all(ids):  # ids start at 1
+                continue
+            for i, found in enumerate(ids):
+                if found is not None:
+                    continue
+                logged = rows[i]
+                if logged.row is None:
+                    ref = (logged.view, logged.key, "")
+                else:
+                    digest, data = digests.encode(logged)
+                    if digest not in stored:
+                        new_rows[digest] = data
+                    ref = (logged.view, logged.key, digest)
+                row_id = by_ref.get(ref)
+                if row_id is None:
+                    unknown.setdefault(ref, []).append((n, i, logged))
+                else:
+                    ids[i] = row_id
+                    known.append((logged, ref, row_id))
+        if unknown:
+            for ref, row_id in self._resolve(list(unknown)).items():
+                for n, i, logged in unknown[ref]:
+                    ids_of[n][i] = row_id
+                    known.append((logged, ref, row_id))
+        entries = [
+            (record.request_id, record.created_at_s, entry_with_ids(record, ids))  # type: ignore[arg-type]
+            for record, ids in zip(records, ids_of, strict=True)
+        ]
+        return entries, new_rows, known
 
-    def _write(
-        self, entries: Sequence[tuple[str, float, bytes]], new_rows: dict[str, bytes]
-    ) -> None:
-        self._db.execute("BEGIN")
-        try:
-            if new_rows:
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO feature_rows (digest, row) VALUES (?, ?)",
-                    new_rows.items(),
-                )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO requests (request_id, created_at_s, entry) "
-                "VALUES (?, ?, ?)",
-                entries,
-            )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._digests.remember(new_rows, time.monotonic())
+    def _resolve(self, refs: list[_Ref]) -> dict[_Ref, int]:
+        """The ``row_refs`` ids of ``refs``, inserting those not stored (in the transaction):
+        one upsert per reference, which returns its id whether it was there or not."""
+        execute = self._db.execute
+        out: dict[_Ref, int] = {}
+        for ref in refs:
+            (row_id,) = execute(
+                "INSERT INTO row_refs (view, key, digest) VALUES (?, ?, ?) "
+                "ON CONFLICT (view, key, digest) DO UPDATE SET view = excluded.view "
+                "RETURNING id",
+                ref,
+            ).fetchone()
+            out[ref] = row_id
+        return out
 
     def get(self, request_id: str) -> RequestRecord | None:
         with self._lock, translated("reading the request log"):
@@ -119,17 +196,38 @@ class SqliteRequestLog:
             ).fetchone()
             if found is None:
                 return None
-            refs = sorted(set(row_refs(found[0])))
+            raw = orjson.loads(found[0])
+            refs = raw["rows"] if "row_ids" not in raw else self._refs_of(raw["row_ids"], raw)
+            digests = sorted({ref[2] for ref in refs if ref[2] is not None})
             rows: dict[str, bytes | None] = {}
-            for start in range(0, len(refs), 500):
-                chunk = refs[start : start + 500]
+            for start in range(0, len(digests), 500):
+                chunk = digests[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 rows.update(
                     self._db.execute(
                         f"SELECT digest, row FROM feature_rows WHERE digest IN ({marks})", chunk
                     ).fetchall()
                 )
-        return entry_from_json(found[0], rows)
+        return record_from(raw, refs, rows)
+
+    def _refs_of(self, row_ids: list[int], raw: dict[str, Any]) -> list[list[str | None]]:
+        """``[view, key, digest]`` (digest None: no row) of each of an entry's ``row_ids``."""
+        wanted = sorted(set(row_ids))
+        refs: dict[int, list[str | None]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row_id, view, key, digest in self._db.execute(
+                f"SELECT id, view, key, digest FROM row_refs WHERE id IN ({marks})", chunk
+            ):
+                refs[row_id] = [view, key, digest or None]
+        lost = [row_id for row_id in wanted if row_id not in refs]
+        if lost:
+            raise StoreError(
+                f"request {raw['request_id']}: {len(lost)} logged row reference(s) (ids "
+                f"{lost[:3]}) are no longer in the request log"
+            )
+        return [refs[row_id] for row_id in row_ids]
 
     def iter_records(self, since_s: float | None = None) -> Iterator[RequestRecord]:
         """Every entry created at or after ``since_s`` (all if None), oldest first, *without*
@@ -161,8 +259,9 @@ class SqliteRequestLog:
 
     @contextlib.contextmanager
     def _deleting(self, action: str) -> Iterator[None]:
-        """One transaction that deletes entries, then the feature rows no remaining entry
-        refers to; the digest memo starts afresh (a deleted row may be stored again)."""
+        """One transaction that deletes entries, then the row references and feature rows no
+        remaining entry refers to; the memos start afresh (a deleted row may be stored
+        again)."""
         with self._lock, translated(action):
             self._db.execute("BEGIN")
             try:
@@ -173,12 +272,26 @@ class SqliteRequestLog:
                 self._db.execute("ROLLBACK")
                 raise
             self._digests = RowDigests()
+            self._ids = _RowIds()
 
     def _drop_unreferenced_rows(self) -> None:
-        """Delete the stored feature rows no remaining entry refers to (inside a transaction)."""
+        """Delete the row references and stored feature rows no remaining entry refers to
+        (inside a transaction); entries of either form count."""
+        used_ids: set[int] = set()
         used: set[str] = set()
         for (entry,) in self._db.execute("SELECT entry FROM requests"):
-            used.update(row_refs(entry))
+            raw = orjson.loads(entry)
+            if "row_ids" in raw:
+                used_ids.update(raw["row_ids"])
+            else:
+                used.update(ref for _, _, ref in raw["rows"] if ref is not None)
+        unused_ids = [
+            (row_id,)
+            for (row_id,) in self._db.execute("SELECT id FROM row_refs")
+            if row_id not in used_ids
+        ]
+        self._db.executemany("DELETE FROM row_refs WHERE id = ?", unused_ids)
+        used.update(d for (d,) in self._db.execute("SELECT digest FROM row_refs") if d)
         stored = [d for (d,) in self._db.execute("SELECT digest FROM feature_rows")]
         unused = [(d,) for d in stored if d not in used]
         self._db.executemany("DELETE FROM feature_rows WHERE digest = ?", unused)

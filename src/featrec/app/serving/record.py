@@ -41,11 +41,12 @@ from featrec.errors import ConfigError
 LOG_SCHEMA: Final = 2
 #: The schemas read back: 1 (one object per candidate and decision) and 2 (columns).
 READ_SCHEMAS: Final = (1, 2)
-#: A candidate's sources as a bit mask (bit i: ``SOURCES[i]``), and the sources of each mask.
-_BIT: Final = {source: 1 << i for i, source in enumerate(SOURCES)}
+#: A candidate's sources as a bit mask (bit i: ``SOURCES[i]``): the sources of each mask.
 _SOURCES_OF: Final = tuple(
     tuple(s for i, s in enumerate(SOURCES) if mask & (1 << i)) for mask in range(1 << len(SOURCES))
 )
+#: The bit mask of each sources tuple listed in :data:`SOURCES` order (others have none).
+_MASK_OF: Final = {sources: mask for mask, sources in enumerate(_SOURCES_OF)}
 #: How the note saying that the request ignored a stale user row begins.
 USER_ROW_IGNORED: Final = "user features ignored"
 
@@ -216,23 +217,26 @@ def _candidate_columns(candidates: tuple[Candidate, ...]) -> dict[str, Any] | No
     masks: list[int] = []
     scores: dict[str, list[float | None]] = {}
     details: dict[str, list[float | None]] = {}
+    mask_of = _MASK_OF
     for i, c in enumerate(candidates):
         ids.append(c.item_id)
-        mask = 0
-        for source in c.sources:
-            bit = _BIT.get(source)
-            if bit is None:
-                return None
-            mask |= bit
-        if _SOURCES_OF[mask] != c.sources:
+        try:
+            mask = mask_of.get(c.sources)
+        except TypeError:  # not a tuple (a list): schema 1 keeps it as it is
+            return None
+        if mask is None:
             return None
         masks.append(mask)
-        for column, values in ((scores, c.scores), (details, c.details)):
-            for name, value in values.items():
-                found = column.get(name)
-                if found is None:
-                    found = column[name] = [None] * n
-                found[i] = value
+        for name, value in c.scores.items():
+            found = scores.get(name)
+            if found is None:
+                found = scores[name] = [None] * n
+            found[i] = value
+        for name, value in c.details.items():
+            found = details.get(name)
+            if found is None:
+                found = details[name] = [None] * n
+            found[i] = value
     return {"item_ids": ids, "sources": masks, "scores": scores, "details": details}
 
 
