@@ -171,6 +171,28 @@ def test_a_logged_row_met_again_after_prune_deleted_its_row_is_stored_again(
     log.close()
 
 
+def test_a_deletion_by_another_process_makes_a_running_writer_store_its_rows_again(
+    tmp_path: Path,
+) -> None:
+    """`featrec forget` runs in its own process beside a server: what it deletes must not stay
+    remembered as stored by the server's log, or the server's next entries would refer to
+    rows that are gone (and could not be explained)."""
+    path = tmp_path / "requests.db"
+    server = SqliteRequestLog(path)
+    rows = [LoggedRow("item_features", "a", SHARED), LoggedRow("item_trending", "a", None)]
+    old = RequestRecord("old", 10.0, {"user_id": "u1", "session_id": "s1"}, rows)
+    server.append(old)
+    cli = SqliteRequestLog(path)  # another connection: the CLI's process
+    assert cli.forget("u1", ["s1"]) == 1  # the only entry using those rows: they go too
+    cli.close()
+    # The server meets the same LoggedRow objects again, for another user.
+    server.append(RequestRecord("new", 20.0, {"user_id": "u2", "session_id": "s2"}, rows))
+    back = server.get("new")
+    assert back is not None and back.rows == rows
+    assert server.get("old") is None
+    server.close()
+
+
 def test_sqlite_entries_refer_to_rows_by_short_ids_stored_once(tmp_path: Path) -> None:
     import json
     import sqlite3

@@ -12,6 +12,12 @@ entries without their feature rows (the A/B analysis reads the bodies). Store er
 Forgetting a user: ``sessions_of`` finds the sessions the log ties to a user; ``forget``
 deletes every entry naming the user or one of those sessions, with the feature rows and row
 references (they name a user or a session: ``view`` and ``key``) no remaining entry refers to.
+
+A writer remembers which rows and references it has stored, so as not to store them again.
+A deletion (``forget``, ``prune``) may run in another process (``featrec forget`` beside a
+running server) and delete some of them: it counts itself in ``log_meta`` (``deletions``), and
+every write transaction reads that count first and forgets what it remembered when it moved,
+so no entry ever refers to a row that is gone.
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ class SqliteRequestLog:
         self._lock = threading.Lock()
         self._digests = RowDigests()
         self._ids = _RowIds()
+        #: ``log_meta.deletions`` when the memos above were last known to be right.
+        self._deletions = 0
         with translated(f"opening the request log {path}"):
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -97,6 +105,20 @@ class SqliteRequestLog:
             self._db.execute(
                 "CREATE INDEX IF NOT EXISTS requests_by_time ON requests (created_at_s)"
             )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS log_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+            )
+            self._deletions = self._deletions_now()
+
+    def _deletions_now(self) -> int:
+        """How many deletions any process has committed to this log (``log_meta``)."""
+        found = self._db.execute("SELECT value FROM log_meta WHERE key = 'deletions'").fetchone()
+        return 0 if found is None else int(found[0])
+
+    def _forget_stored(self) -> None:
+        """Forget which rows and references were stored (a deletion may have removed some)."""
+        self._digests = RowDigests()
+        self._ids = _RowIds()
 
     def append(self, record: RequestRecord) -> None:
         self.append_many([record])
@@ -104,8 +126,14 @@ class SqliteRequestLog:
     def append_many(self, records: Sequence[RequestRecord]) -> None:
         """Write ``records`` in one transaction."""
         with self._lock, translated("writing the request log"):
-            self._db.execute("BEGIN")
+            # IMMEDIATE: no other process's deletion can commit between the count read here
+            # and this transaction's writes.
+            self._db.execute("BEGIN IMMEDIATE")
             try:
+                deletions = self._deletions_now()
+                if deletions != self._deletions:
+                    self._forget_stored()
+                    self._deletions = deletions
                 entries, new_rows, known = self._encode(records)
                 if new_rows:
                     self._db.executemany(
@@ -260,19 +288,24 @@ class SqliteRequestLog:
     @contextlib.contextmanager
     def _deleting(self, action: str) -> Iterator[None]:
         """One transaction that deletes entries, then the row references and feature rows no
-        remaining entry refers to; the memos start afresh (a deleted row may be stored
+        remaining entry refers to, and counts itself (``log_meta``); the memos start afresh
+        here, and in other processes at their next write (a deleted row may be stored
         again)."""
         with self._lock, translated(action):
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
                 self._drop_unreferenced_rows()
+                self._db.execute(
+                    "INSERT INTO log_meta (key, value) VALUES ('deletions', 1) "
+                    "ON CONFLICT (key) DO UPDATE SET value = value + 1"
+                )
+                self._deletions = self._deletions_now()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._digests = RowDigests()
-            self._ids = _RowIds()
+            self._forget_stored()
 
     def _drop_unreferenced_rows(self) -> None:
         """Delete the row references and stored feature rows no remaining entry refers to
