@@ -19,8 +19,9 @@ late ones, and flushes the newest row of every session folded since the last flu
 (the deadline is armed by the first pending session, never moved). Its timer also drops
 sessions idle for the state TTL (their pending row first). Its snapshot is one msgpack blob;
 between batches it encodes ahead the sessions idle for ``ENCODE_IDLE_S`` (a few hundred at a
-time), so that the end-of-epoch snapshots, taken one shard after another while events wait,
-encode only the sessions changed in the last moments.
+time), and every changed one within ``SNAPSHOT_LEAD_S`` of the next expected snapshot, so that
+the end-of-epoch snapshots, taken one shard after another while events wait, encode only the
+sessions changed in the last moments.
 
 Guarantees are the per-event flow's (:mod:`dataflows.sessions`): state exactly-once under
 recovery (pending rows are part of the snapshot), output at-least-once and idempotent,
