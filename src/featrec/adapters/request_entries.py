@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import orjson
 
@@ -38,6 +38,28 @@ def _dumps(value: object) -> bytes:
 #: One logged row's reference in an entry: ``[view, key, digest]`` (digest None: no row).
 RowRef = list[str | None]
 
+V = TypeVar("V")
+
+
+class IdentityMemo(Generic[V]):
+    """Values memoised by the identity of an object, which the memo holds meanwhile (so no
+    other object can take its id); the oldest quarter goes when ``size`` is passed. Look a
+    batch up in C with ``map(memo.values.get, map(id, objects))``."""
+
+    def __init__(self, size: int = _MEMO_SIZE) -> None:
+        self._size = size
+        self.values: dict[int, V] = {}
+        self._held: dict[int, object] = {}
+
+    def put(self, obj: object, value: V) -> None:
+        key = id(obj)
+        self.values[key] = value
+        self._held[key] = obj
+        if len(self.values) > self._size:
+            for _ in range(len(self.values) // 4):
+                oldest = next(iter(self.values))
+                del self.values[oldest], self._held[oldest]
+
 
 class RowDigests:
     """Content digests of rows, memoised by object identity (cached rows are shared objects),
@@ -56,10 +78,8 @@ class RowDigests:
         self.created_at = created_at
         self._by_id: dict[int, tuple[StampedRow, str, bytes]] = {}
         self.stored: dict[str, float] = {}
-        #: ``id(LoggedRow)`` -> its reference (only once its row is stored), and the
-        #: ``LoggedRow`` itself (held, so that its id is not reused while it is memoised).
-        self._refs: dict[int, RowRef] = {}
-        self._held: dict[int, LoggedRow] = {}
+        #: Each ``LoggedRow``'s reference (only once its row is stored).
+        self._refs: IdentityMemo[RowRef] = IdentityMemo(size)
         #: References of rows sent in the batch being written (memoised by :meth:`remember`).
         self._pending: list[tuple[LoggedRow, RowRef]] = []
 
@@ -95,7 +115,7 @@ class RowDigests:
         ``stale_before``) goes into ``new_rows``. Rows met before are found by identity in C;
         the rest (the session's row, rows the cache re-read) by :meth:`encode`. The returned
         lists are shared: do not change them."""
-        out: list[RowRef | None] = list(map(self._refs.get, map(id, rows)))
+        out: list[RowRef | None] = list(map(self._refs.values.get, map(id, rows)))
         if all(out):
             return out  # type: ignore[return-value]
         stored = self.stored
@@ -106,7 +126,7 @@ class RowDigests:
             ref: RowRef
             if logged.row is None:
                 ref = [logged.view, logged.key, None]
-                self._memoise(logged, ref)
+                self._refs.put(logged, ref)
             else:
                 digest, data = self.encode(logged)
                 ref = [logged.view, logged.key, digest]
@@ -115,18 +135,9 @@ class RowDigests:
                     new_rows[digest] = data
                     self._pending.append((logged, ref))
                 else:
-                    self._memoise(logged, ref)
+                    self._refs.put(logged, ref)
             out[i] = ref
         return out  # type: ignore[return-value]
-
-    def _memoise(self, logged: LoggedRow, ref: RowRef) -> None:
-        key = id(logged)
-        self._refs[key] = ref
-        self._held[key] = logged
-        if len(self._refs) > self._size:
-            for _ in range(len(self._refs) // 4):
-                oldest = next(iter(self._refs))
-                del self._refs[oldest], self._held[oldest]
 
     def remember(self, digests: Iterable[str], now: float) -> None:
         """The rows ``digests`` were stored at ``now``: the references sent with them are
@@ -139,30 +150,27 @@ class RowDigests:
         pending, self._pending = self._pending, []
         for logged, ref in pending:
             if ref[2] in self.stored:
-                self._memoise(logged, ref)
+                self._refs.put(logged, ref)
 
 
 def entry_json(record: RequestRecord, refs: Sequence[RowRef]) -> bytes:
     """The stored entry; ``refs`` are :meth:`RowDigests.refs` of ``record.rows``."""
-    return _dumps(
-        {
-            "request_id": record.request_id,
-            "created_at_s": record.created_at_s,
-            "body": record.body,
-            "rows": refs,
-        }
-    )
+    return _entry(record, "rows", refs)
 
 
 def entry_with_ids(record: RequestRecord, row_ids: Sequence[int]) -> bytes:
     """The stored entry referring to its rows by the store's short ids (SQLite) instead of
     ``[view, key, digest]`` lists: ``{"request_id", "created_at_s", "body", "row_ids"}``."""
+    return _entry(record, "row_ids", row_ids)
+
+
+def _entry(record: RequestRecord, name: str, rows: Sequence[object]) -> bytes:
     return _dumps(
         {
             "request_id": record.request_id,
             "created_at_s": record.created_at_s,
             "body": record.body,
-            "row_ids": row_ids,
+            name: rows,
         }
     )
 

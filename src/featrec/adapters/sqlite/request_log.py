@@ -36,6 +36,7 @@ import orjson
 from featrec.adapters.errors import translated
 from featrec.adapters.request_entries import (
     PAGE,
+    IdentityMemo,
     RowDigests,
     body_only,
     entry_with_ids,
@@ -53,24 +54,16 @@ _Ref = tuple[str, str, str]
 
 class _RowIds:
     """The ``row_refs`` id of each logged row, memoised by the identity of its
-    :class:`LoggedRow` once its reference is stored (the memo holds the ``LoggedRow``, so no
-    other object can have its id meanwhile), and the id of each reference stored."""
+    :class:`LoggedRow` once its reference is stored, and the id of each reference stored."""
 
     def __init__(self, size: int = 200_000) -> None:
         self._size = size
-        self.by_logged: dict[int, int] = {}
-        self._held: dict[int, LoggedRow] = {}
+        self.by_logged: IdentityMemo[int] = IdentityMemo(size)
         self.by_ref: dict[_Ref, int] = {}
 
     def memoise(self, logged: LoggedRow, ref: _Ref, row_id: int) -> None:
-        key = id(logged)
-        self.by_logged[key] = row_id
-        self._held[key] = logged
+        self.by_logged.put(logged, row_id)
         self.by_ref[ref] = row_id
-        if len(self.by_logged) > self._size:
-            for _ in range(len(self.by_logged) // 4):
-                oldest = next(iter(self.by_logged))
-                del self.by_logged[oldest], self._held[oldest]
         if len(self.by_ref) > self._size:
             for _ in range(len(self.by_ref) // 4):
                 del self.by_ref[next(iter(self.by_ref))]
@@ -164,7 +157,7 @@ class SqliteRequestLog:
         # per record, its row ids (None: not known yet) and where the unknown ones go
         ids_of: list[list[int | None]] = []
         unknown: dict[_Ref, list[tuple[int, int, LoggedRow]]] = {}
-        memo = self._ids.by_logged.get
+        memo = self._ids.by_logged.values.get
         by_ref = self._ids.by_ref
         digests = self._digests
         stored = digests.stored
