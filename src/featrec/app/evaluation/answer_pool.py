@@ -33,7 +33,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Protocol
 
-from featrec.app.evaluation.replay import PointAnswer, Policies
+from featrec.app.evaluation.replay import PointAnswer, Policies, SerialAnswers
 from featrec.core.evaluation.protocol import PredictionPoint
 from featrec.core.ports.serving import RowReader, StampedRow
 from featrec.errors import ConfigError, FeatrecError
@@ -188,19 +188,19 @@ def _work(
     try:
         if reopen is not None:
             policies.use_rows(reopen())
-        history = policies.history
         out = open_out(index)
         answered = 0
+
+        def write(answer: PointAnswer) -> None:
+            nonlocal answered
+            out.write(answer)
+            answered += 1
+
+        serial = SerialAnswers(policies, write)  # the same answers as in the gate's process
         try:
             while (batch := conn.recv()) is not None:
-                for session_id, at_s, row, point, freshness_ms in batch:
-                    if row is not None:
-                        history.record(session_id, at_s, row)
-                    if point is not None:
-                        answer = PointAnswer(point, freshness_ms=freshness_ms)
-                        policies.answer(point, answer)
-                        out.write(answer)
-                        answered += 1
+                for settled in batch:
+                    serial.settled(*settled)
         finally:
             out.close()
         results.send(answered)
