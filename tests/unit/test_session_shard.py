@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+import pytest
 from _lanes import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,7 +14,7 @@ from featrec.core.events.batch_decode import Arrival
 from featrec.core.events.model import Event
 from featrec.core.features.rows import FeatureRow
 from featrec.core.sessions.fold import Outcome, SessionPolicy, SessionState, fold, session_row
-from featrec.core.sessions.shard import SessionShard, late_letter
+from featrec.core.sessions.shard import SessionShard, _state_list, late_letter
 
 POLICY = SessionPolicy()
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -207,3 +209,110 @@ def test_encoding_ahead_never_changes_a_snapshot(
     blob = ahead.to_bytes()
     assert blob == plain.to_bytes()
     assert SessionShard.from_bytes(blob, POLICY, 5.0).states == ahead.states
+
+
+def test_cooling_takes_out_idle_sessions_without_pending_rows_oldest_first() -> None:
+    shard = SessionShard(POLICY, 600.0)
+    shard.fold_batch(
+        [Arrival(ev(0, "a", 0, "u1"), 1.0, "o"), Arrival(ev(1, "b", 1), 1.0, "o")], 10.0
+    )
+    shard.take_rows()
+    shard.fold_batch([Arrival(ev(2, "c", 2), 1.0, "o")], now=20.0)  # c's row still pending
+    assert shard.next_cool(30.0) == 40.0
+    assert shard.cool(39.0, 30.0, 10) == []
+    kept = {sid: shard.states[sid] for sid in ("a", "b")}
+    cooled = shard.cool(45.0, 30.0, 1)  # the limit
+    assert [(c.session_id, c.user_id, c.touched_at) for c in cooled] == [("a", "u1", 10.0)]
+    cooled += shard.cool(60.0, 30.0, 10)  # c is idle too but has a pending row: it stays
+    assert [c.session_id for c in cooled] == ["a", "b"] and set(shard.states) == {"c"}
+    assert shard.blobs.keys() <= {"c"} and shard.stale.keys() <= {"c"}
+    # The bytes are the snapshot's encoding; reviving gives the same states back.
+    assert shard.missing([Arrival(ev(3, s, 3), 1.0, "o") for s in "abcab"]) == ["a", "b"]
+    assert shard.revive([c.state for c in cooled], now=70.0) == 2
+    assert shard.states["a"] == kept["a"] and shard.states["b"] == kept["b"]
+    assert list(shard.touched) == ["c", "a", "b"] and shard.touched["a"] == 70.0
+    # A session held already keeps its live state; its old bytes are ignored.
+    shard.fold_batch([Arrival(ev(4, "a", 4), 1.0, "o")], now=71.0)
+    assert shard.revive([cooled[0].state], now=72.0) == 0
+    assert shard.states["a"].n_events == 2
+    # Revived bytes count as encoded: the next snapshot reuses them for b.
+    assert "b" in shard.blobs and "b" not in shard.stale
+
+
+def test_snapshots_carry_the_key_and_their_number_and_format_2_still_reads() -> None:
+    shard = SessionShard(POLICY, 600.0)
+    shard.key = "7"
+    shard.fold_batch([Arrival(ev(0, "a", 0), 1.0, "o")], now=10.0)
+    first, second = shard.to_bytes(), shard.to_bytes()
+    assert shard.snapshots == 2
+    resumed = SessionShard.from_bytes(second, POLICY, 600.0)
+    assert (resumed.key, resumed.snapshots) == ("7", 2)  # resumed from snapshot number 1
+    assert SessionShard.from_bytes(first, POLICY, 600.0).snapshots == 1
+    # A format-2 blob (no key, no count), as the previous version wrote it.
+    raw = [msgspec.Raw(msgspec.msgpack.encode(_state_list(shard.states["a"])))]
+    old = msgspec.msgpack.encode([2, raw, [10.0], [["a", 1.0]]])
+    back = SessionShard.from_bytes(old, POLICY, 600.0)
+    assert (back.key, back.snapshots) == (None, 0)
+    assert back.states == shard.states and back.dirty == {"a": 1.0}
+    with pytest.raises(ValueError, match="format 1"):
+        SessionShard.from_bytes(msgspec.msgpack.encode([1, [], [], []]), POLICY, 600.0)
+
+
+@settings(max_examples=examples(150), deadline=None)
+@given(
+    spec=events_strategy,
+    cut=st.integers(1, 12),
+    steps=st.lists(st.sampled_from(["fold", "cool", "snapshot", "forget", "rows"]), max_size=40),
+    idle=st.floats(0, 2),
+    limit=st.integers(1, 4),
+)
+def test_cooling_and_reviving_never_changes_a_row(
+    spec: list[tuple[str, float, str | None, str]],
+    cut: int,
+    steps: list[str],
+    idle: float,
+    limit: int,
+) -> None:
+    """A shard that cools sessions to a store and revives them on their next event (at any
+    moment, any idle wait, any limit, through snapshots and forgets) writes the same rows as
+    its twin that holds everything, and refuses the same late events."""
+    events = [ev(i, s, t, u, k) for i, (s, t, u, k) in enumerate(spec)]
+    cooling, plain = SessionShard(POLICY, 1e9), SessionShard(POLICY, 1e9)
+    store: dict[str, bytes] = {}
+    now, pos = 0.0, 0
+
+    def fold(chunk: list[Arrival]) -> None:
+        revived = [store.pop(sid) for sid in cooling.missing(chunk) if sid in store]
+        cooling.revive(revived, now)
+        assert cooling.fold_batch(chunk, now) == plain.fold_batch(chunk, now)
+
+    for step in [*steps, "fold", "rows"]:
+        now += 0.7
+        if step == "fold" and pos < len(events):
+            fold([Arrival(e, now, "o") for e in events[pos : pos + cut]])
+            pos += cut
+        elif step == "cool":
+            store.update((c.session_id, c.state) for c in cooling.cool(now, idle, limit))
+        elif step == "snapshot":
+            cooling = SessionShard.from_bytes(cooling.to_bytes(), POLICY, 1e9)
+        elif step == "forget" and plain.states:
+            sid = sorted(plain.states)[0]
+            plain.forget(sid)
+            cooling.forget(sid)
+            store.pop(sid, None)
+        elif step == "rows":
+            got = {r.key: (r.values, r.version) for r in cooling.take_rows()}
+            assert got == {r.key: (r.values, r.version) for r in plain.take_rows()}
+    while pos < len(events):
+        now += 0.7
+        fold([Arrival(e, now, "o") for e in events[pos : pos + cut]])
+        pos += cut
+    assert cooling.states.keys() | store.keys() == plain.states.keys()
+    assert not cooling.states.keys() & store.keys()
+    for sid, state in plain.states.items():
+        if sid in store:
+            probe = SessionShard(POLICY, 1e9)
+            probe.revive([store[sid]], 0.0)
+            assert probe.states[sid] == state
+        else:
+            assert cooling.states[sid] == state

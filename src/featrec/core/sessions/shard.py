@@ -16,6 +16,14 @@ the same :func:`~featrec.core.sessions.fold.fold`; the shard only adds bookkeepi
 - **Snapshots.** :meth:`to_bytes` is one msgpack blob (immutable, and incremental: only the
   sessions changed since the last snapshot are encoded again, the others' bytes are reused;
   a deep copy would copy every object); :meth:`from_bytes` rebuilds the shard.
+- **Cooling.** :meth:`cool` takes the sessions idle for a while out of the shard, as their
+  snapshot bytes, for a store of idle sessions to keep (``dataflows.session_shards``);
+  :meth:`missing` names the sessions of a batch the shard does not hold and :meth:`revive`
+  puts back those the store had. A snapshot then holds only the recently active sessions, so
+  its cost follows the active sessions, not all the sessions the TTL keeps. The shard's
+  :attr:`key` and :attr:`snapshots` (how many it has taken) are part of its snapshot: the
+  store tags what it writes with that count, and a resumed shard says which count it resumed
+  from.
 - **Encoding ahead.** The engine snapshots every shard at the end of an epoch, one after the
   other, while events wait: ~16 shards x ~1,400 changed sessions x 2.5-4 µs stopped the worker
   for ~85-120 ms per epoch at 16k events/s. :meth:`encode_idle` encodes, a few hundred at a
@@ -29,7 +37,7 @@ System time is always passed in (``now``, unix seconds), so tests drive it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
@@ -41,8 +49,10 @@ from featrec.core.events.model import Event
 from featrec.core.features.rows import FeatureRow
 from featrec.core.sessions.fold import Outcome, SessionPolicy, SessionState, fold, session_row
 
-#: Version of the snapshot layout; a blob of another version is refused.
-SNAPSHOT_FORMAT: Final = 2
+#: Version of the snapshot layout; a blob of another version is refused (format 2, without
+#: the shard's key and snapshot count, is still read).
+SNAPSHOT_FORMAT: Final = 3
+_READABLE: Final = frozenset({2, SNAPSHOT_FORMAT})
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder()
@@ -54,10 +64,23 @@ class Forget(NamedTuple):
     session_id: str
 
 
+class Cooled(NamedTuple):
+    """A session taken out of a shard by :meth:`SessionShard.cool`."""
+
+    session_id: str
+    user_id: str | None
+    #: system time of its last event
+    touched_at: float
+    #: its state as the snapshot encodes it (:meth:`SessionShard.revive` reads it back)
+    state: bytes
+
+
 class SessionShard:
     """The sessions of one shard (see the module docstring)."""
 
-    __slots__ = ("blobs", "dirty", "policy", "stale", "states", "touched", "ttl_s")
+    __slots__ = (
+        "blobs", "dirty", "key", "policy", "snapshots", "stale", "states", "touched", "ttl_s"
+    )  # fmt: skip
 
     def __init__(self, policy: SessionPolicy, ttl_s: float) -> None:
         self.policy = policy
@@ -73,6 +96,11 @@ class SessionShard:
         #: session id -> system time of its last change, for sessions whose blob is out of
         #: date; least recently changed first (:meth:`encode_idle` takes from the front).
         self.stale: dict[str, float] = {}
+        #: The engine's key of this shard, once its owner knows it (kept in snapshots).
+        self.key: str | None = None
+        #: Snapshots taken so far, counting those of the run it resumed from: the tag of what
+        #: is written elsewhere (cooled sessions) between this snapshot and the next.
+        self.snapshots = 0
 
     def __len__(self) -> int:
         return len(self.states)
@@ -159,7 +187,8 @@ class SessionShard:
         return len(gone)
 
     def to_bytes(self) -> bytes:
-        """The whole shard as one msgpack blob (touch order and pending rows included).
+        """The whole shard as one msgpack blob (touch order, pending rows, key and snapshot
+        count included); counts as a snapshot taken (:attr:`snapshots`).
 
         Only sessions changed since the last call are encoded; the others' bytes are reused
         (``msgspec.Raw``), so a snapshot of mostly idle sessions costs little."""
@@ -170,7 +199,62 @@ class SessionShard:
         raw = [msgspec.Raw(blobs[sid]) for sid in self.touched]
         times = list(self.touched.values())
         dirty = [[sid, at] for sid, at in self.dirty.items()]
-        return encode([SNAPSHOT_FORMAT, raw, times, dirty])
+        taken = self.snapshots
+        self.snapshots += 1
+        return encode([SNAPSHOT_FORMAT, raw, times, dirty, self.key, taken])
+
+    def missing(self, arrivals: Sequence[Arrival]) -> list[str]:
+        """The sessions of ``arrivals`` this shard does not hold, each once, in order."""
+        states = self.states
+        out: dict[str, None] = {}
+        for arrival in arrivals:
+            sid = arrival[0].session_id
+            if sid not in states:
+                out[sid] = None
+        return list(out)
+
+    def cool(self, now: float, idle_s: float, limit: int) -> list[Cooled]:
+        """Take out up to ``limit`` sessions untouched since ``now - idle_s`` that have no
+        pending row, least recently touched first, as their snapshot bytes."""
+        horizon = now - idle_s
+        dirty = self.dirty
+        picked: list[tuple[str, float]] = []
+        for sid, at in self.touched.items():
+            if at > horizon or len(picked) >= limit:
+                break
+            if sid not in dirty:
+                picked.append((sid, at))
+        out: list[Cooled] = []
+        encode = _ENCODER.encode
+        for sid, at in picked:
+            del self.touched[sid]
+            state = self.states.pop(sid)
+            blob = self.blobs.pop(sid, None)
+            if self.stale.pop(sid, None) is not None or blob is None:
+                blob = encode(_state_list(state))
+            out.append(Cooled(sid, state.user_id, at, blob))
+        return out
+
+    def next_cool(self, idle_s: float) -> float | None:
+        """System time at which the least recently touched session has been idle ``idle_s``."""
+        for at in self.touched.values():
+            return at + idle_s
+        return None
+
+    def revive(self, blobs: Iterable[bytes], now: float) -> int:
+        """Put back sessions taken out by :meth:`cool` (their bytes), touched at ``now``;
+        how many. A session the shard holds already keeps its live state."""
+        n = 0
+        for blob in blobs:
+            state = _state_of(_DECODER.decode(blob))
+            sid = state.session_id
+            if sid in self.states:
+                continue
+            self.states[sid] = state
+            self.touched[sid] = now
+            self.blobs[sid] = blob
+            n += 1
+        return n
 
     def encode_idle(self, now: float, idle_s: float, limit: int) -> int:
         """Encode up to ``limit`` changed sessions untouched since ``now - idle_s``, least
@@ -202,11 +286,15 @@ class SessionShard:
         cls, data: bytes, policy: SessionPolicy, ttl_s: float, now: float | None = None
     ) -> SessionShard:
         """Rebuild a shard; with ``now``, every session counts as touched at ``now`` (a resumed
-        flow gives its sessions a full TTL, as a fresh timer would)."""
-        version, rows, times, dirty = _DECODER.decode(data)
-        if version != SNAPSHOT_FORMAT:
+        flow gives its sessions a full TTL, as a fresh timer would). The snapshot it was made
+        from is number ``shard.snapshots - 1`` (format 2: none, ``snapshots`` is 0)."""
+        version, rows, times, dirty, *rest = _DECODER.decode(data)
+        if version not in _READABLE:
             raise ValueError(f"session shard snapshot format {version}, expected {SNAPSHOT_FORMAT}")
         shard = cls(policy, ttl_s)
+        if rest:
+            shard.key, taken = rest
+            shard.snapshots = taken + 1
         for fields, at in zip(rows, times, strict=True):
             state = _state_of(fields)
             shard.states[state.session_id] = state
