@@ -58,6 +58,11 @@ SOURCE_RETRIES: Final = Counter(
 LIVE_SESSIONS: Final = Gauge(
     "featrec_live_sessions", "Sessions whose state the dataflow holds in memory."
 )
+COLD_SESSIONS: Final = Counter(
+    "featrec_cold_sessions",
+    "Sessions moved out of memory into the store of idle sessions (cooled) or back (revived).",
+    ["way"],
+)
 FRESHNESS: Final = Histogram(
     "featrec_freshness_seconds",
     "Seconds from an event's ingestion to the write of the row it updated.",

@@ -23,6 +23,15 @@ time), and every changed one within ``SNAPSHOT_LEAD_S`` of the next expected sna
 the end-of-epoch snapshots, taken one shard after another while events wait, encode only the
 sessions changed in the last moments.
 
+With a store of idle sessions (:class:`Cooling`, which the launcher sets up inside the
+recovery store), a shard also *cools* sessions idle for ``Cooling.idle_s``: their state
+leaves memory and the snapshots for the store
+(:class:`~featrec.adapters.sqlite.cold_sessions.ColdSessions`), and comes back when their next
+event arrives, before it is folded. Snapshots then cost what the recently active sessions
+cost, not what every session the TTL keeps costs. The store tags its writes with the shard's
+snapshot count, and a resumed shard rolls it back to its snapshot, so state stays
+exactly-once (see that module).
+
 Guarantees are the per-event flow's (:mod:`dataflows.sessions`): state exactly-once under
 recovery (pending rows are part of the snapshot), output at-least-once and idempotent,
 dead letters with reasons, the deny-list and tombstones, the metrics. Step ids differ from
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, TypeAlias, TypeGuard, cast
@@ -50,6 +60,7 @@ from dataflows.metrics import FlowStats
 from dataflows.sessions import FORGOTTEN, DenySource, allowed_rows
 from dataflows.sinks import FeatureSink, WriterFactory
 from dataflows.sources import SourceItem
+from featrec.adapters.sqlite.cold_sessions import ColdSessions, ColdShard
 from featrec.core.events.batch_decode import Arrival, decode_records
 from featrec.core.events.formats import DeadLetter, RawRecord
 from featrec.core.events.model import Event
@@ -77,12 +88,25 @@ ENCODE_LIMIT: Final = 256
 #: This long before the next end-of-epoch snapshot is expected (the interval between a
 #: shard's last two snapshots), every changed session is encoded ahead, idle or not.
 SNAPSHOT_LEAD_S: Final = 0.3
+#: At most this many sessions cooled per batch or timer call (one store transaction).
+COOL_LIMIT: Final = 2000
+#: A shard cools at most once per this many seconds (each time, every session idle enough, up
+#: to ``COOL_LIMIT``): few, large store transactions rather than one per batch.
+COOL_EVERY_S: Final = 1.0
 
 ShardValue: TypeAlias = list[Arrival] | Forget
 ShardItem: TypeAlias = tuple[str, ShardValue]
 Decoded: TypeAlias = ShardItem | DeadLetter
 RowBatch: TypeAlias = list[FeatureRow]
 ShardOutput: TypeAlias = RowBatch | DeadLetter
+
+
+@dataclass(frozen=True)
+class Cooling:
+    """Sessions idle for ``idle_s`` (system time) leave memory for ``store``."""
+
+    store: ColdSessions
+    idle_s: float
 
 
 def decode_to_shards(
@@ -199,6 +223,8 @@ class ShardLogic(StatefulBatchLogic[ShardValue, ShardOutput, bytes]):
         max_rows: int,
         stats: FlowStats,
         deny: DenySource,
+        cooling: Cooling | None = None,
+        key_of: Callable[[str], str] | None = None,
     ) -> None:
         self.shard = shard
         self.deadline_s = deadline_s
@@ -212,20 +238,35 @@ class ShardLogic(StatefulBatchLogic[ShardValue, ShardOutput, bytes]):
         #: When this shard's last snapshot was taken, and the interval before it.
         self.snapshot_at: float | None = None
         self.epoch_s: float | None = None
+        self.cooling = cooling if cooling is not None and cooling.idle_s < shard.ttl_s else None
+        self.key_of = key_of
+        #: This shard's store of idle sessions, once in step with the shard (rolled back to
+        #: its snapshot): opened when the shard's key is known.
+        self.cold: ColdShard | None = None
+        self.cooled_at = 0.0
+        if self.cooling is not None and shard.key is not None:
+            self._attach(shard.key)
 
     def on_batch(self, values: list[ShardValue]) -> tuple[Iterable[ShardOutput], bool]:
         now = time.time()
         shard = self.shard
         out: list[ShardOutput] = []
         created = 0
+        cooling = self.cooling
+        if cooling is not None and self.cold is None and values:
+            self._attach(self._key_from(values[0]))
         for value in values:
             if type(value) is Forget:
                 if shard.forget(value.session_id):
                     self.live -= 1
                     metrics.LIVE_SESSIONS.dec()
+                if self.cold is not None:
+                    self.cold.forget(value.session_id)
                 FORGOTTEN.labels(what="session state").inc()
                 continue
             arrivals = cast(list[Arrival], value)
+            if self.cold is not None:
+                self._revive(self.cold, arrivals, now)
             late, new = shard.fold_batch(arrivals, now)
             created += new
             if late:
@@ -244,6 +285,7 @@ class ShardLogic(StatefulBatchLogic[ShardValue, ShardOutput, bytes]):
             if len(shard.dirty) >= self.max_rows:
                 self._flush(out)
         self._expire(now, out)
+        self._cool(now)
         shard.encode_idle(now, self._idle_s(now), ENCODE_LIMIT)
         return out, self._keep()
 
@@ -253,6 +295,7 @@ class ShardLogic(StatefulBatchLogic[ShardValue, ShardOutput, bytes]):
         if self.flush_at is not None and self.flush_at <= now:
             self._flush(out)
         self._expire(now, out)
+        self._cool(now)
         self.shard.encode_idle(now, self._idle_s(now), ENCODE_LIMIT)
         return out, self._keep()
 
@@ -276,6 +319,15 @@ class ShardLogic(StatefulBatchLogic[ShardValue, ShardOutput, bytes]):
             idle = min(idle, lead)
         if idle is not None and (due is None or idle < due):
             due = idle
+        if self.cooling is not None:
+            cool = self.shard.next_cool(self.cooling.idle_s)
+            if cool is not None:
+                cool = max(cool, self.cooled_at + COOL_EVERY_S)
+                if cool <= now and self.flush_at is not None:
+                    # The least recently touched session may have a pending row: after the flush.
+                    cool = max(cool, self.flush_at)
+            if cool is not None and (due is None or cool < due):
+                due = cool
         return None if due is None else datetime.fromtimestamp(due, UTC)
 
     def snapshot(self) -> bytes:
@@ -283,7 +335,60 @@ class ShardLogic(StatefulBatchLogic[ShardValue, ShardOutput, bytes]):
         if self.snapshot_at is not None:
             self.epoch_s = now - self.snapshot_at
         self.snapshot_at = now
-        return self.shard.to_bytes()
+        shard = self.shard
+        if self.cold is not None:
+            self.cold.expire(now - shard.ttl_s, shard.snapshots)
+        return shard.to_bytes()
+
+    def _key_from(self, value: ShardValue) -> str:
+        assert self.key_of is not None, "a shard that cools sessions needs key_of"
+        if type(value) is Forget:
+            return self.key_of(value.session_id)
+        return self.key_of(cast(list[Arrival], value)[0].event.session_id)
+
+    def _attach(self, key: str) -> None:
+        """Bring the store in step with this shard: undo what was written after its snapshot
+        (all of it for a new shard), and drop the sessions the deny-list names."""
+        assert self.cooling is not None
+        cold = self.cooling.store.shard(key)
+        self.shard.key = key
+        cold.rollback(self.shard.snapshots - 1)
+        denied = self.deny.current()
+        if denied:
+            gone = cold.forget_where(
+                lambda sid, user: denied.contains("session", sid) or denied.contains("user", user)
+            )
+            if gone:
+                FORGOTTEN.labels(what="session state").inc(gone)
+        self.cold = cold
+
+    def _revive(self, cold: ColdShard, arrivals: list[Arrival], now: float) -> None:
+        shard = self.shard
+        missing = shard.missing(arrivals)
+        if not missing:
+            return
+        blobs = cold.take(missing, shard.snapshots, now - shard.ttl_s)
+        if blobs:
+            revived = shard.revive(blobs, now)
+            self.live += revived
+            metrics.LIVE_SESSIONS.inc(revived)
+            metrics.COLD_SESSIONS.labels(way="revived").inc(revived)
+
+    def _cool(self, now: float) -> None:
+        cooling, cold = self.cooling, self.cold
+        if cooling is None or cold is None:
+            return
+        due = self.shard.next_cool(cooling.idle_s)
+        if due is None or due > now or now < self.cooled_at + COOL_EVERY_S:
+            return
+        self.cooled_at = now
+        cooled = self.shard.cool(now, cooling.idle_s, COOL_LIMIT)
+        if cooled:
+            cold.put(cooled, self.shard.snapshots)
+            n = min(len(cooled), self.live)
+            self.live -= n
+            metrics.LIVE_SESSIONS.dec(n)
+            metrics.COLD_SESSIONS.labels(way="cooled").inc(len(cooled))
 
     def _lead_from(self) -> float | None:
         """When the encode-everything window before the expected next snapshot opens (the
@@ -301,7 +406,8 @@ class ShardLogic(StatefulBatchLogic[ShardValue, ShardOutput, bytes]):
         return ENCODE_IDLE_S
 
     def _keep(self) -> bool:
-        if len(self.shard) or self.shard.dirty:
+        # With cooling, a shard is never discarded: its snapshot count tags the store.
+        if self.cooling is not None or len(self.shard) or self.shard.dirty:
             return StatefulBatchLogic.RETAIN
         return StatefulBatchLogic.DISCARD
 
@@ -342,6 +448,7 @@ def build_batch_flow(
     stats: FlowStats,
     deny: DenySource,
     status_home: Path | None = None,
+    cooling: Cooling | None = None,
 ) -> Dataflow:
     """The batch-shaped sessions dataflow (see the module docstring)."""
     policy = settings.session_policy
@@ -359,7 +466,15 @@ def build_batch_flow(
                 gone = shard.drop_where(_denied_state(denied))
                 if gone:
                     FORGOTTEN.labels(what="session state").inc(gone)
-        return ShardLogic(shard, deadline_s=deadline_s, max_rows=max_rows, stats=stats, deny=deny)
+        return ShardLogic(
+            shard,
+            deadline_s=deadline_s,
+            max_rows=max_rows,
+            stats=stats,
+            deny=deny,
+            cooling=cooling,
+            key_of=lambda sid: shard_of(sid, shards),
+        )
 
     def decode(records: list[SourceItem]) -> list[Decoded]:
         return decode_to_shards(records, shards, stats, deny)

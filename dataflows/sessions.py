@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, Protocol, TypeAlias, TypeGuard, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, TypeGuard, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -91,6 +91,9 @@ from featrec.core.sessions.fold import (
 from featrec.core.sessions.shard import Forget
 from featrec.errors import ConfigError, InvalidEvent
 from featrec.settings import FlowSettings, KafkaSettings, Settings
+
+if TYPE_CHECKING:
+    from dataflows.session_shards import Cooling
 
 FLOW_ID: Final = "featrec_sessions"
 #: ``FEATREC_FLOW_SHAPE``: ``batch`` (one item per shard and source batch) or ``per-event``.
@@ -305,6 +308,7 @@ def build_flow(
     status_home: Path | None = None,
     stats: FlowStats | None = None,
     deny: DenySource | None = None,
+    cooling: Cooling | None = None,
 ) -> Dataflow:
     """The sessions dataflow over ``source``, writing rows through ``writer_factory()``.
 
@@ -316,6 +320,7 @@ def build_flow(
     ``FixedPartitionedSink``, such as :class:`dataflows.sinks.EventLogSink`).
     ``status_home`` enables the status file (see :class:`dataflows.sinks.FeatureSink`).
     ``deny`` gives the deny-list of forgotten users (default: nothing denied).
+    ``cooling``: the store idle sessions move to (batch shape only; default: none).
     """
     if shards < 1:
         raise ConfigError(f"shards must be >= 1, got {shards}")
@@ -353,6 +358,7 @@ def build_flow(
         stats=stats,
         deny=deny_source,
         status_home=status_home,
+        cooling=cooling,
     )
 
 
@@ -561,7 +567,23 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
         event_log_sink=EventLogSink(settings.event_log_dir),
         status_home=settings.home,
         deny=open_deny_watcher(settings),
+        cooling=cooling_from_env(env, settings),
     )
+
+
+def cooling_from_env(environ: Mapping[str, str], settings: Settings) -> Cooling | None:
+    """The store of idle sessions ``FEATREC_COLD_SESSIONS`` names (batch shape only), with
+    ``FEATREC_SESSION_COOL_S``; None without one, or when the state TTL is not longer."""
+    flow_settings = FlowSettings.from_env(environ)
+    path = flow_settings.cold_sessions
+    if path is None or settings.flow_shape != "batch":
+        return None
+    if flow_settings.session_cool_s >= settings.state_ttl:
+        return None
+    from dataflows.session_shards import Cooling
+    from featrec.adapters.sqlite.cold_sessions import ColdSessions
+
+    return Cooling(ColdSessions(path), flow_settings.session_cool_s)
 
 
 def open_deny_watcher(settings: Settings) -> DenySource:

@@ -415,6 +415,21 @@ class FlowSettings(EnvModel):
         shown="none",
     )
 
+    cold_sessions: Path | None = var(
+        None,
+        "the sessions flow's store of idle sessions (a directory, one SQLite file per shard): "
+        "sessions idle for "
+        "`FEATREC_SESSION_COOL_S` leave memory and the recovery snapshots for it; the launcher "
+        "puts it inside the recovery store (`featrec run sessions --recovery-dir`)",
+        shown="none (every session stays in memory)",
+    )
+    session_cool_s: float = var(
+        60.0,
+        "the sessions flow: system time after which an idle session moves to the store of "
+        "idle sessions, when there is one (s)",
+        gt=0,
+    )
+
     source_until_end: bool = var(
         False,
         "a Kafka source stops once every partition is read to its end (backfills, tests, "

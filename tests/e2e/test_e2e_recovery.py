@@ -1,7 +1,8 @@
 """Crash recovery, end to end: the sessions dataflow killed with SIGKILL 20 times mid-stream.
 
 A producer publishes generated events to a Redis stream at a steady pace while
-``python -m bytewax.run "dataflows.sessions:flow()"`` (recovery store, 1 s snapshots) is started
+``python -m bytewax.run "dataflows.sessions:flow()"`` (recovery store, 1 s snapshots, sessions
+idle for 0.5 s moved to the store of idle sessions and back) is started
 and SIGKILLed at random moments (seeded: the seed is printed; set ``FEATREC_KILL_SEED`` to
 replay one). After the last kill a final run catches up. Its online rows (every session, read
 from Feast's Redis layout) and its event log must equal those of an uninterrupted run of the
@@ -24,6 +25,8 @@ import pytest
 import redis
 
 from featrec.adapters.files.event_files import write_events
+from featrec.adapters.sqlite.cold_sessions import ColdSessions
+from featrec.jobs.launch import cold_sessions_path
 from featrec.settings import Settings
 from featrec.testing.crash import (
     REPO_ROOT,
@@ -52,6 +55,8 @@ PUBLISH_S = 40.0
 #: An epoch commits every second: short lives die before their first commit (the next run
 #: resumes from the previous one's), long ones after one or two.
 LIFETIME_S = (0.0, 2.5)
+#: Sessions idle this long (system time) leave memory for the store of idle sessions.
+COOL_S = 0.5
 
 
 def db_url(url: str, db: int) -> str:
@@ -88,7 +93,10 @@ def test_twenty_kill_9s_mid_stream_lose_and_duplicate_nothing(
         online_store="redis", redis_url=db_url(redis_url, 2), home=tmp_path / "killed"
     )
     init_recovery(killed.recovery_dir)
-    env = flow_env(killed, "redis")
+    # Sessions idle for half a second move to the store of idle sessions (inside the recovery
+    # store) and come back on their next event (every ~2 s here): kills land among coolings
+    # and revivals, which a resumed run must roll back to its snapshot.
+    env = flow_env(killed, "redis", FEATREC_SESSION_COOL_S=str(COOL_S))
     producer = Producer(killed.redis_url, killed.stream, events, PUBLISH_S)
     producer.start()
 
@@ -112,7 +120,9 @@ def test_twenty_kill_9s_mid_stream_lose_and_duplicate_nothing(
         wait_until(caught_up, timeout_s=60, proc=final)
         catch_up_s = time.monotonic() - t
         assert final.poll() is None, f"the final run died: {log_file.read_text()[-3000:]}"
-        final_events_in = scrape(port)["featrec_sessions_events_in_total"]
+        metrics = scrape(port)
+        final_events_in = metrics["featrec_sessions_events_in_total"]
+        final_revived = metrics.get('featrec_cold_sessions_total{way="revived"}', 0.0)
     finally:
         kill9(final)
 
@@ -135,6 +145,9 @@ def test_twenty_kill_9s_mid_stream_lose_and_duplicate_nothing(
         f"resume epochs of the {len(resumes)} executions: {resumes}; the final run read "
         f"{final_events_in:.0f} of {EVENTS} events (the rest came from the recovery store)"
     )
+    cold = ColdSessions(cold_sessions_path(killed.recovery_dir))
+    print(f"the final run revived {final_revived:.0f} cold sessions; {cold.count()} cold now")
+    assert cold.count() > 0  # the runs did cool sessions
     assert len(kills) >= 20
     # Runs resumed from the store (a run killed during start-up may not have registered),
     # and the resumes moved forward...

@@ -13,7 +13,7 @@ import click
 import yaml
 
 from featrec.cli import main
-from featrec.jobs.launch import flow_command
+from featrec.jobs.launch import cold_sessions_path, flow_command, with_cold_sessions
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 
@@ -70,6 +70,8 @@ def test_the_statefulset_runs_the_launchers_runner_flags_with_one_process_per_re
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert int(env["PROCESSES"]) == stateful["spec"]["replicas"]
     assert env["FEATREC_SOURCE"] == "kafka"
+    # the store of idle sessions where the launcher puts it, inside the recovery store
+    assert env["FEATREC_COLD_SESSIONS"] == str(cold_sessions_path(Path("/recovery")))
     assert '-i "$i" -a "$addrs"' in script
     # secrets only from Secrets
     secret = {e["name"] for e in container["env"] if "valueFrom" in e}
@@ -81,3 +83,11 @@ def test_serving_is_a_deployment_of_featrec_serve() -> None:
     assert deployment["kind"] == "Deployment" and service["kind"] == "Service"
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"][:2] == ["featrec", "serve"]
+
+
+def test_the_launcher_puts_the_store_of_idle_sessions_inside_the_recovery_store() -> None:
+    env = with_cold_sessions({"FEATREC_HOME": "/h"}, Path("/r"))
+    assert env == {"FEATREC_HOME": "/h", "FEATREC_COLD_SESSIONS": "/r/featrec/cold-sessions"}
+    # one set by the operator is kept
+    mine = {"FEATREC_COLD_SESSIONS": "/fast-disk/cold"}
+    assert with_cold_sessions(mine, Path("/r")) == mine

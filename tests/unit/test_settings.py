@@ -65,6 +65,7 @@ BAD_FROM_ENV = {
     "FEATREC_REPLAY_SPEED": ("-2", "a finite number >= 0"),
     "FEATREC_SOURCE_MAPPING": ('["fields"]', "a JSON object"),
     "FEATREC_SOURCE_UNTIL_END": ("maybe", "`1`/`true` or `0`/`false`"),
+    "FEATREC_SESSION_COOL_S": ("0", "a finite number > 0"),
     "FEATREC_BUS": ("nats", "one of: redis, kafka"),
     "FEATREC_KAFKA_SECURITY_PROTOCOL": ("tls", "one of: plaintext, ssl, sasl_plaintext"),
     "FEATREC_KAFKA_SASL_MECHANISM": ("GSSAPI", "one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
@@ -90,6 +91,7 @@ BAD_IN_CODE = {
     "FEATREC_SERVE_CORS_ORIGINS": (7, "comma-separated origins, or `*`"),
     "FEATREC_INGEST_TOKEN": (12, "a secret"),
     "FEATREC_EVAL_DIR": (7, "a path"),
+    "FEATREC_COLD_SESSIONS": (7, "a path"),
     "FEATREC_PROJECT": (7, "a path"),
 }
 

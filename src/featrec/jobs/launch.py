@@ -76,6 +76,7 @@ def start_flow(
     if recovery_dir is not None:
         partitions = recovery_partitions or max(MIN_RECOVERY_PARTITIONS, processes)
         ensure_recovery_store(recovery_dir, partitions=partitions, processes=processes)
+        env = with_cold_sessions(env, recovery_dir)
     args = flow_command(target, recovery_dir=recovery_dir, snapshot_interval=snapshot_interval)
     if processes == 1:
         return [subprocess.Popen(args, env=env)]
@@ -84,6 +85,19 @@ def start_flow(
         subprocess.Popen([*args, "-i", str(i), "-a", addresses], env=process_env(env, i))
         for i in range(processes)
     ]
+
+
+def cold_sessions_path(recovery_dir: Path) -> Path:
+    """The sessions flow's store of idle sessions inside a recovery store (beside bytewax's
+    ``part-*.sqlite3``, in a directory of its own): it is resumed, moved and deleted with it."""
+    return recovery_dir / "featrec" / "cold-sessions"
+
+
+def with_cold_sessions(env: dict[str, str], recovery_dir: Path) -> dict[str, str]:
+    """``env`` with ``FEATREC_COLD_SESSIONS`` inside the recovery store, unless already set."""
+    if env.get("FEATREC_COLD_SESSIONS"):
+        return env
+    return {**env, "FEATREC_COLD_SESSIONS": str(cold_sessions_path(recovery_dir))}
 
 
 def process_env(env: dict[str, str], index: int) -> dict[str, str]:

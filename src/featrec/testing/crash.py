@@ -36,6 +36,7 @@ from featrec.adapters.redis.streams import publish
 from featrec.core.events.generator import GeneratorConfig, generate
 from featrec.core.events.model import Event
 from featrec.core.features.catalog import SESSION_FEATURES
+from featrec.jobs.launch import with_cold_sessions
 from featrec.settings import Settings
 from featrec.testing.feast_repo import CHECKOUT as REPO_ROOT
 from featrec.testing.redis_server import RedisServer, free_port
@@ -79,6 +80,7 @@ def start_flow(
     args = [sys.executable, "-m", "bytewax.run", FLOW]
     if recovery is not None:
         args += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
+        env = with_cold_sessions(env, recovery)
     with log.open("ab") as out:
         return subprocess.Popen(
             args, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
