@@ -59,6 +59,7 @@ from dataflows.gc_tuning import (  # noqa: E402
     tune_gc,
     tune_switch_interval,
 )
+from dataflows.session_shards import Cooling  # noqa: E402
 from dataflows.sessions import build_flow  # noqa: E402
 from dataflows.sinks import DeadLetterSink, EventLogSink  # noqa: E402
 from dataflows.sources import FileReplaySource, RedisStreamSource, SourceItem  # noqa: E402
@@ -69,6 +70,7 @@ from featrec.adapters.files import event_log  # noqa: E402
 from featrec.adapters.files.event_files import read_events as read_event_file  # noqa: E402
 from featrec.adapters.files.event_files import write_events  # noqa: E402
 from featrec.adapters.files.event_log import EventLogWriter  # noqa: E402
+from featrec.adapters.sqlite.cold_sessions import ColdSessions  # noqa: E402
 from featrec.core.events.batch_decode import Arrival  # noqa: E402
 from featrec.core.events.generator import GeneratorConfig, generate  # noqa: E402
 from featrec.core.events.model import Event  # noqa: E402
@@ -77,6 +79,9 @@ from featrec.core.ports.features import FeatureWriter  # noqa: E402
 from featrec.core.sessions.shard import SessionShard  # noqa: E402
 from featrec.settings import Settings  # noqa: E402
 from featrec.testing.redis_server import RedisServer  # noqa: E402
+
+#: The batch shape's store of idle sessions (``--cool-s``), or none.
+COOLING: Cooling | None = None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -109,6 +114,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="A/B: do not freeze the heap after a worker opens its writer (as before)",
     )
     ap.add_argument(
+        "--cool-s",
+        type=float,
+        default=0.0,
+        help="A/B: give the batch shape a store of idle sessions (in the temp dir) with this "
+        "FEATREC_SESSION_COOL_S, as the launcher does with a recovery store (default 0: none)",
+    )
+    ap.add_argument(
         "--epoch-s",
         type=float,
         default=10.0,
@@ -127,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="featrec-ingest-") as tmp_name:
         tmp = Path(tmp_name)
+        if args.cool_s > 0:
+            global COOLING  # noqa: PLW0603 - flow_parts below looks it up here
+            COOLING = Cooling(ColdSessions(tmp / "cold-sessions"), args.cool_s)
+            print(f"A/B: a store of idle sessions, sessions cooled after {args.cool_s:g} s idle")
         server = RedisServer(tmp)
         server.start()
         try:
@@ -306,6 +322,7 @@ def flow_parts(s: Settings, shape: str, name: str) -> dict[str, Any]:
         "writer_factory": frozen_after(lambda: open_writer(s, flow=True, exclusive=True)),
         "dead_letter_sink": DeadLetterSink(file=s.dead_letter_file),
         "event_log_sink": EventLogSink(s.event_log_dir / name),
+        "cooling": COOLING,
     }
 
 
