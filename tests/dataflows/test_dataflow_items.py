@@ -8,6 +8,7 @@ equal it exactly, whatever the batching, the rate limit or a recovery did.
 from __future__ import annotations
 
 import json
+import pickle  # nosec B403 - reads back a snapshot this test pickled
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -16,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _lanes import examples
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from dataflows.item_logic import (
@@ -611,3 +615,63 @@ def test_events_of_a_forgotten_user_add_no_pairs_and_no_trend(tmp_path: Path) ->
     assert store.read(ITEM_NEIGHBOURS.name, ["X", "Y"]) == [None, None]
     assert store.read(ITEM_TRENDING.name, ["X", "Y"]) == [None, None]
     assert store.read(ITEM_TRENDING.name, ["A"])[0] is not None  # everybody else counts
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.lists(st.tuples(st.sampled_from("stuvw"), st.sampled_from("ABCDEFG")), max_size=8),
+            st.just("snapshot"),
+            st.just("idle"),
+        ),
+        max_size=25,
+    )
+)
+def test_incremental_shard_snapshots_resume_to_the_live_states(
+    steps: list[list[tuple[str, str]] | str],
+) -> None:
+    """The item shards pickle only the states changed since their last snapshot; at any
+    point, a shard resumed from its snapshot holds exactly its live states (a state changed
+    but not re-pickled would differ), and so does one resumed from the previous layout."""
+    now = [1_000_000.0]
+    clock = EventClock()
+    config = ItemSignalsConfig()
+    pairs = PairShardLogic(config, 30.0, None, now=lambda: now[0])
+    anchors = NeighbourShardLogic(config, 1.0, 20.0, clock, now=lambda: now[0])
+    items = TrendShardLogic(config, 1.0, 20.0, clock, now=lambda: now[0])
+    t = int(T0 * 1_000_000)
+    n = 0
+    for step in [*steps, "snapshot"]:
+        now[0] += 7.0
+        if step == "idle":
+            clock.advance(t + n * 10**6 + int(YEAR * 1_000_000))  # old keys become negligible
+            for logic in (pairs, anchors, items):
+                logic.on_notify()
+        elif step == "snapshot":
+            resumed = (
+                PairShardLogic(config, 30.0, pairs.snapshot(), now=lambda: now[0]),
+                NeighbourShardLogic(config, 1.0, 20.0, clock, anchors.snapshot(), lambda: now[0]),
+                TrendShardLogic(config, 1.0, 20.0, clock, items.snapshot(), lambda: now[0]),
+            )
+            for live, back in zip((pairs, anchors, items), resumed, strict=True):
+                assert back.states == live.states
+        else:
+            chunk = []
+            for sid, item in step:
+                n += 1
+                clock.advance(t + n * 10**6)
+                chunk.append(Sequenced(n, ev(n, sid, item, n), 1.0))
+            made, _ = pairs.on_batch([chunk])
+            updates = [u for batch in made for e in batch for u in e.updates]
+            if updates:
+                anchors.on_batch([PairChunk(1.0, updates)])
+            items.on_batch([chunk])
+    # The previous layout (each step's states pickled whole) is still read.
+    old = PairShardLogic(config, 30.0, pickle.dumps(pairs.states), now=lambda: now[0])
+    assert old.states == pairs.states
+    whole = pickle.dumps((anchors.states, anchors.ingested, sorted(anchors.dirty)))
+    back = NeighbourShardLogic(config, 1.0, 20.0, clock, whole, lambda: now[0])
+    assert back.states == anchors.states
+    # ...and snapshots again in the new one, every state pickled.
+    assert PairShardLogic(config, 30.0, old.snapshot(), now=lambda: now[0]).states == old.states
