@@ -3,8 +3,7 @@ through the item cache, the user's history from the user row already read."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import overload
+from collections.abc import Sequence
 
 from featrec.app.item_signals import trending_key
 from featrec.app.serving.cache import RowCache
@@ -73,56 +72,15 @@ class RowSignals:
         return strings(self._user.values.get("recent_purchases"))
 
 
-class Pairs(Sequence[tuple[str, float]]):
-    """A row's ``(item, weight)`` list over its two decoded columns (``neighbour_ids`` and
-    ``neighbour_weights``, or the item model's), without a tuple per pair: a pair is made
-    when it is read, and iterating reuses zip's tuple, so a list costs one object while the
-    memo keeps it instead of one per entry (which the collector walks on every pass). Read
-    only (no method changes it); equal to a tuple or list of the same pairs. The columns are
-    cut to the shorter one, as ``zip`` pairs them."""
-
-    __slots__ = ("_ids", "_weights")
-
-    def __init__(self, ids: Sequence[str], weights: Sequence[float]) -> None:
-        if len(ids) != len(weights):
-            n = min(len(ids), len(weights))
-            ids, weights = ids[:n], weights[:n]
-        self._ids = ids
-        self._weights = weights
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __iter__(self) -> Iterator[tuple[str, float]]:
-        return zip(self._ids, self._weights, strict=True)
-
-    @overload
-    def __getitem__(self, i: int) -> tuple[str, float]: ...
-    @overload
-    def __getitem__(self, i: slice) -> tuple[tuple[str, float], ...]: ...
-    def __getitem__(self, i: int | slice) -> tuple[str, float] | tuple[tuple[str, float], ...]:
-        if isinstance(i, slice):
-            return tuple(zip(self._ids[i], self._weights[i], strict=True))
-        return (self._ids[i], self._weights[i])
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Pairs | tuple | list):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"Pairs({list(self)!r})"
+Pairs = tuple[tuple[str, float], ...]
 
 
 class PairsMemo:
-    """``(item, weight)`` lists made once per row read: the row cache hands out the same row
-    object until it reads the row again, so a list is made again only then (the entry is
-    kept with the row it came from and used only for that very row). Lists are read-only
-    :class:`Pairs` over the row's columns: the requests that share them cannot change them.
-    At most ``capacity`` entries per view (then it starts over). Safe to share between
-    threads (a race makes a list twice)."""
+    """``(item, weight)`` lists decoded once per row read: the row cache hands out the same row
+    object until it reads the row again, so a list is decoded again only then (the entry is
+    kept with the row it came from and used only for that very row). Lists are tuples: the
+    requests that share them cannot change them. At most ``capacity`` entries per view (then
+    it starts over). Safe to share between threads (a race decodes a list twice)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -162,4 +120,4 @@ def _pairs(row: StampedRow, ids_name: str, weights_name: str) -> Pairs:
     ids = row.values.get(ids_name) or []
     weights = row.values.get(weights_name) or []
     assert isinstance(ids, list | tuple) and isinstance(weights, list | tuple)
-    return Pairs(ids, weights)
+    return tuple(zip(ids, weights, strict=False))

@@ -31,7 +31,7 @@ into the training-set builder, so a model is trained on the candidates serving w
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import compress, islice
+from itertools import compress
 from operator import itemgetter
 from typing import Final
 
@@ -153,24 +153,20 @@ def generate(
             by_source[MODEL] = model_scores
             admit(MODEL, _top(model_scores, config.max_model))
 
-    # Lists are read through islice: only the pairs used are made (a list may make its
-    # pairs on demand, as the serving path's do).
     trending_scores = by_source[TRENDING]
-    global_list: Sequence[tuple[str, float]] = (
-        signals.trending(None) if config.max_trending or config.max_popular else ()
-    )
+    global_list = list(signals.trending(None)) if config.max_trending or config.max_popular else []
     for category in list(dict.fromkeys(categories))[: config.max_categories]:
-        head = list(islice(signals.trending(category), config.max_category_trending))
+        head = list(signals.trending(category))[: config.max_category_trending]
         trending_scores.update(head)
         admit(TRENDING, (item for item, _ in head))
-    head = list(islice(global_list, config.max_trending))
+    head = global_list[: config.max_trending]
     trending_scores.update(head)
     admit(TRENDING, (item for item, _ in head))
 
     popular_n = 0
     popular_scores = by_source[POPULAR]
     popular_bit = _BIT[POPULAR]
-    for item, score in islice(global_list, config.max_trending, None):
+    for item, score in global_list[config.max_trending :]:
         if len(admitted) >= config.min_total or popular_n >= config.max_popular:
             break
         if item in admitted:
