@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from featrec.core.candidates.config import CandidateConfig
-from featrec.core.candidates.generation import generate
+from featrec.core.candidates.generation import _top, generate
 from tests.unit.generation_reference import generate as reference_generate
 
 ITEMS = [f"i{n}" for n in range(30)]
@@ -102,3 +102,25 @@ def test_generation_equals_the_replaced_version(
     assert [c.details for c in new] == [c.details for c in old]
     assert [list(c.scores) for c in new] == [list(c.scores) for c in old]  # key order too
     assert [list(c.details) for c in new] == [list(c.details) for c in old]  # (the log's order)
+
+
+def _top_reference(scores: dict[str, float], n: int) -> list[str]:
+    """The ``n`` best positive scores, ties by item id, as the tuples sort them."""
+    best = sorted((-score, item) for item, score in scores.items())[: max(n, 0)]
+    return [item for negated, item in best if -negated > 0]
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(
+    scores=st.dictionaries(
+        st.sampled_from(ITEMS),
+        st.sampled_from([-1.0, 0.0, -0.0, 0.5, 1.0, 2.0]) | st.floats(-1, 3, allow_nan=False),
+    ),
+    n=st.integers(-1, 35),
+)
+def test_top_admits_the_sorted_tuples_best(scores: dict[str, float], n: int) -> None:
+    """``_top`` (array selection) admits exactly the items of the tuple sort it replaced:
+    heavy ties at the cut, zero and negative scores, ``n`` below, at and above the pool."""
+    top = _top(scores, n)
+    assert len(top) == len(set(top))
+    assert sorted(top) == sorted(_top_reference(scores, n))

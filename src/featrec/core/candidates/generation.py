@@ -31,8 +31,11 @@ into the training-set builder, so a model is trained on the candidates serving w
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import compress
 from operator import itemgetter
 from typing import Final
+
+import numpy as np
 
 from featrec.core.candidates.config import DEFAULT_CONFIG, CandidateConfig
 from featrec.core.candidates.model import (
@@ -208,13 +211,20 @@ _SOURCES_OF: Final = tuple(
 
 
 def _top(scores: Mapping[str, float], n: int) -> list[str]:
-    """The ``n`` best-scored items with a positive score, best first, ties by item id (the
-    order of :func:`featrec.core.items.order.best_first`, sorted as ``(-score, item)`` tuples
-    without a key call per item)."""
-    if n <= 0:
+    """The ``n`` best-scored items with a positive score, ties by item id (the first ``n``
+    of :func:`featrec.core.items.order.best_first`'s order, as a set: the caller only admits
+    them). Over the scores as an array: every item above the ``n``-th best score, then the
+    smallest item ids of those equal to it; no ``(-score, item)`` tuple per item."""
+    if n <= 0 or not scores:
         return []
-    best = sorted([(-score, item) for item, score in scores.items()])[:n]
-    return [item for negated, item in best if -negated > 0]
+    values = np.fromiter(scores.values(), np.float64, len(scores))
+    positive = values > 0
+    if int(np.count_nonzero(positive)) <= n:
+        return list(compress(scores, positive.tolist()))
+    threshold = np.partition(values, len(values) - n)[len(values) - n]  # the n-th best
+    out = list(compress(scores, (values > threshold).tolist()))
+    tied = sorted(compress(scores, (values == threshold).tolist()))
+    return out + tied[: n - len(out)]
 
 
 def _covisit_details(
