@@ -251,7 +251,13 @@ def test_a_master_killed_mid_stream_fails_over_with_nothing_lost(
     assert isinstance(writer, ClusterFlushWriter)
     events: list[str] = []
 
+    streaming = threading.Event()  # set once 5 flushes are acknowledged
+
     def kill_then_restart() -> None:
+        # Mid-stream by construction: a fixed delay lost the race on a busy machine.
+        if not streaming.wait(60):
+            events.append("the writer never wrote 5 flushes")
+            return
         killed = six.kill_master_with_replica()
         events.append(f"killed {killed.port}")
         six.wait_failover(killed)
@@ -263,7 +269,7 @@ def test_a_master_killed_mid_stream_fails_over_with_nothing_lost(
     def keys_of(flush: int) -> list[str]:
         return [f"f{flush}-{i}" for i in range(100)]
 
-    chaos = threading.Timer(0.3, kill_then_restart)
+    chaos = threading.Thread(target=kill_then_restart)
     flushes, done_at, started = 0, 0, time.monotonic()
     chaos.start()
     try:
@@ -272,6 +278,8 @@ def test_a_master_killed_mid_stream_fails_over_with_nothing_lost(
             batch = [session_row(k, 1) for k in keys_of(flushes)]
             batch += [session_row(k, 2) for k in keys_of(flushes - 1)] if flushes > 1 else []
             retry_unavailable(lambda b=batch: writer.write(b), "cluster test", 0.5)
+            if flushes == 5:
+                streaming.set()
             if not done_at and not chaos.is_alive():
                 assert len(events) == 3, f"the chaos thread failed: {events}"
                 done_at = flushes
