@@ -202,13 +202,7 @@ def _replay(
         rng.shuffle(pending)
         cut = rng.randint(1, len(pending))
         settle, pending = pending[:cut], pending[cut:]
-        rows_out = []
-        for event in settle:
-            state = states.setdefault(event.session_id, SessionState(event.session_id))
-            fold(state, event, POLICY)
-            rows_out.append(session_row(state))
-        store.write(rows_out)
-        gate.rows_written(rows_out)
+        _settle(settle, states, store, gate)
         if rng.random() < 0.5:
             gate.settle()
     assert gate.done and not pending
@@ -220,6 +214,23 @@ def _replay(
         assert len(files) == workers
         found = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     return sorted(found, key=lambda a: int(a["point"]["event_index"]))
+
+
+def _settle(
+    events: list[Event],
+    states: dict[str, SessionState],
+    store: InMemoryFeatureStore,
+    gate: ReplayGate,
+) -> None:
+    """What the sessions flow does with released events: fold them, write their sessions'
+    rows, and tell the gate."""
+    rows_out = []
+    for event in events:
+        state = states.setdefault(event.session_id, SessionState(event.session_id))
+        fold(state, event, POLICY)
+        rows_out.append(session_row(state))
+    store.write(rows_out)
+    gate.rows_written(rows_out)
 
 
 def _figures(answers: list[dict[str, Any]]) -> list[tuple[object, ...]]:
@@ -326,13 +337,7 @@ def test_a_failed_answering_worker_fails_the_replay(tmp_path: Path) -> None:
     states: dict[str, SessionState] = {}
     with pytest.raises(FeatrecError, match="answering worker"):
         while (batch := gate.release_batch()) is not None:
-            rows_out = []
-            for event in batch:
-                state = states.setdefault(event.session_id, SessionState(event.session_id))
-                fold(state, event, POLICY)
-                rows_out.append(session_row(state))
-            store.write(rows_out)
-            gate.rows_written(rows_out)
+            _settle(batch, states, store, gate)
     pool.terminate()
 
 
