@@ -44,7 +44,7 @@ from featrec.core.events.model import Event
 from featrec.core.features.rows import FeatureRow
 from featrec.core.items.covisit import (
     NeighbourSketch,
-    PairUpdate,
+    Pair,
     RecentItems,
     neighbour_row,
     observe,
@@ -75,7 +75,7 @@ class PairChunk(NamedTuple):
     ``ingested_at`` is the newest ingestion time of the batch that made them."""
 
     ingested_at: float
-    updates: list[PairUpdate]
+    updates: list[Pair]
 
 
 class EventPairs(NamedTuple):
@@ -83,7 +83,7 @@ class EventPairs(NamedTuple):
 
     seq: int
     ingested_at: float
-    updates: list[PairUpdate]
+    updates: list[Pair]
 
 
 class TrendUpdate(NamedTuple):
@@ -279,9 +279,9 @@ class NeighbourLogic(ThrottledLogic[PairChunk, FeatureRow, NeighbourSketch]):
         sketch, config = self.sketch, self.config.covisit
         add = sketch.add
         for chunk in values:
-            for update in chunk.updates:
-                add(update.neighbour, update.weight, update.ts_us, config)
-        self.key = values[0].updates[0].anchor
+            for _, neighbour, weight, ts_us in chunk.updates:
+                add(neighbour, weight, ts_us, config)
+        self.key = values[0].updates[0][0]
         self.ingested_at = max(chunk.ingested_at for chunk in values)
 
     def emit(self) -> list[FeatureRow]:

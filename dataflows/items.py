@@ -84,7 +84,7 @@ from featrec.core.events.batch_decode import Arrival, decode_records
 from featrec.core.events.formats import DeadLetter, RawRecord
 from featrec.core.events.model import Event
 from featrec.core.features.rows import FeatureRow, micros
-from featrec.core.items.covisit import NeighbourSketch, PairUpdate, RecentItems
+from featrec.core.items.covisit import NeighbourSketch, Pair, RecentItems
 from featrec.core.items.trending import ItemTrend
 from featrec.core.privacy import EMPTY, is_denied
 from featrec.errors import ConfigError
@@ -178,30 +178,25 @@ def group_by(
 def group_pairs(kvs: list[tuple[str, EventPairs]]) -> list[tuple[str, PairChunk]]:
     """Regroup the session step's pair updates by anchor, in arrival order of their events
     (the session step emits its keys in key order; the sequence number restores the order)."""
-    return _grouped(sorted((m for _, m in kvs), key=_seq_of), _anchor_of)
+    return _grouped(sorted((m for _, m in kvs), key=_seq_of), _same)
 
 
 def shard_pairs(
     shards: int, kvs: list[tuple[str, list[EventPairs]]]
 ) -> list[tuple[str, PairChunk]]:
     """:func:`group_pairs` for the batch shape: one chunk per shard of the anchors."""
-    names: dict[str, str] = {}
-
-    def shard_of_anchor(update: PairUpdate) -> str:
-        # One crc32 per anchor and batch, not per update.
-        name = names.get(update.anchor)
-        if name is None:
-            name = names[update.anchor] = shard_of(update.anchor, shards)
-        return name
-
-    return _grouped(sorted((m for _, ms in kvs for m in ms), key=_seq_of), shard_of_anchor)
+    return _grouped(
+        sorted((m for _, ms in kvs for m in ms), key=_seq_of), partial(shard_of, shards=shards)
+    )
 
 
-def _grouped(
-    made: list[EventPairs], key: Callable[[PairUpdate], str]
-) -> list[tuple[str, PairChunk]]:
-    """The pair updates of ``made`` grouped by ``key`` (order kept), counted."""
-    groups: dict[str, list[PairUpdate]] = {}
+def _grouped(made: list[EventPairs], route: Callable[[str], str]) -> list[tuple[str, PairChunk]]:
+    """The pair updates of ``made`` grouped by ``route(anchor)`` (order kept), counted.
+
+    ``route`` is called once per anchor and batch (for the batch shape it is a crc32); this
+    loop runs ~9 times per event, so it is kept flat."""
+    keys: dict[str, str] = {}
+    groups: dict[str, list[Pair]] = {}
     newest = 0.0
     n_updates = 0
     for event_pairs in made:
@@ -209,7 +204,10 @@ def _grouped(
         updates = event_pairs.updates
         n_updates += len(updates)
         for update in updates:
-            k = key(update)
+            anchor = update[0]
+            k = keys.get(anchor)
+            if k is None:
+                k = keys[anchor] = route(anchor)
             group = groups.get(k)
             if group is None:
                 groups[k] = [update]
@@ -402,8 +400,8 @@ def _item_of(arrival: Sequenced) -> str:
     return arrival.event.item_id
 
 
-def _anchor_of(update: PairUpdate) -> str:
-    return update.anchor
+def _same(anchor: str) -> str:
+    return anchor
 
 
 def _row_key(row: FeatureRow) -> str:

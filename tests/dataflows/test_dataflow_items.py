@@ -477,7 +477,7 @@ def test_pair_shard_drops_idle_sessions_and_snapshots_them() -> None:
     [made], _ = logic.on_batch([[Sequenced(0, ev(0, "s1", "A", 0), 1.0)],
                                 [Sequenced(1, ev(1, "s1", "B", 1), 1.0),
                                  Sequenced(2, ev(2, "s2", "C", 2), 1.0)]])  # fmt: skip
-    assert [m.seq for m in made] == [1] and {u.anchor for u in made[0].updates} == {"A", "B"}
+    assert [m.seq for m in made] == [1] and {u[0] for u in made[0].updates} == {"A", "B"}
     resumed = PairShardLogic(ItemSignalsConfig(), 10.0, logic.snapshot(), now=lambda: now[0])
     assert set(resumed.states) == {"s1", "s2"}
     now[0] += 5

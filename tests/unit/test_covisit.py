@@ -69,7 +69,7 @@ def test_window_n_and_window_s_limit_the_pairs() -> None:
     for i, (item, t) in enumerate([("A", 0), ("B", 100), ("C", 110), ("D", 120)]):
         updates = observe(recent, ev("s", item, t, n=i), config)
     # D pairs with C (d=1) and B (d=2); A is 3 back and 120 s old.
-    assert [(u.anchor, u.neighbour) for u in updates] == [("C", "D"), ("B", "D")]
+    assert [(anchor, neighbour) for anchor, neighbour, _, _ in updates] == [("C", "D"), ("B", "D")]
     assert [e[1] for e in recent.entries] == ["C", "D"]
     late = observe(recent, ev("s", "E", 1000), config)
     assert late == [], "items older than window_s do not pair"
@@ -267,9 +267,9 @@ def test_streaming_fold_equals_batch_bootstrap_at_every_checkpoint() -> None:
     sketches: dict[str, NeighbourSketch] = {}
     for n, event in enumerate(events, start=1):
         recent = sessions.setdefault(event.session_id, RecentItems())
-        for u in observe(recent, event, config):  # session-keyed stage
-            sketches.setdefault(u.anchor, NeighbourSketch()).add(  # item-keyed stage
-                u.neighbour, u.weight, u.ts_us, config
+        for anchor, neighbour, weight, ts_us in observe(recent, event, config):  # by session
+            sketches.setdefault(anchor, NeighbourSketch()).add(  # item-keyed stage
+                neighbour, weight, ts_us, config
             )
         if n % 97 == 0:  # an epoch ends: snapshot every state, resume from the snapshots
             sessions = pickle.loads(pickle.dumps({k: v.copy() for k, v in sessions.items()}))
@@ -301,9 +301,9 @@ def exact_weights(
     exact: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     sessions: dict[str, RecentItems] = defaultdict(RecentItems)
     for event in events:
-        for u in observe(sessions[event.session_id], event, config):
-            decay = 1.0 if half_life is None else 2.0 ** -((now_us - u.ts_us) / half_life)
-            exact[u.anchor][u.neighbour] += u.weight * decay
+        for anchor, neighbour, weight, ts_us in observe(sessions[event.session_id], event, config):
+            decay = 1.0 if half_life is None else 2.0 ** -((now_us - ts_us) / half_life)
+            exact[anchor][neighbour] += weight * decay
     return exact
 
 
@@ -352,7 +352,7 @@ def test_memory_stays_bounded_as_distinct_pairs_grow() -> None:
             item = f"i{int(rng.integers(0, 100))}"  # uniform: distinct pairs keep growing
             for u in observe(sessions[s], ev(s, item, step * DAY + n), config):
                 index.add(u)
-                distinct.add((u.anchor, u.neighbour))
+                distinct.add(u[:2])
         stored.append(index.n_pairs)
     assert len(distinct) > 4 * index.n_anchors * config.capacity / 2
     assert index.n_anchors == 100
