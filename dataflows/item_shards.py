@@ -43,7 +43,13 @@ from dataflows import item_metrics
 from dataflows.item_logic import EventClock, EventPairs, PairChunk, Sequenced, TrendUpdate
 from featrec.app.item_signals import ItemSignalsConfig
 from featrec.core.features.rows import FeatureRow
-from featrec.core.items.covisit import NeighbourSketch, RecentItems, neighbour_row, observe
+from featrec.core.items.covisit import (
+    NeighbourSketch,
+    Pair,
+    RecentItems,
+    neighbour_row,
+    observe,
+)
 from featrec.core.items.trending import ItemTrend, fold, trending_row
 
 S = TypeVar("S")
@@ -386,17 +392,32 @@ class NeighbourShardLogic(ThrottledShardLogic[PairChunk, FeatureRow, NeighbourSk
         states, ingested, config = self.states, self.ingested, self.config.covisit
         #: anchor -> newest ingestion time of its updates here (first touch first).
         touched: dict[str, float] = {}
-        created = 0
+        #: anchor -> its updates here, in order: each sketch folds its own run in one call.
+        runs: dict[str, list[Pair]] = {}
         for chunk in values:
             at = chunk.ingested_at
-            for anchor, neighbour, weight, ts_us in chunk.updates:
-                sketch = states.get(anchor)
-                if sketch is None:
-                    sketch = states[anchor] = NeighbourSketch()
-                    created += 1
-                sketch.add(neighbour, weight, ts_us, config)
+            here: dict[str, list[Pair]] = {}
+            for update in chunk.updates:
+                run = here.get(update[0])
+                if run is None:
+                    here[update[0]] = [update]
+                else:
+                    run.append(update)
+            for anchor, run in here.items():
+                before = runs.get(anchor)
+                if before is None:
+                    runs[anchor] = run
+                else:
+                    before.extend(run)
                 if touched.get(anchor, 0.0) < at:
                     touched[anchor] = at
+        created = 0
+        for anchor, run in runs.items():
+            sketch = states.get(anchor)
+            if sketch is None:
+                sketch = states[anchor] = NeighbourSketch()
+                created += 1
+            sketch.add_pairs(run, config)
         for anchor, at in touched.items():
             if at > ingested.get(anchor, 0.0):
                 ingested[anchor] = at

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 import pickle
 from collections import defaultdict
@@ -9,6 +10,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from featrec.core.events.model import Event
 from featrec.core.features.catalog import ITEM_NEIGHBOURS
@@ -82,6 +85,63 @@ def test_out_of_order_event_pairs_by_event_time() -> None:
     observe(recent, ev("s", "B", 10), config)
     updates = observe(recent, ev("s", "A", 5), config)  # A happened before B
     assert updates == [PairUpdate("A", "B", 1.0, us(10)), PairUpdate("B", "A", 0.5, us(10))]
+
+
+def _reference_pairs(
+    previous: list[tuple[int, str, str]], ts: int, item: str, type_: str, config: CovisitConfig
+) -> list[PairUpdate]:
+    """The module docstring's pair rule, written plainly (newest previous event first)."""
+    out = []
+    for d, (p_ts, p_item, p_type) in enumerate(reversed(previous[-config.window_n :]), start=1):
+        if abs(ts - p_ts) > config.window_s * US:
+            continue
+        before = p_ts <= ts  # the previous event happened first (ties: arrival order)
+        first, second = (p_item, item) if before else (item, p_item)
+        first_w = config.type_weight(p_type if before else type_)
+        second_w = config.type_weight(type_ if before else p_type)
+        w_dist = d**-config.distance_decay
+        at = max(ts, p_ts)
+        if first == second:
+            if config.self_pairs and second_w * w_dist * config.forward_weight > 0:
+                out.append(PairUpdate(first, second, second_w * w_dist * config.forward_weight, at))
+            continue
+        if (w := second_w * w_dist * config.forward_weight) > 0:
+            out.append(PairUpdate(first, second, w, at))
+        if (w := first_w * w_dist * config.backward_weight) > 0:
+            out.append(PairUpdate(second, first, w, at))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from("ABCD"),
+            st.integers(-400, 400),
+            st.sampled_from(["view", "click", "cart", "purchase", "wishlist"]),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.integers(1, 6),
+    st.booleans(),
+    st.sampled_from([0.0, 0.5, 1.0]),
+)
+def test_pairs_equal_the_plain_rule_in_any_order(
+    events: list[tuple[str, int, str]], window_n: int, self_pairs: bool, default_w: float
+) -> None:
+    config = CovisitConfig(
+        window_n=window_n,
+        window_s=300.0,
+        self_pairs=self_pairs,
+        default_type_weight=default_w,
+        type_weights={"view": 1.0, "click": 0.0, "cart": 3.0, "purchase": 6.0},
+    )
+    recent = RecentItems()
+    for n, (item, t, type_) in enumerate(events):
+        previous = list(recent.entries)
+        got = observe(recent, ev("s", item, t, type_, n), config)
+        assert got == _reference_pairs(previous, us(t), item, type_, config)
 
 
 def test_self_pairs_and_zero_weights() -> None:
@@ -198,6 +258,70 @@ def test_forward_decay_survives_renormalisation_and_late_events() -> None:
     got = dict(sketch.top(2, config))
     assert got == pytest.approx(exact, rel=1e-12)
     assert sketch.ref_us > us(0), "the reference time moved forward"
+
+
+def _reference_add(
+    sketch: NeighbourSketch, neighbour: str, weight: float, ts_us: int, config: CovisitConfig
+) -> None:
+    """One update, field by field: the sketch's fold before it took runs of updates."""
+    if sketch.version == 0:
+        sketch.ref_us = ts_us
+    if config.half_life_us is not None:
+        exponent = (ts_us - sketch.ref_us) / config.half_life_us
+        if exponent > 60.0:
+            factor = 2.0**-exponent
+            sketch.counts = {i: c * factor for i, c in sketch.counts.items()}
+            sketch.total *= factor
+            sketch.ref_us = ts_us
+            if sketch.heap:
+                sketch.heap = [(c, i) for i, c in sketch.counts.items()]
+                heapq.heapify(sketch.heap)
+            exponent = 0.0
+        weight *= 2.0**exponent
+    sketch.version = max(sketch.version + 1, ts_us)
+    sketch.last_us = max(sketch.last_us, ts_us)
+    sketch.total += weight
+    counts = sketch.counts
+    if neighbour in counts:
+        counts[neighbour] += weight
+    elif len(counts) < config.capacity:
+        counts[neighbour] = weight
+        if len(counts) == config.capacity:
+            sketch.heap = [(c, i) for i, c in counts.items()]
+            heapq.heapify(sketch.heap)
+    else:
+        while counts[sketch.heap[0][1]] != sketch.heap[0][0]:  # refresh lagging entries
+            heapq.heapreplace(sketch.heap, (counts[sketch.heap[0][1]], sketch.heap[0][1]))
+        floor, smallest = sketch.heap[0]
+        del counts[smallest]
+        counts[neighbour] = floor + weight
+        heapq.heapreplace(sketch.heap, (floor + weight, neighbour))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcdefg"), st.floats(0.01, 10.0), st.integers(0, 400)),
+        max_size=60,
+    ),
+    st.integers(0, 60),
+    st.integers(1, 8),
+    st.sampled_from([None, 1.0, 3600.0]),
+)
+def test_a_run_of_pairs_folds_like_one_add_each(
+    updates: list[tuple[str, float, int]], cut: int, capacity: int, half_life: float | None
+) -> None:
+    """add_pairs (the flow's neighbour step), in runs cut anywhere, equals the one-update
+    fold it replaced, through evictions and renormalisations (a 1 s half-life over 400 s
+    crosses 2**60 several times)."""
+    config = CovisitConfig(capacity=capacity, half_life_s=half_life)
+    pairs = [("anchor", item, weight, us(t)) for item, weight, t in updates]
+    one_by_one, runs = NeighbourSketch(), NeighbourSketch()
+    for _, item, weight, ts_us in pairs:
+        _reference_add(one_by_one, item, weight, ts_us, config)
+    runs.add_pairs(pairs[:cut], config)
+    runs.add_pairs(pairs[cut:], config)
+    assert runs == one_by_one
 
 
 def test_snapshot_copy_is_independent_and_picklable() -> None:
