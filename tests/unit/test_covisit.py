@@ -269,13 +269,7 @@ def _reference_add(
     if config.half_life_us is not None:
         exponent = (ts_us - sketch.ref_us) / config.half_life_us
         if exponent > 60.0:
-            factor = 2.0**-exponent
-            sketch.counts = {i: c * factor for i, c in sketch.counts.items()}
-            sketch.total *= factor
-            sketch.ref_us = ts_us
-            if sketch.heap:
-                sketch.heap = [(c, i) for i, c in sketch.counts.items()]
-                heapq.heapify(sketch.heap)
+            sketch._rescale(2.0**-exponent, ts_us)  # unchanged by the run fold
             exponent = 0.0
         weight *= 2.0**exponent
     sketch.version = max(sketch.version + 1, ts_us)
