@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sqlite3
 import struct
 import threading
 import time
@@ -227,6 +228,30 @@ def test_sqlite_entries_refer_to_rows_by_short_ids_stored_once(tmp_path: Path) -
     assert "rows" not in entries["r1"] and entries["r1"]["row_ids"] == ids
     assert entries["r3"]["row_ids"] == [*ids[1:], ids[0]]
     assert entries["r4"]["row_ids"] == ids
+
+
+def test_sqlite_resolves_many_references_stored_by_another_writer_or_not(tmp_path: Path) -> None:
+    """Hundreds of references in one entry, some stored by another writer (whose ids this
+    writer has never seen) and some new: each gets its own id back, none is stored twice."""
+    path = tmp_path / "requests.db"
+    n = 607
+    rows = [
+        LoggedRow("item_features", f"i{i}", StampedRow({"n": i}, i) if i % 3 else None)
+        for i in range(n)
+    ]
+    other = SqliteRequestLog(path)
+    other.append(_sharing("first", rows[::2], 1.0))  # every other reference stored
+    other.close()
+    log = SqliteRequestLog(path)
+    log.append(_sharing("all", rows, 2.0))
+    back = log.get("all")
+    assert back is not None and back.rows == rows
+    first = log.get("first")
+    assert first is not None and first.rows == rows[::2]
+    log.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (count,) = db.execute("SELECT count(*) FROM row_refs").fetchone()
+    assert count == n  # the stored half was found, not stored again
 
 
 def _old_entry(log: SqliteRequestLog, record: RequestRecord) -> None:
