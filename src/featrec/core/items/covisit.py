@@ -43,7 +43,7 @@ from typing import Final, NamedTuple, TypeAlias
 from featrec.core.events.model import CART, CLICK, PURCHASE, VIEW, Event
 from featrec.core.features.catalog import ITEM_NEIGHBOURS, NEIGHBOURS_K
 from featrec.core.features.rows import FeatureRow, micros
-from featrec.core.items.order import best_first
+from featrec.core.items.order import best_n
 from featrec.errors import ConfigError
 
 #: Default weights of event types: an order says more than a click.
@@ -294,7 +294,7 @@ class NeighbourSketch:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         factor = self._decay(config, now_us)
-        best = heapq.nsmallest(k, self.counts.items(), key=best_first)
+        best = best_n(self.counts.items(), k)
         return [(item, count * factor) for item, count in best]
 
     def weight(self, neighbour: str, config: CovisitConfig, now_us: int | None = None) -> float:

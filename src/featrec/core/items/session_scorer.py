@@ -20,7 +20,6 @@ topped up from a fallback list (e.g. trending items) when fewer than ``k`` have 
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from operator import itemgetter
 from typing import Final
 
 from featrec.core.items.covisit import DEFAULT_TYPE_WEIGHTS
-from featrec.core.items.order import best_first
+from featrec.core.items.order import best_n
 from featrec.errors import ConfigError
 
 #: Neighbours of one anchor: ``[(item, weight), ...]``, heaviest first.
@@ -116,7 +115,7 @@ def recommend(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     scores = score_session(items, neighbours, config, types)
-    best = [i for i, s in heapq.nsmallest(k, scores.items(), key=best_first) if s > 0]
+    best = [i for i, s in best_n(scores.items(), k) if s > 0]
     if len(best) < k:
         chosen = set(best)
         for item in fallback:

@@ -31,7 +31,7 @@ from typing import Final
 from featrec.core.events.model import CART, CLICK, PURCHASE, VIEW, Event
 from featrec.core.features.catalog import ITEM_TRENDING, TRENDING_TYPES
 from featrec.core.features.rows import FeatureRow, micros
-from featrec.core.items.order import best_first
+from featrec.core.items.order import best_first, best_n
 from featrec.errors import ConfigError
 
 _HOUR: Final = 3600.0
@@ -218,8 +218,7 @@ class TrendingBoard:
             everything.append(entry)
             if trend.category is not None:
                 by_category.setdefault(trend.category, []).append(entry)
-        top = heapq.nsmallest(n, everything, key=best_first)
-        return top, {c: heapq.nsmallest(n, e, key=best_first) for c, e in by_category.items()}
+        return best_n(everything, n), {c: best_n(e, n) for c, e in by_category.items()}
 
     def prune(self, now_us: int | None = None) -> int:
         """Drop items whose counters all decayed below ``epsilon``; returns how many."""
