@@ -277,10 +277,8 @@ class NeighbourLogic(ThrottledLogic[PairChunk, FeatureRow, NeighbourSketch]):
 
     def fold(self, values: list[PairChunk]) -> None:
         sketch, config = self.sketch, self.config.covisit
-        add = sketch.add
-        for chunk in values:
-            for _, neighbour, weight, ts_us in chunk.updates:
-                add(neighbour, weight, ts_us, config)
+        for chunk in values:  # every update here is of this key's anchor
+            sketch.add_pairs(chunk.updates, config)
         self.key = values[0].updates[0][0]
         self.ingested_at = max(chunk.ingested_at for chunk in values)
 

@@ -113,7 +113,8 @@ class CovisitConfig:
 
 #: One pair update, ``(anchor, neighbour, weight, ts_us)``: add ``weight`` (observed at event
 #: time ``ts_us``) to ``neighbour`` in ``anchor``'s list. A plain tuple: the flow makes ~9 per
-#: event, and building a named tuple cost about a fifth of the items flow's CPU (py-spy).
+#: event, and a named tuple's Python-level ``__new__`` was the largest single cost in a py-spy
+#: profile of the items flow (README, Item signals).
 Pair: TypeAlias = tuple[str, str, float, int]
 
 
