@@ -113,11 +113,17 @@ class Blobs:
         return cache
 
 
-def _resumed(resume: Any) -> tuple[bool, tuple[Any, ...]]:
-    """Whether a snapshot is of the incremental layout, and its other fields."""
-    if isinstance(resume, tuple) and resume and resume[0] == SNAPSHOT_FORMAT:
-        return True, resume[1:]
-    return False, (resume,) if isinstance(resume, dict) else resume
+def _resumed(resume: bytes) -> tuple[dict[str, Any], Blobs, tuple[Any, ...]]:
+    """A shard's states, their bytes cache and the snapshot's other fields, from either
+    layout: ``(SNAPSHOT_FORMAT, keys, blobs, *rest)`` or the previous ``states`` /
+    ``(states, *rest)`` (every state pickled again at the next snapshot)."""
+    fields = _loads(resume)
+    if isinstance(fields, tuple) and fields and fields[0] == SNAPSHOT_FORMAT:
+        states, blobs = Blobs.decode(fields[1], fields[2])
+        return states, blobs, fields[3:]
+    if isinstance(fields, dict):
+        return fields, Blobs.of(fields), ()
+    return fields[0], Blobs.of(fields[0]), fields[1:]
 
 
 def _at(ts: float | None) -> datetime | None:
@@ -153,12 +159,7 @@ class PairShardLogic(StatefulBatchLogic[list[Sequenced], list[EventPairs], bytes
         self.states: dict[str, RecentItems] = {}
         self.blobs = Blobs()
         if resume is not None:
-            incremental, fields = _resumed(_loads(resume))
-            if incremental:
-                self.states, self.blobs = Blobs.decode(*fields)
-            else:
-                self.states = fields[0]
-                self.blobs = Blobs.of(self.states)
+            self.states, self.blobs, _ = _resumed(resume)
         t = now()
         #: session -> system time of its last event, oldest first.
         self.touched: dict[str, float] = dict.fromkeys(self.states, t)
@@ -266,13 +267,7 @@ class ThrottledShardLogic(StatefulBatchLogic[V, list[W], bytes], Generic[V, W, S
         self.due: list[tuple[float, str]] = []
         self.blobs = Blobs()
         if resume is not None:
-            incremental, fields = _resumed(_loads(resume))
-            if incremental:
-                keys, blobs, self.ingested, dirty = fields
-                self.states, self.blobs = Blobs.decode(keys, blobs)
-            else:
-                self.states, self.ingested, dirty = fields
-                self.blobs = Blobs.of(self.states)
+            self.states, self.blobs, (self.ingested, dirty) = _resumed(resume)
             # A key restored dirty owes a row: write it at the first opportunity.
             for key in dirty:
                 self.dirty.add(key)
