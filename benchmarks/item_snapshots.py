@@ -5,11 +5,14 @@ Generates ``--events`` events (``--concurrent`` sessions at a time), replays the
 through the production flow (``dataflows.items.build_flow``, in-memory rows, one worker) with
 ``--epoch-s`` epochs, and times every shard's ``snapshot()`` (grouped per epoch; the one at
 the end of input is left out). ``--tree DIR`` runs the flow code of another checkout (a
-``git archive`` of an older commit) for an A/B in one hold of the lock.
+``git archive`` of an older commit) for an A/B in one hold of the lock. ``--cool-s S`` gives
+the pair step a store of idle sessions (a temporary directory) with that cool-down, as the
+launcher does inside a recovery store; run with and without it, alternated, for the ratio.
 
     flock /tmp/featrec-heavy.lock .venv/bin/python benchmarks/item_snapshots.py
     git archive OLD | tar -x -C /tmp/old && flock /tmp/featrec-heavy.lock \\
         .venv/bin/python benchmarks/item_snapshots.py --tree /tmp/old
+    flock /tmp/featrec-heavy.lock .venv/bin/python benchmarks/item_snapshots.py --cool-s 10
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ def main() -> None:
     ap.add_argument("--concurrent", type=int, default=10_000)
     ap.add_argument("--epoch-s", type=float, default=2.0)
     ap.add_argument("--tree", type=Path, default=REPO_ROOT, help="whose dataflows/ to run")
+    ap.add_argument(
+        "--cool-s", type=float, default=None, help="the pair step's cool-down (default: no store)"
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(args.tree))
 
@@ -47,7 +53,11 @@ def main() -> None:
     from featrec.core.ports.features import InMemoryFeatureStore
     from featrec.settings import Settings
 
-    print(f"flow code: {Path(item_shards.__file__).parent}; load {os.getloadavg()[0]:.2f}")
+    cooling = "no store of idle sessions" if args.cool_s is None else f"cool-down {args.cool_s:g} s"
+    print(
+        f"flow code: {Path(item_shards.__file__).parent}; pair step: {cooling}; "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
     snaps: list[tuple[float, float, int, str]] = []
     steps = (item_shards.PairShardLogic, item_shards.NeighbourShardLogic)
     for cls in (*steps, item_shards.TrendShardLogic):
@@ -67,11 +77,18 @@ def main() -> None:
         write_events(path, list(generate(config)))
         tune_gc(ITEMS_GC_THRESHOLDS)
         store = InMemoryFeatureStore()
+        extra: dict[str, Any] = {}
+        if args.cool_s is not None:
+            from dataflows.session_shards import Cooling
+            from featrec.adapters.sqlite.cold_sessions import ColdSessions
+
+            extra["cooling"] = Cooling(ColdSessions(tmp / "cold"), args.cool_s)
         flow = build_flow(
             FileReplaySource([path]),
             Settings(home=tmp),
             writer_factory=lambda: store,
             dead_letter_sink=TestingSink([]),
+            **extra,
         )
         t0, c0 = time.perf_counter(), time.process_time()
         run_main(flow, epoch_interval=timedelta(seconds=args.epoch_s))

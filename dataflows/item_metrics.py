@@ -35,6 +35,12 @@ STATES_DROPPED: Final = Counter(
     "Keys discarded by a timer: idle sessions, negligible neighbours and trends.",
     ["kind"],
 )
+COLD_SESSIONS: Final = Counter(
+    "featrec_items_cold_sessions",
+    "Sessions the pair step moved out of memory into its store of idle sessions (cooled) or "
+    "back (revived).",
+    ["way"],
+)
 ROWS_DEFERRED: Final = Counter(
     "featrec_items_rows_deferred",
     "Times the rate limit held back a key's row (its newest state is written later).",
@@ -55,3 +61,8 @@ def states_dropped(kind: str) -> Any:
 @functools.cache
 def rows_deferred(kind: str) -> Any:
     return ROWS_DEFERRED.labels(kind=kind)
+
+
+@functools.cache
+def cold_sessions(way: str) -> Any:
+    return COLD_SESSIONS.labels(way=way)

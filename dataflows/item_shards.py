@@ -20,12 +20,24 @@ Order per key is the per-event shape's (a shard's chunks arrive in order, and a 
 arrival order), so with one worker the rows equal :func:`featrec.app.item_signals.bootstrap`'s.
 
 Snapshots are one ``pickle`` blob per shard (immutable bytes: bytewax would otherwise pickle
-a deep copy), and incremental (:class:`Blobs`): each key's state is pickled when it has
+a deep copy), and incremental (:class:`Blobs`): each key's state is encoded when it has
 changed since the last snapshot, the others' bytes are reused. Pickling every state at every
 epoch cost 1.5-2.1 s per epoch for the pair step's ~130k sessions and ~0.5-0.7 s for the
-neighbour step's ~47k anchors after 1M generated events. A snapshot of the previous layout
-(the whole dict pickled at once) is still read. The blob is only ever read back from the
-flow's own recovery store, which bytewax fills with pickles anyway.
+neighbour step's ~47k anchors after 1M generated events. A state is encoded as its fields in
+plain tuples and lists (:class:`Codec`), not as the dataclass. Snapshots of the previous
+layouts (the whole dict pickled at once; one pickle per key of the state object) are still
+read. The blob is only ever read back from the flow's own recovery store, which bytewax fills
+with pickles anyway.
+
+With a store of idle sessions (:class:`~dataflows.session_shards.Cooling`, set up by the
+launcher inside the recovery store), the pair step also *cools* sessions idle for
+``Cooling.idle_s``: their recent items leave memory and the snapshots for the store (the
+sessions flow's :class:`~featrec.adapters.sqlite.cold_sessions.ColdSessions`, in its own
+directory), and come back before their session's next event is observed. The pair step keeps
+a session for the longer of the state TTL and the co-visitation window (1 h), so without the
+store its snapshots grow with every session of the last hour, changed or not. Writes to the
+store are tagged with the shard's snapshot count, and a resumed shard rolls the store back to
+its snapshot, so state stays exactly-once, as in the sessions flow.
 """
 
 from __future__ import annotations
@@ -35,12 +47,15 @@ import pickle  # nosec B403
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from bytewax.operators import StatefulBatchLogic
 
 from dataflows import item_metrics
 from dataflows.item_logic import EventClock, EventPairs, PairChunk, Sequenced, TrendUpdate
+from dataflows.session_shards import COOL_EVERY_S, COOL_LIMIT, Cooling
+from dataflows.sessions import DenySource
+from featrec.adapters.sqlite.cold_sessions import ColdShard
 from featrec.app.item_signals import ItemSignalsConfig
 from featrec.core.features.rows import FeatureRow
 from featrec.core.items.covisit import (
@@ -51,6 +66,7 @@ from featrec.core.items.covisit import (
     observe,
 )
 from featrec.core.items.trending import ItemTrend, fold, trending_row
+from featrec.core.sessions.shard import Cooled
 
 S = TypeVar("S")
 V = TypeVar("V")
@@ -72,15 +88,30 @@ def _loads(data: bytes) -> Any:
 SNAPSHOT_FORMAT = "featrec.item_shards/2"
 
 
+class Codec(NamedTuple, Generic[S]):
+    """How a step's states become a snapshot's bytes and back. The steps pickle their states'
+    fields as plain tuples and lists (``pack``): pickling the dataclass itself costs 2.5-5x
+    more per state, which every changed key pays at every epoch end. ``unpack`` also reads a
+    state pickled whole, as earlier snapshots hold them."""
+
+    pack: Callable[[S], bytes]
+    unpack: Callable[[bytes], S]
+
+
+#: Whole objects pickled (the default).
+PICKLED: Codec[Any] = Codec(_dumps, _loads)
+
+
 class Blobs:
-    """Each key's state as its own pickle, kept until the state changes: a snapshot pickles
+    """Each key's state as its own bytes, kept until the state changes: a snapshot encodes
     only the keys changed since the last one (:meth:`changed`) and reuses the others' bytes."""
 
-    __slots__ = ("blobs", "stale")
+    __slots__ = ("blobs", "pack", "stale")
 
-    def __init__(self) -> None:
+    def __init__(self, pack: Callable[[Any], bytes] = _dumps) -> None:
         self.blobs: dict[str, bytes] = {}
         self.stale: set[str] = set()
+        self.pack = pack
 
     def changed(self, key: str) -> None:
         self.stale.add(key)
@@ -90,40 +121,77 @@ class Blobs:
         self.stale.discard(key)
 
     def encode(self, states: dict[str, Any]) -> tuple[list[str], list[bytes]]:
-        """Every key and its state's bytes (changed ones pickled now)."""
-        blobs = self.blobs
+        """Every key and its state's bytes (changed ones encoded now)."""
+        blobs, pack = self.blobs, self.pack
         for key in self.stale:
-            blobs[key] = _dumps(states[key])
+            blobs[key] = pack(states[key])
         self.stale = set()
         return list(blobs), list(blobs.values())
 
     @classmethod
-    def decode(cls, keys: list[str], blobs: list[bytes]) -> tuple[dict[str, Any], Blobs]:
+    def decode(
+        cls, keys: list[str], blobs: list[bytes], codec: Codec[Any] = PICKLED
+    ) -> tuple[dict[str, Any], Blobs]:
         """The states of an incremental snapshot, and a cache holding their bytes."""
-        cache = cls()
+        cache = cls(codec.pack)
         cache.blobs = dict(zip(keys, blobs, strict=True))
-        return {key: _loads(blob) for key, blob in cache.blobs.items()}, cache
+        unpack = codec.unpack
+        return {key: unpack(blob) for key, blob in cache.blobs.items()}, cache
 
     @classmethod
-    def of(cls, states: dict[str, Any]) -> Blobs:
-        """A cache for states read from the previous layout: every key pickled at the next
+    def of(cls, states: dict[str, Any], codec: Codec[Any] = PICKLED) -> Blobs:
+        """A cache for states read from the previous layout: every key encoded at the next
         snapshot."""
-        cache = cls()
+        cache = cls(codec.pack)
         cache.stale = set(states)
         return cache
 
 
-def _resumed(resume: bytes) -> tuple[dict[str, Any], Blobs, tuple[Any, ...]]:
+def _resumed(
+    resume: bytes, codec: Codec[Any] = PICKLED
+) -> tuple[dict[str, Any], Blobs, tuple[Any, ...]]:
     """A shard's states, their bytes cache and the snapshot's other fields, from either
     layout: ``(SNAPSHOT_FORMAT, keys, blobs, *rest)`` or the previous ``states`` /
-    ``(states, *rest)`` (every state pickled again at the next snapshot)."""
+    ``(states, *rest)`` (every state encoded again at the next snapshot)."""
     fields = _loads(resume)
     if isinstance(fields, tuple) and fields and fields[0] == SNAPSHOT_FORMAT:
-        states, blobs = Blobs.decode(fields[1], fields[2])
+        states, blobs = Blobs.decode(fields[1], fields[2], codec)
         return states, blobs, fields[3:]
     if isinstance(fields, dict):
-        return fields, Blobs.of(fields), ()
-    return fields[0], Blobs.of(fields[0]), fields[1:]
+        return fields, Blobs.of(fields, codec), ()
+    return fields[0], Blobs.of(fields[0], codec), fields[1:]
+
+
+def _pack_recent(recent: RecentItems) -> bytes:
+    return _dumps(recent.entries)
+
+
+def _unpack_recent(blob: bytes) -> RecentItems:
+    state = _loads(blob)
+    return state if isinstance(state, RecentItems) else RecentItems(state)
+
+
+def _pack_sketch(s: NeighbourSketch) -> bytes:
+    return _dumps((s.counts, s.heap, s.total, s.ref_us, s.last_us, s.version))
+
+
+def _unpack_sketch(blob: bytes) -> NeighbourSketch:
+    state = _loads(blob)
+    return state if isinstance(state, NeighbourSketch) else NeighbourSketch(*state)
+
+
+def _pack_trend(t: ItemTrend) -> bytes:
+    return _dumps((t.counts, t.last_us, t.version, t.category))
+
+
+def _unpack_trend(blob: bytes) -> ItemTrend:
+    state = _loads(blob)
+    return state if isinstance(state, ItemTrend) else ItemTrend(*state)
+
+
+RECENT_ITEMS: Codec[RecentItems] = Codec(_pack_recent, _unpack_recent)
+SKETCHES: Codec[NeighbourSketch] = Codec(_pack_sketch, _unpack_sketch)
+TRENDS: Codec[ItemTrend] = Codec(_pack_trend, _unpack_trend)
 
 
 def _at(ts: float | None) -> datetime | None:
@@ -148,26 +216,61 @@ def _idle_since(touched: dict[str, float], horizon: float) -> list[str]:
 
 
 class PairShardLogic(StatefulBatchLogic[list[Sequenced], list[EventPairs], bytes]):
-    """The recent items of one shard's sessions (see the module docstring)."""
+    """The recent items of one shard's sessions (see the module docstring).
+
+    With ``cooling`` (a store of idle sessions, and ``key_of`` giving a session's shard), a
+    session idle for ``cooling.idle_s`` leaves memory and the snapshots for the store, and
+    comes back before its next event is observed, as in the sessions flow
+    (:class:`dataflows.session_shards.ShardLogic`): the store's writes are tagged with this
+    shard's snapshot count, and a resumed shard rolls the store back to its snapshot.
+    """
 
     def __init__(
-        self, config: ItemSignalsConfig, ttl_s: float, resume: bytes | None, now: Now = time.time
+        self,
+        config: ItemSignalsConfig,
+        ttl_s: float,
+        resume: bytes | None,
+        now: Now = time.time,
+        *,
+        cooling: Cooling | None = None,
+        key_of: Callable[[str], str] | None = None,
+        deny: DenySource | None = None,
     ) -> None:
         self.config = config.covisit
         self.ttl_s = ttl_s
         self.now = now
         self.states: dict[str, RecentItems] = {}
-        self.blobs = Blobs()
+        self.blobs = Blobs(RECENT_ITEMS.pack)
+        #: Snapshots taken (the tag of the store's writes), and this shard's key once known.
+        self.snapshots = 0
+        self.key: str | None = None
         if resume is not None:
-            self.states, self.blobs, _ = _resumed(resume)
+            self.states, self.blobs, rest = _resumed(resume, RECENT_ITEMS)
+            if rest:
+                taken, self.key = rest
+                self.snapshots = taken + 1
         t = now()
         #: session -> system time of its last event, oldest first.
         self.touched: dict[str, float] = dict.fromkeys(self.states, t)
         self.gauge = item_metrics.live_states("sessions")
         self.gauge.inc(len(self.states))
+        self.cooling = cooling if cooling is not None and cooling.idle_s < ttl_s else None
+        self.key_of = key_of
+        self.deny = deny
+        #: This shard's store of idle sessions, once in step with the shard.
+        self.cold: ColdShard | None = None
+        self.cooled_at = 0.0
+        if self.cooling is not None and self.key is not None:
+            self._attach(self.key)
 
     def on_batch(self, values: list[list[Sequenced]]) -> tuple[Iterable[list[EventPairs]], bool]:
         now = self.now()
+        if self.cooling is not None:
+            if self.cold is None and values and values[0]:
+                assert self.key_of is not None, "a shard that cools sessions needs key_of"
+                self._attach(self.key_of(values[0][0].event.session_id))
+            if self.cold is not None:
+                self._revive(self.cold, values, now)
         states, touched, config = self.states, self.touched, self.config
         stale = self.blobs.stale
         out: list[EventPairs] = []
@@ -188,10 +291,13 @@ class PairShardLogic(StatefulBatchLogic[list[Sequenced], list[EventPairs], bytes
         if created:
             self.gauge.inc(created)
         self._expire(now)
+        self._cool(now)
         return ([out] if out else []), self._keep()
 
     def on_notify(self) -> tuple[Iterable[list[EventPairs]], bool]:
-        self._expire(self.now())
+        now = self.now()
+        self._expire(now)
+        self._cool(now)
         return (), self._keep()
 
     def on_eof(self) -> tuple[Iterable[list[EventPairs]], bool]:
@@ -202,10 +308,71 @@ class PairShardLogic(StatefulBatchLogic[list[Sequenced], list[EventPairs], bytes
 
     def notify_at(self) -> datetime | None:
         oldest = _oldest(self.touched)
-        return None if oldest is None else _at(oldest + self.ttl_s)
+        if oldest is None:
+            return None
+        due = oldest + self.ttl_s
+        if self.cooling is not None and self.cold is not None:
+            due = min(due, max(oldest + self.cooling.idle_s, self.cooled_at + COOL_EVERY_S))
+        return _at(due)
 
     def snapshot(self) -> bytes:
-        return _dumps((SNAPSHOT_FORMAT, *self.blobs.encode(self.states)))
+        taken = self.snapshots
+        self.snapshots += 1
+        if self.cold is not None:
+            self.cold.expire(self.now() - self.ttl_s, taken)
+        return _dumps((SNAPSHOT_FORMAT, *self.blobs.encode(self.states), taken, self.key))
+
+    def _attach(self, key: str) -> None:
+        """Bring the store in step with this shard: undo what was written after its snapshot
+        (all of it for a new shard), and drop the sessions the deny-list names."""
+        assert self.cooling is not None
+        cold = self.cooling.store.shard(key)
+        self.key = key
+        cold.rollback(self.snapshots - 1)
+        denied = self.deny.current() if self.deny is not None else None
+        if denied:
+            cold.forget_where(lambda sid, user: denied.contains("session", sid))
+        self.cold = cold
+
+    def _revive(self, cold: ColdShard, values: list[list[Sequenced]], now: float) -> None:
+        states = self.states
+        missing: dict[str, None] = {}
+        for chunk in values:
+            for arrival in chunk:
+                sid = arrival.event.session_id
+                if sid not in states:
+                    missing[sid] = None
+        if not missing:
+            return
+        blobs = cold.take(list(missing), self.snapshots, now - self.ttl_s)
+        if not blobs:
+            return
+        # Each is about to observe an event, which marks it changed for the next snapshot.
+        for blob in blobs:
+            sid, entries = _loads(blob)
+            states[sid] = RecentItems(entries)
+            self.touched[sid] = now
+        self.gauge.inc(len(blobs))
+        item_metrics.cold_sessions("revived").inc(len(blobs))
+
+    def _cool(self, now: float) -> None:
+        cooling, cold = self.cooling, self.cold
+        if cooling is None or cold is None or now < self.cooled_at + COOL_EVERY_S:
+            return
+        idle = _idle_since(self.touched, now - cooling.idle_s)[:COOL_LIMIT]
+        if not idle:
+            return
+        self.cooled_at = now
+        touched, states, blobs = self.touched, self.states, self.blobs
+        cooled = []
+        for sid in idle:
+            at = touched.pop(sid)
+            recent = states.pop(sid)
+            blobs.dropped(sid)
+            cooled.append(Cooled(sid, None, at, _dumps((sid, recent.entries))))
+        cold.put(cooled, self.snapshots)
+        self.gauge.dec(len(cooled))
+        item_metrics.cold_sessions("cooled").inc(len(cooled))
 
     def _expire(self, now: float) -> None:
         gone = _idle_since(self.touched, now - self.ttl_s)
@@ -218,7 +385,10 @@ class PairShardLogic(StatefulBatchLogic[list[Sequenced], list[EventPairs], bytes
             item_metrics.states_dropped("sessions").inc(len(gone))
 
     def _keep(self) -> bool:
-        return StatefulBatchLogic.RETAIN if self.states else StatefulBatchLogic.DISCARD
+        # With cooling, a shard is never discarded: its snapshot count tags the store.
+        if self.cooling is not None or self.states:
+            return StatefulBatchLogic.RETAIN
+        return StatefulBatchLogic.DISCARD
 
 
 class _NoGauge:
@@ -242,6 +412,7 @@ class ThrottledShardLogic(StatefulBatchLogic[V, list[W], bytes], Generic[V, W, S
     """
 
     kind = "state"
+    codec: Codec[Any] = PICKLED
 
     def __init__(
         self,
@@ -265,9 +436,9 @@ class ThrottledShardLogic(StatefulBatchLogic[V, list[W], bytes], Generic[V, W, S
         #: keys owing a row, and a lazy min-heap of (due time, key) for them.
         self.dirty: set[str] = set()
         self.due: list[tuple[float, str]] = []
-        self.blobs = Blobs()
+        self.blobs = Blobs(self.codec.pack)
         if resume is not None:
-            self.states, self.blobs, (self.ingested, dirty) = _resumed(resume)
+            self.states, self.blobs, (self.ingested, dirty) = _resumed(resume, self.codec)
             # A key restored dirty owes a row: write it at the first opportunity.
             for key in dirty:
                 self.dirty.add(key)
@@ -382,6 +553,7 @@ class NeighbourShardLogic(ThrottledShardLogic[PairChunk, FeatureRow, NeighbourSk
     """The neighbour sketches of one shard's anchors; emits ``item_neighbours`` rows."""
 
     kind = "neighbours"
+    codec = SKETCHES
 
     def fold(self, values: list[PairChunk]) -> Iterable[str]:
         states, ingested, config = self.states, self.ingested, self.config.covisit
@@ -434,6 +606,7 @@ class TrendShardLogic(ThrottledShardLogic[list[Sequenced], FeatureRow | TrendUpd
     """The trends of one shard's items; emits ``item_trending`` rows and copies for the board."""
 
     kind = "trending"
+    codec = TRENDS
 
     def fold(self, values: list[list[Sequenced]]) -> Iterable[str]:
         states, ingested, config = self.states, self.ingested, self.config.trending

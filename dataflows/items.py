@@ -63,6 +63,7 @@ from dataflows.item_logic import (
 )
 from dataflows.item_shards import NeighbourShardLogic, PairShardLogic, TrendShardLogic
 from dataflows.metrics import FlowStats, reason_field
+from dataflows.session_shards import Cooling
 from dataflows.sessions import (
     FORGOTTEN,
     ITEMS_DEAD_LETTER_FILE,
@@ -74,6 +75,7 @@ from dataflows.sessions import (
 from dataflows.sessions import dead_letter_sink as dead_letter_sink_for
 from dataflows.sinks import FeatureSink, WriterFactory
 from dataflows.sources import SourceItem
+from featrec.adapters.sqlite.cold_sessions import ColdSessions
 from featrec.app.item_signals import (
     TRENDING_KEY,
     ItemSignalsConfig,
@@ -88,7 +90,7 @@ from featrec.core.items.covisit import NeighbourSketch, Pair, RecentItems
 from featrec.core.items.trending import ItemTrend
 from featrec.core.privacy import EMPTY, is_denied
 from featrec.errors import ConfigError
-from featrec.settings import Settings
+from featrec.settings import FlowSettings, Settings
 
 FLOW_ID: Final = "featrec_items"
 #: Keys the row batches are sharded over (so several workers share them).
@@ -280,9 +282,12 @@ def add_sharded_item_signals(
     config: ItemSignalsConfig,
     clock: EventClock,
     shards: int,
+    cooling: Cooling | None = None,
+    deny: DenySource | None = None,
 ) -> KeyedStream[list[FeatureRow]]:
     """:func:`add_item_signals` in the batch shape (:mod:`dataflows.item_shards`): sessions,
-    anchors and items folded per shard; rows leave as one list per shard and activation."""
+    anchors and items folded per shard; rows leave as one list per shard and activation.
+    ``cooling``: the pair step's store of idle sessions (default: none)."""
     interval_s = settings.item_write_interval_s
     idle_s = settings.item_idle_s
     ttl_s = max(settings.state_ttl, config.covisit.window_s)
@@ -290,7 +295,14 @@ def add_sharded_item_signals(
         raise ConfigError(f"state TTL must be positive, got {settings.state_ttl} s")
 
     def pairs_builder(resume: bytes | None) -> PairShardLogic:
-        return PairShardLogic(config, ttl_s, resume)
+        return PairShardLogic(
+            config,
+            ttl_s,
+            resume,
+            cooling=cooling,
+            key_of=partial(shard_of, shards=shards),
+            deny=deny,
+        )
 
     def neighbours_builder(resume: bytes | None) -> NeighbourShardLogic:
         return NeighbourShardLogic(config, interval_s, idle_s, clock, resume)
@@ -341,12 +353,14 @@ def build_flow(
     stats: FlowStats | None = None,
     clock: EventClock | None = None,
     deny: DenySource | None = None,
+    cooling: Cooling | None = None,
 ) -> Dataflow:
     """The item signals dataflow over ``source``, writing rows through ``writer_factory()``.
 
     ``config`` defaults to :meth:`ItemSignalsConfig.from_settings`; ``status_home`` enables
     the status file ``<home>/status/items-w<N>.json``; ``deny`` gives the deny-list of
-    forgotten users (default: nothing denied).
+    forgotten users (default: nothing denied); ``cooling`` the pair step's store of idle
+    sessions (batch shape only; default: none, every session stays in memory for the TTL).
     """
     if shards < 1:
         raise ConfigError(f"shards must be >= 1, got {shards}")
@@ -374,7 +388,9 @@ def build_flow(
             "row_lists", add_item_signals(split.trues, settings, config, clock), _listed
         )
     else:
-        rows = add_sharded_item_signals(split.trues, settings, config, clock, shards)
+        rows = add_sharded_item_signals(
+            split.trues, settings, config, clock, shards, cooling=cooling, deny=deny
+        )
     op.output("dead_letters", cast(Stream[DeadLetter], split.falses), dead_letter_sink)
 
     chunks = op.flat_map_batch("shard_rows", rows, shard_rows)
@@ -437,4 +453,17 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
         dead_letter_sink=dead_letter_sink(settings, source, env),
         status_home=settings.home,
         deny=open_deny_watcher(settings),
+        cooling=cooling_from_env(env, settings),
     )
+
+
+def cooling_from_env(environ: Mapping[str, str], settings: Settings) -> Cooling | None:
+    """The pair step's store of idle sessions: the directory ``items`` inside the one
+    ``FEATREC_COLD_SESSIONS`` names (so the two flows never share a shard's file), with
+    ``FEATREC_SESSION_COOL_S``; None without one, in the per-event shape, or when the pair
+    step's TTL (the longer of the state TTL and the co-visitation window) is not longer."""
+    flow_settings = FlowSettings.from_env(environ)
+    path = flow_settings.cold_sessions
+    if path is None or settings.flow_shape != "batch":
+        return None
+    return Cooling(ColdSessions(path / "items"), flow_settings.session_cool_s)

@@ -417,16 +417,16 @@ class FlowSettings(EnvModel):
 
     cold_sessions: Path | None = var(
         None,
-        "the sessions flow's store of idle sessions (a directory, one SQLite file per shard): "
-        "sessions idle for "
+        "the dataflows' store of idle sessions (a directory, one SQLite file per shard; the "
+        "items flow's pair step uses its `items` directory): sessions idle for "
         "`FEATREC_SESSION_COOL_S` leave memory and the recovery snapshots for it; the launcher "
-        "puts it inside the recovery store (`featrec run sessions --recovery-dir`)",
+        "puts it inside the recovery store (`featrec run sessions|items --recovery-dir`)",
         shown="none (every session stays in memory)",
     )
     session_cool_s: float = var(
         60.0,
-        "the sessions flow: system time after which an idle session moves to the store of "
-        "idle sessions, when there is one (s)",
+        "the sessions flow and the items flow's pair step: system time after which an idle "
+        "session moves to the store of idle sessions, when there is one (s)",
         gt=0,
     )
 

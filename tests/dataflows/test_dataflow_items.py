@@ -675,3 +675,47 @@ def test_incremental_shard_snapshots_resume_to_the_live_states(
     assert back.states == anchors.states
     # ...and snapshots again in the new one, every state pickled.
     assert PairShardLogic(config, 30.0, old.snapshot(), now=lambda: now[0]).states == old.states
+
+
+def test_snapshots_whose_states_were_pickled_whole_still_resume() -> None:
+    """The shards now pack each state's fields as plain tuples; a snapshot of the layout
+    before (one pickle per key, of the state object itself) still resumes to the same
+    states, and so does the next snapshot (those bytes kept, changed keys packed)."""
+    now = [1_000_000.0]
+    clock = EventClock()
+    config = ItemSignalsConfig()
+    pairs = PairShardLogic(config, 30.0, None, now=lambda: now[0])
+    anchors = NeighbourShardLogic(config, 1.0, 20.0, clock, now=lambda: now[0])
+    items = TrendShardLogic(config, 1.0, 20.0, clock, now=lambda: now[0])
+    chunk = [Sequenced(n, ev(n, f"s{n % 3}", f"i{n % 5}", n, category="c"), 1.0) for n in range(40)]
+    clock.advance(int((T0 + 40) * 1_000_000))
+    [made], _ = pairs.on_batch([chunk])
+    anchors.on_batch([PairChunk(1.0, [u for e in made for u in e.updates])])
+    items.on_batch([chunk])
+
+    def whole(states: Mapping[str, object], *rest: object) -> bytes:
+        keys = list(states)
+        blobs = [pickle.dumps(states[k]) for k in keys]
+        return pickle.dumps(("featrec.item_shards/2", keys, blobs, *rest))
+
+    back = (
+        PairShardLogic(config, 30.0, whole(pairs.states), now=lambda: now[0]),
+        NeighbourShardLogic(
+            config, 1.0, 20.0, clock, whole(anchors.states, {}, []), lambda: now[0]
+        ),
+        TrendShardLogic(config, 1.0, 20.0, clock, whole(items.states, {}, []), lambda: now[0]),
+    )
+    assert len(anchors.states) > 3 and all(s.counts for s in anchors.states.values())
+    for live, resumed in zip((pairs, anchors, items), back, strict=True):
+        assert resumed.states == live.states
+    more = [Sequenced(n, ev(n, "s1", f"i{n % 7}", n, category="c"), 1.0) for n in range(40, 50)]
+    clock.advance(int((T0 + 50) * 1_000_000))
+    for logic in (pairs, back[0]):
+        [made], _ = logic.on_batch([more])
+    for logic in (items, back[2]):
+        logic.on_batch([more])
+    again = (
+        PairShardLogic(config, 30.0, back[0].snapshot(), now=lambda: now[0]),
+        TrendShardLogic(config, 1.0, 20.0, clock, back[2].snapshot(), lambda: now[0]),
+    )
+    assert again[0].states == pairs.states and again[1].states == items.states

@@ -267,3 +267,33 @@ def test_run_items_launches_the_flow_and_similar_reads_its_rows(
     assert stored(settings, rows) == ordered(rows)
     status = json.loads((settings.home / "status" / "items-w0.json").read_text())
     assert status["events_in"] == len(events)
+
+
+def test_run_items_with_a_recovery_dir_cools_idle_sessions_into_it(
+    sqlite_settings: Settings,
+) -> None:
+    """``run items --recovery-dir`` gives the pair step its store of idle sessions inside the
+    recovery store (``featrec/cold-sessions/items``): replayed at 100x, sessions idle for
+    0.2 s cool and come back, and the rows are still the bootstrap's."""
+    from featrec.adapters.feast.repo import apply_repo
+    from featrec.adapters.sqlite.cold_sessions import ColdSessions
+
+    settings = sqlite_settings.with_(home=sqlite_settings.home.resolve())
+    apply_repo(settings)
+    events = generated(400, seed=9)  # ~5 minutes of event time: ~3 s at 100x
+    path = settings.home / "events.jsonl"
+    write_events(path, events)
+    recovery = settings.home / "recovery"
+    env = {**cli_env(settings), "PYTHONPATH": str(REPO_ROOT), "FEATREC_SESSION_COOL_S": "0.2"}
+    result = CliRunner().invoke(
+        run_items,
+        ["--source", str(path), "--speed", "100", "--recovery-dir", str(recovery)],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    rows = bootstrap(events, ItemSignalsConfig.from_settings(settings)).rows()
+    assert stored(settings, rows) == ordered(rows)
+    store = ColdSessions(recovery / "featrec" / "cold-sessions" / "items")
+    assert len(store.session_ids()) > 10
+    # The sessions flow's own store (the directory above) holds none of them.
+    assert ColdSessions(recovery / "featrec" / "cold-sessions").session_ids() == []

@@ -88,8 +88,9 @@ def start_flow(
 
 
 def cold_sessions_path(recovery_dir: Path) -> Path:
-    """The sessions flow's store of idle sessions inside a recovery store (beside bytewax's
-    ``part-*.sqlite3``, in a directory of its own): it is resumed, moved and deleted with it."""
+    """The store of idle sessions inside a recovery store (beside bytewax's
+    ``part-*.sqlite3``, in a directory of its own): it is resumed, moved and deleted with it.
+    The sessions flow uses it; the items flow's pair step its ``items`` directory."""
     return recovery_dir / "featrec" / "cold-sessions"
 
 

@@ -20,6 +20,9 @@ back than bytewax's last committed epoch, one or two snapshots).
 Privacy: :meth:`ColdSessions.forget` deletes every row of a session, history included.
 Expiry: :meth:`ColdSessions.expire` deletes the rows of sessions idle past the TTL.
 
+The items flow's pair step keeps its idle sessions in a store of its own (another directory),
+with the same tags and rollback: its states are a session's recent items, with no user id.
+
 One file and one connection per shard (:meth:`ColdSessions.shard`), used by the worker that
 owns the shard: a file never has two writers, so the directory may sit on the recovery store's
 shared volume like bytewax's own partitions. WAL mode: writes survive a killed process.
