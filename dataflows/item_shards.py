@@ -172,12 +172,17 @@ def _unpack_recent(blob: bytes) -> RecentItems:
 
 
 def _pack_sketch(s: NeighbourSketch) -> bytes:
-    return _dumps((s.counts, s.heap, s.total, s.ref_us, s.last_us, s.version))
+    # The heap is not kept: it orders the counters, and is built again from them on resume
+    # (a full sketch's heap pickled as tuples doubled the sketch's bytes and its time).
+    return _dumps((s.counts, bool(s.heap), s.total, s.ref_us, s.last_us, s.version))
 
 
 def _unpack_sketch(blob: bytes) -> NeighbourSketch:
     state = _loads(blob)
-    return state if isinstance(state, NeighbourSketch) else NeighbourSketch(*state)
+    if isinstance(state, NeighbourSketch):
+        return state
+    counts, full, total, ref_us, last_us, version = state
+    return NeighbourSketch.restored(counts, bool(full), total, ref_us, last_us, version)
 
 
 def _pack_trend(t: ItemTrend) -> bytes:

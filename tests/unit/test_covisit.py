@@ -514,3 +514,39 @@ def test_candidates_known_answer() -> None:
         score_session(["B"], lookup, config, types=[])
     with pytest.raises(ConfigError, match="normalise"):
         ScorerConfig(normalise="l2")
+
+
+def _without_heap(sketch: NeighbourSketch) -> tuple[object, ...]:
+    return (sketch.counts, bool(sketch.heap), sketch.total, sketch.ref_us, sketch.last_us,
+            sketch.version)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcdefg"), st.floats(0.01, 10.0), st.integers(0, 400)),
+        max_size=60,
+    ),
+    st.integers(0, 60),
+    st.integers(1, 8),
+    st.sampled_from([None, 1.0, 3600.0]),
+)
+def test_a_sketch_restored_without_its_heap_folds_on_like_the_original(
+    updates: list[tuple[str, float, int]], cut: int, capacity: int, half_life: float | None
+) -> None:
+    """Snapshots keep a sketch's counters, not its lazy heap: one restored at any point
+    (``NeighbourSketch.restored``, the heap built afresh) evicts the same neighbours and ends
+    with the same counters as the sketch that was never interrupted."""
+    config = CovisitConfig(capacity=capacity, half_life_s=half_life)
+    pairs = [("anchor", item, weight, us(t)) for item, weight, t in updates]
+    original = NeighbourSketch()
+    original.add_pairs(pairs[:cut], config)
+    restored = NeighbourSketch.restored(
+        dict(original.counts), bool(original.heap), original.total, original.ref_us,
+        original.last_us, original.version,
+    )  # fmt: skip
+    assert _without_heap(restored) == _without_heap(original)
+    for sketch in (original, restored):
+        sketch.add_pairs(pairs[cut:], config)
+    assert _without_heap(restored) == _without_heap(original)
+    assert restored.top(8, config) == original.top(8, config)

@@ -245,6 +245,26 @@ class NeighbourSketch:
             version=self.version,
         )
 
+    @classmethod
+    def restored(
+        cls,
+        counts: dict[str, float],
+        full: bool,
+        total: float,
+        ref_us: int,
+        last_us: int,
+        version: int,
+    ) -> NeighbourSketch:
+        """A sketch from its counters and scalars, its heap built afresh when ``full`` (the
+        sketch had reached its capacity). It folds later updates exactly as the sketch it was
+        taken from: the lazy heap's entries only ever lag behind their counters, and the
+        smallest counter is found by refreshing them, so a fresh heap picks the same one."""
+        heap: list[tuple[float, str]] = []
+        if full:
+            heap = [(c, i) for i, c in counts.items()]
+            heapq.heapify(heap)
+        return cls(counts, heap, total, ref_us, last_us, version)
+
     def add(self, neighbour: str, weight: float, ts_us: int, config: CovisitConfig) -> None:
         """Fold one pair update (of this anchor) into the sketch."""
         self.add_pairs((("", neighbour, weight, ts_us),), config)
