@@ -617,6 +617,17 @@ def test_events_of_a_forgotten_user_add_no_pairs_and_no_trend(tmp_path: Path) ->
     assert store.read(ITEM_TRENDING.name, ["A"])[0] is not None  # everybody else counts
 
 
+def three_shard_steps(
+    config: ItemSignalsConfig, clock: EventClock, now: list[float]
+) -> tuple[PairShardLogic, NeighbourShardLogic, TrendShardLogic]:
+    """The batch shape's pair, neighbour and trend steps, new, on the clock ``now[0]``."""
+    return (
+        PairShardLogic(config, 30.0, None, now=lambda: now[0]),
+        NeighbourShardLogic(config, 1.0, 20.0, clock, now=lambda: now[0]),
+        TrendShardLogic(config, 1.0, 20.0, clock, now=lambda: now[0]),
+    )
+
+
 @settings(max_examples=examples(60), deadline=None)
 @given(
     steps=st.lists(
@@ -637,9 +648,7 @@ def test_incremental_shard_snapshots_resume_to_the_live_states(
     now = [1_000_000.0]
     clock = EventClock()
     config = ItemSignalsConfig()
-    pairs = PairShardLogic(config, 30.0, None, now=lambda: now[0])
-    anchors = NeighbourShardLogic(config, 1.0, 20.0, clock, now=lambda: now[0])
-    items = TrendShardLogic(config, 1.0, 20.0, clock, now=lambda: now[0])
+    pairs, anchors, items = three_shard_steps(config, clock, now)
     t = int(T0 * 1_000_000)
     n = 0
     for step in [*steps, "snapshot"]:
@@ -684,9 +693,7 @@ def test_snapshots_whose_states_were_pickled_whole_still_resume() -> None:
     now = [1_000_000.0]
     clock = EventClock()
     config = ItemSignalsConfig()
-    pairs = PairShardLogic(config, 30.0, None, now=lambda: now[0])
-    anchors = NeighbourShardLogic(config, 1.0, 20.0, clock, now=lambda: now[0])
-    items = TrendShardLogic(config, 1.0, 20.0, clock, now=lambda: now[0])
+    pairs, anchors, items = three_shard_steps(config, clock, now)
     chunk = [Sequenced(n, ev(n, f"s{n % 3}", f"i{n % 5}", n, category="c"), 1.0) for n in range(40)]
     clock.advance(int((T0 + 40) * 1_000_000))
     [made], _ = pairs.on_batch([chunk])

@@ -126,17 +126,24 @@ def arrival(n: int, session: str, item: str) -> list[Sequenced]:
     return [Sequenced(n, ev(n, session, item, n), 1.0)]
 
 
+def with_a_and_b_cold(store: ColdSessions, now: list[float]) -> PairShardLogic:
+    """A cooling pair step whose sessions a (item A) and b (item B) went cold."""
+    live = pair_logic(store, now)
+    live.on_batch([arrival(1, "a", "A"), arrival(2, "b", "B")])
+    now[0] += 11
+    live.on_notify()
+    assert live.states == {}
+    return live
+
+
 def test_a_shard_resumed_from_a_snapshot_gets_the_store_as_it_was_then(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(item_shards, "COOL_EVERY_S", 0.0)
     store = ColdSessions(tmp_path / "cold")
     now = [T0]
-    live = pair_logic(store, now)
-    live.on_batch([arrival(1, "a", "A"), arrival(2, "b", "B")])
-    now[0] += 11
-    live.on_notify()  # both cool
-    assert live.states == {} and store.count() == 2
+    live = with_a_and_b_cold(store, now)
+    assert store.count() == 2
     snap = live.snapshot()  # snapshot 0: a and b cold
     [made], _ = live.on_batch([arrival(3, "a", "C")])  # a revives: its A pairs with C
     assert {(u[0], u[1]) for u in made[0].updates} == {("A", "C"), ("C", "A")}
@@ -166,11 +173,7 @@ def test_cold_sessions_expire_with_the_ttl_and_the_deny_list_reaches_them(
     monkeypatch.setattr(item_shards, "COOL_EVERY_S", 0.0)
     store = ColdSessions(tmp_path / "cold")
     now = [T0]
-    live = pair_logic(store, now)
-    live.on_batch([arrival(1, "a", "A"), arrival(2, "b", "B")])
-    now[0] += 11
-    live.on_notify()
-    snap = live.snapshot()
+    snap = with_a_and_b_cold(store, now).snapshot()
     assert store.session_ids() == ["a", "b"]
     deny = DenySet((DenyList("00" * 16).add("u", ["a"]),))
     pair_logic(store, now, snap, deny).on_batch([arrival(3, "c", "C")])

@@ -292,8 +292,9 @@ def _reference_add(
         heapq.heapreplace(sketch.heap, (floor + weight, neighbour))
 
 
-@settings(max_examples=200, deadline=None)
-@given(
+#: Runs of pair updates over a few neighbours, a place to cut them, a capacity and a
+#: half-life (a 1 s half-life over 400 s crosses 2**60 several times).
+runs_of_updates = given(
     st.lists(
         st.tuples(st.sampled_from("abcdefg"), st.floats(0.01, 10.0), st.integers(0, 400)),
         max_size=60,
@@ -302,6 +303,10 @@ def _reference_add(
     st.integers(1, 8),
     st.sampled_from([None, 1.0, 3600.0]),
 )
+
+
+@settings(max_examples=200, deadline=None)
+@runs_of_updates
 def test_a_run_of_pairs_folds_like_one_add_each(
     updates: list[tuple[str, float, int]], cut: int, capacity: int, half_life: float | None
 ) -> None:
@@ -522,15 +527,7 @@ def _without_heap(sketch: NeighbourSketch) -> tuple[object, ...]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.sampled_from("abcdefg"), st.floats(0.01, 10.0), st.integers(0, 400)),
-        max_size=60,
-    ),
-    st.integers(0, 60),
-    st.integers(1, 8),
-    st.sampled_from([None, 1.0, 3600.0]),
-)
+@runs_of_updates
 def test_a_sketch_restored_without_its_heap_folds_on_like_the_original(
     updates: list[tuple[str, float, int]], cut: int, capacity: int, half_life: float | None
 ) -> None:
