@@ -1,7 +1,9 @@
 """The sessions step's end-of-epoch stop as the sessions the TTL keeps grow, with and without
-the store of idle sessions (``FEATREC_COLD_SESSIONS``).
+the store of idle sessions (``FEATREC_COLD_SESSIONS``); ``--step pairs``: the same for the
+items flow's pair step, which keeps a session for the co-visitation window (1 h).
 
-The production step (``dataflows.session_shards.ShardLogic``, 16 shards, one worker) runs in
+The production step (``dataflows.session_shards.ShardLogic``, or
+``dataflows.item_shards.PairShardLogic`` with ``--step pairs``; 16 shards, one worker) runs in
 ``bytewax.testing.run_main`` with a real recovery store (``-b 0``, as the launcher runs
 flows). Its input skips decoding (batches of decoded events, made in the source), because
 this measures the state, not the stages before it:
@@ -19,6 +21,7 @@ ratios of the two modes, measured in the same run.
 
     flock /tmp/featrec-heavy.lock .venv/bin/python benchmarks/snapshot_scale.py
     .venv/bin/python benchmarks/snapshot_scale.py --live 50000 --epochs 3    # quick
+    flock /tmp/featrec-heavy.lock .venv/bin/python benchmarks/snapshot_scale.py --step pairs
 """
 
 from __future__ import annotations
@@ -45,11 +48,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from dataflows.batching import shard_of  # noqa: E402
-from dataflows.gc_tuning import SESSIONS_GC_THRESHOLDS, tune_gc  # noqa: E402
+from dataflows.gc_tuning import ITEMS_GC_THRESHOLDS, SESSIONS_GC_THRESHOLDS, tune_gc  # noqa: E402
+from dataflows.item_logic import Sequenced  # noqa: E402
+from dataflows.item_shards import PairShardLogic  # noqa: E402
 from dataflows.metrics import FlowStats  # noqa: E402
 from dataflows.session_shards import Cooling, ShardLogic  # noqa: E402
 from dataflows.sessions import NothingDenied  # noqa: E402
 from featrec.adapters.sqlite.cold_sessions import ColdSessions  # noqa: E402
+from featrec.app.item_signals import ItemSignalsConfig  # noqa: E402
 from featrec.core.events.batch_decode import Arrival  # noqa: E402
 from featrec.core.events.model import Event  # noqa: E402
 from featrec.core.sessions.fold import SessionPolicy  # noqa: E402
@@ -68,8 +74,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=4, help="steady epochs measured")
     parser.add_argument("--cool-s", type=float, default=3.0, help="idle time before cooling")
     parser.add_argument("--modes", default="hot,cooling", help="hot (no store), cooling")
+    parser.add_argument(
+        "--step", choices=("sessions", "pairs"), default="sessions", help="which flow's step"
+    )
     args = parser.parse_args(argv)
-    tune_gc(SESSIONS_GC_THRESHOLDS)
+    tune_gc(SESSIONS_GC_THRESHOLDS if args.step == "sessions" else ITEMS_GC_THRESHOLDS)
     results = {}
     for mode in args.modes.split(","):
         with tempfile.TemporaryDirectory(prefix="featrec-snapscale-") as tmp:
@@ -99,7 +108,22 @@ def run(args: argparse.Namespace, mode: str, tmp: Path) -> tuple[float, float, f
             snaps.append((t, time.perf_counter() - t, len(blob)))
             return blob
 
-    def builder(resume: bytes | None) -> ShardLogic:
+    class TimedPairs(PairShardLogic):
+        def snapshot(self) -> bytes:
+            t = time.perf_counter()
+            blob = super().snapshot()
+            snaps.append((t, time.perf_counter() - t, len(blob)))
+            return blob
+
+    def builder(resume: bytes | None) -> ShardLogic | PairShardLogic:
+        if args.step == "pairs":
+            return TimedPairs(
+                ItemSignalsConfig(),
+                3600.0,
+                resume,
+                cooling=cooling if mode == "cooling" else None,
+                key_of=lambda sid: shard_of(sid, SHARDS),
+            )
         return Timed(
             SessionShard(SessionPolicy(), 3600.0),
             deadline_s=0.01,
@@ -141,9 +165,9 @@ def run(args: argparse.Namespace, mode: str, tmp: Path) -> tuple[float, float, f
     cpu_us = source.steady_cpu / max(source.steady_events, 1) * 1e6
     cold = cooling.store.count() if mode == "cooling" else 0
     print(
-        f"[{mode}] {args.live:,} sessions, then {args.rate:,} events/s to {args.active:,} of "
-        f"them, {args.epoch_s:g} s epochs; {len(steady)} steady epochs: snapshot() "
-        f"{', '.join(f'{e[1] * 1000:.0f}' for e in steady)} ms "
+        f"[{args.step}, {mode}] {args.live:,} sessions, then {args.rate:,} events/s to "
+        f"{args.active:,} of them, {args.epoch_s:g} s epochs; {len(steady)} steady epochs: "
+        f"snapshot() {', '.join(f'{e[1] * 1000:.0f}' for e in steady)} ms "
         f"({', '.join(f'{e[2] / 1e6:.1f}' for e in steady)} MB); the stop around each "
         f"{', '.join(f'{s * 1000:.0f}' for s in stops)} ms; {cpu_us:.1f} CPU-us per steady "
         f"event (process, all work); {cold:,} sessions cold at the end; load "
@@ -211,12 +235,14 @@ class _Part(StatefulSourcePartition[Any, None]):
             self.last = now
             sids = [f"s{self.rng.randrange(self.active)}" for _ in range(100)]
             o.steady_events += 100
-        chunks: dict[str, list[Arrival]] = {}
+        chunks: dict[str, list[Arrival] | list[Sequenced]] = {}
         at = time.time()
+        pairs = a.step == "pairs"
         for k, sid in enumerate(sids):
             n = self.i + k
             event = Event(f"e{n}", sid, f"i{n % 977}", "view", T0 + timedelta(milliseconds=n))
-            chunks.setdefault(shard_of(sid, SHARDS), []).append(Arrival(event, at, "bench"))
+            item = Sequenced(n, event, at) if pairs else Arrival(event, at, "bench")
+            chunks.setdefault(shard_of(sid, SHARDS), []).append(item)  # type: ignore[arg-type]
         self.i += len(sids)
         return list(chunks.items())
 
