@@ -460,8 +460,9 @@ def flow(environ: Mapping[str, str] | None = None) -> Dataflow:
 def cooling_from_env(environ: Mapping[str, str], settings: Settings) -> Cooling | None:
     """The pair step's store of idle sessions: the directory ``items`` inside the one
     ``FEATREC_COLD_SESSIONS`` names (so the two flows never share a shard's file), with
-    ``FEATREC_SESSION_COOL_S``; None without one, in the per-event shape, or when the pair
-    step's TTL (the longer of the state TTL and the co-visitation window) is not longer."""
+    ``FEATREC_SESSION_COOL_S``; None without one or in the per-event shape. (The pair step
+    ignores a cool-down not shorter than its TTL, the longer of the state TTL and the
+    co-visitation window.)"""
     flow_settings = FlowSettings.from_env(environ)
     path = flow_settings.cold_sessions
     if path is None or settings.flow_shape != "batch":
