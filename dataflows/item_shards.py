@@ -47,14 +47,14 @@ import pickle  # nosec B403
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 from bytewax.operators import StatefulBatchLogic
 
 from dataflows import item_metrics
 from dataflows.item_logic import EventClock, EventPairs, PairChunk, Sequenced, TrendUpdate
 from dataflows.session_shards import COOL_EVERY_S, COOL_LIMIT, Cooling
-from dataflows.sessions import DenySource
+from dataflows.sessions import FORGOTTEN, DenySource
 from featrec.adapters.sqlite.cold_sessions import ColdShard
 from featrec.app.item_signals import ItemSignalsConfig
 from featrec.core.features.rows import FeatureRow
@@ -66,7 +66,7 @@ from featrec.core.items.covisit import (
     observe,
 )
 from featrec.core.items.trending import ItemTrend, fold, trending_row
-from featrec.core.sessions.shard import Cooled
+from featrec.core.sessions.shard import Cooled, Forget
 
 S = TypeVar("S")
 V = TypeVar("V")
@@ -199,6 +199,10 @@ SKETCHES: Codec[NeighbourSketch] = Codec(_pack_sketch, _unpack_sketch)
 TRENDS: Codec[ItemTrend] = Codec(_pack_trend, _unpack_trend)
 
 
+def _session_id(item: Sequenced | Forget) -> str:
+    return item.session_id if type(item) is Forget else cast(Sequenced, item).event.session_id
+
+
 def _at(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
@@ -220,7 +224,7 @@ def _idle_since(touched: dict[str, float], horizon: float) -> list[str]:
     return found
 
 
-class PairShardLogic(StatefulBatchLogic[list[Sequenced], list[EventPairs], bytes]):
+class PairShardLogic(StatefulBatchLogic[list[Sequenced | Forget], list[EventPairs], bytes]):
     """The recent items of one shard's sessions (see the module docstring).
 
     With ``cooling`` (a store of idle sessions, and ``key_of`` giving a session's shard), a
@@ -228,6 +232,9 @@ class PairShardLogic(StatefulBatchLogic[list[Sequenced], list[EventPairs], bytes
     comes back before its next event is observed, as in the sessions flow
     (:class:`dataflows.session_shards.ShardLogic`): the store's writes are tagged with this
     shard's snapshot count, and a resumed shard rolls the store back to its snapshot.
+
+    A :class:`~featrec.core.sessions.shard.Forget` among the events (a tombstone's session)
+    discards that session's recent items, in memory and in the store.
     """
 
     def __init__(
@@ -268,12 +275,14 @@ class PairShardLogic(StatefulBatchLogic[list[Sequenced], list[EventPairs], bytes
         if self.cooling is not None and self.key is not None:
             self._attach(self.key)
 
-    def on_batch(self, values: list[list[Sequenced]]) -> tuple[Iterable[list[EventPairs]], bool]:
+    def on_batch(
+        self, values: list[list[Sequenced | Forget]]
+    ) -> tuple[Iterable[list[EventPairs]], bool]:
         now = self.now()
         if self.cooling is not None:
             if self.cold is None and values and values[0]:
                 assert self.key_of is not None, "a shard that cools sessions needs key_of"
-                self._attach(self.key_of(values[0][0].event.session_id))
+                self._attach(self.key_of(_session_id(values[0][0])))
             if self.cold is not None:
                 self._revive(self.cold, values, now)
         states, touched, config = self.states, self.touched, self.config
@@ -281,7 +290,11 @@ class PairShardLogic(StatefulBatchLogic[list[Sequenced], list[EventPairs], bytes
         out: list[EventPairs] = []
         created = 0
         for chunk in values:
-            for seq, event, ingested_at in chunk:
+            for arrival in chunk:
+                if type(arrival) is Forget:
+                    self._forget(arrival.session_id)
+                    continue
+                seq, event, ingested_at = cast(Sequenced, arrival)
                 sid = event.session_id
                 stale.add(sid)
                 recent = states.get(sid)
@@ -339,12 +352,24 @@ class PairShardLogic(StatefulBatchLogic[list[Sequenced], list[EventPairs], bytes
             cold.forget_where(lambda sid, user: denied.contains("session", sid))
         self.cold = cold
 
-    def _revive(self, cold: ColdShard, values: list[list[Sequenced]], now: float) -> None:
+    def _forget(self, sid: str) -> None:
+        """Discard a session's recent items (a tombstone named it), in memory and cold."""
+        if self.states.pop(sid, None) is not None:
+            del self.touched[sid]
+            self.blobs.dropped(sid)
+            self.gauge.dec()
+        if self.cold is not None:
+            self.cold.forget(sid)
+        FORGOTTEN.labels(what="item session state").inc()
+
+    def _revive(self, cold: ColdShard, values: list[list[Sequenced | Forget]], now: float) -> None:
         states = self.states
         missing: dict[str, None] = {}
         for chunk in values:
             for arrival in chunk:
-                sid = arrival.event.session_id
+                if type(arrival) is Forget:
+                    continue
+                sid = cast(Sequenced, arrival).event.session_id
                 if sid not in states:
                     missing[sid] = None
         if not missing:

@@ -88,8 +88,9 @@ from featrec.core.events.model import Event
 from featrec.core.features.rows import FeatureRow, micros
 from featrec.core.items.covisit import NeighbourSketch, Pair, RecentItems
 from featrec.core.items.trending import ItemTrend
-from featrec.core.privacy import EMPTY, is_denied
-from featrec.errors import ConfigError
+from featrec.core.privacy import EMPTY, TOMBSTONE_FORMAT, DenySet, is_denied, parse_tombstone
+from featrec.core.sessions.shard import Forget
+from featrec.errors import ConfigError, InvalidEvent
 from featrec.settings import FlowSettings, Settings
 
 FLOW_ID: Final = "featrec_items"
@@ -100,7 +101,10 @@ DEAD_LETTER_FILE: Final = ITEMS_DEAD_LETTER_FILE
 #: Suffix of the Redis dead-letter stream of a stream-fed flow (after the sessions' stream).
 
 K = TypeVar("K")
-Decoded: TypeAlias = Sequenced | DeadLetter
+X = TypeVar("X")
+Decoded: TypeAlias = Sequenced | Forget | DeadLetter
+#: What the batch shape's steps take: events, and tombstones' sessions at their place.
+Input: TypeAlias = Sequenced | Forget
 
 
 def decode_batch(
@@ -113,47 +117,93 @@ def decode_batch(
     """Decode a source batch; each event gets the next arrival sequence number, and the
     process's event clock moves to the newest event time. Events of forgotten users or
     sessions are dropped and counted (``featrec_forgotten_events{what="item event"}``), as
-    the sessions flow drops them: a replay of old history must not re-add their pairs."""
+    the sessions flow drops them: a replay of old history must not re-add their pairs. A
+    tombstone (``featrec forget`` on a Redis stream) becomes a :class:`Forget` per session it
+    names, at its place among the events (the pair step discards those sessions' items); a
+    malformed one is a dead letter."""
     out: list[Decoded] = []
     letters: list[DeadLetter] = []
-    newest: datetime | None = None
+    newest: list[datetime] = []
     denied = deny.current() if deny is not None else EMPTY
     n_dropped = 0
     raw: list[RawRecord] = []
+
+    def flush_run() -> None:
+        nonlocal n_dropped
+        if raw:
+            n_dropped += _decode_run(raw, seq, denied, out, letters, newest)
+            raw.clear()
+
     for record in records:
         if isinstance(record, DeadLetter):
+            flush_run()
             out.append(record)
             letters.append(record)
+        elif record.fmt == TOMBSTONE_FORMAT:
+            flush_run()
+            out.extend(_forgets(record, out, letters))
+            if deny is not None:
+                denied = deny.refresh()
         else:
             raw.append(record)
-    # The whole batch is decoded natively (one bad record costs only itself).
-    for item in decode_records(raw):
-        if type(item) is Arrival:
-            event = item.event
-            if denied and is_denied(event, denied):
-                n_dropped += 1
-                continue
-            if not is_reserved(event.item_id):
-                out.append(Sequenced(next(seq), event, item.ingested_at))
-                if newest is None or event.ts > newest:
-                    newest = event.ts
-                continue
-            letter = _reserved_letter(event, item.origin)
-        else:
-            letter = cast(DeadLetter, item)
-        out.append(letter)
-        letters.append(letter)
-    n_events = len(out) - len(letters)
+    flush_run()
+    n_events = sum(1 for item in out if type(item) is Sequenced)
     if n_dropped:
         FORGOTTEN.labels(what="item event").inc(n_dropped)
-    if newest is not None:
-        clock.advance(micros(newest))
+    if newest:
+        clock.advance(micros(max(newest)))
     if n_events:
         item_metrics.EVENTS_IN.inc(n_events)
     for letter in letters:
         item_metrics.REFUSED.labels(field=reason_field(letter.reason)).inc()
     stats.add(events_in=n_events, dead_letters=len(letters))
     return out
+
+
+def _decode_run(
+    raw: list[RawRecord],
+    seq: Iterator[int],
+    denied: DenySet,
+    out: list[Decoded],
+    letters: list[DeadLetter],
+    newest: list[datetime],
+) -> int:
+    """Decode a run of records natively (one bad record costs only itself) into ``out``;
+    how many events were dropped as forgotten."""
+    dropped = 0
+    latest: datetime | None = None
+    for item in decode_records(raw):
+        if type(item) is Arrival:
+            event = item.event
+            if denied and is_denied(event, denied):
+                dropped += 1
+                continue
+            if not is_reserved(event.item_id):
+                out.append(Sequenced(next(seq), event, item.ingested_at))
+                if latest is None or event.ts > latest:
+                    latest = event.ts
+                continue
+            letter = _reserved_letter(event, item.origin)
+        else:
+            letter = cast(DeadLetter, item)
+        out.append(letter)
+        letters.append(letter)
+    if latest is not None:
+        newest.append(latest)
+    return dropped
+
+
+def _forgets(record: RawRecord, out: list[Decoded], letters: list[DeadLetter]) -> list[Forget]:
+    """A tombstone's sessions; a malformed tombstone is a dead letter (it holds no event)."""
+    assert isinstance(record.payload, str)
+    try:
+        sessions = parse_tombstone(record.payload)
+    except InvalidEvent as exc:
+        letter = DeadLetter(record.origin, str(exc), record.payload[:4096])
+        out.append(letter)
+        letters.append(letter)
+        return []
+    return [Forget(s) for s in sessions]
 
 
 def _reserved_letter(event: Event, origin: str) -> DeadLetter:
@@ -220,11 +270,16 @@ def _grouped(made: list[EventPairs], route: Callable[[str], str]) -> list[tuple[
     return [(k, PairChunk(newest, updates)) for k, updates in groups.items()]
 
 
-def shard_by(
-    key: Callable[[Sequenced], str], shards: int, batch: list[Sequenced]
-) -> list[tuple[str, list[Sequenced]]]:
+def shard_by(key: Callable[[X], str], shards: int, batch: list[X]) -> list[tuple[str, list[X]]]:
     """One ``(shard, events)`` chunk per shard of ``key`` (arrival order kept)."""
     return shard_chunks(batch, key, shards)
+
+
+def shard_events(
+    key: Callable[[Sequenced], str], shards: int, batch: list[Input]
+) -> list[tuple[str, list[Sequenced]]]:
+    """:func:`shard_by` over the events of ``batch`` (a tombstone's sessions left out)."""
+    return shard_chunks([x for x in batch if type(x) is Sequenced], key, shards)
 
 
 def add_item_signals(
@@ -277,7 +332,7 @@ def add_item_signals(
 
 
 def add_sharded_item_signals(
-    arrivals: Stream[Sequenced],
+    arrivals: Stream[Input],
     settings: Settings,
     config: ItemSignalsConfig,
     clock: EventClock,
@@ -323,13 +378,13 @@ def add_sharded_item_signals(
         return [(TRENDING_KEY, updates)] if updates else []
 
     by_session = op.flat_map_batch(
-        "shard_sessions", arrivals, partial(shard_by, _session_of, shards)
+        "shard_sessions", arrivals, partial(shard_by, _session_key, shards)
     )
     made = op.stateful_batch("pair_shards", by_session, pairs_builder)
     by_anchor = op.flat_map_batch("shard_pairs", made, partial(shard_pairs, shards))
     neighbour_rows = op.stateful_batch("neighbour_shards", by_anchor, neighbours_builder)
 
-    by_item = op.flat_map_batch("shard_items", arrivals, partial(shard_by, _item_of, shards))
+    by_item = op.flat_map_batch("shard_items", arrivals, partial(shard_events, _item_of, shards))
     trends = op.stateful_batch("trend_shards", by_item, trending_builder)
     trend_rows = op.map_value("trend_rows", trends, rows_of)
     board = op.stateful_batch(
@@ -370,8 +425,8 @@ def build_flow(
     deadline = timedelta(milliseconds=settings.batch_deadline_ms)
     seq = itertools.count()
 
-    def is_arrival(item: Decoded) -> TypeGuard[Sequenced]:
-        return isinstance(item, Sequenced)
+    def is_input(item: Decoded) -> TypeGuard[Input]:
+        return not isinstance(item, DeadLetter)
 
     def shard_rows(kvs: list[tuple[str, list[FeatureRow]]]) -> list[tuple[str, list[FeatureRow]]]:
         return shard_chunks([row for _, out in kvs for row in out], _row_key, shards)
@@ -381,11 +436,16 @@ def build_flow(
     decoded = op.flat_map_batch(
         "decode", records, partial(decode_batch, seq=seq, clock=clock, stats=stats, deny=deny)
     )
-    split = op.branch("split", decoded, is_arrival)
+    split = op.branch("split", decoded, is_input)
     rows: KeyedStream[list[FeatureRow]]
     if settings.flow_shape == "per-event":
+        # The baseline shape takes events only: a tombstone's sessions keep their recent items
+        # there until the TTL (the batch shape discards them).
+        events = op.filter("events_only", split.trues, _is_event)
         rows = op.map_value(
-            "row_lists", add_item_signals(split.trues, settings, config, clock), _listed
+            "row_lists",
+            add_item_signals(cast(Stream[Sequenced], events), settings, config, clock),
+            _listed,
         )
     else:
         rows = add_sharded_item_signals(
@@ -410,6 +470,14 @@ def _seq_of(made: EventPairs) -> int:
 
 def _session_of(arrival: Sequenced) -> str:
     return arrival.event.session_id
+
+
+def _session_key(item: Input) -> str:
+    return item.session_id if type(item) is Forget else cast(Sequenced, item).event.session_id
+
+
+def _is_event(item: Input) -> bool:
+    return type(item) is Sequenced
 
 
 def _item_of(arrival: Sequenced) -> str:

@@ -53,7 +53,13 @@ from featrec.core.features.catalog import ITEM_NEIGHBOURS, ITEM_TRENDING
 from featrec.core.features.rows import FeatureRow
 from featrec.core.items.covisit import CovisitConfig, PairUpdate
 from featrec.core.ports.features import InMemoryFeatureStore
-from featrec.core.privacy import DenyList, DenySet, new_salt
+from featrec.core.privacy import (
+    TOMBSTONE_FORMAT,
+    DenyList,
+    DenySet,
+    new_salt,
+    tombstone_payload,
+)
 from featrec.settings import FlowShape, Settings
 
 T0 = 1_700_000_000.0
@@ -572,7 +578,8 @@ def test_step_ids_are_stable(otto_sample: Path, tmp_path: Path) -> None:
     env = {"FEATREC_SOURCE": str(otto_sample), "FEATREC_HOME": str(tmp_path)}
     per_event = flow({**env, "FEATREC_FLOW_SHAPE": "per-event"})
     assert [s.step_name for s in per_event.substeps] == [
-        "input", "decode", "split", "key_sessions", "pairs", "shard_pairs", "neighbours",
+        "input", "decode", "split", "events_only", "key_sessions", "pairs", "shard_pairs",
+        "neighbours",
         "key_items", "trending", "split_trends", "key_board", "board", "all_rows", "row_lists",
         "dead_letters", "shard_rows", "batch_rows", "unkey_rows", "write",
     ]  # fmt: skip
@@ -615,6 +622,31 @@ def test_events_of_a_forgotten_user_add_no_pairs_and_no_trend(tmp_path: Path) ->
     assert store.read(ITEM_NEIGHBOURS.name, ["X", "Y"]) == [None, None]
     assert store.read(ITEM_TRENDING.name, ["X", "Y"]) == [None, None]
     assert store.read(ITEM_TRENDING.name, ["A"])[0] is not None  # everybody else counts
+
+
+@pytest.mark.parametrize("shape", ["batch", "per-event"])
+def test_a_tombstone_discards_its_sessions_items_and_is_no_dead_letter(
+    tmp_path: Path, shape: FlowShape
+) -> None:
+    """A tombstone on the stream (``featrec forget``) is not an event: it is no dead letter
+    (it names the forgotten sessions). In the batch shape the pair step discards the
+    sessions' recent items at its place, so a later event of the session pairs with nothing
+    before it; the per-event baseline keeps them until the TTL. A malformed tombstone is a
+    dead letter."""
+    tomb = RawRecord(TOMBSTONE_FORMAT, "t:tomb", tombstone_payload(["s-u1", "s-none"]), 1.0)
+    bad = RawRecord(TOMBSTONE_FORMAT, "t:bad", '{"sessions": 3}', 1.0)
+    recs = [*records([ev(0, "s-u1", "X", 0)]), tomb, bad, *records([ev(1, "s-u1", "Y", 10)])]
+    store = InMemoryFeatureStore()
+    before = FORGOTTEN.labels(what="item session state")._value.get()
+    letters = run_flow(TestingSource(recs), Settings(home=tmp_path, flow_shape=shape), store)
+    assert [(d.origin, d.reason.split(":")[0]) for d in letters] == [("t:bad", "tombstone")]
+    forgotten = FORGOTTEN.labels(what="item session state")._value.get() - before
+    neighbours = store.read(ITEM_NEIGHBOURS.name, ["X"])[0]
+    if shape == "batch":
+        assert forgotten == 2 and neighbours is None
+    else:
+        assert forgotten == 0 and neighbours is not None
+    assert store.read(ITEM_TRENDING.name, ["Y"])[0] is not None  # the event still counts
 
 
 def three_shard_steps(

@@ -24,6 +24,7 @@ from featrec.adapters.sqlite.cold_sessions import ColdSessions
 from featrec.app.item_signals import ItemSignalsConfig, bootstrap
 from featrec.core.ports.features import InMemoryFeatureStore
 from featrec.core.privacy import DenyList, DenySet
+from featrec.core.sessions.shard import Forget
 from featrec.settings import Settings
 
 
@@ -215,3 +216,18 @@ def test_a_cooling_pair_step_keeps_its_timer_for_the_next_cooling(tmp_path: Path
     # Every session cooled, yet the shard is retained: its snapshot count tags the store.
     assert live.on_notify() == ((), StatefulBatchLogic.RETAIN) and live.states == {}
     assert live.notify_at() is None
+
+
+def test_a_tombstones_session_leaves_memory_and_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(item_shards, "COOL_EVERY_S", 0.0)
+    store = ColdSessions(tmp_path / "cold")
+    now = [T0]
+    live = with_a_and_b_cold(store, now)
+    live.on_batch([arrival(3, "c", "C")])
+    live.on_batch([[Forget("a"), Forget("c")]])
+    assert store.session_ids() == ["b"] and live.states == {}
+    # The next event of a forgotten session pairs with nothing before it.
+    made, _ = live.on_batch([arrival(4, "a", "D")])
+    assert list(made) == []
