@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from bytewax.operators import StatefulBatchLogic
@@ -127,23 +128,31 @@ def arrival(n: int, session: str, item: str) -> list[Sequenced]:
     return [Sequenced(n, ev(n, session, item, n), 1.0)]
 
 
-def with_a_and_b_cold(store: ColdSessions, now: list[float]) -> PairShardLogic:
-    """A cooling pair step whose sessions a (item A) and b (item B) went cold."""
+class Cold(NamedTuple):
+    store: ColdSessions
+    now: list[float]
+    live: PairShardLogic
+
+
+@pytest.fixture
+def a_and_b_cold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cold:
+    """A cooling pair step (coolings not spaced out) whose sessions a (item A) and b (item B)
+    went cold."""
+    monkeypatch.setattr(item_shards, "COOL_EVERY_S", 0.0)
+    store = ColdSessions(tmp_path / "cold")
+    now = [T0]
     live = pair_logic(store, now)
     live.on_batch([arrival(1, "a", "A"), arrival(2, "b", "B")])
     now[0] += 11
     live.on_notify()
     assert live.states == {}
-    return live
+    return Cold(store, now, live)
 
 
 def test_a_shard_resumed_from_a_snapshot_gets_the_store_as_it_was_then(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    a_and_b_cold: Cold,
 ) -> None:
-    monkeypatch.setattr(item_shards, "COOL_EVERY_S", 0.0)
-    store = ColdSessions(tmp_path / "cold")
-    now = [T0]
-    live = with_a_and_b_cold(store, now)
+    store, now, live = a_and_b_cold
     assert store.count() == 2
     snap = live.snapshot()  # snapshot 0: a and b cold
     [made], _ = live.on_batch([arrival(3, "a", "C")])  # a revives: its A pairs with C
@@ -169,12 +178,10 @@ def test_a_shard_resumed_from_a_snapshot_gets_the_store_as_it_was_then(
 
 
 def test_cold_sessions_expire_with_the_ttl_and_the_deny_list_reaches_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    a_and_b_cold: Cold,
 ) -> None:
-    monkeypatch.setattr(item_shards, "COOL_EVERY_S", 0.0)
-    store = ColdSessions(tmp_path / "cold")
-    now = [T0]
-    snap = with_a_and_b_cold(store, now).snapshot()
+    store, now, live = a_and_b_cold
+    snap = live.snapshot()
     assert store.session_ids() == ["a", "b"]
     deny = DenySet((DenyList("00" * 16).add("u", ["a"]),))
     pair_logic(store, now, snap, deny).on_batch([arrival(3, "c", "C")])
@@ -219,12 +226,9 @@ def test_a_cooling_pair_step_keeps_its_timer_for_the_next_cooling(tmp_path: Path
 
 
 def test_a_tombstones_session_leaves_memory_and_the_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    a_and_b_cold: Cold,
 ) -> None:
-    monkeypatch.setattr(item_shards, "COOL_EVERY_S", 0.0)
-    store = ColdSessions(tmp_path / "cold")
-    now = [T0]
-    live = with_a_and_b_cold(store, now)
+    store, _, live = a_and_b_cold
     live.on_batch([arrival(3, "c", "C")])
     live.on_batch([[Forget("a"), Forget("c")]])
     assert store.session_ids() == ["b"] and live.states == {}
