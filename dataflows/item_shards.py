@@ -199,7 +199,8 @@ SKETCHES: Codec[NeighbourSketch] = Codec(_pack_sketch, _unpack_sketch)
 TRENDS: Codec[ItemTrend] = Codec(_pack_trend, _unpack_trend)
 
 
-def _session_id(item: Sequenced | Forget) -> str:
+def session_of(item: Sequenced | Forget) -> str:
+    """The session of an event or of a tombstone's :class:`Forget`."""
     return item.session_id if type(item) is Forget else cast(Sequenced, item).event.session_id
 
 
@@ -282,7 +283,7 @@ class PairShardLogic(StatefulBatchLogic[list[Sequenced | Forget], list[EventPair
         if self.cooling is not None:
             if self.cold is None and values and values[0]:
                 assert self.key_of is not None, "a shard that cools sessions needs key_of"
-                self._attach(self.key_of(_session_id(values[0][0])))
+                self._attach(self.key_of(session_of(values[0][0])))
             if self.cold is not None:
                 self._revive(self.cold, values, now)
         states, touched, config = self.states, self.touched, self.config

@@ -61,7 +61,12 @@ from dataflows.item_logic import (
     TrendOutput,
     TrendUpdate,
 )
-from dataflows.item_shards import NeighbourShardLogic, PairShardLogic, TrendShardLogic
+from dataflows.item_shards import (
+    NeighbourShardLogic,
+    PairShardLogic,
+    TrendShardLogic,
+    session_of,
+)
 from dataflows.metrics import FlowStats, reason_field
 from dataflows.session_shards import Cooling
 from dataflows.sessions import (
@@ -378,7 +383,7 @@ def add_sharded_item_signals(
         return [(TRENDING_KEY, updates)] if updates else []
 
     by_session = op.flat_map_batch(
-        "shard_sessions", arrivals, partial(shard_by, _session_key, shards)
+        "shard_sessions", arrivals, partial(shard_by, session_of, shards)
     )
     made = op.stateful_batch("pair_shards", by_session, pairs_builder)
     by_anchor = op.flat_map_batch("shard_pairs", made, partial(shard_pairs, shards))
@@ -470,10 +475,6 @@ def _seq_of(made: EventPairs) -> int:
 
 def _session_of(arrival: Sequenced) -> str:
     return arrival.event.session_id
-
-
-def _session_key(item: Input) -> str:
-    return item.session_id if type(item) is Forget else cast(Sequenced, item).event.session_id
 
 
 def _is_event(item: Input) -> bool:
