@@ -68,7 +68,7 @@ from dataflows.item_shards import (
     session_of,
 )
 from dataflows.metrics import FlowStats, reason_field
-from dataflows.session_shards import Cooling
+from dataflows.session_shards import Cooling, tombstone_sessions
 from dataflows.sessions import (
     FORGOTTEN,
     ITEMS_DEAD_LETTER_FILE,
@@ -93,9 +93,9 @@ from featrec.core.events.model import Event
 from featrec.core.features.rows import FeatureRow, micros
 from featrec.core.items.covisit import NeighbourSketch, Pair, RecentItems
 from featrec.core.items.trending import ItemTrend
-from featrec.core.privacy import EMPTY, TOMBSTONE_FORMAT, DenySet, is_denied, parse_tombstone
+from featrec.core.privacy import EMPTY, TOMBSTONE_FORMAT, DenySet, is_denied
 from featrec.core.sessions.shard import Forget
-from featrec.errors import ConfigError, InvalidEvent
+from featrec.errors import ConfigError
 from featrec.settings import FlowSettings, Settings
 
 FLOW_ID: Final = "featrec_items"
@@ -199,15 +199,10 @@ def _decode_run(
 
 
 def _forgets(record: RawRecord, out: list[Decoded], letters: list[DeadLetter]) -> list[Forget]:
-    """A tombstone's sessions; a malformed tombstone is a dead letter (it holds no event)."""
-    assert isinstance(record.payload, str)
-    try:
-        sessions = parse_tombstone(record.payload)
-    except InvalidEvent as exc:
-        letter = DeadLetter(record.origin, str(exc), record.payload[:4096])
-        out.append(letter)
-        letters.append(letter)
-        return []
+    """A tombstone's sessions; a malformed one is a dead letter, in ``out`` too."""
+    known = len(letters)
+    sessions = tombstone_sessions(record, letters)
+    out.extend(letters[known:])
     return [Forget(s) for s in sessions]
 
 

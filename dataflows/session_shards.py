@@ -193,14 +193,17 @@ def _route(
 
 
 def _forgets(record: RawRecord, shards: int, letters: list[DeadLetter]) -> list[Decoded]:
+    return [(shard_of(s, shards), Forget(s)) for s in tombstone_sessions(record, letters)]
+
+
+def tombstone_sessions(record: RawRecord, letters: list[DeadLetter]) -> list[str]:
     """A tombstone's sessions; a malformed tombstone is a dead letter (it holds no event)."""
     assert isinstance(record.payload, str)
     try:
-        sessions = parse_tombstone(record.payload)
+        return parse_tombstone(record.payload)
     except InvalidEvent as exc:
         letters.append(DeadLetter(record.origin, str(exc), record.payload[:4096]))
         return []
-    return [(shard_of(s, shards), Forget(s)) for s in sessions]
 
 
 def _denied_state(denied: DenySet) -> Callable[[SessionState], bool]:
