@@ -21,6 +21,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import orjson
 
+from featrec.core.bounded import drop_oldest
 from featrec.core.ports.serving import LoggedRow, RequestRecord, StampedRow
 from featrec.errors import StoreError
 
@@ -56,9 +57,8 @@ class IdentityMemo(Generic[V]):
         self.values[key] = value
         self._held[key] = obj
         if len(self.values) > self._size:
-            for _ in range(len(self.values) // 4):
-                oldest = next(iter(self.values))
-                del self.values[oldest], self._held[oldest]
+            for oldest in drop_oldest(self.values, len(self.values) // 4):
+                del self._held[oldest]
 
 
 class RowDigests:
@@ -96,8 +96,7 @@ class RowDigests:
         ).hexdigest()
         self._by_id[id(row)] = (row, digest, data)
         if len(self._by_id) > self._size:
-            for _ in range(len(self._by_id) // 4):
-                del self._by_id[next(iter(self._by_id))]
+            drop_oldest(self._by_id, len(self._by_id) // 4)
         return digest, data
 
     def start_batch(self) -> None:
@@ -145,8 +144,7 @@ class RowDigests:
         for digest in digests:
             self.stored[digest] = now
         if len(self.stored) > self._size:
-            for _ in range(len(self.stored) // 4):
-                del self.stored[next(iter(self.stored))]
+            drop_oldest(self.stored, len(self.stored) // 4)
         pending, self._pending = self._pending, []
         for logged, ref in pending:
             if ref[2] in self.stored:

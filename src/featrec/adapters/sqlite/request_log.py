@@ -44,6 +44,7 @@ from featrec.adapters.request_entries import (
     record_from,
     sessions_named,
 )
+from featrec.core.bounded import drop_oldest
 from featrec.core.ports.serving import LoggedRow, RequestRecord
 from featrec.errors import StoreError
 
@@ -65,8 +66,7 @@ class _RowIds:
         self.by_logged.put(logged, row_id)
         self.by_ref[ref] = row_id
         if len(self.by_ref) > self._size:
-            for _ in range(len(self.by_ref) // 4):
-                del self.by_ref[next(iter(self.by_ref))]
+            drop_oldest(self.by_ref, len(self.by_ref) // 4)
 
 
 class SqliteRequestLog:

@@ -11,6 +11,7 @@ a view's ttl to online reads (upstream issue #6821): staleness is judged by the 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -114,12 +115,13 @@ class InMemoryRequestLog:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self._records: dict[str, RequestRecord] = {}
+        # Oldest first; an OrderedDict drops its oldest in O(1) (a dict's first key is not).
+        self._records: OrderedDict[str, RequestRecord] = OrderedDict()
 
     def append(self, record: RequestRecord) -> None:
         self._records[record.request_id] = record
         while len(self._records) > self.capacity:
-            del self._records[next(iter(self._records))]
+            self._records.popitem(last=False)
 
     def get(self, request_id: str) -> RequestRecord | None:
         return self._records.get(request_id)
