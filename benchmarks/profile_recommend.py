@@ -9,8 +9,13 @@ redis round trip's wait is not counted; nested stages are subtracted from their 
 wall time; what is left over is "rest of recommend". ``--cprofile`` also prints cProfile's top
 functions (slower, for finding the hot lines inside a stage).
 
+``--item-cache-s S`` sets the row cache's max age (serving's default is 5 s, longer than the
+run): with a short one and a long ``--warmup`` the rows the requests use are read again as they
+age, as in a server that runs for hours (its steady state).
+
     flock /tmp/featrec-heavy.lock .venv/bin/python benchmarks/profile_recommend.py \
-        [--candidates 200] [--requests 400] [--warmup 100] [--cprofile]
+        [--candidates 200] [--requests 400] [--warmup 100] [--cprofile] \
+        [--item-cache-s 0.5 --warmup 1500]
 """
 
 from __future__ import annotations
@@ -82,20 +87,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--cprofile", action="store_true")
     ap.add_argument("--gc-off", action="store_true", help="no garbage collection (diagnosis)")
+    ap.add_argument("--item-cache-s", type=float, default=None, help="the row cache's max age (s)")
     args = ap.parse_args(argv)
     with_private_redis("featrec-bench-profile-", lambda tmp, server: run(args, tmp, server))
 
 
 def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
     recommender, order = bench.logged_world(tmp, server.url, args.candidates)
+    if args.item_cache_s is not None:
+        recommender.item_cache.max_age_s = args.item_cache_s
     settle_heap()
     stages = Stages()
     patch(stages, recommender)
     n = args.warmup + args.requests
+    if n > len(order):
+        raise SystemExit(f"--warmup + --requests must be <= {len(order)} (one per session)")
     sessions = order[:n]
     for i in range(args.warmup):
         recommender.recommend(sessions[i], k=20)
+    recommender.log.flush()  # the warm-up's records are written before the measured part
     stages.reset()
+    cache = recommender.item_cache
+    misses0, hits0 = cache.misses, cache.hits
     if args.gc_off:
         gc.disable()
     process0 = time.process_time()
@@ -123,6 +136,10 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
     print(
         f"process CPU per request, the request log's writer thread included: "
         f"{process / args.requests * 1e6:.0f} us"
+    )
+    print(
+        f"row cache per request: {(cache.misses - misses0) / args.requests:.1f} rows read, "
+        f"{(cache.hits - hits0) / args.requests:.1f} cached (max age {cache.max_age_s} s)"
     )
     print(f"{'stage (own time)':<46}{'CPU-us/req':>12}{'wall-us/req':>13}{'share':>8}")
     total = sum(stages.cpu.values())

@@ -19,7 +19,7 @@ from featrec.adapters.feast.rows import FeastRowReader
 from featrec.adapters.feast.types import value_proto
 from featrec.adapters.feast.writers import RedisLayoutWriter
 from featrec.adapters.redis.rows import RedisRowReader
-from featrec.app.serving.cache import ResponseCache, RowCache
+from featrec.app.serving.cache import ResponseCache, RowCache, same_row
 from featrec.core.features import catalog
 from featrec.core.features.catalog import Dtype
 from featrec.core.features.rows import FeatureRow
@@ -250,6 +250,52 @@ def test_row_cache_bounds_staleness_and_reads_misses_in_one_call() -> None:
     fresh = cache.get({items: ["i2", "i1"]})
     assert rows.calls[-1] == {items: ["i2", "i1"]}
     assert fresh[items][1] == StampedRow(dict(newer.values), newer.version)
+
+
+def test_row_cache_keeps_an_unchanged_row_read_again_as_the_same_object() -> None:
+    store = InMemoryFeatureStore()
+    store.write(ROWS)
+    rows = CountingRows(store)
+    now = [0.0]
+    cache = RowCache(rows, max_age_s=5.0, monotonic=lambda: now[0])
+    items = catalog.ITEM_FEATURES.name
+    first = cache.get({items: ["i1", "i2"]})[items]
+    now[0] = 6.0  # both rows are read again; i1 is unchanged, i2 is still missing
+    again = cache.get({items: ["i1", "i2"]})[items]
+    assert len(rows.calls) == 2
+    assert again[0] is first[0] and again[1] is None
+    # the serving path's memos key on identity: a changed row must be a new object
+    newer = FeatureRow(items, "i1", {**ROWS[2].values, "price": 10.0}, ROWS[2].version + 1)
+    store.write([newer])
+    now[0] = 12.0
+    fresh = cache.get({items: ["i1"]})[items][0]
+    assert fresh is not first[0] and fresh == StampedRow(dict(newer.values), newer.version)
+    now[0] = 18.0
+    assert cache.get({items: ["i1"]})[items][0] is fresh
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "same"),
+    [
+        ({"a": 1.5, "b": ["x", "y"], "c": None}, {"a": 1.5, "b": ["x", "y"], "c": None}, True),
+        ({"a": 1.5}, {"a": 1.5, "b": 2.0}, False),  # a field more
+        ({"a": 1.5, "b": 2.0}, {"a": 1.5, "c": 2.0}, False),  # another field
+        ({"a": 1}, {"a": 1.0}, False),  # equal, of another type: the log keeps types
+        ({"a": True}, {"a": 1}, False),
+        ({"a": ["x", "y"]}, {"a": ["y", "x"]}, False),
+        ({"a": [1.0, 2.5]}, {"a": [1.0, 2.5, 3.0]}, False),
+        ({"a": float("nan")}, {"a": float("nan")}, False),  # two NaNs are never equal
+        ({"a": None}, {"a": 0.0}, False),
+        ({"a": 0.0}, {"a": None}, False),
+    ],
+)
+def test_same_row_means_the_same_values_of_the_same_types(
+    old: dict[str, object], new: dict[str, object], same: bool
+) -> None:
+    assert same_row(StampedRow(old, 7), StampedRow(new, 7)) is same
+    assert same_row(StampedRow(new, 7), StampedRow(old, 7)) is same
+    assert not same_row(StampedRow(old, 7), StampedRow(old, 8))  # another time
+    assert not same_row(None, StampedRow(new, 7))
 
 
 def test_row_cache_answers_stale_only_when_allowed() -> None:

@@ -9,7 +9,7 @@ from featrec.app.serving.cache import RowCache
 from featrec.app.serving.row_signals import PairsMemo, RowSignals
 from featrec.core.ports.features import InMemoryFeatureStore
 from featrec.core.ports.serving import InMemoryRows, StampedRow
-from featrec.testing.shop import world_rows
+from featrec.testing.shop import NEIGHBOURS, T0, neighbour_row, world_rows
 
 
 def signals(memo: PairsMemo | None, clock: list[float]) -> tuple[RowSignals, InMemoryFeatureStore]:
@@ -22,7 +22,7 @@ def signals(memo: PairsMemo | None, clock: list[float]) -> tuple[RowSignals, InM
 def test_lists_are_decoded_once_per_row_read_and_equal_the_rows() -> None:
     clock = [0.0]
     memo = PairsMemo(capacity=100)
-    lookup, _ = signals(memo, clock)
+    lookup, store = signals(memo, clock)
     plain, _ = signals(None, clock)
     first = lookup.neighbours(["a1", "b1", "nobody"])
     assert first == plain.neighbours(["a1", "b1", "nobody"]) and "nobody" not in first
@@ -31,9 +31,13 @@ def test_lists_are_decoded_once_per_row_read_and_equal_the_rows() -> None:
     assert again["a1"] is first["a1"]  # the same decoded list while the cache holds the row
     trending = lookup.trending(None)
     assert trending and trending == plain.trending(None) and lookup.trending(None) is trending
-    clock[0] = 6.0  # the cache re-reads the rows: new row objects, decoded again (equal)
+    clock[0] = 6.0  # the cache re-reads the rows, unchanged: the same objects, not decoded
+    assert lookup.neighbours(["a1"])["a1"] is first["a1"]
+    pairs = [(item, weight * 2) for item, weight in NEIGHBOURS["a1"]]
+    store.write([neighbour_row("a1", pairs, version=T0)])
+    clock[0] = 12.0  # a changed row is a new object, decoded again
     fresh = lookup.neighbours(["a1"])
-    assert fresh["a1"] is not first["a1"] and fresh["a1"] == first["a1"]
+    assert fresh["a1"] is not first["a1"] and fresh["a1"] == tuple(pairs)
 
 
 def test_an_entry_is_used_only_for_the_row_it_came_from() -> None:

@@ -116,6 +116,11 @@ class RowCache:
         return out
 
     def _store(self, fetched: Found, missing: dict[str, list[str]], now: float) -> None:
+        """Keep the rows read at ``now``. A row read again with exactly the values and time it
+        had is kept as the *same object*, and ``fetched`` is given that object too: the serving
+        path's memos key on a row's identity (decoded lists, merged item rows and their ranking
+        columns, the request log's row digests), so an unchanged row costs them nothing when
+        its age runs out, only the read."""
         with self._lock:
             views = self._views
             for view, keys in missing.items():
@@ -123,8 +128,13 @@ class RowCache:
                 if entries is None:
                     entries = views[view] = OrderedDict()
                 before = len(entries)
-                for key, row in zip(keys, fetched[view], strict=True):
-                    entries[key] = (now, row)
+                rows = fetched[view]
+                for j, (key, row) in enumerate(zip(keys, rows, strict=True)):
+                    old = entries.get(key)
+                    kept = row
+                    if old is not None and row is not None and same_row(old[1], row):
+                        kept = rows[j] = old[1]
+                    entries[key] = (now, kept)
                     entries.move_to_end(key)
                 self._size += len(entries) - before
             while self._size > self.capacity:
@@ -151,6 +161,18 @@ class RowCache:
         with self._lock:
             self._views.clear()
             self._size = 0
+
+
+def same_row(old: StampedRow | None, new: StampedRow) -> bool:
+    """Whether ``new`` holds ``old``'s time and values: equal, and each value of the same type
+    (``1`` is not ``1.0``: the log stores a row's values as they were). A list's items compare
+    by value (a reader's lists hold its dtype's type); two NaNs are not equal."""
+    if old is new:
+        return True
+    if old is None or old.ts_us != new.ts_us or old.values != new.values:
+        return False  # equality first, in C: most changed rows stop here
+    was = old.values
+    return all(was[name].__class__ is value.__class__ for name, value in new.values.items())
 
 
 @dataclass(slots=True)
