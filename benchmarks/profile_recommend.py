@@ -67,6 +67,8 @@ def patch(stages: Stages, recommender: Recommender) -> None:
     cache.get = stages.wrap("row cache (neighbour, trending, item rows)", cache.get)  # type: ignore[method-assign]
     reader = cache.reader
     reader.read_rows = stages.wrap("store reads (redis)", reader.read_rows)  # type: ignore[method-assign]
+    if hasattr(reader, "reread_rows"):  # the row cache's reads of rows it holds
+        reader.reread_rows = stages.wrap("store reads (redis)", reader.reread_rows)
     for attr in ("get", "put", "shown_before"):
         setattr(
             ResponseCache,

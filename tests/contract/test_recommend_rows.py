@@ -24,7 +24,13 @@ from featrec.core.features import catalog
 from featrec.core.features.catalog import Dtype
 from featrec.core.features.rows import FeatureRow
 from featrec.core.ports.features import InMemoryFeatureStore
-from featrec.core.ports.serving import Found, InMemoryRows, StampedRow, Wanted
+from featrec.core.ports.serving import (
+    Found,
+    InMemoryRows,
+    RereadingRowReader,
+    StampedRow,
+    Wanted,
+)
 from featrec.errors import StoreError, StoreUnavailable
 from featrec.settings import Settings
 
@@ -171,6 +177,47 @@ def test_redis_reader_reads_what_the_writer_wrote_in_one_round_trip(
     reader = RedisRowReader(client, project)
     assert reader.read_rows(WANTED) == expected_rows()
     assert reader.read_rows({catalog.ITEM_FEATURES.name: []}) == {catalog.ITEM_FEATURES.name: []}
+
+
+def test_redis_reader_rereads_an_unchanged_row_as_the_object_it_knows(
+    redis_settings: Settings,
+) -> None:
+    """A row read again whose stored bytes are unchanged is the known object (not decoded);
+    a changed row, a row known from elsewhere (no fingerprint) or a deleted one are read anew."""
+    project, _ = redis_layout_options(redis_settings)
+    client = redis.Redis.from_url(redis_settings.redis_url)
+    RedisLayoutWriter(client, project).write(ROWS)
+    reader = RedisRowReader(client, project)
+    assert isinstance(reader, RereadingRowReader)
+    first = reader.read_rows(WANTED)
+    again = reader.reread_rows(WANTED, first)
+    assert again == first == expected_rows()
+    for view, rows in again.items():
+        for row, was in zip(rows, first[view], strict=True):
+            assert row is was  # every present row: the very object known
+    items = catalog.ITEM_FEATURES.name
+    i1 = first[items][0]
+    assert i1 is not None and i1.fingerprint is not None
+    # a changed row (same key, new values) is decoded anew
+    newer = FeatureRow(items, "i1", {**ROWS[2].values, "price": 10.0}, ROWS[2].version + 1)
+    RedisLayoutWriter(client, project).write([newer])
+    changed = reader.reread_rows({items: ["i1"]}, {items: [i1]})[items][0]
+    assert changed is not i1 and changed == StampedRow(dict(newer.values), newer.version)
+    assert changed is not None and changed.fingerprint != i1.fingerprint
+    # a known row without a fingerprint (another reader's) is decoded, equal
+    plain = StampedRow(dict(changed.values), changed.ts_us)
+    assert reader.reread_rows({items: ["i1"]}, {items: [plain]})[items][0] == changed
+    assert reader.reread_rows({items: ["i1"]}, {items: [plain]})[items][0] is not plain
+    # through the row cache: the held row comes back when unchanged
+    now = [0.0]
+    cache = RowCache(reader, max_age_s=1.0, monotonic=lambda: now[0])
+    held = cache.get({items: ["i1", "i2"]})[items]
+    now[0] = 2.0
+    assert cache.get({items: ["i1", "i2"]})[items] == held
+    assert cache.get({items: ["i1"]})[items][0] is held[0]
+    client.delete(*client.keys("*"))  # the row is gone: read as missing, not kept
+    now[0] = 4.0
+    assert cache.get({items: ["i1"]})[items] == [None]
 
 
 def test_redis_reader_equals_stock_feast_and_the_sdk_reader(redis_settings: Settings) -> None:

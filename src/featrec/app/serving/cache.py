@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from featrec.core.ports.serving import Found, RowReader, StampedRow, Wanted
+from featrec.core.ports.serving import Found, RereadingRowReader, RowReader, StampedRow, Wanted
 from featrec.errors import ConfigError, StoreError, StoreUnavailable
 
 T = TypeVar("T")
@@ -49,6 +49,8 @@ class RowCache:
         if capacity < 1:
             raise ConfigError(f"row cache capacity must be >= 1, got {capacity}")
         self.reader = reader
+        #: The reader tells unchanged rows from their bytes (the rows held are passed to it).
+        self._rereads = isinstance(reader, RereadingRowReader)
         self.max_age_s = max_age_s
         self.capacity = capacity
         self._monotonic = monotonic
@@ -75,6 +77,7 @@ class RowCache:
         out: Found = {}
         missing: dict[str, list[str]] = {}
         positions: dict[str, list[int]] = {}
+        known: Found = {}  # the rows held for the keys read again (None: never read)
         hits = misses = 0
         with self._lock:
             views = self._views
@@ -92,6 +95,7 @@ class RowCache:
                 if stale:
                     missing[view] = [keys[j] for j in stale]
                     positions[view] = stale
+                    known[view] = [_row_of(cached[j]) for j in stale]
                     misses += len(stale)
                 hits += len(keys)
                 out[view] = found
@@ -102,7 +106,11 @@ class RowCache:
         try:
             if offline:
                 raise StoreUnavailable("offline")
-            fetched = self.reader.read_rows(missing)
+            reader = self.reader
+            if self._rereads:
+                fetched = reader.reread_rows(missing, known)  # type: ignore[attr-defined]
+            else:
+                fetched = reader.read_rows(missing)
         except StoreError:
             if not (stale_ok or offline):
                 raise
@@ -161,6 +169,10 @@ class RowCache:
         with self._lock:
             self._views.clear()
             self._size = 0
+
+
+def _row_of(entry: tuple[float, StampedRow | None] | None) -> StampedRow | None:
+    return None if entry is None else entry[1]
 
 
 def same_row(old: StampedRow | None, new: StampedRow) -> bool:

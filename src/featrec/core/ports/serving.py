@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from featrec.core.ports.features import InMemoryFeatureStore
@@ -25,10 +25,15 @@ Clock = Callable[[], float]
 @dataclass(frozen=True, slots=True)
 class StampedRow:
     """One entity's stored values of one view and the event time they were written with
-    (µs since the epoch; Feast's SQLite store keeps whole seconds)."""
+    (µs since the epoch; Feast's SQLite store keeps whole seconds).
+
+    ``fingerprint``: what a reader that can tell an unchanged row from its stored bytes
+    (:class:`RereadingRowReader`) keeps to do so; not part of the row's value (equality,
+    the request log)."""
 
     values: Mapping[str, object]
     ts_us: int
+    fingerprint: bytes | None = field(default=None, compare=False, repr=False)
 
 
 #: Per view name, the entity keys wanted (``{"item_features": ["a", "b"], ...}``).
@@ -46,6 +51,15 @@ class RowReader(Protocol):
     """
 
     def read_rows(self, wanted: Wanted) -> Found: ...
+
+
+@runtime_checkable
+class RereadingRowReader(RowReader, Protocol):
+    """A :class:`RowReader` that reads rows again cheaply: ``known`` holds, aligned with
+    ``wanted``, the rows read before (or None), and a row whose stored bytes are unchanged
+    comes back as that very object, not decoded again (the row cache uses it)."""
+
+    def reread_rows(self, wanted: Wanted, known: Found) -> Found: ...
 
 
 class InMemoryRows:
