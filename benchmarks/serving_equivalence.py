@@ -16,6 +16,8 @@ was saved), is written as one JSON line. Run it on the old tree and on the new o
     # ... change the code (or point PYTHONPATH at the old tree's src/ for the first run) ...
     flock /tmp/featrec-heavy.lock .venv/bin/python benchmarks/serving_equivalence.py \
         --out after.jsonl --compare before.jsonl
+
+``--item-cache-s 0`` reads every row again at every use (the row cache's re-read path).
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--compare", type=Path, default=None, help="an earlier --out to compare with")
     ap.add_argument("--requests", type=int, default=60, help="requests per size and setting")
+    ap.add_argument(
+        "--item-cache-s",
+        type=float,
+        default=None,
+        help="the row cache's max age (0: every row is read again at every use)",
+    )
     args = ap.parse_args(argv)
     bench.NOW_S = NOW_S
     bench.T0 = int(NOW_S * 1_000_000)
@@ -87,6 +95,8 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> list[bytes]
             config = replace(
                 ServingConfig(max_session_age_s=1e9), candidates=pool_config(n), rerank=rerank
             )
+            if args.item_cache_s is not None:
+                config = replace(config, item_cache_s=args.item_cache_s)
             recommender = open_recommender(
                 settings,
                 ServingOptions(request_log="sqlite", model="latest", config=config),
@@ -116,7 +126,11 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> list[bytes]
                     "degraded": answer.degraded_code,
                     "items": items,
                     "body": body,
-                    "rows": [(r.view, r.key, r.row) for r in logged.rows],
+                    # a row's value: its time and values (a reader's fingerprint is not part of it)
+                    "rows": [
+                        (r.view, r.key, None if r.row is None else (r.row.ts_us, r.row.values))
+                        for r in logged.rows
+                    ],
                 }
                 out.append(orjson.dumps(entry, option=orjson.OPT_SORT_KEYS))
                 explained = recommender.explain(answer.request_id)
