@@ -199,7 +199,7 @@ def test_redis_reader_rereads_an_unchanged_row_as_the_object_it_knows(
     i1 = first[items][0]
     assert i1 is not None and i1.fingerprint is not None
     # a changed row (same key, new values) is decoded anew
-    newer = FeatureRow(items, "i1", {**ROWS[2].values, "price": 10.0}, ROWS[2].version + 1)
+    newer = newer_i1()
     RedisLayoutWriter(client, project).write([newer])
     changed = reader.reread_rows({items: ["i1"]}, {items: [i1]})[items][0]
     assert changed is not i1 and changed == StampedRow(dict(newer.values), newer.version)
@@ -276,19 +276,32 @@ class CountingRows:
         return self.inner.read_rows(wanted)
 
 
-def test_row_cache_bounds_staleness_and_reads_misses_in_one_call() -> None:
+def counting_cache(
+    max_age_s: float = 5.0,
+) -> tuple[RowCache, CountingRows, InMemoryFeatureStore, list[float]]:
+    """A row cache over a counting in-memory reader of ``ROWS``, on a clock the test sets."""
     store = InMemoryFeatureStore()
     store.write(ROWS)
     rows = CountingRows(store)
     now = [0.0]
-    cache = RowCache(rows, max_age_s=5.0, monotonic=lambda: now[0])
+    return RowCache(rows, max_age_s=max_age_s, monotonic=lambda: now[0]), rows, store, now
+
+
+def newer_i1() -> FeatureRow:
+    """Item ``i1``'s row with another price, one version later."""
+    items = catalog.ITEM_FEATURES.name
+    return FeatureRow(items, "i1", {**ROWS[2].values, "price": 10.0}, ROWS[2].version + 1)
+
+
+def test_row_cache_bounds_staleness_and_reads_misses_in_one_call() -> None:
+    cache, rows, store, now = counting_cache()
     items = catalog.ITEM_FEATURES.name
     trending = catalog.ITEM_TRENDING.name
     first = cache.get({items: ["i1", "i2"], trending: ["i1"]})
     assert rows.calls == [{items: ["i1", "i2"], trending: ["i1"]}]
     assert first[items][0] is not None and first[items][1] is None
     # a newer row is written; within 5 s the cache answers (bounded staleness), after it re-reads
-    newer = FeatureRow(items, "i1", {**ROWS[2].values, "price": 10.0}, ROWS[2].version + 1)
+    newer = newer_i1()
     store.write([newer])
     now[0] = 5.0
     again = cache.get({items: ["i1", "i2"], trending: ["i1"]})
@@ -300,11 +313,7 @@ def test_row_cache_bounds_staleness_and_reads_misses_in_one_call() -> None:
 
 
 def test_row_cache_keeps_an_unchanged_row_read_again_as_the_same_object() -> None:
-    store = InMemoryFeatureStore()
-    store.write(ROWS)
-    rows = CountingRows(store)
-    now = [0.0]
-    cache = RowCache(rows, max_age_s=5.0, monotonic=lambda: now[0])
+    cache, rows, store, now = counting_cache()
     items = catalog.ITEM_FEATURES.name
     first = cache.get({items: ["i1", "i2"]})[items]
     now[0] = 6.0  # both rows are read again; i1 is unchanged, i2 is still missing
@@ -312,7 +321,7 @@ def test_row_cache_keeps_an_unchanged_row_read_again_as_the_same_object() -> Non
     assert len(rows.calls) == 2
     assert again[0] is first[0] and again[1] is None
     # the serving path's memos key on identity: a changed row must be a new object
-    newer = FeatureRow(items, "i1", {**ROWS[2].values, "price": 10.0}, ROWS[2].version + 1)
+    newer = newer_i1()
     store.write([newer])
     now[0] = 12.0
     fresh = cache.get({items: ["i1"]})[items][0]
@@ -346,11 +355,7 @@ def test_same_row_means_the_same_values_of_the_same_types(
 
 
 def test_row_cache_answers_stale_only_when_allowed() -> None:
-    store = InMemoryFeatureStore()
-    store.write(ROWS)
-    rows = CountingRows(store)
-    now = [0.0]
-    cache = RowCache(rows, max_age_s=1.0, monotonic=lambda: now[0])
+    cache, rows, _, now = counting_cache(max_age_s=1.0)
     items = catalog.ITEM_FEATURES.name
     cached = cache.get({items: ["i1"]})[items][0]
     rows.down = True
