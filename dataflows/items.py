@@ -315,7 +315,7 @@ def add_item_signals(
     def to_board(kvs: list[tuple[str, TrendUpdate]]) -> list[tuple[str, list[TrendUpdate]]]:
         return [(TRENDING_KEY, [update for _, update in kvs])]
 
-    by_session = op.flat_map_batch("key_sessions", arrivals, partial(group_by, _session_of))
+    by_session = op.flat_map_batch("key_sessions", arrivals, partial(group_by, session_of))
     made = op.stateful_batch("pairs", by_session, pairs_builder)
     by_anchor = op.flat_map_batch("shard_pairs", made, group_pairs)
     neighbour_rows = op.stateful_batch("neighbours", by_anchor, neighbours_builder)
@@ -466,10 +466,6 @@ def _listed(row: FeatureRow) -> list[FeatureRow]:
 
 def _seq_of(made: EventPairs) -> int:
     return made.seq
-
-
-def _session_of(arrival: Sequenced) -> str:
-    return arrival.event.session_id
 
 
 def _is_event(item: Input) -> bool:

@@ -95,7 +95,8 @@ class RowCache:
                 if stale:
                     missing[view] = [keys[j] for j in stale]
                     positions[view] = stale
-                    known[view] = [_row_of(cached[j]) for j in stale]
+                    if self._rereads:
+                        known[view] = [_row_of(cached[j]) for j in stale]
                     misses += len(stale)
                 hits += len(keys)
                 out[view] = found
