@@ -47,6 +47,33 @@ class Signals:
         return {i: self._model[i] for i in items if i in self._model}
 
 
+class Announced(Signals):
+    """:class:`~featrec.core.candidates.signals.PrefetchingSignals`: generation must announce
+    every list it reads, once, before its first read."""
+
+    announced: tuple[set[str], set[str], set[str | None]] | None = None
+
+    def prefetch(
+        self, items: Sequence[str], model: Sequence[str], trending: Sequence[str | None]
+    ) -> None:
+        assert self.announced is None, "announced twice"
+        self.announced = (set(items), set(model), set(trending))
+
+    def neighbours(self, items: Sequence[str]) -> dict[str, Sequence[tuple[str, float]]]:
+        assert self.announced is not None and set(items) <= self.announced[0]
+        return super().neighbours(items)
+
+    def trending(self, category: str | None = None) -> Sequence[tuple[str, float]]:
+        assert self.announced is not None and category in self.announced[2]
+        return super().trending(category)
+
+    def model_neighbours(
+        self, items: Sequence[str], session_id: str | None = None
+    ) -> dict[str, Sequence[tuple[str, float]]]:
+        assert self.announced is not None and set(items) <= self.announced[1]
+        return super().model_neighbours(items, session_id)
+
+
 @settings(max_examples=examples(100), deadline=None)
 @given(
     neighbours=st.dictionaries(st.sampled_from(ITEMS), pairs, max_size=12),
@@ -102,6 +129,10 @@ def test_generation_equals_the_replaced_version(
     assert [c.details for c in new] == [c.details for c in old]
     assert [list(c.scores) for c in new] == [list(c.scores) for c in old]  # key order too
     assert [list(c.details) for c in new] == [list(c.details) for c in old]  # (the log's order)
+    # told up front what it will read, the lookup answers the same candidates
+    announced = Announced(neighbours, trending, history, model)
+    assert generate(session, event_types, user, announced, config, categories=categories) == new
+    assert announced.announced is not None
 
 
 def _top_reference(scores: dict[str, float], n: int) -> list[str]:

@@ -7,8 +7,11 @@ from __future__ import annotations
 from featrec.app.item_signals import trending_key
 from featrec.app.serving.cache import RowCache
 from featrec.app.serving.row_signals import PairsMemo, RowSignals
+from featrec.core.candidates.signals import PrefetchingSignals
+from featrec.core.features import catalog
+from featrec.core.features.rows import FeatureRow
 from featrec.core.ports.features import InMemoryFeatureStore
-from featrec.core.ports.serving import InMemoryRows, StampedRow
+from featrec.core.ports.serving import Found, InMemoryRows, StampedRow, Wanted
 from featrec.testing.shop import NEIGHBOURS, T0, neighbour_row, world_rows
 
 
@@ -53,3 +56,52 @@ def test_an_entry_is_used_only_for_the_row_it_came_from() -> None:
         memo.neighbours(f"k{n}", old)
     assert len(memo._neighbours) <= 2
     assert memo.neighbours(trending_key("c1"), new) == (("z", 5.0),)
+
+
+class CountingRows(InMemoryRows):
+    """The in-memory reader, recording what each call asked for (one call: one round trip)."""
+
+    def __init__(self, store: InMemoryFeatureStore) -> None:
+        super().__init__(store)
+        self.calls: list[dict[str, list[str]]] = []
+
+    def read_rows(self, wanted: Wanted) -> Found:
+        self.calls.append({view: list(keys) for view, keys in wanted.items()})
+        return super().read_rows(wanted)
+
+
+def model_row(key: str, pairs: list[tuple[str, float]]) -> FeatureRow:
+    values = {"model_ids": [i for i, _ in pairs], "model_weights": [w for _, w in pairs]}
+    values |= {"model_version": "m1", "trained_at_s": T0 / 1e6}
+    return FeatureRow(catalog.ITEM_MODEL.name, key, values, T0)
+
+
+def test_prefetch_reads_every_list_in_one_call_and_the_reads_answer_from_it() -> None:
+    store = InMemoryFeatureStore()
+    store.write([*world_rows(), model_row("a1", [("b1", 0.5), ("a2", 0.25)])])
+    reader = CountingRows(store)
+    # max age 0: the cache holds nothing fresh, so every cache call would be a read
+    lookup = RowSignals(RowCache(reader, max_age_s=0.0), None)
+    assert isinstance(lookup, PrefetchingSignals)
+    lookup.prefetch(["a1", "b1"], ["a1", "b1"], [None, "A"])
+    assert reader.calls == [
+        {
+            catalog.ITEM_NEIGHBOURS.name: ["a1", "b1", trending_key(None), trending_key("A")],
+            catalog.ITEM_MODEL.name: ["a1", "b1"],
+        }
+    ]
+    neighbours = lookup.neighbours(["a1", "b1"])
+    model = lookup.model_neighbours(["a1", "b1"])
+    trending, category = lookup.trending(None), lookup.trending("A")
+    assert len(reader.calls) == 1  # all from what the prefetch read
+    plain = RowSignals(RowCache(InMemoryRows(store), max_age_s=0.0), None)  # no prefetch
+    assert neighbours == plain.neighbours(["a1", "b1"]) and neighbours["a1"]
+    assert model == plain.model_neighbours(["a1", "b1"]) == {"a1": (("b1", 0.5), ("a2", 0.25))}
+    assert trending == plain.trending(None) and trending
+    assert category == plain.trending("A") and category
+    # a list not announced is read through the cache, as without a prefetch
+    assert lookup.trending("B") == plain.trending("B")
+    assert reader.calls[1:] == [{catalog.ITEM_NEIGHBOURS.name: [trending_key("B")]}]
+    # nothing to read: no call
+    RowSignals(RowCache(reader, max_age_s=0.0), None).prefetch([], [], [])
+    assert len(reader.calls) == 2

@@ -21,6 +21,11 @@ class RowSignals:
     ``offline``: never touch the store, answer from the cache however old (the store is down).
     ``pairs``: the lists decoded from rows already seen (one per recommender, shared by its
     requests); without it every list is decoded again.
+
+    One object serves one request. Generation first calls :meth:`prefetch` with every list it
+    may read: they come from the cache in one call, so the rows it does not hold fresh are
+    read in one round trip (the neighbour lists and the item model's lists were two), and the
+    reads that follow answer from what that call found.
     """
 
     def __init__(
@@ -35,10 +40,37 @@ class RowSignals:
         self._user = user
         self._offline = offline
         self._pairs = pairs if pairs is not None else PairsMemo(capacity=1)
+        #: Per view, the rows :meth:`prefetch` found, by key.
+        self._fetched: dict[str, dict[str, StampedRow | None]] = {}
+
+    def prefetch(
+        self, items: Sequence[str], model: Sequence[str], trending: Sequence[str | None]
+    ) -> None:
+        wanted: dict[str, list[str]] = {}
+        lists = list(dict.fromkeys([*items, *map(trending_key, trending)]))
+        if lists:
+            wanted[ITEM_NEIGHBOURS.name] = lists
+        if model:
+            wanted[ITEM_MODEL.name] = list(dict.fromkeys(model))
+        if not wanted:
+            return
+        found = self._cache.get(wanted, offline=self._offline)
+        self._fetched = {
+            view: dict(zip(keys, found[view], strict=True)) for view, keys in wanted.items()
+        }
+
+    def _rows(self, view: str, keys: Sequence[str]) -> list[StampedRow | None]:
+        """The rows of ``keys``: those :meth:`prefetch` found, else through the cache."""
+        fetched = self._fetched.get(view)
+        if fetched is not None:
+            try:
+                return [fetched[key] for key in keys]
+            except KeyError:  # a key not announced: the cache
+                pass
+        return self._cache.get({view: keys}, offline=self._offline)[view]
 
     def _lists(self, keys: Sequence[str]) -> list[StampedRow | None]:
-        found = self._cache.get({ITEM_NEIGHBOURS.name: keys}, offline=self._offline)
-        return found[ITEM_NEIGHBOURS.name]
+        return self._rows(ITEM_NEIGHBOURS.name, keys)
 
     def neighbours(self, items: Sequence[str]) -> dict[str, Sequence[tuple[str, float]]]:
         out: dict[str, Sequence[tuple[str, float]]] = {}
@@ -58,10 +90,9 @@ class RowSignals:
     ) -> dict[str, Sequence[tuple[str, float]]]:
         if not items:
             return {}
-        found = self._cache.get({ITEM_MODEL.name: items}, offline=self._offline)
         out: dict[str, Sequence[tuple[str, float]]] = {}
         decoded = self._pairs.model
-        for item, row in zip(items, found[ITEM_MODEL.name], strict=True):
+        for item, row in zip(items, self._rows(ITEM_MODEL.name, items), strict=True):
             if row is not None:
                 out[item] = decoded(item, row)
         return out

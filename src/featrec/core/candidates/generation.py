@@ -49,7 +49,7 @@ from featrec.core.candidates.model import (
     Candidate,
     new_candidate,
 )
-from featrec.core.candidates.signals import SignalLookup
+from featrec.core.candidates.signals import PrefetchingSignals, SignalLookup
 from featrec.core.items import slist
 from featrec.core.items.session_scorer import ScorerConfig, score_session
 
@@ -99,6 +99,12 @@ def generate(
     ):
         history = list(dict.fromkeys(signals.user_history(user_id)))[: config.history_anchors]
     wanted = list(dict.fromkeys([*anchors, *history]))
+    use_model = bool(config.max_model) or config.order == "model"
+    model_items = list(dict.fromkeys(session_items[: config.model_last_n])) if use_model else []
+    read_global = bool(config.max_trending or config.max_popular)
+    context = list(dict.fromkeys(categories))[: config.max_categories]
+    if isinstance(signals, PrefetchingSignals):  # every list below, read in one go
+        signals.prefetch(wanted, model_items, [None, *context] if read_global else context)
     found = signals.neighbours(wanted) if wanted else {}
 
     def lookup(anchor: str) -> Sequence[tuple[str, float]]:
@@ -139,10 +145,8 @@ def generate(
         by_source[HISTORY] = history_scores
         admit(HISTORY, _top(history_scores, config.max_history))
 
-    if config.max_model or config.order == "model":
-        model_rows = signals.model_neighbours(
-            list(dict.fromkeys(session_items[: config.model_last_n])), session_id
-        )
+    if use_model:
+        model_rows = signals.model_neighbours(model_items, session_id)
         if model_rows:
             model_scores = slist.score_session(
                 session_items,
@@ -154,8 +158,8 @@ def generate(
             admit(MODEL, _top(model_scores, config.max_model))
 
     trending_scores = by_source[TRENDING]
-    global_list = list(signals.trending(None)) if config.max_trending or config.max_popular else []
-    for category in list(dict.fromkeys(categories))[: config.max_categories]:
+    global_list = list(signals.trending(None)) if read_global else []
+    for category in context:
         head = list(signals.trending(category))[: config.max_category_trending]
         trending_scores.update(head)
         admit(TRENDING, (item for item, _ in head))

@@ -46,6 +46,22 @@ class SignalLookup(Protocol):
         ...
 
 
+@runtime_checkable
+class PrefetchingSignals(Protocol):
+    """A :class:`SignalLookup` told up front which lists a request will read, so that it can
+    read them together (one round trip to a store instead of one per kind of list).
+
+    :func:`~featrec.core.candidates.generation.generate` calls :meth:`prefetch` once, before
+    its first read, with every key it may read: the neighbour lists of ``items`` (the
+    session's anchors and the user's history), the item model's lists of ``model`` and the
+    trending lists of ``trending`` (``None``: the global list). The reads that follow answer
+    what was read then."""
+
+    def prefetch(
+        self, items: Sequence[str], model: Sequence[str], trending: Sequence[str | None]
+    ) -> None: ...
+
+
 class InMemorySignals:
     """:class:`SignalLookup` over a covisit index, a trending board and purchase lists.
 
