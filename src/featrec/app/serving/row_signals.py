@@ -23,9 +23,8 @@ class RowSignals:
     requests); without it every list is decoded again.
 
     One object serves one request. Generation first calls :meth:`prefetch` with every list it
-    may read: they come from the cache in one call, so the rows it does not hold fresh are
-    read in one round trip (the neighbour lists and the item model's lists were two), and the
-    reads that follow answer from what that call found.
+    may read: they come from the cache in one call (the rows it does not hold fresh in one
+    round trip), and the reads that follow answer from what that call found.
     """
 
     def __init__(
