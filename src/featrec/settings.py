@@ -319,6 +319,9 @@ class ServeSettings(EnvModel):
         min_length=1,
     )
     request_log: RequestLog = var("sqlite", "where served requests are logged")
+    request_log_keep_h: float = var(
+        168.0, "hours the request log keeps an entry (SQLite: whole hours deleted)", ge=1
+    )
     max_session_age_s: float = var(
         600.0, "a session row older than this is stale: degraded answer (s)", ge=0
     )

@@ -21,6 +21,7 @@ import redis
 from featrec.adapters.background_log import BackgroundRequestLog
 from featrec.adapters.redis.request_log import RedisRequestLog
 from featrec.adapters.request_entries import RowDigests, entry_json
+from featrec.adapters.sqlite.partitioned_log import PartitionedRequestLog
 from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.app.serving.recommender import Recommender
 from featrec.app.serving.record import ServedRequest
@@ -74,12 +75,23 @@ SHARED = StampedRow(
 
 
 @pytest.fixture(
-    params=["memory", "sqlite", "redis", "redis-cluster", "background-sqlite", "background-redis"]
+    params=[
+        "memory",
+        "sqlite",
+        "hourly-sqlite",
+        "redis",
+        "redis-cluster",
+        "background-sqlite",
+        "background-hourly-sqlite",
+        "background-redis",
+    ]
 )
 def request_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RequestLog]:
     log: RequestLog
     if request.param == "memory":
         log = InMemoryRequestLog()
+    elif request.param.endswith("hourly-sqlite"):
+        log = PartitionedRequestLog(tmp_path / "requests", keep_s=86_400)
     elif request.param.endswith("sqlite"):
         log = SqliteRequestLog(tmp_path / "requests.db")
     elif request.param == "redis-cluster":
@@ -89,7 +101,7 @@ def request_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Requ
         url = request.getfixturevalue("redis_url")
         log = RedisRequestLog(redis.Redis.from_url(url), owns_client=True)
     if request.param.startswith("background"):
-        assert isinstance(log, SqliteRequestLog | RedisRequestLog)
+        assert isinstance(log, SqliteRequestLog | PartitionedRequestLog | RedisRequestLog)
         log = BackgroundRequestLog(log)
     yield log
     log.close()

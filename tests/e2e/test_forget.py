@@ -40,6 +40,7 @@ from featrec.adapters.files.event_log import read_event_log
 from featrec.adapters.redis.deny_list import stores_for
 from featrec.adapters.redis.request_log import RedisRequestLog
 from featrec.adapters.redis.streams import connect, publish
+from featrec.adapters.sqlite.partitioned_log import PartitionedRequestLog
 from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.core.events.generator import GeneratorConfig, generate
 from featrec.core.events.model import MIN_TS, Event
@@ -51,7 +52,7 @@ from featrec.jobs.declared import backfill
 from featrec.jobs.forget import forget_user
 from featrec.jobs.log_import import import_events
 from featrec.jobs.materialize import materialize
-from featrec.jobs.serving import request_log_path
+from featrec.jobs.serving import open_request_log, request_log_dir, request_log_path
 from featrec.settings import Settings
 
 USER_VIEWS = (catalog.USER_FEATURES.name,)
@@ -154,7 +155,9 @@ def training_set(settings: Settings) -> None:
     pq.write_table(table, path)
 
 
-def log_requests(log: SqliteRequestLog | RedisRequestLog, user: str, session: str) -> None:
+def log_requests(
+    log: SqliteRequestLog | PartitionedRequestLog | RedisRequestLog, user: str, session: str
+) -> None:
     row = StampedRow({"user_id": user, "n_events": 3}, 1)
     item = StampedRow({"price": 1.5}, 1)
     log.append_many(
@@ -236,8 +239,10 @@ class Scan:
         for path in settings.home.glob("deadletters*.jsonl"):
             for line in path.read_text().splitlines():
                 self.add("dead letters", self.text(json.loads(line)["payload"]))
-        path = request_log_path(settings)
-        if path.exists():
+        # the log written before (one file) and the hour files of today's
+        for path in [request_log_path(settings), *request_log_dir(settings).glob("*Z.db")]:
+            if not path.exists():
+                continue
             with sqlite3.connect(path) as db:
                 for (entry,) in db.execute("SELECT entry FROM requests"):
                     self.add("request log", self.text(entry))
@@ -344,6 +349,9 @@ def forget_and_replay(settings: Settings, tmp_path: Path, *, redis: bool) -> Non
     batch_and_materialize(settings, fast=True)
     training_set(settings)
     log_requests(SqliteRequestLog(request_log_path(settings)), user, min(sessions))
+    hourly = open_request_log(settings, "sqlite")
+    log_requests(hourly, user, min(sessions))
+    hourly.close()
     if client is not None:
         log_requests(RedisRequestLog(client), user, min(sessions))
 
@@ -370,7 +378,8 @@ def forget_and_replay(settings: Settings, tmp_path: Path, *, redis: bool) -> Non
     report = forget_user(settings, user)
     assert report.sessions == len(sessions)
     assert report.events_removed > 0 and report.batch_rows_removed > 0
-    assert report.request_log_entries == (2 if redis else 1)
+    # one entry in each log: the one-file SQLite log, the hourly one, and Redis's
+    assert report.request_log_entries == (3 if redis else 2)
     declared = {k: v for k, v in report.online_rows.items() if k not in USER_VIEWS + SESSION_VIEWS}
     # item_popularity counts distinct session ids: its state keeps them, so its rows of the
     # user's items go too (recomputed by the next event or the backfill).
@@ -421,6 +430,9 @@ def forget_and_replay(settings: Settings, tmp_path: Path, *, redis: bool) -> Non
         assert RedisRequestLog(client).get("r-other") is not None
         client.close()
     assert SqliteRequestLog(request_log_path(settings)).get("r-other") is not None
+    hourly = open_request_log(settings, "sqlite")
+    assert hourly.get("r-other") is not None
+    hourly.close()
 
 
 def test_forget_on_sqlite_then_replay_brings_nothing_back(

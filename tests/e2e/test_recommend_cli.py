@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from featrec.cli.serve import explain, recommend
 from featrec.core.evaluation.experiments import ArmConfig, Experiment, assign
 from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker
 from featrec.errors import ConfigError
-from featrec.jobs.serving import ServingOptions, options_from_env
+from featrec.jobs.serving import ServingOptions, open_request_log, options_from_env
+from featrec.settings import Settings
 from featrec.testing.feast_repo import copy_feature_repo
 from featrec.testing.shop import world_rows
 
@@ -76,7 +78,8 @@ def test_explain_exits_1_when_the_log_does_not_reproduce(env: dict[str, str]) ->
         recommend, ["s1", "--k", "5", "--json", "--model", "none", *FRESH], env=env
     )
     answer = json.loads(result.output)
-    db = sqlite3.connect(Path(env["FEATREC_HOME"]) / "requests.db")
+    (part,) = (Path(env["FEATREC_HOME"]) / "requests").glob("*.db")  # this hour's file
+    db = sqlite3.connect(part)
     (entry,) = db.execute(
         "SELECT entry FROM requests WHERE request_id = ?", (answer["request_id"],)
     ).fetchone()
@@ -158,7 +161,41 @@ def test_serve_hands_the_experiment_to_its_workers() -> None:
     again = options_from_env(options.to_env())
     assert again.config.experiment == experiment
     assert options_from_env(ServingOptions().to_env()).config.experiment is None
+    kept = ServingOptions(request_log_keep_h=36.0)
+    assert options_from_env(kept.to_env()) == kept  # the workers' request log retention
     with pytest.raises(ConfigError, match=r"FEATREC_SERVE_EXPERIMENT='\{' is not a JSON object"):
         options_from_env({"FEATREC_SERVE_EXPERIMENT": "{"})
     with pytest.raises(ConfigError, match="EXPERIMENT: unknown experiment keys: colour"):
         options_from_env({"FEATREC_SERVE_EXPERIMENT": '{"colour": 1}'})
+
+
+def test_a_request_log_kept_under_an_hour_is_a_usage_error(env: dict[str, str]) -> None:
+    result = CliRunner().invoke(recommend, ["s1", "--request-log-keep", "0.5"], env=env)
+    assert result.exit_code == 2 and "0.5 is not in the range x>=1" in result.output, result.output
+
+
+def test_requests_status_lists_the_hour_files_and_prune_deletes_old_hours(
+    tmp_path: Path,
+) -> None:
+    from featrec.adapters.sqlite.partitioned_log import PERIOD_S
+    from featrec.cli import main
+    from featrec.core.ports.serving import RequestRecord
+
+    env = {"FEATREC_HOME": str(tmp_path / "home")}
+    now = time.time()
+    log = open_request_log(Settings(home=tmp_path / "home"), "sqlite")
+    for i, age_h in enumerate([30, 5, 0]):
+        created = now - age_h * PERIOD_S
+        log.append(RequestRecord(f"r{i}", created, {"session_id": f"s{i}", "user_id": None}, []))
+    log.close()
+    runner = CliRunner()
+    status = runner.invoke(main, ["requests", "status", "--json"], env=env)
+    assert status.exit_code == 0, status.output
+    files = json.loads(status.output)["files"]
+    assert [f["entries"] for f in files] == [1, 1, 1] and all(f["bytes"] > 0 for f in files)
+    pruned = runner.invoke(main, ["requests", "prune", "--keep", "24"], env=env)
+    assert pruned.exit_code == 0 and "deleted 1 request log entries" in pruned.output
+    text = runner.invoke(main, ["requests", "status"], env=env).output
+    assert text.splitlines()[-1].startswith("2 file(s), 2 entries")
+    bad = runner.invoke(main, ["requests", "prune", "--keep", "-1"], env=env)
+    assert bad.exit_code == 2 and "-1.0 is not in the range x>=0" in bad.output, bad.output

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from featrec.adapters.feast.repo import apply_repo
-from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.cli.live_session import MAX_SESSION_AGE_S, SESSION_ID, run_live_session
 from featrec.core.events.generator import GeneratorConfig, generate
+from featrec.jobs.serving import open_request_log
 from featrec.settings import Settings
 
 
@@ -30,7 +29,7 @@ def test_live_session_updates_with_reasons_then_falls_back(sqlite_settings: Sett
     assert f"(limit {MAX_SESSION_AGE_S:g} s): the session stream may be down" in degraded[0]
     # every answer is in the request log and explains itself
     request_id = lines[-1].split()[-1]
-    log = SqliteRequestLog(Path(sqlite_settings.home) / "requests.db")
+    log = open_request_log(sqlite_settings, "sqlite")
     record = log.get(request_id)
     assert record is not None and record.body["degraded_code"] == "stale_session"
     log.close()

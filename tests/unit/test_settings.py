@@ -54,6 +54,7 @@ BAD_FROM_ENV = {
     "FEATREC_SERVE_REQUEST_LOG": ("kafka", "one of: sqlite, redis"),
     "FEATREC_SERVE_MAX_SESSION_AGE_S": ("-1", "a finite number >= 0"),
     "FEATREC_SERVE_ITEM_CACHE_S": ("a while", "a finite number >= 0"),
+    "FEATREC_SERVE_REQUEST_LOG_KEEP_H": ("0.5", "a finite number >= 1"),
     "FEATREC_SERVE_CANDIDATES": ("5001", "an integer from 1 to 5000"),
     "FEATREC_SERVE_EXPERIMENT": ("[1, 2]", "a JSON object"),
     "FEATREC_SERVE_COLLECT_MAPPING": ("{not json", "a JSON object"),

@@ -371,6 +371,7 @@ def _register_subcommands() -> None:
     from featrec.cli.evaluate import evaluate
     from featrec.cli.forget import forget
     from featrec.cli.items import items, run_items
+    from featrec.cli.requests import requests_group
     from featrec.cli.serve import explain, recommend, serve
     from featrec.cli.train import train
 
@@ -388,6 +389,7 @@ def _register_subcommands() -> None:
         explain,
         serve,
         forget,
+        requests_group,
         evaluate,
         declared_group,
         skew_command,

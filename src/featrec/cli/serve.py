@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from featrec.app.serving.config import MAX_K, REQUEST_LOGS, ServingConfig
+from featrec.app.serving.config import (
+    DEFAULT_REQUEST_LOG_KEEP_H,
+    MAX_K,
+    REQUEST_LOGS,
+    ServingConfig,
+)
 from featrec.app.serving.http_limits import HttpLimits
 from featrec.cli.items import with_settings
 from featrec.cli.mapping import mapping_options, resolve_mapping
@@ -69,7 +74,16 @@ def serving_options(command: F) -> F:
                 type=click.Choice(REQUEST_LOGS),
                 default="sqlite",
                 show_default=True,
-                help="Where requests are logged: FEATREC_HOME/requests.db or Redis.",
+                help="Where requests are logged: FEATREC_HOME/requests/ (a file per hour) or "
+                "Redis.",
+            ),
+            click.option(
+                "--request-log-keep",
+                "request_log_keep_h",
+                type=click.FloatRange(1),
+                default=DEFAULT_REQUEST_LOG_KEEP_H,
+                show_default=True,
+                help="Hours the request log keeps an entry (whole hours are deleted).",
             ),
             click.option(
                 "--max-session-age",
@@ -155,6 +169,7 @@ def _options(
     max_session_age: float,
     candidates: int,
     item_cache: float,
+    request_log_keep_h: float,
     experiment: Experiment | None = None,
 ) -> ServingOptions:
     from featrec.jobs.serving import ServingOptions, pool_config
@@ -164,7 +179,12 @@ def _options(
     )
     if candidates != config.candidates.max_total:
         config = replace(config, candidates=pool_config(candidates))
-    return ServingOptions(request_log=request_log, model=model, config=config)
+    return ServingOptions(
+        request_log=request_log,
+        model=model,
+        config=config,
+        request_log_keep_h=request_log_keep_h,
+    )
 
 
 @click.command()
@@ -189,13 +209,16 @@ def recommend(
     max_session_age: float,
     candidates: int,
     item_cache: float,
+    request_log_keep_h: float,
     experiment: Experiment | None,
     as_json: bool,
 ) -> None:
     """Recommend K items for SESSION_ID now, with scores and reasons."""
     from featrec.jobs.serving import open_recommender
 
-    options = _options(model, request_log, max_session_age, candidates, item_cache, experiment)
+    options = _options(
+        model, request_log, max_session_age, candidates, item_cache, request_log_keep_h, experiment
+    )
     recommender = open_recommender(settings, options)
     try:
         shown_list = [s.strip() for s in shown.split(",")] if shown is not None else None
@@ -437,6 +460,7 @@ def serve(
     max_session_age: float,
     candidates: int,
     item_cache: float,
+    request_log_keep_h: float,
     experiment: Experiment | None,
     mapping: str | None,
     map_pairs: tuple[str, ...],
@@ -453,7 +477,9 @@ def serve(
     resolved = resolve_mapping(click.get_current_context(), mapping, map_pairs)
     if resolved is not None:  # POST /events reads the shop's own schema through it
         os.environ["FEATREC_SERVE_COLLECT_MAPPING"] = json.dumps(resolved[1])
-    options = _options(model, request_log, max_session_age, candidates, item_cache, experiment)
+    options = _options(
+        model, request_log, max_session_age, candidates, item_cache, request_log_keep_h, experiment
+    )
     load_model(settings, options.model)  # a bad --model fails here, in one line
     os.environ.update(settings.to_env())
     os.environ.update(options.to_env())

@@ -38,7 +38,7 @@ from featrec.adapters.redis.cluster import online_client
 from featrec.adapters.redis.deny_list import stores_for
 from featrec.adapters.redis.request_log import RedisRequestLog
 from featrec.adapters.redis.streams import EVENT_FIELD, connect
-from featrec.adapters.sqlite.request_log import SqliteRequestLog
+from featrec.adapters.sqlite.partitioned_log import PartitionedRequestLog
 from featrec.core.events.model import MAX_ID_LENGTH
 from featrec.core.features import catalog
 from featrec.core.privacy import TOMBSTONE_FIELD, tombstones
@@ -205,12 +205,11 @@ class _Places:
 
     # -- request logs --------------------------------------------------------------------
 
-    def _request_logs(self) -> Iterator[SqliteRequestLog | RedisRequestLog]:
-        from featrec.jobs.serving import request_log_path
+    def _request_logs(self) -> Iterator[PartitionedRequestLog | RedisRequestLog]:
+        from featrec.jobs.serving import request_log_dir, request_log_path, sqlite_request_log
 
-        path = request_log_path(self.settings)
-        if path.exists():
-            log = SqliteRequestLog(path)
+        if request_log_dir(self.settings).exists() or request_log_path(self.settings).exists():
+            log = sqlite_request_log(self.settings)
             try:
                 yield log
             finally:

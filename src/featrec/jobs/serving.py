@@ -6,9 +6,11 @@ from ``FEATREC_*`` variables in its own process, see :func:`options_from_setting
 
 - Rows: :class:`~featrec.adapters.redis.rows.RedisRowReader` on Redis (Feast's layout read
   directly), :class:`~featrec.adapters.feast.rows.FeastRowReader` otherwise (stock SDK).
-- Request log: SQLite in ``<home>/requests.db`` (default: it keeps working when Redis does
-  not) or Redis (``request_log="redis"``: shared by every server process), written by a
-  :class:`~featrec.adapters.background_log.BackgroundRequestLog` off the request path.
+- Request log: SQLite in ``<home>/requests/``, one file per hour (default: it keeps working
+  when Redis does not; :mod:`featrec.adapters.sqlite.partitioned_log`), or Redis
+  (``request_log="redis"``: shared by every server process), written by a
+  :class:`~featrec.adapters.background_log.BackgroundRequestLog` off the request path. Both
+  keep entries ``request_log_keep_h`` hours (default a week).
 - Model: a version under ``<home>/models`` (the trusted directory), loaded by
   :mod:`featrec.adapters.files.model_store` (path, manifest, sha256 and feature list checked):
   ``"auto"`` is the newest version if there is one, ``"none"`` scores by candidate order.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -30,8 +33,8 @@ from typing import Any
 
 from featrec.adapters.background_log import BackgroundRequestLog
 from featrec.adapters.redis.request_log import RedisRequestLog
-from featrec.adapters.sqlite.request_log import SqliteRequestLog
-from featrec.app.serving.config import REQUEST_LOGS
+from featrec.adapters.sqlite.partitioned_log import PartitionedRequestLog
+from featrec.app.serving.config import DEFAULT_REQUEST_LOG_KEEP_H, REQUEST_LOGS
 from featrec.app.serving.recommender import LoadedModel, ModelLoader, Recommender, ServingConfig
 from featrec.app.serving.steps import SERVED_FEATURES
 from featrec.core.candidates.config import CandidateConfig
@@ -49,6 +52,7 @@ ENV_REQUEST_LOG = ServeSettings.variable("request_log")
 ENV_MAX_SESSION_AGE = ServeSettings.variable("max_session_age_s")
 ENV_ITEM_CACHE = ServeSettings.variable("item_cache_s")
 ENV_CANDIDATES = ServeSettings.variable("candidates")
+ENV_REQUEST_LOG_KEEP = ServeSettings.variable("request_log_keep_h")
 #: The A/B experiment as JSON (:meth:`featrec.core.evaluation.experiments.Experiment.to_dict`).
 ENV_EXPERIMENT = ServeSettings.variable("experiment")
 
@@ -62,12 +66,15 @@ class ServingOptions:
     #: which must exist) or a version name under ``<home>/models``.
     model: str = "auto"
     config: ServingConfig = field(default_factory=ServingConfig)
+    #: Hours the request log keeps its entries (SQLite: whole hours deleted; Redis: expiry).
+    request_log_keep_h: float = DEFAULT_REQUEST_LOG_KEEP_H
 
     def __post_init__(self) -> None:
         if self.request_log not in REQUEST_LOGS:
             raise ConfigError(
                 f"request log must be one of {', '.join(REQUEST_LOGS)}, got {self.request_log!r}"
             )
+        check_keep_h(self.request_log_keep_h)
 
     def to_env(self) -> dict[str, str]:
         experiment = self.config.experiment
@@ -77,6 +84,7 @@ class ServingOptions:
             ENV_MAX_SESSION_AGE: repr(self.config.max_session_age_s),
             ENV_ITEM_CACHE: repr(self.config.item_cache_s),
             ENV_CANDIDATES: str(self.config.candidates.max_total),
+            ENV_REQUEST_LOG_KEEP: repr(self.request_log_keep_h),
             ENV_EXPERIMENT: json.dumps(experiment.to_dict()) if experiment is not None else "",
         }
 
@@ -112,7 +120,12 @@ def options_from_settings(serve: ServeSettings) -> ServingOptions:
             raise ConfigError(f"{ENV_EXPERIMENT}: {e}") from None
     if changes:
         config = replace(config, **changes)
-    return ServingOptions(request_log=serve.request_log, model=serve.model, config=config)
+    return ServingOptions(
+        request_log=serve.request_log,
+        model=serve.model,
+        config=config,
+        request_log_keep_h=serve.request_log_keep_h,
+    )
 
 
 def open_rows(settings: Settings, declared: bool = False) -> RowReader:
@@ -135,17 +148,46 @@ def open_rows(settings: Settings, declared: bool = False) -> RowReader:
     return FeastRowReader(open_store(settings), SERVED_FEATURES)
 
 
-def open_request_log(settings: Settings, kind: str) -> SqliteRequestLog | RedisRequestLog:
+def open_request_log(
+    settings: Settings, kind: str, *, keep_h: float | None = None
+) -> PartitionedRequestLog | RedisRequestLog:
+    """The request log ``kind`` names. ``keep_h``: hours its entries are kept, for a writer
+    (None: a reader, which deletes nothing; Redis entries then expire after the default)."""
+    if keep_h is not None:
+        check_keep_h(keep_h)
     if kind == "redis":
         from featrec.adapters.redis.rows import serving_online_client
 
-        return RedisRequestLog(serving_online_client(settings), owns_client=True)
+        hours = DEFAULT_REQUEST_LOG_KEEP_H if keep_h is None else keep_h
+        return RedisRequestLog(
+            serving_online_client(settings), ttl_s=round(hours * 3600), owns_client=True
+        )
     if kind == "sqlite":
-        return SqliteRequestLog(request_log_path(settings))
+        return sqlite_request_log(settings, keep_h=keep_h)
     raise ConfigError(f"request log must be one of {', '.join(REQUEST_LOGS)}, got {kind!r}")
 
 
+def sqlite_request_log(settings: Settings, *, keep_h: float | None = None) -> PartitionedRequestLog:
+    """The SQLite request log: a file per hour, and the one file of earlier versions."""
+    return PartitionedRequestLog(
+        request_log_dir(settings),
+        keep_s=None if keep_h is None else keep_h * 3600,
+        legacy=request_log_path(settings),
+    )
+
+
+def check_keep_h(keep_h: float) -> None:
+    if not (math.isfinite(keep_h) and keep_h >= 1):
+        raise ConfigError(f"the request log must keep at least 1 hour, got {keep_h!r}")
+
+
+def request_log_dir(settings: Settings) -> Path:
+    """The SQLite request log: one file per hour."""
+    return settings.home / "requests"
+
+
 def request_log_path(settings: Settings) -> Path:
+    """The one-file SQLite request log of earlier versions (still read and deleted from)."""
     return settings.home / "requests.db"
 
 
@@ -197,7 +239,9 @@ def open_recommender(
 ) -> Recommender:
     """A recommender on the configured store, request log and model (``clock``: the time
     session ages are judged at; a replay passes its event-time clock)."""
-    log = BackgroundRequestLog(open_request_log(settings, options.request_log))
+    log = BackgroundRequestLog(
+        open_request_log(settings, options.request_log, keep_h=options.request_log_keep_h)
+    )
     model = load_model(settings, options.model)
     recommender = Recommender(
         open_rows(settings, declared=model is not None and bool(model.declared)),

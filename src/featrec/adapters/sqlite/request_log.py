@@ -269,6 +269,12 @@ class SqliteRequestLog:
                 return
             after = (page[PAGE][1], page[PAGE][0])
 
+    def count(self) -> int:
+        """How many entries the log holds."""
+        with self._lock, translated("reading the request log"):
+            (n,) = self._db.execute("SELECT COUNT(*) FROM requests").fetchone()
+        return int(n)
+
     def prune(self, older_than_s: float) -> int:
         """Delete entries created before ``older_than_s`` (unix seconds) and the rows no
         remaining entry refers to; returns how many entries were deleted."""

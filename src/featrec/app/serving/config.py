@@ -92,5 +92,7 @@ class ServingConfig:
             raise ConfigError("item_cache_rows and cache_sessions must be >= 1")
 
 
-#: Where the request log can live: a local SQLite file, or Redis.
+#: Where the request log can live: local SQLite files (one per hour), or Redis.
 REQUEST_LOGS: Final = ("sqlite", "redis")
+#: Hours the request log keeps an entry by default: a week.
+DEFAULT_REQUEST_LOG_KEEP_H: Final = 168.0
