@@ -1,20 +1,22 @@
-"""Keeping the request log bounded: deleting an hour of entries, one file per hour against the
-one-file log, on real records.
+"""Keeping the request log bounded, and forgetting a user in it: one file per hour against the
+one file of earlier versions, on real records.
 
 The world of ``benchmarks/recommend.py`` (private redis-server, 5,000 items, a 200-tree ranker):
 ``--requests`` cold-cache requests at ``--candidates`` candidates whose records are captured,
 then written ``--per-hour`` times per hour for ``--hours`` hours (copies with new ids and
 times: their rows are shared, as a busy server's are) into
 
-1. the one-file log (``SqliteRequestLog``, what the server wrote before), then pruned of its
-   oldest hour with ``prune`` (it reads every remaining entry to find the rows nothing refers
-   to, inside its write transaction: the writer waits meanwhile);
-2. the hourly log (``PartitionedRequestLog``, the server's default), pruned of the same hour:
-   its file is closed and deleted, no entry read (the server's retention deletes hours the
-   same way, ``keep_s``, as each new hour starts).
+1. the one-file log as earlier versions created it (``SqliteRequestLog`` on a file with the
+   earlier tables, upgraded when opened: what the server wrote before), then one user
+   forgotten and the oldest hour pruned: both read every remaining entry to find the rows
+   nothing refers to, inside their write transaction (the writer waits meanwhile);
+2. the hourly log (``PartitionedRequestLog``, the server's default), forgotten in (each
+   file finds the user's entries and rows by index, no entry read) and pruned of the same
+   hour (its file closed and deleted, unread; the server's retention deletes hours the same
+   way, ``keep_s``, as each new hour starts).
 
-Prints write CPU per record for both, the wall time each prune holds the writer, and the
-ratio, with the load average. The one-file prune grows with the whole log (``--hours``); the
+Prints write CPU per record for both, the wall time each deletion holds the writer, and the
+ratios, with the load average. The one-file prune grows with the whole log (``--hours``); the
 hourly one with the hour deleted. Each hour's file stores the rows its entries refer to once
 more (a new file knows none): with only ``--requests`` distinct requests copied, that cost is
 spread over few entries here; the script prints it per hour.
@@ -26,7 +28,9 @@ spread over few entries here; the script prints it per hour.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -70,6 +74,25 @@ def stream(records: list[RequestRecord], hours: int, per_hour: int) -> list[Requ
     return out
 
 
+def earlier_file(path: Path) -> Path:
+    """An empty log file with the tables of earlier versions (no subject columns)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(
+            "CREATE TABLE requests (request_id TEXT PRIMARY KEY, created_at_s REAL NOT NULL, "
+            "entry BLOB NOT NULL)"
+        )
+        db.execute("CREATE TABLE feature_rows (digest TEXT PRIMARY KEY, row BLOB)")
+        db.execute(
+            "CREATE TABLE row_refs (id INTEGER PRIMARY KEY, view TEXT NOT NULL, "
+            "key TEXT NOT NULL, digest TEXT NOT NULL, UNIQUE (view, key, digest))"
+        )
+        db.execute("CREATE INDEX requests_by_time ON requests (created_at_s)")
+        db.execute("CREATE TABLE log_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+        db.commit()
+    return path
+
+
 def write(log: Callable[[list[RequestRecord]], None], records: list[RequestRecord]) -> float:
     """CPU seconds of writing ``records`` in batches of :data:`BATCH`."""
     c0 = time.process_time()
@@ -99,7 +122,7 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
     for attempt in range(2):
         shutil.rmtree(tmp / "one", ignore_errors=True)
         shutil.rmtree(tmp / "hourly", ignore_errors=True)
-        one = SqliteRequestLog(tmp / "one" / "requests.db")
+        one = SqliteRequestLog(earlier_file(tmp / "one" / "requests.db"))
         one_cpu = min(one_cpu, write(one.append_many, records))
         hourly = PartitionedRequestLog(tmp / "hourly")
         hourly_cpu = min(hourly_cpu, write(hourly.append_many, records))
@@ -107,6 +130,14 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
             one.close()
             hourly.close()
     size = (tmp / "one" / "requests.db").stat().st_size
+    user = next(r.body["user_id"] for r in records if r.body.get("user_id"))
+    sessions = one.sessions_of(user) | hourly.sessions_of(user)
+    t0 = time.perf_counter()
+    one_forgot = one.forget(user, sessions)
+    one_forget = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hourly_forgot = hourly.forget(user, sessions)
+    hourly_forget = time.perf_counter() - t0
     t0 = time.perf_counter()
     one_pruned = one.prune(T0 + PERIOD_S)
     one_prune = time.perf_counter() - t0
@@ -120,7 +151,7 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
     hourly.close()
 
     print(f"one-file log: {size / 1e6:,.0f} MB, {size / n / 1e3:.1f} KB per entry")
-    print(f"\n{'':<44}{'one file':>12}{'hourly':>12}")
+    print(f"\n{'':<44}{'earlier':>12}{'hourly':>12}")
     print(
         f"{'write, CPU-us per entry (best of 2)':<44}"
         f"{one_cpu / n * 1e6:>12.0f}{hourly_cpu / n * 1e6:>12.0f}"
@@ -128,6 +159,10 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
     print(
         f"{'prune the oldest hour, wall ms':<44}{one_prune * 1e3:>12.1f}"
         f"{hourly_prune * 1e3:>12.1f}   (the writer waits this long)"
+    )
+    print(
+        f"{'forget one user, wall ms (all files)':<44}{one_forget * 1e3:>12.1f}"
+        f"{hourly_forget * 1e3:>12.1f}   ({one_forgot} / {hourly_forgot} entries)"
     )
     print(
         f"{'  entries deleted':<44}{one_pruned:>12,}{hourly_pruned:>12,}   "
@@ -140,6 +175,7 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
         f"entry of a {args.per_hour:,}-entry hour; a server core answering 300 requests/s "
         f"writes ~1M entries an hour)"
     )
+    print(f"forgetting a user: {one_forget / hourly_forget:,.1f}x less time holding the writer")
     print(
         f"deleting an hour of a {args.hours}-hour log: {one_prune / hourly_prune:,.1f}x less "
         f"time holding the writer, one file per hour"

@@ -553,3 +553,92 @@ def test_a_log_file_written_before_the_typed_record_still_explains(tmp_path: Pat
     listed = {r.request_id: ServedRequest.from_record(r) for r in log.iter_records()}
     assert sorted(listed) == sorted(data["requests"].values())
     log.close()
+
+
+# -- forgetting by index --------------------------------------------------------------------------
+
+
+def _about(request_id: str, user: str | None, session: str, rows: list[LoggedRow]) -> RequestRecord:
+    return RequestRecord(request_id, 1.0, {"user_id": user, "session_id": session}, rows)
+
+
+def test_sqlite_forget_finds_entries_and_rows_by_index_without_reading_entries(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "requests.db"
+    log = SqliteRequestLog(path)
+    item = LoggedRow("item_features", "a", SHARED, "item")
+    # an item whose id is the forgotten session's id: not the session's row, kept
+    twin = LoggedRow("item_features", "s1", StampedRow({"price": 2.0}, 7), "item")
+    # one row object logged under two keys is stored once (digests are memoised by identity)
+    same = StampedRow({"n": 1}, 2)
+    mine = [
+        LoggedRow("session_features", "s1", same, "session"),
+        LoggedRow("user_features", "u1", StampedRow({"k": 1}, 3), "user"),
+        LoggedRow("user_spend", "u1", StampedRow({"spend": 9.5}, 4)),  # entity unknown: goes
+        item,
+    ]
+    theirs = [LoggedRow("session_features", "s2", same, "session"), item, twin]
+    log.append(_about("mine", "u1", "s1", mine))
+    log.append(_about("anon", None, "s1", [mine[0], item]))  # the session before login
+    log.append(_about("theirs", "u2", "s2", theirs))
+    # an entry the forget must not read: unparseable (the old path would fail on it)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        query = "SELECT entry FROM requests WHERE request_id = 'theirs'"
+        (original,) = db.execute(query).fetchone()
+        db.execute("UPDATE requests SET entry = x'00ff' WHERE request_id = 'theirs'")
+        db.commit()
+    assert log.sessions_of("u1") == {"s1"}
+    assert log.forget("u1", {"s1"}) == 2
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        refs = sorted(db.execute("SELECT view, key, entity FROM row_refs"))
+        rows = [bytes(r) for (r,) in db.execute("SELECT row FROM feature_rows")]
+        left = [r for (r,) in db.execute("SELECT request_id FROM requests")]
+        db.execute("UPDATE requests SET entry = ? WHERE request_id = 'theirs'", (original,))
+        db.commit()
+    assert left == ["theirs"]
+    assert refs == [
+        ("item_features", "a", "item"),
+        ("item_features", "s1", "item"),
+        ("session_features", "s2", "session"),
+    ]
+    assert len(rows) == 3 and not any(b'"spend"' in r or b'"k":1' in r for r in rows)
+    back = log.get("theirs")
+    assert back is not None and back.rows == theirs
+    log.close()
+
+
+def test_sqlite_a_file_of_an_earlier_version_is_upgraded_and_forgets_as_before(
+    tmp_path: Path,
+) -> None:
+    """A file written before the subject columns: its entries are read to find whom they are
+    about, and the rows no remaining entry uses are dropped by reading every entry."""
+    path = tmp_path / "requests.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:  # the tables as they were
+        db.execute(
+            "CREATE TABLE requests (request_id TEXT PRIMARY KEY, created_at_s REAL NOT NULL, "
+            "entry BLOB NOT NULL)"
+        )
+        db.execute("CREATE TABLE feature_rows (digest TEXT PRIMARY KEY, row BLOB)")
+        db.execute(
+            "CREATE TABLE row_refs (id INTEGER PRIMARY KEY, view TEXT NOT NULL, "
+            "key TEXT NOT NULL, digest TEXT NOT NULL, UNIQUE (view, key, digest))"
+        )
+        db.execute("CREATE TABLE log_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+        db.commit()
+    log = SqliteRequestLog(path)
+    twin = LoggedRow("item_features", "s1", StampedRow({"price": 2.0}, 7))  # no entity
+    _old_entry(log, _about("old-mine", "u1", "s1", [LoggedRow("user_features", "u1", SHARED)]))
+    _old_entry(log, _about("old-theirs", "u2", "s2", [twin]))
+    log.append(_about("new-mine", "u1", "s3", [LoggedRow("session_features", "s3", SHARED)]))
+    log.append(_about("new-theirs", "u2", "s2", [twin]))
+    assert log.sessions_of("u1") == {"s1", "s3"}
+    assert log.forget("u1", {"s1", "s3"}) == 2
+    # exact, as before: the item keyed like a forgotten session is still used, so kept
+    for request_id in ("old-theirs", "new-theirs"):
+        back = log.get(request_id)
+        assert back is not None and back.rows == [twin]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert sorted(k for (k,) in db.execute("SELECT key FROM row_refs")) == ["s1"]
+        assert db.execute("SELECT COUNT(*) FROM feature_rows").fetchone()[0] == 1
+    log.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
 from functools import partial
@@ -42,7 +43,12 @@ from featrec.core.features.rows import FeatureRow, micros
 from featrec.core.ranking.ranker import RANKING_FEATURES
 from featrec.jobs.declared import publish_gauges, read_online, skew
 from featrec.jobs.project_init import create_project
-from featrec.jobs.serving import ServingOptions, open_recommender
+from featrec.jobs.serving import (
+    ServingOptions,
+    open_recommender,
+    open_request_log,
+    request_log_dir,
+)
 from featrec.project import load_project
 from featrec.settings import Settings
 from featrec.testing.declared import same_value
@@ -365,3 +371,16 @@ def test_the_ranker_reads_declared_features_by_name_from_the_feature_service(
         assert explained.reproduced, explained.mismatches
     finally:
         recommender.log.close()
+    # Each declared row is logged with its view's entity, so forgetting the user deletes
+    # their rows by index and keeps the items' (the log's hour file, read directly).
+    (part,) = request_log_dir(settings).glob("*Z.db")
+    with contextlib.closing(sqlite3.connect(part)) as db:
+        entity = dict(db.execute("SELECT DISTINCT view, entity FROM row_refs"))
+    assert entity["user_spend"] == "user" and entity["session_browsing"] == "session"
+    assert entity["item_popularity"] == "item"
+    log = open_request_log(settings, "sqlite")
+    assert log.forget(session.user_id, {session.session_id}) == 1
+    log.close()
+    with contextlib.closing(sqlite3.connect(part)) as db:
+        views = {view for (view,) in db.execute("SELECT view FROM row_refs")}
+    assert "item_popularity" in views and not views & {"user_spend", "session_browsing"}

@@ -135,6 +135,14 @@ def test_the_recommender_logs_a_record_that_reads_back_equal() -> None:
     assert record.recommended == tuple(item.item_id for item in answer.items)
     assert (record.scorer, record.model_version) == ("model", "m-test")
     assert ServedRequest.from_record(stored(record.to_record())) == record
+    # each logged row says what its key names (forgetting deletes the user's rows by it)
+    entities = {(row.view, row.entity) for row in logged.rows}
+    assert entities == {
+        ("session_features", "session"),
+        ("user_features", "user"),
+        ("item_features", "item"),
+        ("item_trending", "item"),
+    }
 
 
 # -- entries written before the typed record ----------------------------------------------------

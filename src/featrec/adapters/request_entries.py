@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar
 
 import orjson
@@ -231,6 +231,12 @@ def personal_refs(data: bytes, user_id: str, session_ids: Collection[str]) -> li
         ):
             out.append(ref)
     return out
+
+
+def subjects(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The user id and session id an entry's body names (None where it names none)."""
+    user, session = body.get("user_id"), body.get("session_id")
+    return (user if isinstance(user, str) else None, session if isinstance(session, str) else None)
 
 
 def sessions_named(entries: Iterable[bytes], user_id: str) -> set[str]:

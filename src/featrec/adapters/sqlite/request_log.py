@@ -43,10 +43,25 @@ from featrec.adapters.request_entries import (
     names,
     record_from,
     sessions_named,
+    subjects,
 )
 from featrec.core.bounded import drop_oldest
 from featrec.core.ports.serving import LoggedRow, RequestRecord
 from featrec.errors import StoreError
+
+#: Entries written without subject columns (by an earlier version): read to know whom they
+#: are about. New entries always have a session id (a request names its session).
+_UNMARKED = "SELECT {} FROM requests WHERE user_id IS NULL AND session_id IS NULL"
+
+
+def _chunks(values: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _marks(values: Sequence[str]) -> str:
+    return ",".join("?" * len(values))
+
 
 #: A row reference as the ``row_refs`` table keeps it: ``(view, key, digest)``, digest ``""``
 #: for no row.
@@ -84,29 +99,65 @@ class SqliteRequestLog:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS requests ("
-                "request_id TEXT PRIMARY KEY, created_at_s REAL NOT NULL, entry BLOB NOT NULL)"
-            )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS feature_rows (digest TEXT PRIMARY KEY, row BLOB)"
-            )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS row_refs (id INTEGER PRIMARY KEY, view TEXT NOT NULL, "
-                "key TEXT NOT NULL, digest TEXT NOT NULL, UNIQUE (view, key, digest))"
-            )
-            self._db.execute(
-                "CREATE INDEX IF NOT EXISTS requests_by_time ON requests (created_at_s)"
-            )
-            self._db.execute(
+            self._create_or_upgrade()
+            self._deletions = self._deletions_now()
+            #: Whether every row reference here says what its key names (a file created by
+            #: this version): forgetting then deletes rows by key, without reading entries.
+            self._typed = self._meta("typed_refs") == 1
+
+    def _create_or_upgrade(self) -> None:
+        """The tables, in one transaction. A file of an earlier version gets the subject
+        columns (its entries keep them empty: found by reading them, as before)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
                 "CREATE TABLE IF NOT EXISTS log_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
             )
-            self._deletions = self._deletions_now()
+            fresh = (
+                db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'requests'"
+                ).fetchone()
+                is None
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS requests ("
+                "request_id TEXT PRIMARY KEY, created_at_s REAL NOT NULL, entry BLOB NOT NULL, "
+                "user_id TEXT, session_id TEXT)"
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS feature_rows (digest TEXT PRIMARY KEY, row BLOB)"
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS row_refs (id INTEGER PRIMARY KEY, view TEXT NOT NULL, "
+                "key TEXT NOT NULL, digest TEXT NOT NULL, entity TEXT, UNIQUE (view, key, digest))"
+            )
+            columns = {name for _, name, *_ in db.execute("PRAGMA table_info(requests)")}
+            for name in ("user_id", "session_id"):
+                if name not in columns:
+                    db.execute(f"ALTER TABLE requests ADD COLUMN {name} TEXT")
+            if "entity" not in {name for _, name, *_ in db.execute("PRAGMA table_info(row_refs)")}:
+                db.execute("ALTER TABLE row_refs ADD COLUMN entity TEXT")
+            for index, on in (
+                ("requests_by_time", "requests (created_at_s)"),
+                ("requests_by_user", "requests (user_id)"),
+                ("requests_by_session", "requests (session_id)"),
+            ):
+                db.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {on}")
+            if fresh:
+                db.execute("INSERT INTO log_meta (key, value) VALUES ('typed_refs', 1)")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _meta(self, key: str) -> int | None:
+        found = self._db.execute("SELECT value FROM log_meta WHERE key = ?", (key,)).fetchone()
+        return None if found is None else int(found[0])
 
     def _deletions_now(self) -> int:
         """How many deletions any process has committed to this log (``log_meta``)."""
-        found = self._db.execute("SELECT value FROM log_meta WHERE key = 'deletions'").fetchone()
-        return 0 if found is None else int(found[0])
+        return self._meta("deletions") or 0
 
     def _forget_stored(self) -> None:
         """Forget which rows and references were stored (a deletion may have removed some)."""
@@ -134,8 +185,9 @@ class SqliteRequestLog:
                         new_rows.items(),
                     )
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO requests (request_id, created_at_s, entry) "
-                    "VALUES (?, ?, ?)",
+                    "INSERT OR REPLACE INTO requests "
+                    "(request_id, created_at_s, entry, user_id, session_id) "
+                    "VALUES (?, ?, ?, ?, ?)",
                     entries,
                 )
                 self._db.execute("COMMIT")
@@ -148,7 +200,11 @@ class SqliteRequestLog:
 
     def _encode(
         self, records: Sequence[RequestRecord]
-    ) -> tuple[list[tuple[str, float, bytes]], dict[str, bytes], list[tuple[LoggedRow, _Ref, int]]]:
+    ) -> tuple[
+        list[tuple[str, float, bytes, str | None, str | None]],
+        dict[str, bytes],
+        list[tuple[LoggedRow, _Ref, int]],
+    ]:
         """The entries' stored form, the rows not stored yet and the references met for the
         first time with their ids (memoised once the transaction commits). Inside the
         transaction: new references are inserted into ``row_refs`` to get their ids."""
@@ -185,27 +241,34 @@ class SqliteRequestLog:
                     ids[i] = row_id
                     known.append((logged, ref, row_id))
         if unknown:
-            for ref, row_id in self._resolve(list(unknown)).items():
+            entities = {ref: uses[0][2].entity for ref, uses in unknown.items()}
+            for ref, row_id in self._resolve(entities).items():
                 for n, i, logged in unknown[ref]:
                     ids_of[n][i] = row_id
                     known.append((logged, ref, row_id))
         entries = [
-            (record.request_id, record.created_at_s, entry_with_ids(record, ids))  # type: ignore[arg-type]
+            (
+                record.request_id,
+                record.created_at_s,
+                entry_with_ids(record, ids),  # type: ignore[arg-type]
+                *subjects(record.body),
+            )
             for record, ids in zip(records, ids_of, strict=True)
         ]
         return entries, new_rows, known
 
-    def _resolve(self, refs: list[_Ref]) -> dict[_Ref, int]:
-        """The ``row_refs`` ids of ``refs``, inserting those not stored (in the transaction):
-        one upsert per reference, which returns its id whether it was there or not."""
+    def _resolve(self, refs: dict[_Ref, str | None]) -> dict[_Ref, int]:
+        """The ``row_refs`` ids of ``refs`` (with what each key names), inserting those not
+        stored (in the transaction): one upsert per reference, which returns its id whether it
+        was there or not."""
         execute = self._db.execute
         out: dict[_Ref, int] = {}
-        for ref in refs:
+        for ref, entity in refs.items():
             (row_id,) = execute(
-                "INSERT INTO row_refs (view, key, digest) VALUES (?, ?, ?) "
+                "INSERT INTO row_refs (view, key, digest, entity) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (view, key, digest) DO UPDATE SET view = excluded.view "
                 "RETURNING id",
-                ref,
+                (*ref, entity),
             ).fetchone()
             out[ref] = row_id
         return out
@@ -285,16 +348,17 @@ class SqliteRequestLog:
         return int(n)
 
     @contextlib.contextmanager
-    def _deleting(self, action: str) -> Iterator[None]:
-        """One transaction that deletes entries, then the row references and feature rows no
-        remaining entry refers to, and counts itself (``log_meta``); the memos start afresh
-        here, and in other processes at their next write (a deleted row may be stored
-        again)."""
+    def _deleting(self, action: str, *, drop_rows: bool = True) -> Iterator[None]:
+        """One transaction that deletes entries, then (``drop_rows``) the row references and
+        feature rows no remaining entry refers to, and counts itself (``log_meta``); the memos
+        start afresh here, and in other processes at their next write (a deleted row may be
+        stored again)."""
         with self._lock, translated(action):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
-                self._drop_unreferenced_rows()
+                if drop_rows:
+                    self._drop_unreferenced_rows()
                 self._db.execute(
                     "INSERT INTO log_meta (key, value) VALUES ('deletions', 1) "
                     "ON CONFLICT (key) DO UPDATE SET value = value + 1"
@@ -308,7 +372,7 @@ class SqliteRequestLog:
 
     def _drop_unreferenced_rows(self) -> None:
         """Delete the row references and stored feature rows no remaining entry refers to
-        (inside a transaction); entries of either form count."""
+        (inside a transaction; reads every entry); entries of either form count."""
         used_ids: set[int] = set()
         used: set[str] = set()
         for (entry,) in self._db.execute("SELECT entry FROM requests"):
@@ -328,25 +392,98 @@ class SqliteRequestLog:
         unused = [(d,) for d in stored if d not in used]
         self._db.executemany("DELETE FROM feature_rows WHERE digest = ?", unused)
 
+    def _drop_rows_about(self, user_id: str, sessions: Sequence[str]) -> None:
+        """Delete the row references whose key is ``user_id`` (rows of users) or one of
+        ``sessions`` (rows of sessions), rows of unknown entity either way, and the feature
+        rows no remaining reference uses (inside a transaction). Only entries about the user
+        or those sessions refer to such references, and they are gone. No entry is read: a
+        few passes over ``row_refs`` (no index on it: one would cost every write ~70 µs at 200
+        candidates)."""
+        db = self._db
+        digests = {
+            d
+            for (d,) in db.execute(
+                "DELETE FROM row_refs WHERE key = ? AND (entity IS NULL OR entity = 'user') "
+                "RETURNING digest",
+                (user_id,),
+            )
+        }
+        for chunk in _chunks(sessions):
+            digests.update(
+                d
+                for (d,) in db.execute(
+                    f"DELETE FROM row_refs WHERE key IN ({_marks(chunk)}) "
+                    "AND (entity IS NULL OR entity = 'session') RETURNING digest",
+                    chunk,
+                )
+            )
+        digests.discard("")
+        # A digest covers its row's view and key, but a row object logged under two keys is
+        # digested once (RowDigests memoises by identity): keep what another reference uses.
+        used: set[str] = set()
+        for chunk in _chunks(sorted(digests)):
+            used.update(
+                d
+                for (d,) in db.execute(
+                    f"SELECT DISTINCT digest FROM row_refs WHERE digest IN ({_marks(chunk)})",
+                    chunk,
+                )
+            )
+        db.executemany(
+            "DELETE FROM feature_rows WHERE digest = ?", [(d,) for d in sorted(digests - used)]
+        )
+
+    def _entries_about(self, user_id: str, sessions: Sequence[str]) -> list[str]:
+        """Ids of the entries about ``user_id`` or one of ``sessions``: by the subject
+        columns, and by reading the entries written without them (by an earlier version)."""
+        db = self._db
+        by_user = db.execute("SELECT request_id FROM requests WHERE user_id = ?", (user_id,))
+        found = {r for (r,) in by_user}
+        for chunk in _chunks(sessions):
+            found.update(
+                r
+                for (r,) in db.execute(
+                    f"SELECT request_id FROM requests WHERE session_id IN ({_marks(chunk)})", chunk
+                )
+            )
+        wanted = set(sessions)
+        found.update(
+            request_id
+            for request_id, entry in db.execute(_UNMARKED.format("request_id, entry"))
+            if names(entry, user_id, wanted)
+        )
+        return sorted(found)
+
     def sessions_of(self, user_id: str) -> set[str]:
-        """Session ids of the entries that name ``user_id`` (a full scan)."""
+        """Session ids of the entries that name ``user_id`` (by the subject columns; the
+        entries written without them are read)."""
         with self._lock, translated("scanning the request log"):
-            entries = [e for (e,) in self._db.execute("SELECT entry FROM requests")]
-        return sessions_named(entries, user_id)
+            found = {
+                s
+                for (s,) in self._db.execute(
+                    "SELECT DISTINCT session_id FROM requests "
+                    "WHERE user_id = ? AND session_id IS NOT NULL",
+                    (user_id,),
+                )
+            }
+            unmarked = [e for (e,) in self._db.execute(_UNMARKED.format("entry"))]
+        return found | sessions_named(unmarked, user_id)
 
     def forget(self, user_id: str, session_ids: Collection[str]) -> int:
-        """Delete the entries naming ``user_id`` or one of ``session_ids``, then every row no
-        remaining entry refers to; returns how many entries were deleted."""
-        sessions = set(session_ids)
-        with self._deleting("forgetting in the request log"):
-            doomed = [
-                (request_id,)
-                for request_id, entry in self._db.execute(
-                    "SELECT request_id, entry FROM requests"
-                ).fetchall()
-                if names(entry, user_id, sessions)
-            ]
-            self._db.executemany("DELETE FROM requests WHERE request_id = ?", doomed)
+        """Delete the entries about ``user_id`` or one of ``session_ids``, then the rows that
+        describe them; returns how many entries were deleted.
+
+        In a file this version created, both are found by index (the rows by their key and
+        entity), with no entry read. In an older file the rows no remaining entry refers to
+        are found by reading every entry, as before."""
+        sessions = sorted(set(session_ids))
+        with self._deleting("forgetting in the request log", drop_rows=not self._typed):
+            doomed = self._entries_about(user_id, sessions)
+            self._db.executemany(
+                "DELETE FROM requests WHERE request_id = ?", [(r,) for r in doomed]
+            )
+            if self._typed:
+                self._drop_rows_about(user_id, sessions)
         return len(doomed)
 
     def close(self) -> None:

@@ -359,16 +359,22 @@ class Recommender:
             arm=arm.arm if arm is not None else None,
         )
         logged = [
-            LoggedRow(SESSION_FEATURES.name, session_id, context.session),
+            LoggedRow(SESSION_FEATURES.name, session_id, context.session, "session"),
             *(
-                [LoggedRow(USER_FEATURES.name, context.user_id, context.user_read)]
+                [LoggedRow(USER_FEATURES.name, context.user_id, context.user_read, "user")]
                 if context.user_id is not None
                 else []
             ),
         ]
         for view in views:
             logged += view[3]
-        logged += [LoggedRow(view, key, row) for (view, key), row in declared_rows.items()]
+        if declared_rows:
+            assert model is not None  # declared rows are read for a model only
+            entity = {c.view: c.entity for c in model.declared}
+            logged += [
+                LoggedRow(view, key, row, entity[view])
+                for (view, key), row in declared_rows.items()
+            ]
         record = ServedRequest(
             request_id=request_id,
             created_at_s=self._wall_clock(),
@@ -443,8 +449,8 @@ class Recommender:
                         t,
                         merged,
                         (
-                            LoggedRow(ITEM_FEATURES.name, item, f),
-                            LoggedRow(ITEM_TRENDING.name, item, t),
+                            LoggedRow(ITEM_FEATURES.name, item, f, "item"),
+                            LoggedRow(ITEM_TRENDING.name, item, t, "item"),
                         ),
                         slot,
                     )

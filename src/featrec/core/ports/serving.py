@@ -82,11 +82,17 @@ class InMemoryRows:
 
 @dataclass(frozen=True, slots=True)
 class LoggedRow:
-    """A row an answer was computed from: which one, and what it held (None: no row)."""
+    """A row an answer was computed from: which one, and what it held (None: no row).
+
+    ``entity``: what ``key`` names, ``"session"``, ``"user"`` or ``"item"``, so forgetting a
+    user can delete the rows that describe them without reading every entry. None (unknown)
+    counts as a row of whoever its key names: forgetting never keeps a row it should delete.
+    Not part of equality (a log may not keep it)."""
 
     view: str
     key: str
     row: StampedRow | None
+    entity: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
