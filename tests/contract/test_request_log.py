@@ -642,3 +642,25 @@ def test_sqlite_a_file_of_an_earlier_version_is_upgraded_and_forgets_as_before(
         assert sorted(k for (k,) in db.execute("SELECT key FROM row_refs")) == ["s1"]
         assert db.execute("SELECT COUNT(*) FROM feature_rows").fetchone()[0] == 1
     log.close()
+
+
+def test_redis_forget_deletes_the_rows_each_reference_says_are_the_users(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    log = RedisRequestLog(client, prefix="featrec:forget-test:")
+    spend = LoggedRow("user_spend", "u1", StampedRow({"spend": 9.5}, 4), "user")  # declared
+    browsing = LoggedRow("session_browsing", "s1", StampedRow({"n": 3}, 5), "session")
+    twin = LoggedRow("item_features", "s1", StampedRow({"price": 2.0}, 7), "item")
+    log.append(_about("mine", "u1", "s1", [spend, browsing, twin]))
+    log.append(_about("theirs", "u2", "s2", [twin]))
+    # an entry written before references held their entity: its rows go by their view
+    legacy = LoggedRow("user_features", "u1", StampedRow({"k": 1}, 3))
+    old_ref = [legacy.view, legacy.key, RowDigests().encode(legacy)[0]]
+    client.set(b"featrec:forget-test:row:" + old_ref[2].encode(), b'{"ts_us":3,"values":{"k":1}}')
+    client.set(b"featrec:forget-test:req:old", entry_json(_about("old", "u1", "s0", []), [old_ref]))
+    assert log.forget("u1", {"s0", "s1"}) == 2
+    gone = [RowDigests().encode(row)[0] for row in (spend, browsing, legacy)]
+    assert not any(client.exists(b"featrec:forget-test:row:" + d.encode()) for d in gone)
+    back = log.get("theirs")  # the item keyed like the forgotten session is kept
+    assert back is not None and back.rows == [twin]
+    log.close()
+    client.close()

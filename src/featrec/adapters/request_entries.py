@@ -36,7 +36,8 @@ def _dumps(value: object) -> bytes:
     return orjson.dumps(value, option=_JSON_OPTIONS)
 
 
-#: One logged row's reference in an entry: ``[view, key, digest]`` (digest None: no row).
+#: One logged row's reference in an entry: ``[view, key, digest]`` (digest None: no row),
+#: then its entity unless it is an item (see :func:`_ref`).
 RowRef = list[str | None]
 
 V = TypeVar("V")
@@ -124,11 +125,11 @@ class RowDigests:
             logged = rows[i]
             ref: RowRef
             if logged.row is None:
-                ref = [logged.view, logged.key, None]
+                ref = _ref(logged, None)
                 self._refs.put(logged, ref)
             else:
                 digest, data = self.encode(logged)
-                ref = [logged.view, logged.key, digest]
+                ref = _ref(logged, digest)
                 at = stored.get(digest)
                 if at is None or at < stale_before:
                     new_rows[digest] = data
@@ -149,6 +150,15 @@ class RowDigests:
         for logged, ref in pending:
             if ref[2] in self.stored:
                 self._refs.put(logged, ref)
+
+
+def _ref(logged: LoggedRow, digest: str | None) -> RowRef:
+    """``[view, key, digest]``, and what the key names unless it is an item (so forgetting
+    knows a user's and a session's rows): ``[view, key, digest, entity]``, entity None when
+    unknown. Entries written before hold three fields."""
+    if logged.entity == "item":
+        return [logged.view, logged.key, digest]
+    return [logged.view, logged.key, digest, logged.entity]
 
 
 def entry_json(record: RequestRecord, refs: Sequence[RowRef]) -> bytes:
@@ -183,12 +193,14 @@ def record_from(
     raw: dict[str, Any], refs: Iterable[Sequence[str | None]], rows: dict[str, bytes | None]
 ) -> RequestRecord:
     """The record of a decoded entry whose rows are ``refs`` (``[view, key, digest]``, digest
-    None for no row), with the stored ``rows`` by digest."""
+    None for no row, and the entity when the entry has it), with the stored ``rows`` by
+    digest."""
     logged: list[LoggedRow] = []
-    for view, key, ref in refs:
+    for view, key, ref, *named in refs:
         assert view is not None and key is not None
+        entity = named[0] if named else None
         if ref is None:
-            logged.append(LoggedRow(view, key, None))
+            logged.append(LoggedRow(view, key, None, entity))
             continue
         row_data = rows.get(ref)
         if row_data is None:
@@ -197,7 +209,7 @@ def record_from(
                 "no longer in the request log"
             )
         row = orjson.loads(row_data)
-        logged.append(LoggedRow(view, key, StampedRow(row["values"], row["ts_us"])))
+        logged.append(LoggedRow(view, key, StampedRow(row["values"], row["ts_us"]), entity))
     return RequestRecord(raw["request_id"], raw["created_at_s"], raw["body"], logged)
 
 
@@ -208,10 +220,11 @@ def body_only(data: bytes) -> RequestRecord:
 
 
 def row_refs(data: bytes) -> list[str]:
-    return [ref for _, _, ref in orjson.loads(data)["rows"] if ref is not None]
+    return [ref for _, _, ref, *_ in orjson.loads(data)["rows"] if ref is not None]
 
 
-#: Views whose logged rows describe one person: they go with the entry when forgetting.
+#: Views whose logged rows describe one person, in entries that do not say (written before
+#: references held their entity): they go with the entry when forgetting.
 _PERSONAL_VIEWS = {"session_features": "session", "user_features": "user"}
 
 
@@ -222,13 +235,20 @@ def names(data: bytes, user_id: str, session_ids: Collection[str]) -> bool:
 
 
 def personal_refs(data: bytes, user_id: str, session_ids: Collection[str]) -> list[str]:
-    """Digests of the entry's logged rows of ``user_id`` or of ``session_ids``."""
+    """Digests of the entry's logged rows of ``user_id`` or of ``session_ids``: by what their
+    key names (unknown: the user's or a session's, if the key is theirs), or, in entries
+    written before references held it, by their view."""
     out = []
-    for view, key, ref in orjson.loads(data)["rows"]:
-        kind = _PERSONAL_VIEWS.get(view)
-        if ref is not None and (
-            (kind == "user" and key == user_id) or (kind == "session" and key in session_ids)
-        ):
+    for view, key, ref, *named in orjson.loads(data)["rows"]:
+        if ref is None:
+            continue
+        if named:
+            entity = named[0]
+            user, session = entity in (None, "user"), entity in (None, "session")
+        else:
+            kind = _PERSONAL_VIEWS.get(view)
+            user, session = kind == "user", kind == "session"
+        if (user and key == user_id) or (session and key in session_ids):
             out.append(ref)
     return out
 

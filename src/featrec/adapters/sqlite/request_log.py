@@ -380,7 +380,7 @@ class SqliteRequestLog:
             if "row_ids" in raw:
                 used_ids.update(raw["row_ids"])
             else:
-                used.update(ref for _, _, ref in raw["rows"] if ref is not None)
+                used.update(ref for _, _, ref, *_ in raw["rows"] if ref is not None)
         unused_ids = [
             (row_id,)
             for (row_id,) in self._db.execute("SELECT id FROM row_refs")
