@@ -28,9 +28,7 @@ spread over few entries here; the script prints it per hour.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shutil
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +44,7 @@ from featrec.adapters.sqlite.partitioned_log import PERIOD_S, PartitionedRequest
 from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.core.ports.serving import RequestRecord
 from featrec.testing.redis_server import RedisServer
+from featrec.testing.request_logs import earlier_log_file
 
 #: 2026-12-05 00:00 UTC: an hour boundary.
 T0 = 1_796_428_800
@@ -72,25 +71,6 @@ def stream(records: list[RequestRecord], hours: int, per_hour: int) -> list[Requ
         at = T0 + hour * PERIOD_S + k * (PERIOD_S / per_hour)
         out.append(replace(records[n % len(records)], request_id=f"r{n}", created_at_s=at))
     return out
-
-
-def earlier_file(path: Path) -> Path:
-    """An empty log file with the tables of earlier versions (no subject columns)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute(
-            "CREATE TABLE requests (request_id TEXT PRIMARY KEY, created_at_s REAL NOT NULL, "
-            "entry BLOB NOT NULL)"
-        )
-        db.execute("CREATE TABLE feature_rows (digest TEXT PRIMARY KEY, row BLOB)")
-        db.execute(
-            "CREATE TABLE row_refs (id INTEGER PRIMARY KEY, view TEXT NOT NULL, "
-            "key TEXT NOT NULL, digest TEXT NOT NULL, UNIQUE (view, key, digest))"
-        )
-        db.execute("CREATE INDEX requests_by_time ON requests (created_at_s)")
-        db.execute("CREATE TABLE log_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-        db.commit()
-    return path
 
 
 def write(log: Callable[[list[RequestRecord]], None], records: list[RequestRecord]) -> float:
@@ -122,7 +102,7 @@ def run(args: argparse.Namespace, tmp: Path, server: RedisServer) -> None:
     for attempt in range(2):
         shutil.rmtree(tmp / "one", ignore_errors=True)
         shutil.rmtree(tmp / "hourly", ignore_errors=True)
-        one = SqliteRequestLog(earlier_file(tmp / "one" / "requests.db"))
+        one = SqliteRequestLog(earlier_log_file(tmp / "one" / "requests.db"))
         one_cpu = min(one_cpu, write(one.append_many, records))
         hourly = PartitionedRequestLog(tmp / "hourly")
         hourly_cpu = min(hourly_cpu, write(hourly.append_many, records))

@@ -36,6 +36,7 @@ from featrec.core.ports.serving import (
 )
 from featrec.errors import StoreError, StoreUnavailable
 from featrec.testing.redis_server import RedisServer
+from featrec.testing.request_logs import earlier_log_file
 from featrec.testing.shop import NOW_S, toy_model, world_rows
 
 # Floats whose shortest decimal form is long or unusual: a lossy encoding would change them.
@@ -613,19 +614,7 @@ def test_sqlite_a_file_of_an_earlier_version_is_upgraded_and_forgets_as_before(
 ) -> None:
     """A file written before the subject columns: its entries are read to find whom they are
     about, and the rows no remaining entry uses are dropped by reading every entry."""
-    path = tmp_path / "requests.db"
-    with contextlib.closing(sqlite3.connect(path)) as db:  # the tables as they were
-        db.execute(
-            "CREATE TABLE requests (request_id TEXT PRIMARY KEY, created_at_s REAL NOT NULL, "
-            "entry BLOB NOT NULL)"
-        )
-        db.execute("CREATE TABLE feature_rows (digest TEXT PRIMARY KEY, row BLOB)")
-        db.execute(
-            "CREATE TABLE row_refs (id INTEGER PRIMARY KEY, view TEXT NOT NULL, "
-            "key TEXT NOT NULL, digest TEXT NOT NULL, UNIQUE (view, key, digest))"
-        )
-        db.execute("CREATE TABLE log_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-        db.commit()
+    path = earlier_log_file(tmp_path / "requests.db")
     log = SqliteRequestLog(path)
     twin = LoggedRow("item_features", "s1", StampedRow({"price": 2.0}, 7))  # no entity
     _old_entry(log, _about("old-mine", "u1", "s1", [LoggedRow("user_features", "u1", SHARED)]))
