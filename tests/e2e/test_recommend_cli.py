@@ -21,7 +21,7 @@ from featrec.core.evaluation.experiments import ArmConfig, Experiment, assign
 from featrec.core.ranking.ranker import RANKING_FEATURES, Ranker
 from featrec.errors import ConfigError
 from featrec.jobs.serving import ServingOptions, open_request_log, options_from_env
-from featrec.settings import Settings
+from featrec.settings import ServeSettings, Settings
 from featrec.testing.feast_repo import copy_feature_repo
 from featrec.testing.shop import world_rows
 
@@ -163,6 +163,7 @@ def test_serve_hands_the_experiment_to_its_workers() -> None:
     assert options_from_env(ServingOptions().to_env()).config.experiment is None
     kept = ServingOptions(request_log_keep_h=36.0)
     assert options_from_env(kept.to_env()) == kept  # the workers' request log retention
+    assert ServeSettings().request_log_keep_h == ServingOptions().request_log_keep_h
     with pytest.raises(ConfigError, match=r"FEATREC_SERVE_EXPERIMENT='\{' is not a JSON object"):
         options_from_env({"FEATREC_SERVE_EXPERIMENT": "{"})
     with pytest.raises(ConfigError, match="EXPERIMENT: unknown experiment keys: colour"):
@@ -199,3 +200,15 @@ def test_requests_status_lists_the_hour_files_and_prune_deletes_old_hours(
     assert text.splitlines()[-1].startswith("2 file(s), 2 entries")
     bad = runner.invoke(main, ["requests", "prune", "--keep", "-1"], env=env)
     assert bad.exit_code == 2 and "-1.0 is not in the range x>=0" in bad.output, bad.output
+
+
+def test_the_servers_request_log_deletes_hours_older_than_it_keeps(tmp_path: Path) -> None:
+    from featrec.jobs.serving import open_recommender
+
+    settings = Settings(home=tmp_path / "home")
+    recommender = open_recommender(settings, ServingOptions(model="none", request_log_keep_h=2))
+    try:
+        inner = recommender.log.inner  # type: ignore[attr-defined]
+        assert inner.keep_s == 2 * 3600 and inner.directory == tmp_path / "home" / "requests"
+    finally:
+        recommender.log.close()
