@@ -22,6 +22,7 @@ import redis
 from featrec.adapters.background_log import BackgroundRequestLog
 from featrec.adapters.files.event_log import EventLogWriter
 from featrec.adapters.redis.request_log import RedisRequestLog
+from featrec.adapters.sqlite.partitioned_log import request_log_path
 from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.app.evaluation.ab_report import (
     OUTCOMES,
@@ -45,7 +46,6 @@ from featrec.core.ports.serving import InMemoryRows, RequestRecord
 from featrec.core.ranking.rerank import Decision, RerankConfig
 from featrec.core.sessions.fold import SessionPolicy, SessionState, fold, new_state, session_row
 from featrec.errors import ConfigError, NotFound
-from featrec.jobs.serving import request_log_path
 from featrec.settings import Settings
 
 # -- intervals ----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from featrec.adapters.feast.repo import open_store
 from featrec.adapters.feast.writers import open_writer
 from featrec.adapters.files.event_log import EventLogWriter
 from featrec.adapters.files.model_store import list_versions, load_model, models_dir
+from featrec.adapters.sqlite.partitioned_log import request_log_dir
 from featrec.app.serving.record import ServedRequest
 from featrec.cli import main
 from featrec.core.events.formats import RawRecord
@@ -47,7 +48,6 @@ from featrec.jobs.serving import (
     ServingOptions,
     open_recommender,
     open_request_log,
-    request_log_dir,
 )
 from featrec.project import load_project
 from featrec.settings import Settings

@@ -40,7 +40,11 @@ from featrec.adapters.files.event_log import read_event_log
 from featrec.adapters.redis.deny_list import stores_for
 from featrec.adapters.redis.request_log import RedisRequestLog
 from featrec.adapters.redis.streams import connect, publish
-from featrec.adapters.sqlite.partitioned_log import PartitionedRequestLog
+from featrec.adapters.sqlite.partitioned_log import (
+    PartitionedRequestLog,
+    request_log_dir,
+    request_log_path,
+)
 from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.core.events.generator import GeneratorConfig, generate
 from featrec.core.events.model import MIN_TS, Event
@@ -52,7 +56,7 @@ from featrec.jobs.declared import backfill
 from featrec.jobs.forget import forget_user
 from featrec.jobs.log_import import import_events
 from featrec.jobs.materialize import materialize
-from featrec.jobs.serving import open_request_log, request_log_dir, request_log_path
+from featrec.jobs.serving import open_request_log
 from featrec.settings import Settings
 
 USER_VIEWS = (catalog.USER_FEATURES.name,)

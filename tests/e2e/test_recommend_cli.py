@@ -198,6 +198,9 @@ def test_requests_status_lists_the_hour_files_and_prune_deletes_old_hours(
     assert pruned.exit_code == 0 and "deleted 1 request log entries" in pruned.output
     text = runner.invoke(main, ["requests", "status"], env=env).output
     assert text.splitlines()[-1].startswith("2 file(s), 2 entries")
+    overview = runner.invoke(main, ["status"], env=env)
+    assert overview.exit_code == 0, overview.output
+    assert "request log    2 hour file(s)" in overview.output
     bad = runner.invoke(main, ["requests", "prune", "--keep", "-1"], env=env)
     assert bad.exit_code == 2 and "-1.0 is not in the range x>=0" in bad.output, bad.output
 

@@ -284,6 +284,7 @@ def features(settings: Settings, session_id: str, as_json: bool) -> None:
 def status(settings: Settings) -> None:
     """Store, stream, dead letters and the last write of each running flow."""
     from featrec.adapters.files.flow_status import read_status
+    from featrec.adapters.sqlite.partitioned_log import request_log_dir
     from featrec.jobs.cluster import cluster_summary
 
     click.echo(f"online store   {settings.online_store} (repo {settings.repo})")
@@ -291,6 +292,11 @@ def status(settings: Settings) -> None:
         _redis_status(settings)
     for path in sorted({settings.dead_letter_file, *settings.home.glob("deadletters*.jsonl")}):
         click.echo(f"dead letters   {_count_lines(path):,} in {path}")
+    log_dir = request_log_dir(settings)
+    if log_dir.is_dir():  # sizes only: `featrec requests status` counts the entries
+        hours = list(log_dir.glob("*Z.db"))
+        size = sum(p.stat().st_size for p in log_dir.glob("*Z.db*"))
+        click.echo(f"request log    {len(hours)} hour file(s), {size / 1e6:,.1f} MB in {log_dir}")
     statuses = read_status(settings.home)
     for line in cluster_summary(statuses):
         click.echo(line)

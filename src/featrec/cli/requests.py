@@ -23,7 +23,11 @@ def requests_group() -> None:
 @with_settings
 def status(settings: Settings, as_json: bool) -> None:
     """The log's files (oldest first), with their entries and size on disk."""
-    from featrec.jobs.serving import request_log_dir, request_log_path, sqlite_request_log
+    from featrec.adapters.sqlite.partitioned_log import (
+        request_log_dir,
+        request_log_path,
+        sqlite_request_log,
+    )
 
     log = sqlite_request_log(settings)
     try:
@@ -54,7 +58,7 @@ def status(settings: Settings, as_json: bool) -> None:
 @with_settings
 def prune(settings: Settings, keep_h: float) -> None:
     """Delete the entries older than --keep hours from now."""
-    from featrec.jobs.serving import sqlite_request_log
+    from featrec.adapters.sqlite.partitioned_log import sqlite_request_log
 
     log = sqlite_request_log(settings)
     try:

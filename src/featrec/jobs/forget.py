@@ -206,7 +206,11 @@ class _Places:
     # -- request logs --------------------------------------------------------------------
 
     def _request_logs(self) -> Iterator[PartitionedRequestLog | RedisRequestLog]:
-        from featrec.jobs.serving import request_log_dir, request_log_path, sqlite_request_log
+        from featrec.adapters.sqlite.partitioned_log import (
+            request_log_dir,
+            request_log_path,
+            sqlite_request_log,
+        )
 
         if request_log_dir(self.settings).exists() or request_log_path(self.settings).exists():
             log = sqlite_request_log(self.settings)

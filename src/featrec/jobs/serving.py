@@ -28,12 +28,14 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from featrec.adapters.background_log import BackgroundRequestLog
 from featrec.adapters.redis.request_log import RedisRequestLog
-from featrec.adapters.sqlite.partitioned_log import PartitionedRequestLog
+from featrec.adapters.sqlite.partitioned_log import (
+    PartitionedRequestLog,
+    sqlite_request_log,
+)
 from featrec.app.serving.config import DEFAULT_REQUEST_LOG_KEEP_H, REQUEST_LOGS
 from featrec.app.serving.recommender import LoadedModel, ModelLoader, Recommender, ServingConfig
 from featrec.app.serving.steps import SERVED_FEATURES
@@ -167,28 +169,9 @@ def open_request_log(
     raise ConfigError(f"request log must be one of {', '.join(REQUEST_LOGS)}, got {kind!r}")
 
 
-def sqlite_request_log(settings: Settings, *, keep_h: float | None = None) -> PartitionedRequestLog:
-    """The SQLite request log: a file per hour, and the one file of earlier versions."""
-    return PartitionedRequestLog(
-        request_log_dir(settings),
-        keep_s=None if keep_h is None else keep_h * 3600,
-        legacy=request_log_path(settings),
-    )
-
-
 def check_keep_h(keep_h: float) -> None:
     if not (math.isfinite(keep_h) and keep_h >= 1):
         raise ConfigError(f"the request log must keep at least 1 hour, got {keep_h!r}")
-
-
-def request_log_dir(settings: Settings) -> Path:
-    """The SQLite request log: one file per hour."""
-    return settings.home / "requests"
-
-
-def request_log_path(settings: Settings) -> Path:
-    """The one-file SQLite request log of earlier versions (still read and deleted from)."""
-    return settings.home / "requests.db"
 
 
 def load_model(settings: Settings, model: str) -> LoadedModel | None:

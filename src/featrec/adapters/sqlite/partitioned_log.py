@@ -34,6 +34,7 @@ from pathlib import Path
 from featrec.adapters.sqlite.request_log import SqliteRequestLog
 from featrec.core.ports.serving import RequestRecord
 from featrec.errors import ConfigError
+from featrec.settings import Settings
 
 #: Seconds of entries per file.
 PERIOD_S = 3600
@@ -229,3 +230,22 @@ class PartitionedRequestLog:
             if self._legacy is not None:
                 self._legacy.close()
                 self._legacy = None
+
+
+def request_log_dir(settings: Settings) -> Path:
+    """The SQLite request log: one file per hour."""
+    return settings.home / "requests"
+
+
+def request_log_path(settings: Settings) -> Path:
+    """The one-file SQLite request log of earlier versions (still read and deleted from)."""
+    return settings.home / "requests.db"
+
+
+def sqlite_request_log(settings: Settings, *, keep_h: float | None = None) -> PartitionedRequestLog:
+    """The SQLite request log: a file per hour, and the one file of earlier versions."""
+    return PartitionedRequestLog(
+        request_log_dir(settings),
+        keep_s=None if keep_h is None else keep_h * 3600,
+        legacy=request_log_path(settings),
+    )
