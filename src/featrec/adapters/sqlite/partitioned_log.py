@@ -160,9 +160,8 @@ class PartitionedRequestLog:
         if self.keep_s is not None:
             self._drop_ended_by(max(r.created_at_s for r in records) - self.keep_s)
 
-    def _drop_ended_by(self, cutoff_s: float) -> list[int]:
-        """Delete every part whose hour ended at or before ``cutoff_s``, unread; returns
-        their starts."""
+    def _drop_ended_by(self, cutoff_s: float) -> None:
+        """Delete every part whose hour ended at or before ``cutoff_s``, unread."""
         with self._lock:
             doomed = [s for s in self._on_disk() if s + PERIOD_S <= cutoff_s]
             for start in doomed:
@@ -174,7 +173,6 @@ class PartitionedRequestLog:
                     # Another process's retention may have deleted it first.
                     with contextlib.suppress(FileNotFoundError):
                         Path(f"{path}{suffix}").unlink()
-        return doomed
 
     # -- reading ---------------------------------------------------------------------------
 
